@@ -1,0 +1,283 @@
+"""pytest wiring: options, the fixture ladder (one VM per session), artifacts and the report.
+
+Ladder: settings -> box, images -> vm (booted once) -> guest (systemd facts, images copied in)
+-> portable (per test: clean state, artifacts on failure, reset afterwards).
+Every option has a PWT_* environment variable (e.g. --box / PWT_BOX) that tox passes through.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vm.config import ACCEL_CHOICES, KEEP_VM_CHOICES, LoadSettings, Settings
+from vm.errors import HarnessError
+from vm.log import log
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = pytest.StashKey[list[dict[str, Any]]]()
+PHASES = pytest.StashKey[dict[str, float]]()
+FACTS = pytest.StashKey[dict[str, Any]]()
+SETTINGS = pytest.StashKey[Settings]()
+
+# option name -> (env var, type, help)
+OPTIONS: dict[str, tuple[str, type, str]] = {
+    "box": ("PWT_BOX", str, "guest box to boot (see vm/boxes.py)"),
+    "accel": ("PWT_ACCEL", str, f"accelerator: {'|'.join(ACCEL_CHOICES)} (auto probes KVM)"),
+    "keep-vm": ("PWT_KEEP_VM", str, f"keep the VM after the run: {'|'.join(KEEP_VM_CHOICES)}"),
+    "state-dir": ("PWT_STATE_DIR", str, "cache of boxes, images, keys and per-run VM dirs"),
+    "artifacts": ("PWT_ARTIFACTS", str, "where run reports and failure logs go"),
+    "concurrency": ("PWT_CONCURRENCY", int, "ab concurrency (-c)"),
+    "switch-after": ("PWT_SWITCH_AFTER", float, "seconds of load before the reattach"),
+    "post-switch": ("PWT_POST_SWITCH", float, "seconds v2 must answer under load before it stops"),
+    "load-max": ("PWT_LOAD_MAX", float, "upper bound of one load run in seconds (ab -t)"),
+    "min-complete": ("PWT_MIN_COMPLETE", int, "fewest completed ab requests that count as load"),
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("pwt", "portable-walkthrough VM suite")
+    for name, (env, _type, help_text) in OPTIONS.items():
+        group.addoption(f"--{name}", default=None, help=f"{help_text} [env {env}]")
+
+
+def _option(config: pytest.Config, name: str) -> Any:
+    env, kind, _ = OPTIONS[name]
+    raw = config.getoption(name.replace("-", "_")) or os.environ.get(env)
+    if raw is None:
+        return None
+    try:
+        return kind(raw)
+    except ValueError:
+        raise pytest.UsageError(f"--{name} ({env}) must be a {kind.__name__}, not {raw!r}") from None
+
+
+def settings_from(config: pytest.Config) -> Settings:
+    defaults = LoadSettings()
+
+    def pick(name: str, default: Any) -> Any:
+        value = _option(config, name)
+        return default if value is None else value
+
+    load = LoadSettings(
+        concurrency=pick("concurrency", defaults.concurrency),
+        switch_after_s=pick("switch-after", defaults.switch_after_s),
+        post_switch_s=pick("post-switch", defaults.post_switch_s),
+        max_s=pick("load-max", defaults.max_s),
+        min_complete=pick("min-complete", defaults.min_complete),
+    )
+    kwargs: dict[str, Any] = {"load": load}
+    for name, field in (("box", "box"), ("accel", "accel"), ("keep-vm", "keep_vm")):
+        if (value := _option(config, name)) is not None:
+            kwargs[field] = value
+    if (state := _option(config, "state-dir")) is not None:
+        kwargs["state_dir"] = Path(state)
+    if (artifacts := _option(config, "artifacts")) is not None:
+        kwargs["artifacts_root"] = Path(artifacts)
+    else:
+        kwargs["artifacts_root"] = ROOT / "artifacts"
+    settings = Settings(**kwargs)
+    try:
+        settings.validate()
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
+    return settings
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[SETTINGS] = settings_from(config)
+    config.stash[RESULTS] = []
+    config.stash[PHASES] = {}
+    config.stash[FACTS] = {}
+    capman = config.pluginmanager.getplugin("capturemanager")
+
+    def emit(line: str) -> None:  # step logs reach the terminal past pytest's capture
+        if capman is not None:
+            with capman.global_and_fixture_disabled():
+                print(f"[pwt] {line}", file=sys.stderr, flush=True)
+        else:
+            print(f"[pwt] {line}", file=sys.stderr, flush=True)
+
+    log.emit = emit
+
+    def on_sigterm(signum: int, _frame: object) -> None:
+        # Turn SIGTERM into an interrupt so every finaliser (VM destroy) still runs.
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)  # fixtures read item.rep_call.failed
+    return report
+
+
+# --- fixture ladder -----------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def settings(pytestconfig: pytest.Config) -> Settings:
+    return pytestconfig.stash[SETTINGS]
+
+
+@pytest.fixture(scope="session")
+def artifacts(settings: Settings) -> Path:
+    directory = settings.artifacts_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    last = settings.artifacts_root / "last"
+    if last.is_symlink() or last.exists():
+        last.unlink()
+    last.symlink_to(directory.name)
+    log.log_to(directory / "run.log")
+    return directory
+
+
+def _harness_step(phase: str, config: pytest.Config, fn: Any, *args: Any) -> Any:
+    """Run a session set-up step; a broken harness ends the session with one line."""
+    start = time.monotonic()
+    try:
+        return fn(*args)
+    except HarnessError as e:
+        pytest.exit(f"pwt: {phase}: {e}", returncode=3)
+    finally:
+        config.stash[PHASES][phase] = round(time.monotonic() - start, 1)
+
+
+@pytest.fixture(scope="session")
+def box(settings: Settings, pytestconfig: pytest.Config, artifacts: Path) -> Any:
+    from vm.box import ensure_box
+    from vm.boxes import get_box
+
+    return _harness_step("box", pytestconfig, ensure_box, get_box(settings.box),
+                         settings.state_dir, settings.box_build_timeout_s)
+
+
+@pytest.fixture(scope="session")
+def images(settings: Settings, pytestconfig: pytest.Config, artifacts: Path) -> Any:
+    from vm.image import ensure_images
+
+    return _harness_step("images", pytestconfig, ensure_images, settings.state_dir, "host")
+
+
+@pytest.fixture(scope="session")
+def vm(settings: Settings, box: Any, pytestconfig: pytest.Config,
+       request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The session's one VM: booted once, destroyed at the end (see --keep-vm)."""
+    from vm.accel import choose_accel
+    from vm.vagrant_backend import VagrantVM
+
+    kernel = Path(f"{settings.state_dir}/boxes/{box.vagrant_name.split('/')[1]}.box.vmlinuz")
+    accel = choose_accel(settings.accel, kernel, settings.state_dir)
+    handle = VagrantVM(settings, box, accel, settings.run_dir)
+    try:
+        machine = _harness_step("boot", pytestconfig, handle.up)
+    except BaseException:
+        handle.destroy()
+        raise
+    pytestconfig.stash[FACTS]["accel"] = accel
+    try:
+        yield machine
+    finally:
+        machine.close()
+        failed = request.session.testsfailed > 0
+        keep = settings.keep_vm == "always" or (settings.keep_vm == "on-error" and failed)
+        if keep:
+            log.info(f"keeping {handle.domain}: get in with "
+                     f"`cd {handle.run_dir} && VAGRANT_HOME={handle.env['VAGRANT_HOME']} "
+                     "vagrant ssh`; remove it with the same and `vagrant destroy -f`")
+        else:
+            handle.destroy()
+
+
+@pytest.fixture(scope="session")
+def guest(vm: Any, images: Any, settings: Settings) -> Any:
+    """The booted guest with the portable images copied in and its systemd version known."""
+    from vm.portable import PortableService
+    from vm.quirks import unsupported_reason
+
+    if not vm.execute("command -v portablectl").succeeded:
+        pytest.exit("pwt: the guest has no portablectl (systemd-container missing from the box)",
+                    returncode=3)
+    major = vm.systemd_version()
+    if (reason := unsupported_reason(major)) is not None:
+        pytest.exit(f"pwt: {reason}", returncode=3)
+    log.info(f"guest runs systemd {major}")
+    service = PortableService(vm, major, settings.reattach_timeout_s)
+    with log.nested("copying portable images v1 and v2 into /var/lib/portables"):
+        service.install_images(images)
+    return service
+
+
+def _collect_failure_artifacts(machine: Any, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    commands = {
+        "service-journal.txt": "journalctl -b --no-pager -o short-monotonic "
+                               "-u portable-walkthrough.service -u portable-walkthrough.socket",
+        "portabled-journal.txt": "journalctl -b --no-pager -o short-monotonic "
+                                 "-u systemd-portabled.service",
+        "portablectl-list.txt": "portablectl list; echo; systemctl status --no-pager "
+                                "'portable-walkthrough*'",
+        "ab.out": "cat /run/pwt/ab.out",
+        "probe.jsonl": "cat /run/pwt/probe.jsonl",
+        "journal-tail.txt": "journalctl -b --no-pager -n 300",
+    }
+    for name, command in commands.items():
+        try:
+            result = machine.execute(command, timeout=60)
+            (directory / name).write_text(result.stdout + result.stderr)
+        except HarnessError as e:
+            (directory / name).write_text(f"could not collect: {e}\n")
+    if machine.console_log is not None and machine.console_log.exists():
+        (directory / "console.log").write_bytes(machine.console_log.read_bytes())
+
+
+@pytest.fixture
+def portable(guest: Any, artifacts: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The portable service, clean at start; on failure its logs go to the artifacts."""
+    guest.reset()
+    yield guest
+    report = getattr(request.node, "rep_call", None)
+    if report is None or report.failed:
+        target = artifacts / request.node.name
+        _collect_failure_artifacts(guest.machine, target)
+        log.info(f"failure artifacts: {target}")
+    guest.machine.execute("systemctl stop pwt-ab.service pwt-probe.service")
+    guest.reset()
+
+
+@pytest.fixture
+def record_scenario(pytestconfig: pytest.Config) -> Any:
+    """Tests hand their summary row here; the session writes summary.json/md from them."""
+    return pytestconfig.stash[RESULTS].append
+
+
+# --- report -------------------------------------------------------------------------------
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    records = config.stash[RESULTS]
+    if not records:
+        return
+    from vm.report import write_summary
+
+    write_summary(config.stash[SETTINGS].artifacts_dir, records, config.stash[PHASES])
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    records = config.stash[RESULTS]
+    if not records:
+        return
+    from vm.report import markdown_table
+
+    directory = config.stash[SETTINGS].artifacts_dir
+    terminalreporter.section("zero-downtime verdicts")
+    terminalreporter.write_line(markdown_table(records))
+    phases = ", ".join(f"{k} {v:.0f} s" for k, v in config.stash[PHASES].items())
+    terminalreporter.write_line(f"phases: {phases}")
+    terminalreporter.write_line(f"report: {directory}/summary.md (timelines: {directory}/*.png)")

@@ -1,0 +1,1 @@
+"""Harness for the portable-walkthrough suite: machines, backends, box and image builders."""

@@ -1,0 +1,64 @@
+"""Choose KVM or TCG by booting a kernel, not by trusting /dev/kvm.
+
+On some hosts (nested, paravirtualised) /dev/kvm exists and libvirt reports KVM, yet a guest
+kernel hangs at its first instruction. The probe starts the box's own kernel under
+``-accel kvm`` for a few seconds and looks for its first console line.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from vm.log import log
+
+PROBE_SECONDS = 20.0
+BANNER = b"Linux version"
+
+
+def kvm_boots(kernel: Path, seconds: float = PROBE_SECONDS) -> bool:
+    """True when ``kernel`` prints its banner under KVM within ``seconds``."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    with tempfile.TemporaryDirectory(prefix="pwt-kvm-probe-") as tmp:
+        serial = Path(tmp) / "serial.log"
+        cmd = [
+            "qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "256",
+            "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1",
+            "-display", "none", "-serial", f"file:{serial}", "-no-reboot", "-nic", "none",
+        ]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                if serial.exists() and BANNER in serial.read_bytes():
+                    return True
+                if proc.poll() is not None and not (serial.exists() and serial.stat().st_size):
+                    return False
+                time.sleep(0.25)
+            return False
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def choose_accel(requested: str, kernel: Path, cache_dir: Path) -> str:
+    """``kvm`` or ``tcg``: the requested one, or for ``auto`` the probe's verdict.
+
+    The verdict is cached per host boot (boot_id) so a session pays for the probe once.
+    """
+    if requested in ("kvm", "tcg"):
+        return requested
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    cached = cache_dir / f"accel-{boot_id}"
+    if cached.exists():
+        return cached.read_text().strip()
+    with log.nested("probing whether KVM boots a kernel here"):
+        accel = "kvm" if kvm_boots(kernel) else "tcg"
+        log.info(f"accelerator: {accel}" + (" (KVM did not boot the kernel)" if accel == "tcg" else ""))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cached.write_text(accel + "\n")
+    return accel

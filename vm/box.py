@@ -1,0 +1,110 @@
+"""Build (once, cached) and register the Vagrant box a run boots."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from vm.boxes import BoxRecipe
+from vm.cache import checksum_ok, locked, recipe_hash, write_checksum
+from vm.errors import HarnessError, PrerequisiteMissing
+from vm.log import log
+from vm.proc import run_logged
+
+BUILD_SCRIPT = Path(__file__).with_name("build-box.sh")
+
+
+@dataclass(frozen=True)
+class BuiltBox:
+    """A box available to Vagrant under ``vagrant_name``, logging in with ``private_key``."""
+
+    recipe: BoxRecipe
+    vagrant_name: str
+    private_key: Path
+
+
+def vagrant_env(state_dir: Path) -> dict[str, str]:
+    """The environment every vagrant call of the suite runs in (its own VAGRANT_HOME)."""
+    env = dict(os.environ)
+    env["VAGRANT_HOME"] = str(state_dir / "vagrant-home")
+    env["VAGRANT_CHECKPOINT_DISABLE"] = "1"
+    env["VAGRANT_DEFAULT_PROVIDER"] = "libvirt"
+    env.pop("VAGRANT_CWD", None)
+    return env
+
+
+def ensure_ssh_key(state_dir: Path) -> Path:
+    """The per-host key baked into locally built boxes (never Vagrant's public insecure key)."""
+    key = state_dir / "keys" / "id_ed25519"
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.parent.chmod(0o700)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pwt-box", "-f", str(key)],
+            check=True,
+        )
+    return key
+
+
+def box_key(recipe: BoxRecipe, public_key: Path) -> str:
+    data = {**recipe.build_env(), "pubkey": public_key.read_text()}
+    return recipe_hash([BUILD_SCRIPT], data)
+
+
+def _vagrant_has_box(name: str, env: dict[str, str]) -> bool:
+    out = subprocess.run(
+        ["vagrant", "box", "list", "--machine-readable"],
+        env=env, capture_output=True, text=True, check=False,
+    ).stdout
+    return any(line.split(",")[3:4] == [name] for line in out.splitlines() if ",box-name," in line)
+
+
+def ensure_box(recipe: BoxRecipe, state_dir: Path, timeout_s: float) -> BuiltBox:
+    """Build the box if its recipe changed or its file is corrupt, and add it to Vagrant."""
+    if not recipe.buildable_offline:
+        raise HarnessError(
+            f"box {recipe.name} is downloaded from Vagrant Cloud ({recipe.vagrant_box}); "
+            "this host builds only the Debian boxes"
+        )
+    if shutil.which("debootstrap") is None:
+        raise PrerequisiteMissing("debootstrap is missing: run ./setup-host")
+    key = ensure_ssh_key(state_dir)
+    digest = box_key(recipe, key.with_suffix(".pub"))
+    name = f"pwt/{recipe.name}-{digest}"
+    boxes = state_dir / "boxes"
+    box_file = boxes / f"{recipe.name}-{digest}.box"
+    env = vagrant_env(state_dir)
+    with locked(boxes / f"{recipe.name}.lock"):
+        if _vagrant_has_box(name, env):
+            log.info(f"box {name}: cached")
+            return BuiltBox(recipe, name, key)
+        if box_file.exists() and not checksum_ok(box_file):
+            log.info(f"box file {box_file} does not match its checksum: rebuilding")
+            box_file.unlink()
+        if not box_file.exists():
+            with log.nested(f"building box {recipe.name} ({recipe.description}) with debootstrap"):
+                work = boxes / f"work-{recipe.name}-{digest}"
+                build_env = {
+                    **os.environ, **recipe.build_env(),
+                    "PUBKEY": str(key.with_suffix(".pub")),
+                    "WORK": str(work), "OUT": str(box_file),
+                }
+                log.info(f"log: {boxes / f'{recipe.name}-{digest}.log'}")
+                try:
+                    run_logged(
+                        ["bash", str(BUILD_SCRIPT)], boxes / f"{recipe.name}-{digest}.log",
+                        timeout=timeout_s, what=f"building box {recipe.name}", env=build_env,
+                    )
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+                write_checksum(box_file)
+        with log.nested(f"adding box {name} to Vagrant"):
+            run_logged(
+                ["vagrant", "box", "add", "--force", "--name", name, str(box_file)],
+                boxes / f"{recipe.name}-{digest}.log", timeout=600, what="vagrant box add",
+                env=env,
+            )
+    return BuiltBox(recipe, name, key)

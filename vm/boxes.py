@@ -1,0 +1,75 @@
+"""The guests the suite can boot: one declarative recipe per box.
+
+Adding a Debian suite is a few lines of data here (see README "Adding a systemd version").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+
+# What every locally built box needs: boot, SSH, systemd, portablectl (systemd-container),
+# ab (apache2-utils), haproxy, python3 for the in-guest probe, the qemu guest agent (the only
+# way vagrant-libvirt learns the guest is up when no libvirt network is attached).
+BASE_PACKAGES = (
+    "systemd", "systemd-sysv", "udev", "dbus", "openssh-server", "sudo", "linux-image-amd64",
+    "kmod", "iproute2", "netbase", "ca-certificates", "procps", "systemd-container",
+    "apache2-utils", "haproxy", "python3-minimal", "qemu-guest-agent",
+)
+
+
+@dataclass(frozen=True)
+class BoxRecipe:
+    """How to get a guest: built here from Debian, or downloaded (Fedora, online users only)."""
+
+    name: str
+    description: str
+    systemd_major: int  # what the recipe is expected to give; the real one is read from the guest
+    package_manager: str = "apt"  # "apt" or "dnf": how scenarios install extra tools
+    suite: str | None = None  # Debian suite for debootstrap; None for downloaded boxes
+    packages: tuple[str, ...] = BASE_PACKAGES
+    extra_suite: str | None = None  # e.g. bookworm-backports
+    extra_packages: tuple[str, ...] = ()
+    vagrant_box: str | None = None  # a Vagrant Cloud name, for boxes not built here
+    providers: tuple[str, ...] = field(default=("libvirt",))
+
+    @property
+    def buildable_offline(self) -> bool:
+        return self.suite is not None
+
+    def build_env(self) -> dict[str, str]:
+        """The recipe as the box build script reads it (the cache key is built from this)."""
+        if self.suite is None:
+            raise ValueError(f"box {self.name} is not built locally")
+        return {
+            "SUITE": self.suite,
+            "MIRROR": DEBIAN_MIRROR,
+            "PACKAGES": ",".join(self.packages),
+            "EXTRA_SUITE": self.extra_suite or "",
+            "EXTRA_PACKAGES": " ".join(self.extra_packages),
+        }
+
+
+BOXES: dict[str, BoxRecipe] = {
+    box.name: box
+    for box in (
+        BoxRecipe(
+            name="debian-bookworm",
+            description="Debian 12, systemd 252",
+            systemd_major=252,
+            suite="bookworm",
+        ),
+    )
+}
+
+DEFAULT_BOX = "debian-bookworm"
+
+
+def get_box(name: str) -> BoxRecipe:
+    """The recipe called ``name``; a ValueError lists the known ones."""
+    try:
+        return BOXES[name]
+    except KeyError:
+        known = ", ".join(sorted(BOXES))
+        raise ValueError(f"unknown box {name!r}; known boxes: {known}") from None

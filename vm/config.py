@@ -1,0 +1,89 @@
+"""Run settings: pytest options, each overridable by a ``PWT_*`` environment variable."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vm.boxes import DEFAULT_BOX, get_box
+
+KEEP_VM_CHOICES = ("never", "on-error", "always")
+ACCEL_CHOICES = ("auto", "kvm", "tcg")
+
+
+def default_state_dir() -> Path:
+    # qemu runs as libvirt-qemu and must reach the boxes and console logs: not under /root.
+    if os.geteuid() == 0:
+        return Path("/var/lib/portable-walkthrough-tests")
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pwt"
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """The load around the reattach: ab runs from ``switch_after_s`` before the reattach until
+    v2 has answered for ``post_switch_s``, never longer than ``max_s`` (ab's own -t bound)."""
+
+    concurrency: int = 10
+    switch_after_s: float = 5.0
+    post_switch_s: float = 10.0
+    max_s: float = 240.0
+    min_complete: int = 200
+
+    def validate(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {self.concurrency}")
+        if self.switch_after_s <= 0 or self.post_switch_s <= 0:
+            raise ValueError("switch-after and post-switch must be positive durations")
+        if self.max_s <= self.switch_after_s + self.post_switch_s:
+            raise ValueError(
+                f"load bound {self.max_s:g} s leaves no time for the reattach: it must exceed "
+                f"switch-after + post-switch = {self.switch_after_s + self.post_switch_s:g} s"
+            )
+        if self.min_complete < 1:
+            raise ValueError("min-complete must be at least 1")
+
+
+@dataclass(frozen=True)
+class Settings:
+    box: str = DEFAULT_BOX
+    state_dir: Path = field(default_factory=default_state_dir)
+    artifacts_root: Path = Path("artifacts")
+    run_id: str = field(default_factory=new_run_id)
+    accel: str = "auto"
+    keep_vm: str = "never"
+    memory_mb: int = 2048
+    cpus: int = 2
+    boot_timeout_s: float = 900.0
+    box_build_timeout_s: float = 1800.0
+    reattach_timeout_s: float = 240.0
+    libvirt_uri: str = "qemu:///system"
+    pool: str = "pwt"
+    load: LoadSettings = field(default_factory=LoadSettings)
+
+    def validate(self) -> None:
+        get_box(self.box)
+        if self.accel not in ACCEL_CHOICES:
+            raise ValueError(f"accel must be one of {', '.join(ACCEL_CHOICES)}, not {self.accel!r}")
+        if self.keep_vm not in KEEP_VM_CHOICES:
+            raise ValueError(
+                f"keep-vm must be one of {', '.join(KEEP_VM_CHOICES)}, not {self.keep_vm!r}"
+            )
+        if self.memory_mb < 512 or self.cpus < 1:
+            raise ValueError("the VM needs at least 512 MB and 1 CPU")
+        self.load.validate()
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.artifacts_root / self.run_id
+
+    @property
+    def run_dir(self) -> Path:
+        """Per-run scratch on the host: Vagrantfile, .vagrant, console log."""
+        return self.state_dir / "runs" / self.run_id

@@ -1,0 +1,45 @@
+"""Facts about the host: free loopback ports, MAC addresses, prerequisites."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+
+from vm.errors import PrerequisiteMissing
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port on 127.0.0.1 that is free now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def random_mac(rng: random.Random | None = None) -> str:
+    """A locally administered MAC in QEMU's 52:54:00 range."""
+    r = rng or random.Random()
+    return "52:54:00:" + ":".join(f"{r.randrange(256):02x}" for _ in range(3))
+
+
+def check_vagrant_prerequisites(libvirt_uri: str, env: dict[str, str]) -> None:
+    """Raise PrerequisiteMissing with one line naming the fix, if the host cannot boot VMs."""
+    if shutil.which("vagrant") is None:
+        raise PrerequisiteMissing("vagrant is not installed: run ./setup-host")
+    if shutil.which("virsh") is None:
+        raise PrerequisiteMissing("virsh (libvirt-clients) is not installed: run ./setup-host")
+    plugins = subprocess.run(
+        ["vagrant", "plugin", "list"], env=env, capture_output=True, text=True, check=False
+    ).stdout
+    if "vagrant-libvirt" not in plugins:
+        raise PrerequisiteMissing("the vagrant-libvirt plugin is missing: run ./setup-host")
+    probe = subprocess.run(
+        ["virsh", "-c", libvirt_uri, "version"], capture_output=True, text=True, check=False
+    )
+    if probe.returncode != 0:
+        reason = (probe.stderr.strip().splitlines() or ["no answer"])[-1]
+        raise PrerequisiteMissing(
+            f"libvirtd does not answer at {libvirt_uri} ({reason}): run ./setup-host"
+        )

@@ -1,0 +1,114 @@
+"""Load inside the guest during a reattach: ab plus the per-request probe.
+
+Both run as transient systemd units (``systemd-run``) with ``RuntimeMaxSec``, so a stuck
+client is killed by the guest's own service manager even if the harness is gone. ab's ``-t``
+is only the upper bound: the run is stopped (SIGINT: ab prints its report) once the new version
+has answered for a while, so the load provably spans the switch.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vm.ab import AbResult, ab_command, parse_ab_output
+from vm.config import LoadSettings
+from vm.errors import GuestError
+from vm.machine import Machine
+from vm.timeline import ProbeRecord, Timeline, parse_probe_log
+
+GUEST_DIR = "/run/pwt"
+PROBE_SOURCE = Path(__file__).with_name("guest") / "probe.py"
+AB_UNIT = "pwt-ab.service"
+PROBE_UNIT = "pwt-probe.service"
+
+
+@dataclass(frozen=True)
+class LoadOutcome:
+    ab: AbResult
+    ab_output: str
+    timeline: Timeline
+    started: float  # guest epoch seconds
+    stopped: float
+    ab_command: str
+
+    @property
+    def duration_s(self) -> float:
+        return self.stopped - self.started
+
+
+def guest_now(machine: Machine) -> float:
+    return float(machine.succeed("date +%s.%N"))
+
+
+class LoadRun:
+    """ab -c N (optionally -k) against ``url`` and the probe, in the guest."""
+
+    def __init__(self, machine: Machine, settings: LoadSettings, keepalive: bool,
+                 url: str = "http://127.0.0.1:8080/", probe_port: int = 8080) -> None:
+        self.machine = machine
+        self.settings = settings
+        self.keepalive = keepalive
+        self.url = url
+        self.probe_port = probe_port
+        self.started = 0.0
+        self.command = shlex.join(ab_command(url, settings.concurrency, settings.max_s, keepalive))
+
+    def start(self) -> None:
+        m = self.machine
+        bound = int(self.settings.max_s + 60)
+        m.succeed(f"systemctl stop {AB_UNIT} {PROBE_UNIT} 2>/dev/null; mkdir -p {GUEST_DIR}"
+                  f" && rm -f {GUEST_DIR}/ab.out {GUEST_DIR}/probe.jsonl")
+        m.copy_from_host(PROBE_SOURCE, f"{GUEST_DIR}/probe.py", mode="0755")
+        self.started = guest_now(m)
+        m.succeed(
+            f"systemd-run --quiet --collect --unit={PROBE_UNIT} -p RuntimeMaxSec={bound}"
+            f" python3 {GUEST_DIR}/probe.py --port {self.probe_port}"
+            f" --out {GUEST_DIR}/probe.jsonl --max-seconds {self.settings.max_s:.0f}"
+        )
+        m.succeed(
+            f"systemd-run --quiet --collect --unit={AB_UNIT} -p RuntimeMaxSec={bound}"
+            f" -p StandardOutput=file:{GUEST_DIR}/ab.out -p StandardError=journal"
+            f" {self.command}"
+        )
+
+    def probe_records(self) -> list[ProbeRecord]:
+        return parse_probe_log(self.machine.succeed(f"cat {GUEST_DIR}/probe.jsonl || true"))
+
+    def elapsed(self) -> float:
+        return guest_now(self.machine) - self.started
+
+    def wait_until_serving(self, greeting: str, for_seconds: float) -> Timeline:
+        """Wait until the probe has seen ``greeting`` answered for ``for_seconds``; bounded by
+        the load's upper bound. Returns the timeline seen when the wait ended."""
+        while True:
+            timeline = Timeline.build(self.probe_records(), self.started, "", greeting)
+            if timeline.answered_seconds_of(greeting) >= for_seconds:
+                return timeline
+            if self.elapsed() >= self.settings.max_s - 2:
+                return timeline
+            if self.machine.unit_state(AB_UNIT) not in ("active", "activating"):
+                return timeline  # ab ended by itself: let the verdict say so
+            time.sleep(2)
+
+    def stop(self, old: str, new: str) -> LoadOutcome:
+        """SIGINT ab (it prints its report and exits), stop the probe, collect both."""
+        m = self.machine
+        stopped = guest_now(m)
+        m.execute(f"systemctl kill --signal=SIGINT {AB_UNIT}")
+        m.wait_until_succeeds(f"! systemctl is-active --quiet {AB_UNIT}", timeout=60)
+        m.execute(f"systemctl stop {PROBE_UNIT}")
+        output = m.succeed(f"cat {GUEST_DIR}/ab.out")
+        try:
+            ab = parse_ab_output(output)
+        except ValueError as e:
+            raise GuestError(f"ab printed no report ({e}):\n{output[-2000:]}") from e
+        timeline = Timeline.build(self.probe_records(), self.started, old, new)
+        return LoadOutcome(ab, output, timeline, self.started, stopped, self.command)
+
+    def abort(self) -> None:
+        """Stop both clients, whatever state they are in (used in cleanup)."""
+        for unit in (AB_UNIT, PROBE_UNIT):
+            self.machine.execute(f"systemctl stop {unit}")

@@ -1,0 +1,61 @@
+"""Step logging in the style of the NixOS test driver: nested, timed, and readable live.
+
+``log.nested("booting machine")`` prints the step when it starts and
+``(finished: booting machine, in 92.31 seconds)`` when it ends. pytest captures output, so the
+conftest installs an ``emit`` that writes past the capture to the terminal.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class StepLogger:
+    def __init__(self) -> None:
+        self.emit: Callable[[str], None] = _stderr
+        self.depth = 0
+        self._file: TextIO | None = None
+
+    def log_to(self, path: Path) -> None:
+        """Also append every line to ``path`` (the run's log in the artifacts)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a", encoding="utf-8")
+
+    def info(self, message: str) -> None:
+        line = f"{'  ' * self.depth}{message}"
+        self.emit(line)
+        if self._file:
+            self._file.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+            self._file.flush()
+
+    @contextmanager
+    def nested(self, message: str) -> Iterator[None]:
+        """Log a step, indent what happens inside it, and report its duration.
+
+        >>> with log.nested("building box debian-bookworm"):
+        ...     build()
+        """
+        self.info(f"▶ {message}")
+        self.depth += 1
+        start = time.monotonic()
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            self.depth -= 1
+            took = time.monotonic() - start
+            state = "finished" if ok else "FAILED"
+            self.info(f"({state}: {message}, in {took:.2f} seconds)")
+
+
+log = StepLogger()

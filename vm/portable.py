@@ -1,0 +1,131 @@
+"""The portable service in the guest: images, attach, host socket, reattach, reset."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vm.errors import GuestError
+from vm.image import PortableImages
+from vm.machine import Machine
+from vm.quirks import reattach_target
+
+NAME = "portable-walkthrough"
+PORTABLES = "/var/lib/portables"
+SYMLINK = f"{PORTABLES}/{NAME}.raw"
+SERVICE = f"{NAME}.service"
+SOCKET = f"{NAME}.socket"
+HOST_SOCKET_PATH = f"/etc/systemd/system/{SOCKET}"
+HOST_SOCKET_SOURCE = Path(__file__).resolve().parent.parent / "images" / SOCKET
+# With DynamicUser (the default profile) the state directory is under /var/lib/private.
+COUNTER_GLOB = f"/var/lib/private/{NAME}/visitors /var/lib/{NAME}/visitors"
+PORT = 8080
+
+
+@dataclass(frozen=True)
+class Reattach:
+    """One ``portablectl reattach --now``: what ran and when (guest epoch seconds)."""
+
+    command: str
+    started: float
+    ended: float
+    output: str
+
+    @property
+    def duration_s(self) -> float:
+        return self.ended - self.started
+
+
+class PortableService:
+    """Drive ``portable-walkthrough`` on ``machine`` (whose systemd is ``systemd_major``)."""
+
+    def __init__(self, machine: Machine, systemd_major: int, reattach_timeout_s: float) -> None:
+        self.machine = machine
+        self.systemd_major = systemd_major
+        self.reattach_timeout_s = reattach_timeout_s
+
+    def install_images(self, images: PortableImages, versions: tuple[int, ...] = (1, 2)) -> None:
+        for v in versions:
+            src = images.path(v)
+            self.machine.copy_from_host(src, f"{PORTABLES}/{src.name}")
+
+    def point_symlink_at(self, version: int) -> None:
+        # ln -sfn then mv -T: the symlink is replaced atomically, never missing.
+        self.machine.succeed(
+            f"ln -sfn {NAME}_{version}.raw {SYMLINK}.new && mv -T {SYMLINK}.new {SYMLINK}"
+        )
+
+    def attach(self, version: int, profile: str = "default", host_socket: bool = True) -> None:
+        """Attach ``version`` and start the socket (host socket: installed first)."""
+        self.point_symlink_at(version)
+        self.machine.succeed(f"portablectl attach --profile {profile} {SYMLINK}", timeout=180)
+        self.machine.succeed(f"portablectl is-attached {NAME}")
+        if host_socket:
+            self.machine.copy_from_host(HOST_SOCKET_SOURCE, HOST_SOCKET_PATH)
+            self.machine.succeed("systemctl daemon-reload")
+        # Attach first, then start the socket: the socket refuses to start without its service.
+        self.machine.succeed(f"systemctl start {SOCKET}")
+        self.machine.wait_for_unit(SOCKET, timeout=30)
+
+    def socket_active_since(self) -> str:
+        """The socket's ActiveEnterTimestampMonotonic: unchanged as long as it was not restarted."""
+        return self.machine.succeed(
+            f"systemctl show -P ActiveEnterTimestampMonotonic {SOCKET}"
+        ).strip()
+
+    def greeting(self) -> str:
+        """One request from inside the guest; the greeting word of the answer."""
+        out = self.machine.succeed(
+            "python3 -c 'import socket; s=socket.create_connection((\"127.0.0.1\", 8080), 30);"
+            " s.sendall(b\"GET / HTTP/1.0\\r\\n\\r\\n\"); import sys;"
+            " sys.stdout.write(s.makefile(\"rb\").read().decode())'"
+        )
+        body = out.split("\r\n\r\n", 1)[-1]
+        return body.split("!", 1)[0]
+
+    def wait_for_greeting(self, greeting: str, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        seen = ""
+        while time.monotonic() < deadline:
+            try:
+                seen = self.greeting()
+            except GuestError as e:
+                seen = str(e).splitlines()[0]
+            if seen == greeting:
+                return
+            time.sleep(1)
+        raise GuestError(f"service never answered {greeting!r} in {timeout:.0f} s; last: {seen!r}")
+
+    def counter(self) -> int:
+        out = self.machine.succeed(f"cat $(ls {COUNTER_GLOB} 2>/dev/null | head -n1)")
+        return int(out.strip())
+
+    def reattach(self, version: int) -> Reattach:
+        """Flip the symlink to ``version`` and ``portablectl reattach --now`` (see quirks)."""
+        self.point_symlink_at(version)
+        target = reattach_target(self.systemd_major, NAME, SYMLINK)
+        command = f"portablectl reattach --now {shlex.quote(target)}"
+        out = self.machine.succeed(
+            f"s=$(date +%s.%N); {command} 2>&1; rc=$?; e=$(date +%s.%N);"
+            f" echo; echo \"PWT-TIMES $s $e $rc\"; exit $rc",
+            timeout=self.reattach_timeout_s,
+        )
+        marker = out.strip().splitlines()[-1].split()
+        return Reattach(command, float(marker[1]), float(marker[2]), out)
+
+    def reset(self) -> None:
+        """Back to a clean guest: socket stopped and removed, image detached, state cleared.
+
+        Units are stopped one by one: one `systemctl stop A B` refuses the whole call on newer
+        systemd when one of them is not loaded.
+        """
+        for unit in (SOCKET, SERVICE):
+            self.machine.execute(f"systemctl stop {unit}")
+        self.machine.execute(f"portablectl detach {NAME}", timeout=120)
+        self.machine.succeed(
+            f"rm -f {HOST_SOCKET_PATH} && systemctl daemon-reload && systemctl reset-failed"
+            f" {SOCKET} {SERVICE} 2>/dev/null; rm -rf /var/lib/private/{NAME} /var/lib/{NAME}"
+        )
+        self.machine.fail(f"portablectl is-attached {NAME}")

@@ -1,0 +1,93 @@
+"""Render the Vagrantfile of one run.
+
+Networking obeys the project's rule: the guest's only working NIC is qemu user-mode networking
+with ``restrict=on`` (the guest reaches nothing outside) and SSH forwarded to 127.0.0.1. No
+libvirt bridge is created. vagrant-libvirt still needs a NIC in the domain XML whose MAC it can
+match against the guest agent's interface list; that NIC is a UDP tunnel between two loopback
+ports with the same MAC as the user-mode NIC, so it carries nothing anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class VagrantfileSpec:
+    box: str
+    domain_prefix: str  # the libvirt domain is "<prefix>default"; carries the run id
+    private_key: Path | None  # None: Vagrant's own key handling (downloaded boxes)
+    ssh_port: int
+    udp_port: int
+    udp_local_port: int
+    mac: str
+    accel: str  # "kvm" or "tcg"
+    memory_mb: int
+    cpus: int
+    libvirt_uri: str
+    pool: str
+    console_log: Path
+    boot_timeout_s: int
+    provider: str = "libvirt"
+
+
+def _rb(value: object) -> str:
+    """A Ruby literal for a str/int/bool (JSON strings are valid Ruby strings)."""
+    return json.dumps(value)
+
+
+def render(spec: VagrantfileSpec) -> str:
+    """The Vagrantfile text for ``spec``."""
+    if spec.provider != "libvirt":
+        raise ValueError(f"provider {spec.provider!r} is not supported by this renderer")
+    driver = "kvm" if spec.accel == "kvm" else "qemu"
+    if spec.accel == "kvm":
+        cpu = '    lv.cpu_mode = "host-passthrough"\n'
+    else:
+        cpu = '    lv.cpu_mode = "custom"\n    lv.cpu_model = "qemu64"\n    lv.cpu_fallback = "allow"\n'
+    key = ""
+    if spec.private_key is not None:
+        key = (
+            "  config.ssh.insert_key = false\n"
+            f"  config.ssh.private_key_path = [{_rb(str(spec.private_key))}]\n"
+        )
+    netdev = f"user,id=pwtnet,restrict=on,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"
+    device = f"virtio-net-pci,netdev=pwtnet,mac={spec.mac},bus=pci.0,addr=0x1f"
+    return f"""\
+# Rendered by vm/vagrantfile.py for one test run; edits are lost.
+Vagrant.configure("2") do |config|
+  config.vm.box = {_rb(spec.box)}
+  config.vm.synced_folder ".", "/vagrant", disabled: true
+  config.vm.boot_timeout = {spec.boot_timeout_s}
+{key}  config.ssh.username = "vagrant"
+  config.ssh.host = "127.0.0.1"
+  config.ssh.port = {spec.ssh_port}
+  # A NIC in the domain XML for vagrant-libvirt's agent lookup: a UDP tunnel on loopback.
+  config.vm.network :private_network, auto_config: false,
+    libvirt__tunnel_type: "udp",
+    libvirt__tunnel_ip: "127.0.0.1", libvirt__tunnel_port: {spec.udp_port},
+    libvirt__tunnel_local_ip: "127.0.0.1", libvirt__tunnel_local_port: {spec.udp_local_port},
+    libvirt__mac: {_rb(spec.mac)}
+  config.vm.provider :libvirt do |lv|
+    lv.uri = {_rb(spec.libvirt_uri)}
+    lv.driver = {_rb(driver)}
+{cpu}    lv.machine_type = "pc"
+    lv.memory = {spec.memory_mb}
+    lv.cpus = {spec.cpus}
+    lv.default_prefix = {_rb(spec.domain_prefix)}
+    lv.storage_pool_name = {_rb(spec.pool)}
+    lv.disk_bus = "virtio"
+    lv.graphics_type = "none"
+    lv.mgmt_attach = false
+    lv.qemu_use_agent = true
+    lv.serial :type => "file", :source => {{:path => {_rb(str(spec.console_log))}}}
+    # The guest's real NIC: qemu user networking, SSH forwarded to 127.0.0.1 only.
+    lv.qemuargs :value => "-netdev"
+    lv.qemuargs :value => {_rb(netdev)}
+    lv.qemuargs :value => "-device"
+    lv.qemuargs :value => {_rb(device)}
+  end
+end
+"""
