@@ -56,7 +56,8 @@ def _option(config: pytest.Config, name: str) -> Any:
     try:
         return kind(raw)
     except ValueError:
-        raise pytest.UsageError(f"--{name} ({env}) must be a {kind.__name__}, not {raw!r}") from None
+        message = f"--{name} ({env}) must be a {kind.__name__}, not {raw!r}"
+        raise pytest.UsageError(message) from None
 
 
 def settings_from(config: pytest.Config) -> Settings:

@@ -18,6 +18,7 @@ Shutdown modes (``PW_SHUTDOWN``):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import signal
@@ -151,7 +152,8 @@ class Server:
         assert self.draining_since is not None
         now = time.monotonic()
         for conn in list(self.connections.values()):
-            if conn.idle and now - max(conn.last_activity, self.draining_since) > DRAIN_IDLE_GRACE_S:
+            idle_for = now - max(conn.last_activity, self.draining_since)
+            if conn.idle and idle_for > DRAIN_IDLE_GRACE_S:
                 self._close(conn)
         if not self.connections:
             log("drained: all connections closed")
@@ -234,10 +236,8 @@ class Server:
         self.selector.unregister(conn.sock)
         if graceful:
             # Send FIN first so the client reads the whole answer even if it already sent more.
-            try:
+            with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
         conn.sock.close()
 
 

@@ -58,7 +58,8 @@ def choose_accel(requested: str, kernel: Path, cache_dir: Path) -> str:
         return cached.read_text().strip()
     with log.nested("probing whether KVM boots a kernel here"):
         accel = "kvm" if kvm_boots(kernel) else "tcg"
-        log.info(f"accelerator: {accel}" + (" (KVM did not boot the kernel)" if accel == "tcg" else ""))
+        why = " (KVM did not boot the kernel)" if accel == "tcg" else ""
+        log.info(f"accelerator: {accel}{why}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     cached.write_text(accel + "\n")
     return accel

@@ -107,4 +107,22 @@ def ensure_box(recipe: BoxRecipe, state_dir: Path, timeout_s: float) -> BuiltBox
                 boxes / f"{recipe.name}-{digest}.log", timeout=600, what="vagrant box add",
                 env=env,
             )
+        prune_old_boxes(recipe.name, keep=name, env=env)
+        for old_file in boxes.glob(f"{recipe.name}-*.box*"):
+            if not old_file.name.startswith(box_file.name):
+                old_file.unlink()
     return BuiltBox(recipe, name, key)
+
+
+def prune_old_boxes(recipe_name: str, keep: str, env: dict[str, str]) -> None:
+    """Remove boxes of earlier recipes of ``recipe_name`` from Vagrant (disk is finite)."""
+    out = subprocess.run(
+        ["vagrant", "box", "list", "--machine-readable"],
+        env=env, capture_output=True, text=True, check=False,
+    ).stdout
+    names = {line.split(",")[3] for line in out.splitlines() if ",box-name," in line}
+    for old in sorted(n for n in names if n.startswith(f"pwt/{recipe_name}-") and n != keep):
+        log.info(f"removing superseded box {old}")
+        subprocess.run(["vagrant", "box", "remove", "--force", "--all", old],
+                       env=env, capture_output=True, check=False)
+

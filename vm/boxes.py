@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 
 # What every locally built box needs: boot, SSH, systemd, portablectl (systemd-container),
-# ab (apache2-utils), haproxy, python3 for the in-guest probe, the qemu guest agent (the only
+# ab (apache2-utils), haproxy, python3 for the in-guest probe (python3-minimal lacks json), the
+# qemu guest agent (the only
 # way vagrant-libvirt learns the guest is up when no libvirt network is attached).
 BASE_PACKAGES = (
     "systemd", "systemd-sysv", "udev", "dbus", "openssh-server", "sudo", "linux-image-amd64",
     "kmod", "iproute2", "netbase", "ca-certificates", "procps", "systemd-container",
-    "apache2-utils", "haproxy", "python3-minimal", "qemu-guest-agent",
+    "apache2-utils", "haproxy", "python3", "qemu-guest-agent",
 )
 
 

@@ -89,8 +89,9 @@ class LoadRun:
                 return timeline
             if self.elapsed() >= self.settings.max_s - 2:
                 return timeline
-            if self.machine.unit_state(AB_UNIT) not in ("active", "activating"):
-                return timeline  # ab ended by itself: let the verdict say so
+            for unit in (AB_UNIT, PROBE_UNIT):
+                if self.machine.unit_state(unit) not in ("active", "activating"):
+                    return timeline  # a client ended by itself: the verdict says what is missing
             time.sleep(2)
 
     def stop(self, old: str, new: str) -> LoadOutcome:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vm.errors import GuestError
-from vm.image import PortableImages
+from vm.image import VERSIONS, PortableImages
 from vm.machine import Machine
 from vm.quirks import reattach_target
 
@@ -22,6 +22,8 @@ HOST_SOCKET_SOURCE = Path(__file__).resolve().parent.parent / "images" / SOCKET
 # With DynamicUser (the default profile) the state directory is under /var/lib/private.
 COUNTER_GLOB = f"/var/lib/private/{NAME}/visitors /var/lib/{NAME}/visitors"
 PORT = 8080
+ATTACHED_STATES = ("attached", "attached-runtime", "running", "running-runtime", "enabled",
+                   "enabled-runtime", "linked", "linked-runtime")
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,9 @@ class PortableService:
         """Attach ``version`` and start the socket (host socket: installed first)."""
         self.point_symlink_at(version)
         self.machine.succeed(f"portablectl attach --profile {profile} {SYMLINK}", timeout=180)
-        self.machine.succeed(f"portablectl is-attached {NAME}")
+        state = self.attachment_state()
+        if state not in ATTACHED_STATES:
+            raise GuestError(f"after attach, portablectl is-attached says {state!r}")
         if host_socket:
             self.machine.copy_from_host(HOST_SOCKET_SOURCE, HOST_SOCKET_PATH)
             self.machine.succeed("systemctl daemon-reload")
@@ -119,13 +123,32 @@ class PortableService:
         """Back to a clean guest: socket stopped and removed, image detached, state cleared.
 
         Units are stopped one by one: one `systemctl stop A B` refuses the whole call on newer
-        systemd when one of them is not loaded.
+        systemd when one of them is not loaded. Each version is detached by its own path: after
+        a failed run the symlink may point at a version that is not the attached one.
         """
         for unit in (SOCKET, SERVICE):
             self.machine.execute(f"systemctl stop {unit}")
-        self.machine.execute(f"portablectl detach {NAME}", timeout=120)
+        for path in self.image_paths():
+            if self.attachment_state(path) != "detached":
+                self.machine.succeed(f"portablectl detach {path}", timeout=120)
         self.machine.succeed(
             f"rm -f {HOST_SOCKET_PATH} && systemctl daemon-reload && systemctl reset-failed"
             f" {SOCKET} {SERVICE} 2>/dev/null; rm -rf /var/lib/private/{NAME} /var/lib/{NAME}"
         )
-        self.machine.fail(f"portablectl is-attached {NAME}")
+        states = {path: self.attachment_state(path) for path in self.image_paths()}
+        if any(state != "detached" for state in states.values()):
+            raise GuestError(f"reset left images attached: {states}")
+        self.machine.fail(f"systemctl is-active --quiet {SOCKET}")
+
+    @staticmethod
+    def image_paths() -> list[str]:
+        return [f"{PORTABLES}/{NAME}_{v}.raw" for v in VERSIONS] + [SYMLINK]
+
+    def attachment_state(self, image: str = SYMLINK) -> str:
+        """What ``portablectl is-attached IMAGE`` says: attached, running, detached, ….
+
+        Asked by path: systemd 252 records the symlink's target (portable-walkthrough_1.raw),
+        so asking by the name "portable-walkthrough" says "detached" for an attached image.
+        The exit status is 0 even for "detached": only the word counts.
+        """
+        return self.machine.execute(f"portablectl is-attached {image}").stdout.strip()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -83,7 +84,7 @@ class Timeline:
     def longest_gap_ms(self) -> float:
         """Longest time without a completed answer, between the first and the last answer."""
         ends = sorted(r.done_at for r in self.answered)
-        gaps = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(ends)]
         return round(max(gaps, default=0.0) * 1000, 1)
 
     @property
@@ -93,7 +94,7 @@ class Timeline:
     def counter_regressions(self) -> list[tuple[int, int]]:
         """Pairs (earlier, later) of visitor numbers where the count did not go up."""
         visitors = [r.visitor for r in self.answered if r.visitor is not None]
-        return [(a, b) for a, b in zip(visitors, visitors[1:], strict=False) if b <= a]
+        return [(a, b) for a, b in itertools.pairwise(visitors) if b <= a]
 
     def answered_seconds_of(self, greeting: str) -> float:
         """How long answers of ``greeting`` have been seen: first to last, in seconds."""

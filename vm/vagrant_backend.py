@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vm.box import BuiltBox, vagrant_env
 from vm.config import Settings
@@ -45,13 +46,14 @@ class VagrantVM:
     def env(self) -> dict[str, str]:
         return vagrant_env(self.settings.state_dir)
 
-    def _vagrant(self):  # type: ignore[no-untyped-def]
+    def _vagrant(self) -> Any:
+        """A python-vagrant handle on this run's directory, its output in vagrant.log."""
         import vagrant
 
-        return vagrant.Vagrant(
+        return vagrant.Vagrant(  # type: ignore[no-untyped-call]
             root=str(self.run_dir), env=self.env,
-            out_cm=vagrant.make_file_cm(str(self.vagrant_log)),
-            err_cm=vagrant.make_file_cm(str(self.vagrant_log)),
+            out_cm=vagrant.make_file_cm(str(self.vagrant_log)),  # type: ignore[no-untyped-call]
+            err_cm=vagrant.make_file_cm(str(self.vagrant_log)),  # type: ignore[no-untyped-call]
         )
 
     def write_vagrantfile(self) -> VagrantfileSpec:

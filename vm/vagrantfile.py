@@ -46,7 +46,11 @@ def render(spec: VagrantfileSpec) -> str:
     if spec.accel == "kvm":
         cpu = '    lv.cpu_mode = "host-passthrough"\n'
     else:
-        cpu = '    lv.cpu_mode = "custom"\n    lv.cpu_model = "qemu64"\n    lv.cpu_fallback = "allow"\n'
+        cpu = (
+            '    lv.cpu_mode = "custom"\n'
+            '    lv.cpu_model = "qemu64"\n'
+            '    lv.cpu_fallback = "allow"\n'
+        )
     key = ""
     if spec.private_key is not None:
         key = (

@@ -18,7 +18,9 @@ class SocketObservation:
     state_after: str
 
 
-def load_spanned_switch(outcome: LoadOutcome, reattach: Reattach, post_switch_s: float) -> list[str]:
+def load_spanned_switch(
+    outcome: LoadOutcome, reattach: Reattach, post_switch_s: float
+) -> list[str]:
     """The load ran before the reattach and went on while the new version answered."""
     problems = []
     tl = outcome.timeline
@@ -39,11 +41,17 @@ def load_spanned_switch(outcome: LoadOutcome, reattach: Reattach, post_switch_s:
                 f"the new version answered only {served:.1f} s under load "
                 f"(wanted {post_switch_s:g} s): the load ended too early"
             )
-    expected = outcome.duration_s - 5
-    if outcome.ab.time_taken_s < expected:
+    # ab starts a moment after the load's start, so this estimate of its end is early, never late.
+    ab_ended = outcome.started + outcome.ab.time_taken_s
+    if ab_ended < outcome.stopped - 3:
         problems.append(
             f"ab ran {outcome.ab.time_taken_s:.1f} s of the {outcome.duration_s:.1f} s load "
             "window: it ended early"
+        )
+    if tl.switch_at is not None and ab_ended <= tl.switch_at:
+        problems.append(
+            f"ab ended at +{ab_ended - outcome.started:.1f} s, before the first {tl.new!r} "
+            f"at +{tl.switch_at - outcome.started:.1f} s: its zero failures say nothing about v2"
         )
     return problems
 

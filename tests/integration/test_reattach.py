@@ -16,7 +16,7 @@ import pytest
 from vm.config import Settings
 from vm.load import LoadRun
 from vm.log import log
-from vm.portable import PortableService
+from vm.portable import ATTACHED_STATES, NAME, PORTABLES, PortableService
 from vm.report import plot_timeline, scenario_record
 from vm.verdict import SocketObservation, counter_consistent, zero_downtime_problems
 
@@ -53,6 +53,10 @@ def test_host_socket_reattach_loses_no_request(
     problems = zero_downtime_problems(
         outcome, reattach, socket, final_count, load_cfg.min_complete, load_cfg.post_switch_s
     )
+    # Like systemd's TEST-29: after the reattach v2 is attached and v1 is not.
+    v1, v2 = (portable.attachment_state(f"{PORTABLES}/{NAME}_{v}.raw") for v in (1, 2))
+    if v2 not in ATTACHED_STATES or v1 != "detached":
+        problems.append(f"after the reattach v1 is {v1!r} and v2 is {v2!r}")
     record_scenario(scenario_record(
         scenario, settings.box, portable.systemd_major, keepalive=False, proxy=None,
         socket_location="host", outcome=outcome, reattach=reattach,

@@ -1,0 +1,247 @@
+"""Helpers shared by the unit tests (imported as ``support``; pytest puts this directory on
+sys.path): module loading, the fake socket activation launcher, a tiny HTTP client and
+builders of measured runs (LoadOutcome, Reattach, ...)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import queue
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+from vm.ab import AbResult
+from vm.load import LoadOutcome
+from vm.portable import Reattach
+from vm.timeline import ProbeRecord, Timeline
+from vm.verdict import SocketObservation
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVER_PY = ROOT / "images" / "server.py"
+PROBE_PY = ROOT / "vm" / "guest" / "probe.py"
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def load_module(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- fake socket activation ------------------------------------------------------------------
+# Runs in the child before the server's exec, like systemd does: puts the listening socket at
+# fd 3 (inheritable: a dup2 onto itself would leave it close-on-exec) and names the process in
+# LISTEN_PID. execv keeps the pid, so LISTEN_PID names the server.
+LAUNCHER = """\
+import os, sys
+fd = int(sys.argv[1])
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
+os.set_inheritable(3, True)
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
+
+SD_ENV = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "GREETING", "PW_SHUTDOWN",
+          "STATE_DIRECTORY", "NOTIFY_SOCKET")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SD_ENV}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.update(extra)
+    return env
+
+
+class RunningServer:
+    """One server process; a reader thread collects its stderr lines."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, state_dir: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.state_dir = state_dir
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.lines.append(line)
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        """The next stderr line containing ``text`` (lines before it are consumed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"server never logged {text!r}; stderr: {self.lines}")
+            try:
+                line = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(f"server exited before logging {text!r}: {self.lines}")
+            if text in line:
+                return line
+
+    def wait(self, timeout: float) -> int:
+        rc = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return rc
+
+    def stop(self) -> None:
+        """Kill (by the Popen handle) if still running, reap, close the pipe."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+StartServer = Callable[..., RunningServer]
+
+
+# --- a tiny HTTP client ----------------------------------------------------------------------
+class HttpResponse:
+    def __init__(self, status_line: str, headers: dict[str, str], body: bytes) -> None:
+        self.status_line = status_line
+        self.headers = headers
+        self.body = body
+
+    @property
+    def status(self) -> int:
+        return int(self.status_line.split()[1])
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+
+def read_response(sock: socket.socket) -> HttpResponse:
+    """Read exactly one response (head, then Content-Length bytes of body) from ``sock``."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise AssertionError(f"connection closed before a full head: {buf!r}")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers["content-length"])
+    while len(rest) < length:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise AssertionError(f"connection closed mid-body: {rest!r}")
+        rest += chunk
+    assert len(rest) == length, f"more bytes than Content-Length {length}: {rest!r}"
+    return HttpResponse(lines[0], headers, rest)
+
+
+def connect(port: int, timeout: float = 10.0) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
+def send_request(sock: socket.socket, version: str = "HTTP/1.0", headers: str = "") -> None:
+    sock.sendall(f"GET / {version}\r\nHost: test\r\n{headers}\r\n".encode())
+
+
+def request(sock: socket.socket, version: str = "HTTP/1.0", headers: str = "") -> HttpResponse:
+    send_request(sock, version, headers)
+    return read_response(sock)
+
+
+def at_eof(sock: socket.socket, timeout: float = 5.0) -> bool:
+    """True when the peer closed the connection cleanly (FIN and no further bytes)."""
+    sock.settimeout(timeout)
+    return sock.recv(4096) == b""
+
+
+def read_to_eof(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    sock.settimeout(timeout)
+    raw = b""
+    while chunk := sock.recv(4096):
+        raw += chunk
+    return raw
+
+
+def get(port: int, headers: str = "") -> HttpResponse:
+    """One HTTP/1.0 request on a fresh connection; checks the server then closed it."""
+    with connect(port) as s:
+        response = request(s, headers=headers)
+        assert at_eof(s), "the server kept a non-keep-alive connection open"
+    return response
+
+
+# --- builders of measured runs ---------------------------------------------------------------
+T0 = 1_700_000_000.0  # guest epoch seconds at load start
+
+
+def answer(t: float, greeting: str, visitor: int, latency_ms: float = 4.0) -> ProbeRecord:
+    return ProbeRecord(t=t, latency_ms=latency_ms, status=200, greeting=greeting,
+                       visitor=visitor)
+
+
+def failure(t: float, error: str, latency_ms: float = 1.0) -> ProbeRecord:
+    return ProbeRecord(t=t, latency_ms=latency_ms, error=error)
+
+
+def probe_series(start: float, end: float, greeting: str, first_visitor: int,
+                 step_visitors: int = 25, every: float = 0.2) -> list[ProbeRecord]:
+    """Answers every ``every`` s in [start, end); visitor numbers grow with the ab load."""
+    count = round((end - start) / every)
+    return [answer(round(start + i * every, 4), greeting, first_visitor + i * step_visitors)
+            for i in range(count)]
+
+
+def ab_result(complete: int = 7000, failed: int = 0, connect: int = 0, receive: int = 0,
+              length: int = 0, exceptions: int = 0, non_2xx: int = 0,
+              time_taken_s: float = 29.9) -> AbResult:
+    return AbResult(
+        complete=complete, failed=failed, failed_connect=connect, failed_receive=receive,
+        failed_length=length, failed_exceptions=exceptions, non_2xx=non_2xx, write_errors=0,
+        keepalive_requests=0, requests_per_second=complete / time_taken_s,
+        time_taken_s=time_taken_s,
+    )
+
+
+def outcome(records: list[ProbeRecord], ab: AbResult | None = None, started: float = T0,
+            stopped: float = T0 + 30.0, old: str = "Hello", new: str = "Hola") -> LoadOutcome:
+    ab = ab or ab_result(time_taken_s=round(stopped - started - 0.1, 3))
+    return LoadOutcome(ab=ab, ab_output="(ab report)", timeline=Timeline.build(
+        records, started, old, new), started=started, stopped=stopped,
+        ab_command="ab -l -r -c 10 -t 240 -n 240000 -s 30 http://127.0.0.1:8080/")
+
+
+def reattach(started: float = T0 + 5.0, ended: float = T0 + 6.5) -> Reattach:
+    return Reattach(command="portablectl reattach --now /var/lib/portables/x.raw",
+                    started=started, ended=ended, output="Queued /x.raw...\nPWT-TIMES")
+
+
+def clean_records() -> list[ProbeRecord]:
+    """Hello from +0.2 s to +6.0 s (the reattach runs +5.0..+6.5 s), Hola from +6.2 s on;
+    visitors 3, 28, ... (ab takes the numbers in between)."""
+    hello = probe_series(T0 + 0.2, T0 + 6.2, "Hello", first_visitor=3)
+    hola = probe_series(T0 + 6.2, T0 + 30.0, "Hola", first_visitor=1000)
+    return hello + hola
+
+
+def healthy_socket() -> SocketObservation:
+    return SocketObservation("123456789", "123456789", "active")

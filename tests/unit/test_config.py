@@ -1,0 +1,139 @@
+"""vm/config.py (run settings and their validation) and vm/boxes.py (box recipes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vm.boxes import BASE_PACKAGES, BOXES, DEBIAN_MIRROR, DEFAULT_BOX, BoxRecipe, get_box
+from vm.config import LoadSettings, Settings
+
+
+def test_defaults_are_valid() -> None:
+    LoadSettings().validate()
+    settings = Settings()
+    settings.validate()
+    assert settings.box == DEFAULT_BOX
+    assert settings.accel == "auto" and settings.keep_vm == "never"
+
+
+def test_run_ids_differ_and_name_the_directories(tmp_path: Path) -> None:
+    a, b = Settings(state_dir=tmp_path), Settings(state_dir=tmp_path)
+    assert a.run_id != b.run_id
+    assert a.run_dir == tmp_path / "runs" / a.run_id
+    assert Settings(artifacts_root=Path("art"), run_id="r1").artifacts_dir == Path("art/r1")
+
+
+def test_unknown_box_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown box 'debian-potato'") as info:
+        Settings(box="debian-potato").validate()
+    assert "known boxes: " in str(info.value)
+    for name in BOXES:
+        assert name in str(info.value)
+
+
+@pytest.mark.parametrize("accel", ["xen", "KVM", ""])
+def test_bad_accel(accel: str) -> None:
+    with pytest.raises(ValueError, match="accel must be one of auto, kvm, tcg"):
+        Settings(accel=accel).validate()
+
+
+@pytest.mark.parametrize("accel", ["auto", "kvm", "tcg"])
+def test_good_accel(accel: str) -> None:
+    Settings(accel=accel).validate()
+
+
+@pytest.mark.parametrize("keep", ["sometimes", "yes", ""])
+def test_bad_keep_vm(keep: str) -> None:
+    with pytest.raises(ValueError, match="keep-vm must be one of never, on-error, always"):
+        Settings(keep_vm=keep).validate()
+
+
+@pytest.mark.parametrize("keep", ["never", "on-error", "always"])
+def test_good_keep_vm(keep: str) -> None:
+    Settings(keep_vm=keep).validate()
+
+
+@pytest.mark.parametrize(("memory", "cpus"), [(256, 2), (2048, 0)])
+def test_too_small_vm(memory: int, cpus: int) -> None:
+    with pytest.raises(ValueError, match="at least 512 MB and 1 CPU"):
+        Settings(memory_mb=memory, cpus=cpus).validate()
+
+
+@pytest.mark.parametrize("concurrency", [0, -3])
+def test_concurrency_below_one(concurrency: int) -> None:
+    with pytest.raises(ValueError, match="concurrency must be at least 1"):
+        LoadSettings(concurrency=concurrency).validate()
+    with pytest.raises(ValueError, match="concurrency"):  # Settings validates its load too
+        Settings(load=LoadSettings(concurrency=concurrency)).validate()
+
+
+@pytest.mark.parametrize(("switch_after", "post_switch"), [(-1.0, 10.0), (0.0, 10.0),
+                                                           (5.0, -2.0), (5.0, 0.0)])
+def test_durations_must_be_positive(switch_after: float, post_switch: float) -> None:
+    with pytest.raises(ValueError, match="positive durations"):
+        LoadSettings(switch_after_s=switch_after, post_switch_s=post_switch).validate()
+
+
+@pytest.mark.parametrize("max_s", [15.0, 14.0, 0.0, -240.0])
+def test_load_bound_must_exceed_switch_after_plus_post_switch(max_s: float) -> None:
+    with pytest.raises(ValueError, match=r"load bound .* must exceed .* = 15 s"):
+        LoadSettings(switch_after_s=5.0, post_switch_s=10.0, max_s=max_s).validate()
+
+
+def test_load_bound_just_above_is_valid() -> None:
+    LoadSettings(switch_after_s=5.0, post_switch_s=10.0, max_s=15.5).validate()
+
+
+def test_min_complete_below_one() -> None:
+    with pytest.raises(ValueError, match="min-complete"):
+        LoadSettings(min_complete=0).validate()
+
+
+def test_get_box() -> None:
+    box = get_box("debian-bookworm")
+    assert box.name == "debian-bookworm"
+    assert box.systemd_major == 252
+    assert box.suite == "bookworm"
+    assert box.buildable_offline
+    assert box.providers == ("libvirt",)
+    assert get_box(DEFAULT_BOX) is BOXES[DEFAULT_BOX]
+
+
+def test_get_box_unknown() -> None:
+    with pytest.raises(ValueError, match=r"unknown box 'fedora-99'; known boxes: debian-bookworm"):
+        get_box("fedora-99")
+
+
+def test_build_env() -> None:
+    env = get_box("debian-bookworm").build_env()
+    assert env == {
+        "SUITE": "bookworm",
+        "MIRROR": DEBIAN_MIRROR,
+        "PACKAGES": ",".join(BASE_PACKAGES),
+        "EXTRA_SUITE": "",
+        "EXTRA_PACKAGES": "",
+    }
+    packages = env["PACKAGES"].split(",")
+    for needed in ("systemd-container", "apache2-utils", "python3-minimal", "qemu-guest-agent",
+                   "openssh-server"):
+        assert needed in packages
+    assert all(isinstance(v, str) for v in env.values())
+
+
+def test_build_env_with_extra_suite() -> None:
+    box = BoxRecipe(name="debian-bookworm-bpo", description="backports", systemd_major=254,
+                    suite="bookworm", extra_suite="bookworm-backports",
+                    extra_packages=("systemd", "systemd-container"))
+    env = box.build_env()
+    assert env["EXTRA_SUITE"] == "bookworm-backports"
+    assert env["EXTRA_PACKAGES"] == "systemd systemd-container"
+
+
+def test_build_env_of_a_downloaded_box_raises() -> None:
+    box = BoxRecipe(name="fedora-40", description="Fedora 40", systemd_major=255,
+                    package_manager="dnf", vagrant_box="fedora/40-cloud-base")
+    assert not box.buildable_offline
+    with pytest.raises(ValueError, match="fedora-40 is not built locally"):
+        box.build_env()

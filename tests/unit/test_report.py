@@ -1,0 +1,117 @@
+"""vm/report.py: summary.json, summary.md and the timeline PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from support import (
+    T0,
+    ab_result,
+    clean_records,
+    failure,
+    outcome,
+    probe_series,
+    reattach,
+)
+
+from vm.report import SUMMARY_COLUMNS, markdown_table, plot_timeline, scenario_record, write_summary
+
+
+def record(scenario: str = "host-socket-no-keepalive", **kwargs: Any) -> dict[str, Any]:
+    out = kwargs.pop("outcome", None) or outcome(clean_records())
+    return scenario_record(
+        scenario, "debian-bookworm", 252, keepalive=False, proxy=None, socket_location="host",
+        outcome=out, reattach=reattach(), counter_ok=True,
+        verdict=kwargs.pop("verdict", "pass"), problems=kwargs.pop("problems", []),
+    )
+
+
+def test_scenario_record_values() -> None:
+    rec = record()
+    assert rec["scenario"] == "host-socket-no-keepalive"
+    assert rec["systemd_version"] == 252
+    assert rec["complete"] == 7000 and rec["failed"] == 0
+    assert rec["switched"] is True
+    assert rec["switch_at_s"] == 6.2  # first Hola sent at +6.2 s, done 4 ms later
+    assert rec["reattach_started_s"] == 5.0
+    assert rec["reattach_s"] == 1.5
+    assert rec["load_s"] == 30.0
+    assert rec["probe_requests"] == len(clean_records())
+    assert rec["probe_errors"] == {}
+    assert rec["longest_gap_ms"] == 200.0
+    assert rec["max_latency_ms"] == 4.0
+    assert rec["ab_command"].startswith("ab -l -r")
+    json.dumps(rec)  # summary.json must be able to hold it
+
+
+def test_scenario_record_without_switch() -> None:
+    out = outcome(probe_series(T0 + 0.2, T0 + 30.0, "Hello", 3))
+    rec = record(outcome=out, verdict="FAIL", problems=["never saw 'Hola'"])
+    assert rec["switched"] is False
+    assert rec["switch_at_s"] is None
+    assert rec["problems"] == ["never saw 'Hola'"]
+
+
+def test_markdown_table_has_one_row_per_record_and_dashes_for_none() -> None:
+    no_switch = record("b", outcome=outcome(probe_series(T0 + 0.2, T0 + 30.0, "Hello", 3)),
+                       verdict="FAIL")
+    table = markdown_table([record("a"), no_switch])
+    lines = table.splitlines()
+    assert len(lines) == 2 + 2
+    assert lines[0] == "| " + " | ".join(title for title, _ in SUMMARY_COLUMNS) + " |"
+    assert lines[1].count("---") == len(SUMMARY_COLUMNS)
+    cells = [ln.strip("|").split(" | ") for ln in lines[2:]]
+    assert all(len(row) == len(SUMMARY_COLUMNS) for row in cells)
+    switch_col = [key for _, key in SUMMARY_COLUMNS].index("switch_at_s")
+    assert cells[0][switch_col].strip() == "6.2"
+    assert cells[1][switch_col].strip() == "-"
+    assert cells[1][0].strip() == "b" and "FAIL" in lines[3]
+    assert "None" not in table
+
+
+def test_markdown_table_missing_keys_and_floats() -> None:
+    table = markdown_table([{"scenario": "x", "requests_per_second": 1234.5678}])
+    row = table.splitlines()[2]
+    assert "1234.6" in row
+    assert row.count(" - ") == len(SUMMARY_COLUMNS) - 2
+
+
+def test_markdown_table_without_records() -> None:
+    assert len(markdown_table([]).splitlines()) == 2
+
+
+def test_write_summary(tmp_path: Path) -> None:
+    directory = tmp_path / "artifacts" / "run-1"
+    records = [record("a"), record("b", verdict="FAIL", problems=["p1"])]
+    write_summary(directory, records, {"box": 12.04, "boot": 92.31})
+    data = json.loads((directory / "summary.json").read_text())
+    assert set(data) == {"scenarios", "phases_s"}
+    assert [s["scenario"] for s in data["scenarios"]] == ["a", "b"]
+    assert data["scenarios"][1]["problems"] == ["p1"]
+    assert data["phases_s"] == {"box": 12.04, "boot": 92.31}
+    md = (directory / "summary.md").read_text()
+    assert md.startswith("# Zero-downtime reattach: results\n")
+    assert markdown_table(records) in md
+    assert "- box: 12.0 s" in md and "- boot: 92.3 s" in md
+
+
+def is_png(path: Path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_timeline_writes_a_png(tmp_path: Path) -> None:
+    path = tmp_path / "plots" / "host-socket.png"
+    plot_timeline(path, "host socket, no keep-alive", outcome(clean_records()), reattach())
+    assert is_png(path)
+    assert path.stat().st_size > 5000
+
+
+def test_plot_timeline_with_failures_and_no_switch(tmp_path: Path) -> None:
+    records = probe_series(T0 + 0.2, T0 + 10.0, "Hello", 3)
+    records += [failure(T0 + 10.2 + i / 5, "connect-refused") for i in range(5)]
+    out = outcome(records, stopped=T0 + 12.0, ab=ab_result(failed=3, connect=3))
+    path = tmp_path / "fail.png"
+    plot_timeline(path, "broken", out, reattach())
+    assert is_png(path) and path.stat().st_size > 5000
