@@ -157,14 +157,21 @@ def box(settings: Settings, pytestconfig: pytest.Config, artifacts: Path) -> Any
     from vm.boxes import get_box
 
     return _harness_step("box", pytestconfig, ensure_box, get_box(settings.box),
-                         settings.state_dir, settings.box_build_timeout_s)
+                         settings.state_dir, settings.box_build_timeout_s,
+                         settings.libvirt_uri, settings.pool)
 
 
 @pytest.fixture(scope="session")
 def images(settings: Settings, pytestconfig: pytest.Config, artifacts: Path) -> Any:
+    """socket location -> the v1/v2 images of that shape, built on the host when first asked."""
     from vm.image import ensure_images
 
-    return _harness_step("images", pytestconfig, ensure_images, settings.state_dir, "host")
+    def build(socket_location: str) -> Any:
+        return _harness_step(f"images ({socket_location} socket)", pytestconfig,
+                             ensure_images, settings.state_dir, socket_location)
+
+    build("host")  # before the VM boots: a broken image build should not cost a boot
+    return build
 
 
 @pytest.fixture(scope="session")
@@ -199,7 +206,7 @@ def vm(settings: Settings, box: Any, pytestconfig: pytest.Config,
 
 @pytest.fixture(scope="session")
 def guest(vm: Any, images: Any, settings: Settings) -> Any:
-    """The booted guest with the portable images copied in and its systemd version known."""
+    """The booted guest, its systemd version known; image sets are uploaded on first use."""
     from vm.portable import PortableService
     from vm.quirks import unsupported_reason
 
@@ -210,10 +217,7 @@ def guest(vm: Any, images: Any, settings: Settings) -> Any:
     if (reason := unsupported_reason(major)) is not None:
         pytest.exit(f"pwt: {reason}", returncode=3)
     log.info(f"guest runs systemd {major}")
-    service = PortableService(vm, major, settings.reattach_timeout_s)
-    with log.nested("copying portable images v1 and v2 into /var/lib/portables"):
-        service.install_images(images)
-    return service
+    return PortableService(vm, major, settings.reattach_timeout_s, images)
 
 
 def _collect_failure_artifacts(machine: Any, directory: Path) -> None:
@@ -249,7 +253,6 @@ def portable(guest: Any, artifacts: Path, request: pytest.FixtureRequest) -> Ite
         target = artifacts / request.node.name
         _collect_failure_artifacts(guest.machine, target)
         log.info(f"failure artifacts: {target}")
-    guest.machine.execute("systemctl stop pwt-ab.service pwt-probe.service")
     guest.reset()
 
 
@@ -257,6 +260,16 @@ def portable(guest: Any, artifacts: Path, request: pytest.FixtureRequest) -> Ite
 def record_scenario(pytestconfig: pytest.Config) -> Any:
     """Tests hand their summary row here; the session writes summary.json/md from them."""
     return pytestconfig.stash[RESULTS].append
+
+
+@pytest.fixture
+def record_phase(pytestconfig: pytest.Config) -> Any:
+    """record_phase(name, seconds): a duration shown in the report's phase list."""
+
+    def record(name: str, seconds: float) -> None:
+        pytestconfig.stash[PHASES][name] = round(seconds, 1)
+
+    return record
 
 
 # --- report -------------------------------------------------------------------------------

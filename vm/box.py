@@ -11,6 +11,7 @@ from pathlib import Path
 from vm.boxes import BoxRecipe
 from vm.cache import checksum_ok, locked, recipe_hash, write_checksum
 from vm.errors import HarnessError, PrerequisiteMissing
+from vm.host import remove_libvirt_leftovers
 from vm.log import log
 from vm.proc import run_logged
 
@@ -62,7 +63,10 @@ def _vagrant_has_box(name: str, env: dict[str, str]) -> bool:
     return any(line.split(",")[3:4] == [name] for line in out.splitlines() if ",box-name," in line)
 
 
-def ensure_box(recipe: BoxRecipe, state_dir: Path, timeout_s: float) -> BuiltBox:
+def ensure_box(
+    recipe: BoxRecipe, state_dir: Path, timeout_s: float,
+    libvirt_uri: str = "qemu:///system", pool: str = "pwt",
+) -> BuiltBox:
     """Build the box if its recipe changed or its file is corrupt, and add it to Vagrant."""
     if not recipe.buildable_offline:
         raise HarnessError(
@@ -107,22 +111,26 @@ def ensure_box(recipe: BoxRecipe, state_dir: Path, timeout_s: float) -> BuiltBox
                 boxes / f"{recipe.name}-{digest}.log", timeout=600, what="vagrant box add",
                 env=env,
             )
-        prune_old_boxes(recipe.name, keep=name, env=env)
+        for old in prune_old_boxes(recipe.name, keep=name, env=env):
+            # vagrant-libvirt uploaded the old box into the pool as a base volume.
+            remove_libvirt_leftovers(libvirt_uri, pool, old.replace("/", "-VAGRANTSLASH-"))
         for old_file in boxes.glob(f"{recipe.name}-*.box*"):
             if not old_file.name.startswith(box_file.name):
                 old_file.unlink()
     return BuiltBox(recipe, name, key)
 
 
-def prune_old_boxes(recipe_name: str, keep: str, env: dict[str, str]) -> None:
+def prune_old_boxes(recipe_name: str, keep: str, env: dict[str, str]) -> list[str]:
     """Remove boxes of earlier recipes of ``recipe_name`` from Vagrant (disk is finite)."""
     out = subprocess.run(
         ["vagrant", "box", "list", "--machine-readable"],
         env=env, capture_output=True, text=True, check=False,
     ).stdout
     names = {line.split(",")[3] for line in out.splitlines() if ",box-name," in line}
-    for old in sorted(n for n in names if n.startswith(f"pwt/{recipe_name}-") and n != keep):
+    old_boxes = sorted(n for n in names if n.startswith(f"pwt/{recipe_name}-") and n != keep)
+    for old in old_boxes:
         log.info(f"removing superseded box {old}")
         subprocess.run(["vagrant", "box", "remove", "--force", "--all", old],
                        env=env, capture_output=True, check=False)
+    return old_boxes
 

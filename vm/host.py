@@ -43,3 +43,27 @@ def check_vagrant_prerequisites(libvirt_uri: str, env: dict[str, str]) -> None:
         raise PrerequisiteMissing(
             f"libvirtd does not answer at {libvirt_uri} ({reason}): run ./setup-host"
         )
+
+
+def _virsh(uri: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["virsh", "-c", uri, *args], capture_output=True, text=True, check=False, timeout=60
+    )
+
+
+def remove_libvirt_leftovers(uri: str, pool: str, prefix: str) -> list[str]:
+    """Destroy/undefine domains and delete pool volumes whose name starts with ``prefix``."""
+    removed: list[str] = []
+    domains = _virsh(uri, "list", "--all", "--name").stdout.split()
+    for name in domains:
+        if name.startswith(prefix):
+            _virsh(uri, "destroy", name)
+            _virsh(uri, "undefine", name, "--nvram")
+            removed.append(f"domain {name}")
+    volumes = _virsh(uri, "vol-list", pool).stdout.splitlines()[2:]
+    for line in volumes:
+        fields = line.split()
+        if fields and fields[0].startswith(prefix):
+            _virsh(uri, "vol-delete", fields[0], "--pool", pool)
+            removed.append(f"volume {fields[0]}")
+    return removed

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from vm.errors import GuestError
 from vm.image import VERSIONS, PortableImages
+from vm.log import log
 from vm.machine import Machine
 from vm.quirks import reattach_target
 
 NAME = "portable-walkthrough"
 PORTABLES = "/var/lib/portables"
+STASH = "/var/lib/pwt-images"  # every uploaded image set, by socket location
 SYMLINK = f"{PORTABLES}/{NAME}.raw"
 SERVICE = f"{NAME}.service"
 SOCKET = f"{NAME}.socket"
@@ -22,6 +25,10 @@ HOST_SOCKET_SOURCE = Path(__file__).resolve().parent.parent / "images" / SOCKET
 # With DynamicUser (the default profile) the state directory is under /var/lib/private.
 COUNTER_GLOB = f"/var/lib/private/{NAME}/visitors /var/lib/{NAME}/visitors"
 PORT = 8080
+# A host drop-in that sets the server's shutdown mode (drop-ins apply to portable units too).
+SHUTDOWN_DROPIN = f"/etc/systemd/system/{SERVICE}.d/50-pwt-shutdown.conf"
+# Transient units the scenarios start in the guest (load, probe, proxy).
+CLIENT_UNITS = ("pwt-ab.service", "pwt-probe.service", "pwt-haproxy.service")
 ATTACHED_STATES = ("attached", "attached-runtime", "running", "running-runtime", "enabled",
                    "enabled-runtime", "linked", "linked-runtime")
 
@@ -43,15 +50,44 @@ class Reattach:
 class PortableService:
     """Drive ``portable-walkthrough`` on ``machine`` (whose systemd is ``systemd_major``)."""
 
-    def __init__(self, machine: Machine, systemd_major: int, reattach_timeout_s: float) -> None:
+    def __init__(self, machine: Machine, systemd_major: int, reattach_timeout_s: float,
+                 build_images: Callable[[str], PortableImages]) -> None:
         self.machine = machine
         self.systemd_major = systemd_major
         self.reattach_timeout_s = reattach_timeout_s
+        self.build_images = build_images  # socket location -> images (built/cached on host)
+        self.uploaded: set[str] = set()
 
-    def install_images(self, images: PortableImages, versions: tuple[int, ...] = (1, 2)) -> None:
-        for v in versions:
+    def install_images(self, images: PortableImages) -> None:
+        """Upload one set of images (host- or image-socket) to the guest's stash."""
+        for v in VERSIONS:
             src = images.path(v)
-            self.machine.copy_from_host(src, f"{PORTABLES}/{src.name}")
+            self.machine.copy_from_host(src, f"{STASH}/{images.socket_location}/{src.name}")
+
+    def use_images(self, socket_location: str) -> None:
+        """Put that set's images in /var/lib/portables (a local copy: under a second).
+
+        A set is built on the host and uploaded the first time a scenario needs it.
+        """
+        if socket_location not in self.uploaded:
+            with log.nested(f"uploading the portable images (socket in {socket_location})"):
+                self.install_images(self.build_images(socket_location))
+            self.uploaded.add(socket_location)
+        self.machine.succeed(
+            f"for f in {STASH}/{socket_location}/*.raw; do"
+            f" cp --sparse=always \"$f\" {PORTABLES}/$(basename \"$f\").new &&"
+            f" mv -f {PORTABLES}/$(basename \"$f\").new {PORTABLES}/$(basename \"$f\"); done"
+        )
+
+    def main_process_user(self) -> str:
+        """The user the service's main process runs as (a dynamic user under `default`)."""
+        pid = self.machine.succeed(f"systemctl show -P MainPID {SERVICE}").strip()
+        if pid in ("", "0"):
+            return ""
+        return self.machine.succeed(f"ps -o user= -p {pid}").strip()
+
+    def dynamic_user(self) -> bool:
+        return self.machine.succeed(f"systemctl show -P DynamicUser {SERVICE}").strip() == "yes"
 
     def point_symlink_at(self, version: int) -> None:
         # ln -sfn then mv -T: the symlink is replaced atomically, never missing.
@@ -123,22 +159,35 @@ class PortableService:
         """Back to a clean guest: socket stopped and removed, image detached, state cleared.
 
         Units are stopped one by one: one `systemctl stop A B` refuses the whole call on newer
-        systemd when one of them is not loaded. Each version is detached by its own path: after
-        a failed run the symlink may point at a version that is not the attached one.
+        systemd when one of them is not loaded. The image is detached by the path the unit
+        really runs from: after a failed run the symlink may point at another version.
         """
-        for unit in (SOCKET, SERVICE):
+        for unit in (*CLIENT_UNITS, SOCKET, SERVICE):
             self.machine.execute(f"systemctl stop {unit}")
-        for path in self.image_paths():
-            if self.attachment_state(path) != "detached":
-                self.machine.succeed(f"portablectl detach {path}", timeout=120)
+        attached = self.attached_image()
+        if attached:
+            self.machine.succeed(f"portablectl detach {attached}", timeout=120)
         self.machine.succeed(
-            f"rm -f {HOST_SOCKET_PATH} && systemctl daemon-reload && systemctl reset-failed"
-            f" {SOCKET} {SERVICE} 2>/dev/null; rm -rf /var/lib/private/{NAME} /var/lib/{NAME}"
+            f"rm -f {HOST_SOCKET_PATH} {SHUTDOWN_DROPIN} && systemctl daemon-reload"
+            f" && systemctl reset-failed {SOCKET} {SERVICE} 2>/dev/null; rm -rf /var/lib/private/{NAME} /var/lib/{NAME}"
         )
         states = {path: self.attachment_state(path) for path in self.image_paths()}
         if any(state != "detached" for state in states.values()):
             raise GuestError(f"reset left images attached: {states}")
         self.machine.fail(f"systemctl is-active --quiet {SOCKET}")
+
+    def attached_image(self) -> str:
+        """The image the attached service runs from (its RootImage=), or "" when none is.
+
+        This tells the versions apart; ``portablectl is-attached`` does not: on 252 both
+        portable-walkthrough_1.raw and _2.raw say "running" when either is attached.
+        """
+        result = self.machine.execute(f"systemctl show -P RootImage {SERVICE}")
+        return result.stdout.strip() if result.succeeded else ""
+
+    @staticmethod
+    def image_path(version: int) -> str:
+        return f"{PORTABLES}/{NAME}_{version}.raw"
 
     @staticmethod
     def image_paths() -> list[str]:

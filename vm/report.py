@@ -85,18 +85,19 @@ def plot_timeline(path: Path, title: str, outcome: LoadOutcome, reattach: Reatta
                label=f"portablectl reattach ({reattach.duration_s:.1f} s)")
     for greeting, color in ((tl.old, "#2e86de"), (tl.new, "#27ae60")):
         pts = [r for r in tl.answered if r.greeting == greeting]
-        ax.scatter([r.t - t0 for r in pts], [r.latency_ms for r in pts], s=9, color=color,
+        ax.scatter([r.t - t0 for r in pts], [max(r.latency_ms, 1) for r in pts], s=9, color=color,
                    label=f"{greeting} ({len(pts)})")
     bad = [r for r in tl.records if not r.ok]
     if bad:
-        ax.scatter([r.t - t0 for r in bad], [r.latency_ms for r in bad], marker="x", s=30,
+        ax.scatter([r.t - t0 for r in bad], [max(r.latency_ms, 1) for r in bad], marker="x", s=30,
                    color="#c0392b", label=f"failed ({len(bad)})")
     if tl.switch_at is not None:
         ax.axvline(tl.switch_at - t0, color="#27ae60", linestyle="--", linewidth=1,
                    label=f"first {tl.new} at {tl.switch_at - t0:.1f} s")
-    ax.set_yscale("symlog", linthresh=10)
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=1)
     ax.set_xlabel("seconds since load start")
-    ax.set_ylabel("probe latency (ms)")
+    ax.set_ylabel("probe latency (ms, at send time)")
     ab = outcome.ab
     ax.set_title(f"{title}\nab: {ab.complete} complete, {ab.failed} failed, "
                  f"{ab.requests_per_second:.0f} req/s; longest gap {tl.longest_gap_ms:.0f} ms",

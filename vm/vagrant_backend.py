@@ -10,7 +10,12 @@ from typing import Any
 from vm.box import BuiltBox, vagrant_env
 from vm.config import Settings
 from vm.errors import HarnessError
-from vm.host import check_vagrant_prerequisites, free_port, random_mac
+from vm.host import (
+    check_vagrant_prerequisites,
+    free_port,
+    random_mac,
+    remove_libvirt_leftovers,
+)
 from vm.log import log
 from vm.machine import Machine, parse_ssh_config
 from vm.proc import heartbeat
@@ -101,27 +106,3 @@ class VagrantVM:
                 log.info(f"vagrant destroy failed ({e}); removing the domain with virsh")
             remove_libvirt_leftovers(self.settings.libvirt_uri, self.settings.pool,
                                      self.domain_prefix)
-
-
-def _virsh(uri: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["virsh", "-c", uri, *args], capture_output=True, text=True, check=False, timeout=60
-    )
-
-
-def remove_libvirt_leftovers(uri: str, pool: str, prefix: str) -> list[str]:
-    """Destroy/undefine domains and delete pool volumes whose name starts with ``prefix``."""
-    removed: list[str] = []
-    domains = _virsh(uri, "list", "--all", "--name").stdout.split()
-    for name in domains:
-        if name.startswith(prefix):
-            _virsh(uri, "destroy", name)
-            _virsh(uri, "undefine", name, "--nvram")
-            removed.append(f"domain {name}")
-    volumes = _virsh(uri, "vol-list", pool).stdout.splitlines()[2:]
-    for line in volumes:
-        fields = line.split()
-        if fields and fields[0].startswith(prefix):
-            _virsh(uri, "vol-delete", fields[0], "--pool", pool)
-            removed.append(f"volume {fields[0]}")
-    return removed

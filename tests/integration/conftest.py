@@ -1,0 +1,38 @@
+"""Shared by the scenario tests: run one scenario, record its row and timeline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vm.config import Settings
+from vm.portable import PortableService
+from vm.report import plot_timeline
+from vm.scenario import Scenario, ScenarioRun, run_scenario, summary_row, verdict_of
+
+
+@pytest.fixture
+def run_recorded(
+    portable: PortableService, settings: Settings, artifacts: Path, record_scenario: Any,
+    record_phase: Any,
+) -> Callable[[Scenario], ScenarioRun]:
+    """Run a scenario; its summary row and PNG timeline are written whatever the verdict."""
+
+    def run(scenario: Scenario) -> ScenarioRun:
+        start = time.monotonic()
+        result = run_scenario(portable, settings, scenario)
+        record_phase(f"scenario {scenario.id}", time.monotonic() - start)
+        row = summary_row(result, settings.box, portable.systemd_major, verdict_of(result))
+        row["scenario_s"] = round(time.monotonic() - start, 1)
+        row["overhead_s"] = round(row["scenario_s"] - row["load_s"], 1)
+        record_scenario(row)
+        plot_timeline(artifacts / f"{scenario.id}.png",
+                      f"{scenario.id} (systemd {portable.systemd_major})",
+                      result.outcome, result.reattach)
+        return result
+
+    return run

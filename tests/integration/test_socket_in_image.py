@@ -1,0 +1,23 @@
+"""Negative control: ship the .socket inside the image and the reattach must cause downtime.
+
+`reattach --now` restarts every unit it copies from the image, the socket included: while it
+is down, connections are refused (systemd 252) or the port stays dead (257). If a systemd
+version stops losing requests here, this test fails and says so: the suite's premise changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from vm.scenario import Scenario, ScenarioRun, get_scenario, loss_summary
+
+pytestmark = pytest.mark.vm
+
+
+def test_socket_in_image_causes_downtime(run_recorded: Callable[[Scenario], ScenarioRun]) -> None:
+    run = run_recorded(get_scenario("image-socket-no-keepalive"))
+    before = [r for r in run.outcome.timeline.answered if r.t < run.reattach.started]
+    assert before, "the load never reached v1: the control proves nothing"
+    assert run.lost_requests, f"no downtime with the socket in the image: {loss_summary(run)}"

@@ -1,0 +1,219 @@
+"""One scenario = one shape of upgrade under load, run the same way for every shape.
+
+A scenario says where the socket lives (host or image), whether clients keep connections
+alive, whether HAProxy stands in front, how the server shuts down, which profile attaches the
+image and which version replaces which. ``run_scenario`` attaches, loads, reattaches, waits for
+the new version under load, stops the load and returns everything measured plus the problems
+that stand between the run and a zero-downtime verdict.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from vm.config import Settings
+from vm.haproxy import PROXY_PORT, HaproxyConfig
+from vm.image import VERSIONS
+from vm.load import GUEST_DIR, LoadOutcome, LoadRun
+from vm.log import log
+from vm.portable import (
+    ATTACHED_STATES,
+    PORT,
+    SHUTDOWN_DROPIN,
+    SOCKET,
+    PortableService,
+    Reattach,
+)
+from vm.report import scenario_record
+from vm.verdict import SocketObservation, counter_consistent, zero_downtime_problems
+
+HAPROXY_UNIT = "pwt-haproxy.service"
+EXPECTATIONS = ("zero-downtime", "downtime", "characterise")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    expect: str = "zero-downtime"  # or "downtime" (negative control), "characterise"
+    keepalive: bool = False
+    proxy: str | None = None  # None or "haproxy"
+    socket_location: str = "host"  # "host" or "image"
+    shutdown: str = "drain"  # the server's SIGTERM behaviour: "drain" or "immediate"
+    profile: str = "default"
+    from_version: int = 1
+    to_version: int = 2
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.expect not in EXPECTATIONS:
+            raise ValueError(f"expect must be one of {EXPECTATIONS}")
+        if {self.from_version, self.to_version} - set(VERSIONS) or (
+            self.from_version == self.to_version
+        ):
+            raise ValueError("from/to versions must be two different known versions")
+
+    @property
+    def old(self) -> str:
+        return VERSIONS[self.from_version]
+
+    @property
+    def new(self) -> str:
+        return VERSIONS[self.to_version]
+
+
+@dataclass
+class ScenarioRun:
+    scenario: Scenario
+    outcome: LoadOutcome
+    reattach: Reattach
+    socket: SocketObservation
+    final_count: int
+    problems: list[str]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lost_requests(self) -> bool:
+        """Requests failed (ab or probe) or the port was dead after the upgrade."""
+        ab = self.outcome.ab
+        return bool(ab.failed or ab.non_2xx or self.outcome.timeline.errors
+                    or self.socket.state_after != "active")
+
+
+
+
+def _prepare_server(service: PortableService, scenario: Scenario) -> None:
+    """A host drop-in selects the server's shutdown mode (drop-ins apply to portable units)."""
+    m = service.machine
+    if scenario.shutdown == "drain":
+        m.succeed(f"rm -f {SHUTDOWN_DROPIN}")
+    else:
+        m.succeed(
+            f"mkdir -p $(dirname {SHUTDOWN_DROPIN}) && printf '[Service]\\n"
+            f"Environment=PW_SHUTDOWN={scenario.shutdown}\\n' > {SHUTDOWN_DROPIN}"
+        )
+    m.succeed("systemctl daemon-reload")
+
+
+def _start_haproxy(service: PortableService) -> None:
+    m = service.machine
+    config = HaproxyConfig().render()
+    m.succeed(f"mkdir -p {GUEST_DIR} && cat > {GUEST_DIR}/haproxy.cfg <<'EOF'\n{config}EOF")
+    m.succeed(f"haproxy -c -q -f {GUEST_DIR}/haproxy.cfg")
+    m.succeed(f"systemctl stop {HAPROXY_UNIT} 2>/dev/null; systemd-run --quiet --collect"
+              f" --unit={HAPROXY_UNIT} haproxy -db -f {GUEST_DIR}/haproxy.cfg")
+    m.wait_for_open_port(PROXY_PORT, timeout=30)
+
+
+def stop_haproxy(service: PortableService) -> None:
+    service.machine.execute(f"systemctl stop {HAPROXY_UNIT}")
+
+
+def run_scenario(service: PortableService, settings: Settings, scenario: Scenario) -> ScenarioRun:
+    """Attach ``from_version``, load, reattach to ``to_version`` under load, collect."""
+    load_cfg = settings.load
+    m = service.machine
+    _prepare_server(service, scenario)
+    service.use_images(scenario.socket_location)
+    service.attach(scenario.from_version, profile=scenario.profile,
+                   host_socket=scenario.socket_location == "host")
+    service.wait_for_greeting(scenario.old)
+    facts = {"service_user": service.main_process_user(),
+             "dynamic_user": service.dynamic_user()}
+    if scenario.proxy == "haproxy":
+        _start_haproxy(service)
+    url_port = PROXY_PORT if scenario.proxy == "haproxy" else PORT
+    socket_before = service.socket_active_since()
+
+    load = LoadRun(m, load_cfg, keepalive=scenario.keepalive,
+                   url=f"http://127.0.0.1:{url_port}/")
+    title = f"{scenario.id}: load, reattach v{scenario.from_version} -> v{scenario.to_version}"
+    with log.nested(title):
+        load.start()
+        log.info(f"load: {load.command} (+ probe on :{PORT} every 0.2 s)")
+        time.sleep(load_cfg.switch_after_s)
+        reattach = service.reattach(scenario.to_version)
+        log.info(f"reattach took {reattach.duration_s:.1f} s: {reattach.command}")
+        load.wait_until_serving(scenario.new, load_cfg.post_switch_s)
+        outcome = load.stop(old=scenario.old, new=scenario.new)
+    log.info(f"ab: {outcome.ab.describe()}; probe errors: {outcome.timeline.errors or 'none'}")
+    if scenario.proxy == "haproxy":
+        stop_haproxy(service)
+
+    socket = SocketObservation(socket_before, service.socket_active_since(),
+                               m.unit_state(SOCKET))
+    final_count = service.counter()
+    problems = zero_downtime_problems(
+        outcome, reattach, socket, final_count, load_cfg.min_complete, load_cfg.post_switch_s
+    )
+    if scenario.socket_location == "image":
+        # A socket shipped in the image is restarted by the reattach by design: that is the
+        # downtime this scenario shows, not a harness problem.
+        problems = [p for p in problems if "host socket was restarted" not in p]
+    # Like systemd's TEST-29: afterwards the image is attached and the unit runs the new one.
+    state, root_image = service.attachment_state(), service.attached_image()
+    if state not in ATTACHED_STATES or root_image != service.image_path(scenario.to_version):
+        problems.append(f"after the reattach portablectl says {state!r} and the unit runs "
+                        f"{root_image!r}, not {service.image_path(scenario.to_version)!r}")
+    return ScenarioRun(scenario, outcome, reattach, socket, final_count, problems, facts)
+
+
+def summary_row(run: ScenarioRun, box: str, systemd_major: int, verdict: str) -> dict[str, Any]:
+    s = run.scenario
+    row = scenario_record(
+        s.id, box, systemd_major, keepalive=s.keepalive, proxy=s.proxy,
+        socket_location=s.socket_location, outcome=run.outcome, reattach=run.reattach,
+        counter_ok=not counter_consistent(run.outcome, run.final_count),
+        verdict=verdict, problems=run.problems,
+    )
+    row.update(expect=s.expect, shutdown=s.shutdown, profile=s.profile,
+               from_version=s.from_version, to_version=s.to_version,
+               socket_state_after=run.socket.state_after, **run.facts)
+    return row
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("host-socket-no-keepalive",
+             description="host socket, ab without keep-alive: the seed post's 0 failed"),
+    Scenario("host-socket-keepalive-drain", keepalive=True,
+             description="ab -k; the server drains on SIGTERM (Connection: close, then exits)"),
+    Scenario("host-socket-keepalive-naive", expect="characterise", keepalive=True,
+             shutdown="immediate",
+             description="ab -k; the server exits at once on SIGTERM: open connections break"),
+    Scenario("host-socket-keepalive-haproxy", keepalive=True, proxy="haproxy",
+             shutdown="immediate",
+             description="ab -k through HAProxy (retry-on, http-reuse safe) to the naive server"),
+    Scenario("image-socket-no-keepalive", expect="downtime", socket_location="image",
+             description="negative control: the .socket inside the image is restarted too"),
+    Scenario("host-socket-rollback", from_version=2, to_version=1,
+             description="rollback v2 -> v1 under load"),
+    Scenario("host-socket-trusted-profile", profile="trusted",
+             description="attached with --profile trusted (runs as root, no sandbox)"),
+)
+
+
+def get_scenario(scenario_id: str) -> Scenario:
+    for scenario in SCENARIOS:
+        if scenario.id == scenario_id:
+            return scenario
+    raise KeyError(f"no scenario {scenario_id!r}")
+
+
+def verdict_of(run: ScenarioRun) -> str:
+    """The row's verdict, in the scenario's own terms."""
+    expect = run.scenario.expect
+    if expect == "zero-downtime":
+        return "pass" if not run.problems else "FAIL"
+    lost = run.lost_requests
+    if expect == "downtime":
+        return "downtime seen (expected)" if lost else "FAIL: no downtime"
+    return "xfail: requests lost" if lost else "FAIL: nothing lost"
+
+
+def loss_summary(run: ScenarioRun) -> str:
+    ab, tl = run.outcome.ab, run.outcome.timeline
+    return (f"ab {ab.failed} failed of {ab.complete} (connect {ab.failed_connect}, receive "
+            f"{ab.failed_receive}, length {ab.failed_length}, exceptions "
+            f"{ab.failed_exceptions}), non-2xx {ab.non_2xx}; probe errors {tl.errors or 'none'};"
+            f" socket after: {run.socket.state_after}")
