@@ -61,8 +61,38 @@ BOXES: dict[str, BoxRecipe] = {
             systemd_major=252,
             suite="bookworm",
         ),
+        BoxRecipe(
+            name="debian-bookworm-backports",
+            description="Debian 12 with systemd 254 from bookworm-backports",
+            systemd_major=254,
+            suite="bookworm",
+            extra_suite="bookworm-backports",
+            extra_packages=("systemd", "systemd-sysv", "systemd-container", "udev",
+                            "libsystemd0", "libudev1", "libpam-systemd"),
+        ),
+        BoxRecipe(
+            name="debian-trixie",
+            description="Debian 13, systemd 257",
+            systemd_major=257,
+            suite="trixie",
+        ),
+        # Online users only: official Fedora boxes from Vagrant Cloud (libvirt or VirtualBox).
+        *(
+            BoxRecipe(
+                name=f"fedora-{release}",
+                description=f"Fedora {release} Cloud, systemd {systemd}",
+                systemd_major=systemd,
+                package_manager="dnf",
+                vagrant_box=f"fedora/{release}-cloud-base",
+                providers=("libvirt", "virtualbox"),
+                packages=(),
+            )
+            for release, systemd in ((40, 255), (41, 256), (42, 257))
+        ),
     )
 }
+
+LOCAL_BOXES = tuple(name for name, box in BOXES.items() if box.buildable_offline)
 
 DEFAULT_BOX = "debian-bookworm"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import uuid
@@ -37,6 +38,11 @@ class LoadSettings:
     min_complete: int = 200
 
     def validate(self) -> None:
+        durations = {"switch-after": self.switch_after_s, "post-switch": self.post_switch_s,
+                     "load-max": self.max_s}
+        for name, value in durations.items():
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number of seconds, not {value}")
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {self.concurrency}")
         if self.switch_after_s <= 0 or self.post_switch_s <= 0:

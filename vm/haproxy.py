@@ -31,9 +31,12 @@ class HaproxyConfig:
 # Rendered by vm/haproxy.py for one scenario.
 global
     maxconn 2000
+    log stdout format raw local0
+
 
 defaults
     mode http
+    log global
     option httplog
     timeout connect {self.timeout_connect_s}s
     timeout client {self.timeout_client_s}s

@@ -169,7 +169,8 @@ class PortableService:
             self.machine.succeed(f"portablectl detach {attached}", timeout=120)
         self.machine.succeed(
             f"rm -f {HOST_SOCKET_PATH} {SHUTDOWN_DROPIN} && systemctl daemon-reload"
-            f" && systemctl reset-failed {SOCKET} {SERVICE} 2>/dev/null; rm -rf /var/lib/private/{NAME} /var/lib/{NAME}"
+            f" && systemctl reset-failed {SOCKET} {SERVICE} 2>/dev/null;"
+            f" rm -rf /var/lib/private/{NAME} /var/lib/{NAME}"
         )
         states = {path: self.attachment_state(path) for path in self.image_paths()}
         if any(state != "detached" for state in states.values()):

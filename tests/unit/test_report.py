@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
+import pytest
 from support import (
     T0,
     ab_result,
+    answer,
     clean_records,
     failure,
     outcome,
@@ -115,3 +118,25 @@ def test_plot_timeline_with_failures_and_no_switch(tmp_path: Path) -> None:
     path = tmp_path / "fail.png"
     plot_timeline(path, "broken", out, reattach())
     assert is_png(path) and path.stat().st_size > 5000
+
+
+@pytest.mark.parametrize("latency_ms", [0.0, 1e-9, 0.001, 0.5])
+def test_plot_timeline_with_zero_or_tiny_latencies(tmp_path: Path, latency_ms: float) -> None:
+    """The latency axis is log scale: 0 ms and sub-ms answers must not break the plot."""
+    records = [answer(T0 + 0.2 + i / 5, "Hello" if i < 30 else "Hola", 3 + 25 * i,
+                      latency_ms=latency_ms) for i in range(100)]
+    records.append(failure(T0 + 6.0, "connect-refused", latency_ms=latency_ms))
+    path = tmp_path / "fast.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. matplotlib's "non-positive ylim on a log axis"
+        plot_timeline(path, "sub-millisecond answers", outcome(records), reattach())
+    assert is_png(path) and path.stat().st_size > 5000
+
+
+def test_plot_timeline_with_a_single_zero_latency_answer(tmp_path: Path) -> None:
+    path = tmp_path / "one.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_timeline(path, "one answer", outcome([answer(T0 + 1.0, "Hello", 3, 0.0)]),
+                      reattach())
+    assert is_png(path)

@@ -1,0 +1,136 @@
+"""The suite's options (conftest.py): a bad value ends the run at start-up with one line.
+
+Each case runs ``pytest --co`` (collect only) on tests/integration in a subprocess. Settings are
+validated in ``pytest_configure``, before collection; under ``--co`` no test runs, so no
+fixture runs either: the session fixtures that build the box and images and boot the VM
+(``box``, ``images``, ``vm``, ``guest``) and the one that creates the artifacts directory are
+never set up. ``test_valid_options_collect_the_scenarios`` checks the last by pointing
+``--artifacts`` and ``--state-dir`` at directories that must still not exist afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from vm.boxes import BOXES
+from vm.scenario import SCENARIOS
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parents[2]
+INTEGRATION = ROOT / "tests" / "integration"
+Collect = Callable[..., pytest.RunResult]
+
+
+@pytest.fixture
+def collect(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Iterator[Collect]:
+    """collect(*options, **env) -> RunResult of ``pytest --co`` on tests/integration."""
+    for name in list(os.environ):
+        if name.startswith("PWT_"):
+            monkeypatch.delenv(name)
+    # Only pytest and the project's conftests: host plugins (hypothesis, ...) cost time and
+    # could change the output.
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+    def run(*options: str, **env: str) -> pytest.RunResult:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return pytester.runpytest_subprocess(
+            "--co", "-q", "-p", "no:cacheprovider", f"--rootdir={ROOT}",
+            "-c", str(ROOT / "pyproject.toml"), str(INTEGRATION), *options, timeout=60,
+        )
+
+    yield run
+
+
+def output_of(result: pytest.RunResult) -> str:
+    return "\n".join([*result.outlines, *result.errlines])
+
+
+def assert_usage_error(result: pytest.RunResult, *reason: str) -> None:
+    text = output_of(result)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, text
+    assert "Traceback" not in text, text
+    shown = [ln for ln in text.splitlines() if ln.strip()]
+    assert len(shown) == 1, f"wanted one line, got:\n{text}"
+    assert shown[0].startswith("ERROR: "), text
+    for part in reason:
+        assert part in shown[0], (part, shown[0])
+
+
+@pytest.mark.parametrize(
+    ("options", "env", "reason"),
+    [
+        (["--concurrency", "0"], {}, ["concurrency must be at least 1, not 0"]),
+        (["--concurrency", "abc"], {}, ["--concurrency (PWT_CONCURRENCY)", "'abc'"]),
+        (["--load-max", "5", "--switch-after", "5", "--post-switch", "10"], {},
+         ["load bound 5 s", "switch-after + post-switch = 15 s"]),
+        (["--box", "nosuchbox"], {}, ["unknown box 'nosuchbox'", "; known boxes: ",
+                                      *sorted(BOXES)]),
+        (["--keep-vm", "sometimes"], {}, ["keep-vm must be one of never, on-error, always",
+                                          "'sometimes'"]),
+        (["--accel", "warp"], {}, ["accel must be one of auto, kvm, tcg", "'warp'"]),
+        ([], {"PWT_CONCURRENCY": "-1"}, ["concurrency must be at least 1, not -1"]),
+        ([], {"PWT_SWITCH_AFTER": "soon"}, ["--switch-after (PWT_SWITCH_AFTER)", "'soon'"]),
+        (["--switch-after", "-3"], {}, ["switch-after and post-switch must be positive"]),
+        (["--min-complete", "0"], {}, ["min-complete must be at least 1"]),
+    ],
+    ids=["concurrency-0", "concurrency-abc", "load-max-too-small", "unknown-box",
+         "keep-vm-sometimes", "accel-warp", "env-concurrency-negative", "env-not-a-float",
+         "switch-after-negative", "min-complete-0"],
+)
+def test_bad_option_is_one_line(collect: Collect, options: list[str], env: dict[str, str],
+                                reason: list[str]) -> None:
+    assert_usage_error(collect(*options, **env), *reason)
+
+
+@pytest.mark.parametrize("options", [["--switch-after", "nan"], ["--post-switch", "nan"],
+                                     ["--load-max", "nan"], ["--load-max", "inf"]],
+                         ids=["switch-after-nan", "post-switch-nan", "load-max-nan",
+                              "load-max-inf"])
+def test_non_finite_duration_is_rejected(collect: Collect, options: list[str]) -> None:
+    assert_usage_error(collect(*options))
+
+
+def test_command_line_wins_over_the_environment(collect: Collect) -> None:
+    result = collect("--concurrency", "4", PWT_CONCURRENCY="-1")
+    assert result.ret == pytest.ExitCode.OK, output_of(result)
+
+
+EXPECTED_IDS = [
+    "tests/integration/test_keepalive.py::test_keepalive_loses_no_request"
+    "[host-socket-keepalive-drain]",
+    "tests/integration/test_keepalive.py::test_keepalive_loses_no_request"
+    "[host-socket-keepalive-haproxy]",
+    "tests/integration/test_keepalive.py::test_keepalive_to_naive_server_loses_requests",
+    "tests/integration/test_reattach.py::test_reattach_loses_no_request"
+    "[host-socket-no-keepalive]",
+    "tests/integration/test_reattach.py::test_reattach_loses_no_request[host-socket-rollback]",
+    "tests/integration/test_reattach.py::test_reattach_loses_no_request"
+    "[host-socket-trusted-profile]",
+    "tests/integration/test_socket_in_image.py::test_socket_in_image_causes_downtime",
+]
+
+
+def test_valid_options_collect_the_scenarios(collect: Collect, tmp_path: Path) -> None:
+    artifacts, state = tmp_path / "artifacts", tmp_path / "state"
+    result = collect("--box", "debian-bookworm", "--accel", "tcg", "--keep-vm", "on-error",
+                     "--concurrency", "3", "--switch-after", "2.5", "--post-switch", "4",
+                     "--load-max", "60", "--min-complete", "50",
+                     f"--artifacts={artifacts}", f"--state-dir={state}")
+    text = output_of(result)
+    assert result.ret == pytest.ExitCode.OK, text
+    assert "Traceback" not in text
+    collected = sorted(ln for ln in result.outlines if "::" in ln)
+    missing = [node_id for node_id in EXPECTED_IDS if node_id not in collected]
+    assert not missing, text
+    # Parametrized ids are scenario ids, and each scenario has exactly one test.
+    params = [ln.split("[", 1)[1].rstrip("]") for ln in collected if "[" in ln]
+    known = {s.id for s in SCENARIOS}
+    assert set(params) <= known and len(params) == len(set(params))
+    # Nothing was booted or built: the fixtures that create these never ran.
+    assert not artifacts.exists() and not state.exists()

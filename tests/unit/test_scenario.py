@@ -1,0 +1,303 @@
+"""vm/scenario.py: the scenario catalog, its validation, and the verdict of a measured run.
+
+Runs are built by hand from the ``support`` builders: nothing here touches a VM.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from support import (
+    T0,
+    ab_result,
+    clean_records,
+    failure,
+    healthy_socket,
+    outcome,
+    reattach,
+)
+
+from vm.load import LoadOutcome
+from vm.scenario import (
+    EXPECTATIONS,
+    SCENARIOS,
+    Scenario,
+    ScenarioRun,
+    get_scenario,
+    loss_summary,
+    summary_row,
+    verdict_of,
+)
+from vm.verdict import SocketObservation
+
+ID_PATTERN = re.compile(r"[a-z]+(?:-[a-z]+)+")
+
+
+def make_run(scenario: Scenario | None = None, out: LoadOutcome | None = None,
+             socket: SocketObservation | None = None, final_count: int = 100_000,
+             problems: list[str] | None = None, facts: dict[str, Any] | None = None,
+             ) -> ScenarioRun:
+    scenario = scenario or get_scenario("host-socket-no-keepalive")
+    out = out or outcome(clean_records(), old=scenario.old, new=scenario.new)
+    return ScenarioRun(scenario, out, reattach(), socket or healthy_socket(), final_count,
+                       problems if problems is not None else [], facts or {})
+
+
+def lossy_outcome() -> LoadOutcome:
+    records = clean_records()
+    records.insert(31, failure(T0 + 6.1, "connect-refused"))
+    return outcome(records, ab=ab_result(complete=6990, failed=7, connect=2, receive=5,
+                                         non_2xx=1))
+
+
+# --- the catalog -----------------------------------------------------------------------------
+def test_scenario_ids_are_unique() -> None:
+    ids = [s.id for s in SCENARIOS]
+    assert len(ids) == len(set(ids)), ids
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
+def test_scenario_id_reads_like_a_name(scenario: Scenario) -> None:
+    assert ID_PATTERN.fullmatch(scenario.id), scenario.id
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
+def test_scenario_id_names_its_shape(scenario: Scenario) -> None:
+    """The id says where the socket is, keep-alive or not, the proxy, rollback, profile."""
+    words = scenario.id.split("-")
+    assert scenario.id.startswith(f"{scenario.socket_location}-socket-")
+    if scenario.keepalive:
+        assert "keepalive" in words and "no-keepalive" not in scenario.id
+    else:
+        assert "no-keepalive" in scenario.id or "keepalive" not in words
+    assert ("haproxy" in words) == (scenario.proxy == "haproxy")
+    assert ("rollback" in words) == (scenario.from_version > scenario.to_version)
+    assert ("trusted" in words) == (scenario.profile == "trusted")
+    assert scenario.description, "every scenario says in words what it shows"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
+def test_get_scenario_returns_that_scenario(scenario: Scenario) -> None:
+    assert get_scenario(scenario.id) is scenario
+
+
+@pytest.mark.parametrize("unknown", ["nosuch", "", "HOST-SOCKET-NO-KEEPALIVE",
+                                     "host-socket-no-keepalive "])
+def test_get_scenario_unknown_id(unknown: str) -> None:
+    with pytest.raises(KeyError, match="no scenario"):
+        get_scenario(unknown)
+
+
+# The shapes the project promises (README): (expect, keepalive, proxy, socket, shutdown, profile,
+# from, to), one scenario each.
+PROMISED = {
+    "host-socket-no-keepalive":
+        ("zero-downtime", False, None, "host", "drain", "default", 1, 2),
+    "host-socket-keepalive-drain":
+        ("zero-downtime", True, None, "host", "drain", "default", 1, 2),
+    "host-socket-keepalive-naive":
+        ("characterise", True, None, "host", "immediate", "default", 1, 2),
+    "host-socket-keepalive-haproxy":
+        ("zero-downtime", True, "haproxy", "host", "immediate", "default", 1, 2),
+    "image-socket-no-keepalive":
+        ("downtime", False, None, "image", "drain", "default", 1, 2),
+    "host-socket-rollback":
+        ("zero-downtime", False, None, "host", "drain", "default", 2, 1),
+    "host-socket-trusted-profile":
+        ("zero-downtime", False, None, "host", "drain", "trusted", 1, 2),
+}
+
+
+def shape(s: Scenario) -> tuple[Any, ...]:
+    return (s.expect, s.keepalive, s.proxy, s.socket_location, s.shutdown, s.profile,
+            s.from_version, s.to_version)
+
+
+def test_catalog_has_the_seven_promised_shapes() -> None:
+    catalog = {s.id: shape(s) for s in SCENARIOS}
+    assert len(PROMISED) == 7
+    for scenario_id, promised in PROMISED.items():
+        assert catalog.get(scenario_id) == promised, scenario_id
+
+
+def test_catalog_shapes_are_distinct() -> None:
+    shapes = [shape(s) for s in SCENARIOS]
+    assert len(set(shapes)) == len(shapes)
+
+
+# --- validation ------------------------------------------------------------------------------
+def test_defaults_are_a_valid_upgrade() -> None:
+    s = Scenario("host-socket-x")
+    assert (s.expect, s.from_version, s.to_version) == ("zero-downtime", 1, 2)
+
+
+@pytest.mark.parametrize("expect", EXPECTATIONS)
+def test_every_expectation_is_accepted(expect: str) -> None:
+    assert Scenario("host-socket-x", expect=expect).expect == expect
+
+
+@pytest.mark.parametrize("expect", ["pass", "Zero-downtime", "", "xfail"])
+def test_bad_expectation(expect: str) -> None:
+    with pytest.raises(ValueError, match="expect must be one of"):
+        Scenario("host-socket-x", expect=expect)
+
+
+@pytest.mark.parametrize(("from_version", "to_version"),
+                         [(1, 1), (2, 2), (1, 3), (3, 1), (0, 2), (2, -1), (7, 8)])
+def test_bad_versions(from_version: int, to_version: int) -> None:
+    with pytest.raises(ValueError, match="two different known versions"):
+        Scenario("host-socket-x", from_version=from_version, to_version=to_version)
+
+
+def test_replace_is_validated_too() -> None:
+    with pytest.raises(ValueError):
+        replace(get_scenario("host-socket-no-keepalive"), to_version=1)
+
+
+def test_greetings_of_an_upgrade() -> None:
+    s = get_scenario("host-socket-no-keepalive")
+    assert (s.old, s.new) == ("Hello", "Hola")
+
+
+def test_greetings_of_the_rollback() -> None:
+    s = get_scenario("host-socket-rollback")
+    assert (s.old, s.new) == ("Hola", "Hello")
+
+
+# --- lost requests, verdicts -----------------------------------------------------------------
+def test_clean_run_lost_nothing() -> None:
+    assert make_run().lost_requests is False
+
+
+@pytest.mark.parametrize(
+    "out",
+    [
+        outcome(clean_records(), ab=ab_result(failed=1, exceptions=1)),
+        outcome(clean_records(), ab=ab_result(failed=2, connect=2)),
+        outcome(clean_records(), ab=ab_result(failed=1, receive=1)),
+        outcome(clean_records(), ab=ab_result(failed=1, length=1)),
+        outcome(clean_records(), ab=ab_result(non_2xx=1)),
+        outcome([*clean_records(), failure(T0 + 29.9, "connect-refused")]),
+        outcome([*clean_records(), failure(T0 + 29.9, "timeout")]),
+    ],
+    ids=["ab-exception", "ab-connect", "ab-receive", "ab-length", "non-2xx",
+         "probe-refused", "probe-timeout"],
+)
+def test_failed_requests_are_lost(out: LoadOutcome) -> None:
+    assert make_run(out=out).lost_requests is True
+
+
+def test_probe_non_200_is_lost() -> None:
+    from vm.timeline import ProbeRecord
+
+    bad = ProbeRecord(t=T0 + 29.9, latency_ms=3.0, status=503)
+    assert make_run(out=outcome([*clean_records(), bad])).lost_requests is True
+
+
+@pytest.mark.parametrize("state", ["inactive", "failed", "activating", "deactivating", ""])
+def test_dead_socket_after_the_reattach_is_lost(state: str) -> None:
+    socket = SocketObservation("123456789", "123456789", state)
+    assert make_run(socket=socket).lost_requests is True
+
+
+def test_restarted_but_active_socket_alone_is_not_lost() -> None:
+    """lost_requests is about failed requests and a dead port, not the restart itself."""
+    socket = SocketObservation("123456789", "223456789", "active")
+    assert make_run(socket=socket).lost_requests is False
+
+
+def with_expect(expect: str) -> Scenario:
+    return Scenario("host-socket-x", expect=expect)
+
+
+@pytest.mark.parametrize(
+    ("expect", "lossy", "problems", "verdict"),
+    [
+        ("zero-downtime", False, [], "pass"),
+        ("zero-downtime", True, ["ab saw failures"], "FAIL"),
+        ("zero-downtime", False, ["the probe never saw 'Hola'"], "FAIL"),
+        ("downtime", True, [], "downtime seen (expected)"),
+        ("downtime", False, [], "FAIL: no downtime"),
+        ("characterise", True, ["ab saw failures"], "xfail: requests lost"),
+        ("characterise", False, [], "FAIL: nothing lost"),
+    ],
+)
+def test_verdict_of(expect: str, lossy: bool, problems: list[str], verdict: str) -> None:
+    out = lossy_outcome() if lossy else outcome(clean_records())
+    run = make_run(with_expect(expect), out=out, problems=problems)
+    assert verdict_of(run) == verdict
+
+
+@pytest.mark.parametrize("expect", ["downtime", "characterise"])
+def test_unexpected_outcome_reads_as_a_failure(expect: str) -> None:
+    assert verdict_of(make_run(with_expect(expect))).startswith("FAIL")
+    assert not verdict_of(make_run(with_expect(expect), out=lossy_outcome())).startswith("FAIL")
+
+
+def test_loss_summary_has_the_counts() -> None:
+    socket = SocketObservation("1", "2", "failed")
+    text = loss_summary(make_run(out=lossy_outcome(), socket=socket))
+    assert "ab 7 failed of 6990" in text
+    for part in ("connect 2", "receive 5", "length 0", "exceptions 0", "non-2xx 1",
+                 "'connect-refused': 1", "socket after: failed"):
+        assert part in text, (part, text)
+
+
+def test_loss_summary_of_a_clean_run() -> None:
+    text = loss_summary(make_run())
+    assert "ab 0 failed of 7000" in text
+    assert "probe errors none" in text
+    assert "socket after: active" in text
+
+
+# --- summary row -----------------------------------------------------------------------------
+SCHEMA = (
+    "scenario", "box", "systemd_version", "keepalive", "proxy", "socket_location", "complete",
+    "failed", "failed_connect", "failed_receive", "failed_length", "failed_exceptions",
+    "non_2xx", "switched", "switch_at_s", "reattach_s", "max_latency_ms", "longest_gap_ms",
+    "counter_ok", "verdict", "expect", "shutdown", "profile",
+)
+
+
+def test_summary_row_has_the_documented_schema() -> None:
+    facts = {"service_user": "portable-walkthrough", "dynamic_user": True}
+    run = make_run(get_scenario("host-socket-keepalive-haproxy"), facts=facts)
+    row = summary_row(run, "debian-bookworm", 252, "pass")
+    missing = [key for key in SCHEMA if key not in row]
+    assert not missing, missing
+    assert row["scenario"] == "host-socket-keepalive-haproxy"
+    assert (row["box"], row["systemd_version"], row["verdict"]) == ("debian-bookworm", 252, "pass")
+    assert (row["keepalive"], row["proxy"], row["socket_location"]) == (True, "haproxy", "host")
+    assert (row["expect"], row["shutdown"], row["profile"]) == (
+        "zero-downtime", "immediate", "default")
+    assert (row["from_version"], row["to_version"]) == (1, 2)
+    assert row["socket_state_after"] == "active"
+    assert row["complete"] == 7000 and row["failed"] == 0 and row["non_2xx"] == 0
+    assert row["switched"] is True and row["switch_at_s"] == 6.2
+    assert row["reattach_s"] == 1.5
+    assert row["service_user"] == "portable-walkthrough" and row["dynamic_user"] is True
+    assert row["problems"] == []
+    json.dumps(row)  # summary.json holds it
+
+
+def test_summary_row_counter_ok_follows_the_counter() -> None:
+    assert summary_row(make_run(final_count=100_000), "b", 252, "pass")["counter_ok"] is True
+    # Fewer visitors than answered requests: counts were lost.
+    assert summary_row(make_run(final_count=10), "b", 252, "FAIL")["counter_ok"] is False
+
+
+def test_summary_row_of_a_lossy_rollback() -> None:
+    rollback = get_scenario("host-socket-rollback")
+    run = make_run(rollback, out=lossy_outcome(),
+                   socket=SocketObservation("1", "2", "failed"), problems=["p1", "p2"])
+    row = summary_row(run, "debian-bookworm", 252, verdict_of(run))
+    assert row["verdict"] == "FAIL"
+    assert (row["from_version"], row["to_version"]) == (2, 1)
+    assert row["failed"] == 7 and row["failed_connect"] == 2 and row["failed_receive"] == 5
+    assert row["non_2xx"] == 1
+    assert row["socket_state_after"] == "failed"
+    assert row["problems"] == ["p1", "p2"]
