@@ -31,6 +31,7 @@ SETTINGS = pytest.StashKey[Settings]()
 OPTIONS: dict[str, tuple[str, type, str]] = {
     "box": ("PWT_BOX", str, "guest box to boot (see vm/boxes.py)"),
     "accel": ("PWT_ACCEL", str, f"accelerator: {'|'.join(ACCEL_CHOICES)} (auto probes KVM)"),
+    "provider": ("PWT_PROVIDER", str, "Vagrant provider: libvirt (default) or virtualbox"),
     "keep-vm": ("PWT_KEEP_VM", str, f"keep the VM after the run: {'|'.join(KEEP_VM_CHOICES)}"),
     "state-dir": ("PWT_STATE_DIR", str, "cache of boxes, images, keys and per-run VM dirs"),
     "artifacts": ("PWT_ARTIFACTS", str, "where run reports and failure logs go"),
@@ -75,7 +76,8 @@ def settings_from(config: pytest.Config) -> Settings:
         min_complete=pick("min-complete", defaults.min_complete),
     )
     kwargs: dict[str, Any] = {"load": load}
-    for name, field in (("box", "box"), ("accel", "accel"), ("keep-vm", "keep_vm")):
+    for name, field in (("box", "box"), ("accel", "accel"), ("keep-vm", "keep_vm"),
+                        ("provider", "provider")):
         if (value := _option(config, name)) is not None:
             kwargs[field] = value
     if (state := _option(config, "state-dir")) is not None:
@@ -158,7 +160,7 @@ def box(settings: Settings, pytestconfig: pytest.Config, artifacts: Path) -> Any
 
     return _harness_step("box", pytestconfig, ensure_box, get_box(settings.box),
                          settings.state_dir, settings.box_build_timeout_s,
-                         settings.libvirt_uri, settings.pool)
+                         settings.libvirt_uri, settings.pool, settings.provider)
 
 
 @pytest.fixture(scope="session")
@@ -207,9 +209,16 @@ def vm(settings: Settings, box: Any, pytestconfig: pytest.Config,
 @pytest.fixture(scope="session")
 def guest(vm: Any, images: Any, settings: Settings) -> Any:
     """The booted guest, its systemd version known; image sets are uploaded on first use."""
+    from vm.boxes import get_box
     from vm.portable import PortableService
+    from vm.provision import provision_commands
     from vm.quirks import unsupported_reason
 
+    commands = provision_commands(get_box(settings.box))
+    if commands:
+        with log.nested(f"provisioning {settings.box}"):
+            for command in commands:
+                vm.succeed(command, timeout=1200)
     if not vm.execute("command -v portablectl").succeeded:
         pytest.exit("pwt: the guest has no portablectl (systemd-container missing from the box)",
                     returncode=3)

@@ -8,6 +8,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from vm.boxes import LOCAL_BOXES as LOCAL_BOX_NAMES
 from vm.boxes import BoxRecipe
 from vm.cache import checksum_ok, locked, recipe_hash, write_checksum
 from vm.errors import HarnessError, PrerequisiteMissing
@@ -20,11 +21,12 @@ BUILD_SCRIPT = Path(__file__).with_name("build-box.sh")
 
 @dataclass(frozen=True)
 class BuiltBox:
-    """A box available to Vagrant under ``vagrant_name``, logging in with ``private_key``."""
+    """A box available to Vagrant under ``vagrant_name``, logging in with ``private_key``
+    (None: a downloaded box, whose key Vagrant replaces at first boot)."""
 
     recipe: BoxRecipe
     vagrant_name: str
-    private_key: Path
+    private_key: Path | None
 
 
 def vagrant_env(state_dir: Path) -> dict[str, str]:
@@ -65,14 +67,11 @@ def _vagrant_has_box(name: str, env: dict[str, str]) -> bool:
 
 def ensure_box(
     recipe: BoxRecipe, state_dir: Path, timeout_s: float,
-    libvirt_uri: str = "qemu:///system", pool: str = "pwt",
+    libvirt_uri: str = "qemu:///system", pool: str = "pwt", provider: str = "libvirt",
 ) -> BuiltBox:
     """Build the box if its recipe changed or its file is corrupt, and add it to Vagrant."""
     if not recipe.buildable_offline:
-        raise HarnessError(
-            f"box {recipe.name} is downloaded from Vagrant Cloud ({recipe.vagrant_box}); "
-            "this host builds only the Debian boxes"
-        )
+        return fetch_box(recipe, state_dir, provider)
     if shutil.which("debootstrap") is None:
         raise PrerequisiteMissing("debootstrap is missing: run ./setup-host")
     key = ensure_ssh_key(state_dir)
@@ -134,3 +133,30 @@ def prune_old_boxes(recipe_name: str, keep: str, env: dict[str, str]) -> list[st
                        env=env, capture_output=True, check=False)
     return old_boxes
 
+
+
+def fetch_box(recipe: BoxRecipe, state_dir: Path, provider: str) -> BuiltBox:
+    """Download a Vagrant Cloud box (Fedora) once; a clear error when that cannot work."""
+    assert recipe.vagrant_box is not None
+    if provider not in recipe.providers:
+        raise HarnessError(
+            f"box {recipe.name} has no {provider} version; providers: {', '.join(recipe.providers)}"
+        )
+    env = vagrant_env(state_dir)
+    if _vagrant_has_box(recipe.vagrant_box, env):
+        log.info(f"box {recipe.vagrant_box}: cached")
+        return BuiltBox(recipe, recipe.vagrant_box, None)
+    log_path = state_dir / "boxes" / f"{recipe.name}-fetch.log"
+    with log.nested(f"downloading box {recipe.vagrant_box} ({provider}) from Vagrant Cloud"):
+        try:
+            run_logged(
+                ["vagrant", "box", "add", "--provider", provider, recipe.vagrant_box],
+                log_path, timeout=1800, what=f"downloading {recipe.vagrant_box}", env=env,
+            )
+        except HarnessError as e:
+            raise HarnessError(
+                f"box {recipe.name} cannot be fetched from Vagrant Cloud ({recipe.vagrant_box}):"
+                f" is this host offline? Boxes built here without internet: "
+                f"{', '.join(b for b in LOCAL_BOX_NAMES)}. ({e})"
+            ) from None
+    return BuiltBox(recipe, recipe.vagrant_box, None)

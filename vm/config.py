@@ -12,6 +12,7 @@ from pathlib import Path
 from vm.boxes import DEFAULT_BOX, get_box
 
 KEEP_VM_CHOICES = ("never", "on-error", "always")
+PROVIDER_CHOICES = ("libvirt", "virtualbox")
 ACCEL_CHOICES = ("auto", "kvm", "tcg")
 
 
@@ -63,6 +64,7 @@ class Settings:
     artifacts_root: Path = Path("artifacts")
     run_id: str = field(default_factory=new_run_id)
     accel: str = "auto"
+    provider: str = "libvirt"
     keep_vm: str = "never"
     memory_mb: int = 2048
     cpus: int = 2
@@ -74,7 +76,14 @@ class Settings:
     load: LoadSettings = field(default_factory=LoadSettings)
 
     def validate(self) -> None:
-        get_box(self.box)
+        recipe = get_box(self.box)
+        if self.provider not in PROVIDER_CHOICES:
+            raise ValueError(
+                f"provider must be one of {', '.join(PROVIDER_CHOICES)}, not {self.provider!r}"
+            )
+        if self.provider not in recipe.providers:
+            raise ValueError(f"box {self.box} has no {self.provider} version "
+                             f"(it has: {', '.join(recipe.providers)})")
         if self.accel not in ACCEL_CHOICES:
             raise ValueError(f"accel must be one of {', '.join(ACCEL_CHOICES)}, not {self.accel!r}")
         if self.keep_vm not in KEEP_VM_CHOICES:

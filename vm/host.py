@@ -24,10 +24,16 @@ def random_mac(rng: random.Random | None = None) -> str:
     return "52:54:00:" + ":".join(f"{r.randrange(256):02x}" for _ in range(3))
 
 
-def check_vagrant_prerequisites(libvirt_uri: str, env: dict[str, str]) -> None:
+def check_vagrant_prerequisites(
+    libvirt_uri: str, env: dict[str, str], provider: str = "libvirt"
+) -> None:
     """Raise PrerequisiteMissing with one line naming the fix, if the host cannot boot VMs."""
     if shutil.which("vagrant") is None:
         raise PrerequisiteMissing("vagrant is not installed: run ./setup-host")
+    if provider == "virtualbox":
+        if shutil.which("VBoxManage") is None:
+            raise PrerequisiteMissing("VirtualBox (VBoxManage) is not installed")
+        return
     if shutil.which("virsh") is None:
         raise PrerequisiteMissing("virsh (libvirt-clients) is not installed: run ./setup-host")
     plugins = subprocess.run(

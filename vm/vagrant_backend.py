@@ -69,6 +69,7 @@ class VagrantVM:
             udp_port=free_port(kind=2), udp_local_port=free_port(kind=2), mac=random_mac(),
             accel=self.accel, memory_mb=s.memory_mb, cpus=s.cpus, libvirt_uri=s.libvirt_uri,
             pool=s.pool, console_log=self.console_log, boot_timeout_s=int(s.boot_timeout_s),
+            provider=s.provider,
         )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir.chmod(0o755)
@@ -79,14 +80,14 @@ class VagrantVM:
 
     def up(self) -> Machine:
         """``vagrant up``, then a Machine connected over SSH."""
-        check_vagrant_prerequisites(self.settings.libvirt_uri, self.env)
+        check_vagrant_prerequisites(self.settings.libvirt_uri, self.env, self.settings.provider)
         spec = self.write_vagrantfile()
         accel = "KVM" if self.accel == "kvm" else "TCG (no usable KVM)"
         with log.nested(f"booting {self.domain} from {self.box.vagrant_name}, {accel}"):
             log.info(f"SSH on 127.0.0.1:{spec.ssh_port}; vagrant log: {self.vagrant_log}")
             with heartbeat(self.vagrant_log):
                 try:
-                    self._vagrant().up(provider="libvirt")
+                    self._vagrant().up(provider=self.settings.provider)
                 except subprocess.CalledProcessError as e:
                     raise HarnessError(
                         f"vagrant up failed (exit {e.returncode}); see {self.vagrant_log} and "
@@ -104,5 +105,6 @@ class VagrantVM:
                 self._vagrant().destroy()
             except (subprocess.CalledProcessError, OSError) as e:
                 log.info(f"vagrant destroy failed ({e}); removing the domain with virsh")
-            remove_libvirt_leftovers(self.settings.libvirt_uri, self.settings.pool,
-                                     self.domain_prefix)
+            if self.settings.provider == "libvirt":
+                remove_libvirt_leftovers(self.settings.libvirt_uri, self.settings.pool,
+                                         self.domain_prefix)

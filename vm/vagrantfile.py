@@ -39,7 +39,9 @@ def _rb(value: object) -> str:
 
 
 def render(spec: VagrantfileSpec) -> str:
-    """The Vagrantfile text for ``spec``."""
+    """The Vagrantfile text for ``spec`` (libvirt, or VirtualBox for online users)."""
+    if spec.provider == "virtualbox":
+        return _render_virtualbox(spec)
     if spec.provider != "libvirt":
         raise ValueError(f"provider {spec.provider!r} is not supported by this renderer")
     driver = "kvm" if spec.accel == "kvm" else "qemu"
@@ -92,6 +94,35 @@ Vagrant.configure("2") do |config|
     lv.qemuargs :value => {_rb(netdev)}
     lv.qemuargs :value => "-device"
     lv.qemuargs :value => {_rb(device)}
+  end
+end
+"""
+
+
+def _render_virtualbox(spec: VagrantfileSpec) -> str:
+    """VirtualBox: NAT with SSH forwarded to 127.0.0.1 only; the console goes to a file."""
+    key = ""
+    if spec.private_key is not None:
+        key = (
+            "  config.ssh.insert_key = false\n"
+            f"  config.ssh.private_key_path = [{_rb(str(spec.private_key))}]\n"
+        )
+    return f"""\
+# Rendered by vm/vagrantfile.py for one test run; edits are lost.
+Vagrant.configure("2") do |config|
+  config.vm.box = {_rb(spec.box)}
+  config.vm.synced_folder ".", "/vagrant", disabled: true
+  config.vm.boot_timeout = {spec.boot_timeout_s}
+{key}  config.vm.network "forwarded_port", id: "ssh", guest: 22, host: {spec.ssh_port},
+    host_ip: "127.0.0.1", auto_correct: false
+  config.ssh.host = "127.0.0.1"
+  config.ssh.port = {spec.ssh_port}
+  config.vm.provider :virtualbox do |vb|
+    vb.name = {_rb(spec.domain_prefix + "default")}
+    vb.memory = {spec.memory_mb}
+    vb.cpus = {spec.cpus}
+    vb.customize ["modifyvm", :id, "--uart1", "0x3F8", "4", "--uartmode1", "file",
+                  {_rb(str(spec.console_log))}]
   end
 end
 """

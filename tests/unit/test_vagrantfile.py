@@ -129,7 +129,7 @@ def test_strings_are_escaped() -> None:
     assert setting(text, "config.vm.box") == r'"evil\"box"'
 
 
-@pytest.mark.parametrize("provider", ["virtualbox", "docker", ""])
+@pytest.mark.parametrize("provider", ["hyperv", "docker", ""])
 def test_other_providers_are_refused(provider: str) -> None:
     with pytest.raises(ValueError, match="not supported"):
         render(spec(provider=provider))

@@ -1,0 +1,58 @@
+"""The nightly workflow: valid for GitHub Actions, and in step with the box list in code."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vm.boxes import BOXES
+
+WORKFLOW = Path(__file__).resolve().parents[2] / ".github" / "workflows" / "nightly.yml"
+CHECKER = shutil.which("check-jsonschema")
+
+
+def workflow() -> dict[str, object]:
+    data = yaml.safe_load(WORKFLOW.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_matrix_lists_exactly_the_boxes_in_code() -> None:
+    jobs = workflow()["jobs"]
+    assert isinstance(jobs, dict)
+    boxes = jobs["integration"]["strategy"]["matrix"]["box"]
+    assert boxes == list(BOXES), "add a box in vm/boxes.py and in nightly.yml together"
+
+
+def test_each_box_runs_the_readme_command_and_uploads_results() -> None:
+    steps = workflow()["jobs"]["integration"]["steps"]  # type: ignore[index]
+    runs = " ".join(str(step.get("run", "")) for step in steps)
+    assert "./setup-host" in runs
+    assert 'tox -e integration -- --box "${{ matrix.box }}"' in runs
+    assert any(str(step.get("uses", "")).startswith("actions/upload-artifact") for step in steps)
+    report = " ".join(str(s.get("run", "")) for s in workflow()["jobs"]["report"]["steps"])  # type: ignore[index]
+    assert "python -m vm.matrix join" in report
+
+
+def test_nightly_is_scheduled() -> None:
+    triggers = workflow()[True]  # YAML 1.1 reads the key `on` as True
+    assert isinstance(triggers, dict) and triggers["schedule"][0]["cron"]
+
+
+@pytest.mark.skipif(CHECKER is None, reason="check-jsonschema missing (tox -e unit has it)")
+@pytest.mark.parametrize("broken", [False, True], ids=["as-committed", "misspelt-key"])
+def test_github_schema_validates_it(tmp_path: Path, broken: bool) -> None:
+    """check-jsonschema's vendored GitHub workflow schema works offline; a typo must fail."""
+    path = tmp_path / "nightly.yml"
+    text = WORKFLOW.read_text()
+    path.write_text(text.replace("runs-on:", "runs_on:", 1) if broken else text)
+    assert CHECKER is not None
+    result = subprocess.run(
+        [CHECKER, "--builtin-schema", "vendor.github-workflows", str(path)],
+        capture_output=True, text=True, check=False,
+    )
+    assert (result.returncode != 0) == broken, result.stdout + result.stderr
