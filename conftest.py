@@ -35,6 +35,7 @@ OPTIONS: dict[str, tuple[str, type, str]] = {
     "keep-vm": ("PWT_KEEP_VM", str, f"keep the VM after the run: {'|'.join(KEEP_VM_CHOICES)}"),
     "state-dir": ("PWT_STATE_DIR", str, "cache of boxes, images, keys and per-run VM dirs"),
     "artifacts": ("PWT_ARTIFACTS", str, "where run reports and failure logs go"),
+    "pool": ("PWT_POOL", str, "libvirt storage pool (setup-host defines it)"),
     "concurrency": ("PWT_CONCURRENCY", int, "ab concurrency (-c)"),
     "switch-after": ("PWT_SWITCH_AFTER", float, "seconds of load before the reattach"),
     "post-switch": ("PWT_POST_SWITCH", float, "seconds v2 must answer under load before it stops"),
@@ -77,7 +78,7 @@ def settings_from(config: pytest.Config) -> Settings:
     )
     kwargs: dict[str, Any] = {"load": load}
     for name, field in (("box", "box"), ("accel", "accel"), ("keep-vm", "keep_vm"),
-                        ("provider", "provider")):
+                        ("provider", "provider"), ("pool", "pool")):
         if (value := _option(config, name)) is not None:
             kwargs[field] = value
     if (state := _option(config, "state-dir")) is not None:

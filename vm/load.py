@@ -43,6 +43,15 @@ def guest_now(machine: Machine) -> float:
     return float(machine.succeed("date +%s.%N"))
 
 
+def dead_since(records: list[ProbeRecord], after: float) -> float:
+    """Seconds the probe has seen only failures, counted from ``after`` or the last answer."""
+    recent = [r for r in records if r.t >= after]
+    if not recent or recent[-1].ok:
+        return 0.0
+    last_ok = max((r.t for r in recent if r.ok), default=after)
+    return recent[-1].t - last_ok
+
+
 class LoadRun:
     """ab -c N (optionally -k) against ``url`` and the probe, in the guest."""
 
@@ -80,12 +89,18 @@ class LoadRun:
     def elapsed(self) -> float:
         return guest_now(self.machine) - self.started
 
-    def wait_until_serving(self, greeting: str, for_seconds: float) -> Timeline:
+    def wait_until_serving(self, greeting: str, for_seconds: float,
+                           after: float | None = None) -> Timeline:
         """Wait until the probe has seen ``greeting`` answered for ``for_seconds``; bounded by
-        the load's upper bound. Returns the timeline seen when the wait ended."""
+        the load's upper bound. Gives up early when, since ``after`` (guest epoch), the probe
+        has seen nothing but errors for ``for_seconds``: the port is dead (a socket shipped in
+        the image can be left inactive). Returns the timeline seen when the wait ended."""
         while True:
-            timeline = Timeline.build(self.probe_records(), self.started, "", greeting)
+            records = self.probe_records()
+            timeline = Timeline.build(records, self.started, "", greeting)
             if timeline.answered_seconds_of(greeting) >= for_seconds:
+                return timeline
+            if after is not None and dead_since(records, after) >= for_seconds:
                 return timeline
             if self.elapsed() >= self.settings.max_s - 2:
                 return timeline

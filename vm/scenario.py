@@ -135,7 +135,7 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
         time.sleep(load_cfg.switch_after_s)
         reattach = service.reattach(scenario.to_version)
         log.info(f"reattach took {reattach.duration_s:.1f} s: {reattach.command}")
-        load.wait_until_serving(scenario.new, load_cfg.post_switch_s)
+        load.wait_until_serving(scenario.new, load_cfg.post_switch_s, after=reattach.ended)
         outcome = load.stop(old=scenario.old, new=scenario.new)
     log.info(f"ab: {outcome.ab.describe()}; probe errors: {outcome.timeline.errors or 'none'}")
     if scenario.proxy == "haproxy":

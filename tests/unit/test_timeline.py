@@ -150,3 +150,16 @@ def test_answered_seconds_of() -> None:
     assert tl.answered_seconds_of("Bonjour") == 0.0
     assert Timeline.build([answer(1.0, "Hola", 1)], 0.0, "", "Hola").answered_seconds_of(
         "Hola") == 0.0
+
+
+def test_dead_since_counts_only_failures_after_the_reattach() -> None:
+    from vm.load import dead_since
+    from vm.timeline import ProbeRecord
+
+    ok = [ProbeRecord(t=100.0 + i, latency_ms=5, status=200, greeting="Hola", visitor=i)
+          for i in range(3)]
+    refused = [ProbeRecord(t=103.0 + i, latency_ms=1, error="connect-refused") for i in range(8)]
+    assert dead_since(ok, after=100.0) == 0.0
+    assert dead_since(ok + refused, after=100.0) == pytest.approx(8.0)  # 102 -> 110
+    assert dead_since(refused, after=104.0) == pytest.approx(6.0)  # 104 -> 110
+    assert dead_since(ok + refused, after=200.0) == 0.0  # nothing seen yet after the reattach
