@@ -8,8 +8,10 @@ Every option has a PWT_* environment variable (e.g. --box / PWT_BOX) that tox pa
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +38,8 @@ OPTIONS: dict[str, tuple[str, type, str]] = {
     "state-dir": ("PWT_STATE_DIR", str, "cache of boxes, images, keys and per-run VM dirs"),
     "artifacts": ("PWT_ARTIFACTS", str, "where run reports and failure logs go"),
     "pool": ("PWT_POOL", str, "libvirt storage pool (setup-host defines it)"),
+    "session-timeout": ("PWT_SESSION_TIMEOUT", float,
+                        "end the whole run (cleanly, VM destroyed) after this many seconds"),
     "concurrency": ("PWT_CONCURRENCY", int, "ab concurrency (-c)"),
     "switch-after": ("PWT_SWITCH_AFTER", float, "seconds of load before the reattach"),
     "post-switch": ("PWT_POST_SWITCH", float, "seconds v2 must answer under load before it stops"),
@@ -116,6 +120,23 @@ def pytest_configure(config: pytest.Config) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    bound = _option(config, "session-timeout")
+    if bound is not None and not config.option.collectonly:
+        _start_watchdog(float(bound))
+
+
+def _start_watchdog(seconds: float) -> None:
+    """The global bound: after ``seconds`` the run SIGTERMs itself, so finalisers still run."""
+    if not seconds > 0:
+        raise pytest.UsageError(f"--session-timeout must be positive, not {seconds}")
+
+    def expire() -> None:
+        log.info(f"session timeout: {seconds:.0f} s reached, ending the run")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -182,8 +203,11 @@ def vm(settings: Settings, box: Any, pytestconfig: pytest.Config,
        request: pytest.FixtureRequest) -> Iterator[Any]:
     """The session's one VM: booted once, destroyed at the end (see --keep-vm)."""
     from vm.accel import choose_accel
+    from vm.runs import RunLock, reap_stale_runs
     from vm.vagrant_backend import VagrantVM
 
+    lock = RunLock(settings.run_dir)
+    reap_stale_runs(settings.state_dir, settings.run_id, settings.libvirt_uri, settings.pool)
     kernel = Path(f"{settings.state_dir}/boxes/{box.vagrant_name.split('/')[1]}.box.vmlinuz")
     accel = choose_accel(settings.accel, kernel, settings.state_dir)
     handle = VagrantVM(settings, box, accel, settings.run_dir)
@@ -191,6 +215,7 @@ def vm(settings: Settings, box: Any, pytestconfig: pytest.Config,
         machine = _harness_step("boot", pytestconfig, handle.up)
     except BaseException:
         handle.destroy()
+        lock.release()
         raise
     pytestconfig.stash[FACTS]["accel"] = accel
     try:
@@ -200,11 +225,14 @@ def vm(settings: Settings, box: Any, pytestconfig: pytest.Config,
         failed = request.session.testsfailed > 0
         keep = settings.keep_vm == "always" or (settings.keep_vm == "on-error" and failed)
         if keep:
+            lock.keep()
             log.info(f"keeping {handle.domain}: get in with "
                      f"`cd {handle.run_dir} && VAGRANT_HOME={handle.env['VAGRANT_HOME']} "
                      "vagrant ssh`; remove it with the same and `vagrant destroy -f`")
         else:
             handle.destroy()
+            shutil.rmtree(handle.run_dir, ignore_errors=True)
+        lock.release()
 
 
 @pytest.fixture(scope="session")
@@ -255,8 +283,9 @@ def _collect_failure_artifacts(machine: Any, directory: Path) -> None:
 
 @pytest.fixture
 def portable(guest: Any, artifacts: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """The portable service, clean at start; on failure its logs go to the artifacts."""
-    guest.reset()
+    """The portable service, checked clean at start; reset (and checked) afterwards; on
+    failure its logs go to the artifacts first."""
+    guest.check_clean()
     yield guest
     report = getattr(request.node, "rep_call", None)
     if report is None or report.failed:

@@ -52,6 +52,9 @@ def choose_accel(requested: str, kernel: Path, cache_dir: Path) -> str:
     """
     if requested in ("kvm", "tcg"):
         return requested
+    if not kernel.exists():
+        # A downloaded box (Fedora): no kernel of ours to probe with; trust the device.
+        return "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "tcg"
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     cached = cache_dir / f"accel-{boot_id}"
     if cached.exists():

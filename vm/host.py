@@ -57,11 +57,18 @@ def _virsh(uri: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def list_domains(uri: str) -> list[str]:
+    """Names of all libvirt domains (running or not); empty when libvirt does not answer."""
+    try:
+        return _virsh(uri, "list", "--all", "--name").stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+
+
 def remove_libvirt_leftovers(uri: str, pool: str, prefix: str) -> list[str]:
     """Destroy/undefine domains and delete pool volumes whose name starts with ``prefix``."""
     removed: list[str] = []
-    domains = _virsh(uri, "list", "--all", "--name").stdout.split()
-    for name in domains:
+    for name in list_domains(uri):
         if name.startswith(prefix):
             _virsh(uri, "destroy", name)
             _virsh(uri, "undefine", name, "--nvram")
