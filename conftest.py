@@ -38,6 +38,7 @@ OPTIONS: dict[str, tuple[str, type, str]] = {
     "state-dir": ("PWT_STATE_DIR", str, "cache of boxes, images, keys and per-run VM dirs"),
     "artifacts": ("PWT_ARTIFACTS", str, "where run reports and failure logs go"),
     "pool": ("PWT_POOL", str, "libvirt storage pool (setup-host defines it)"),
+    "repeat": ("PWT_REPEAT", int, "run every scenario N times on the one VM (verdict stability)"),
     "session-timeout": ("PWT_SESSION_TIMEOUT", float,
                         "end the whole run (cleanly, VM destroyed) after this many seconds"),
     "concurrency": ("PWT_CONCURRENCY", int, "ab concurrency (-c)"),
@@ -144,6 +145,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, f"rep_{report.when}", report)  # fixtures read item.rep_call.failed
     return report
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """--repeat N: every scenario test N times (ids end in -run1 … -runN)."""
+    repeat = _option(metafunc.config, "repeat")
+    if repeat is None:
+        return
+    if repeat < 1:
+        raise pytest.UsageError(f"--repeat must be at least 1, not {repeat}")
+    if "repeat_index" in metafunc.fixturenames:
+        metafunc.parametrize("repeat_index", range(1, repeat + 1),
+                             ids=[f"run{i}" for i in range(1, repeat + 1)])
+
+
+@pytest.fixture
+def repeat_index() -> int:
+    """Which repetition of a scenario this is (1 without --repeat)."""
+    return 1
 
 
 # --- fixture ladder -----------------------------------------------------------------------

@@ -59,6 +59,21 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join([head, rule, *rows])
 
 
+def stability_table(records: Sequence[dict[str, Any]]) -> str:
+    """Per scenario: how many runs gave the expected verdict (only when run more than once)."""
+    by_scenario: dict[str, list[str]] = {}
+    for rec in records:
+        by_scenario.setdefault(rec["scenario"], []).append(rec["verdict"])
+    if all(len(v) < 2 for v in by_scenario.values()):
+        return ""
+    lines = ["| scenario | expected verdict | runs | verdicts seen |", "|---|---|---|---|"]
+    for scenario, verdicts in by_scenario.items():
+        good = sum(not v.startswith("FAIL") for v in verdicts)
+        seen = ", ".join(f"{v} x{verdicts.count(v)}" for v in dict.fromkeys(verdicts))
+        lines.append(f"| {scenario} | {good}/{len(verdicts)} | {len(verdicts)} | {seen} |")
+    return "\n".join(lines)
+
+
 def write_summary(directory: Path, records: Sequence[dict[str, Any]],
                   phases: dict[str, float]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
@@ -66,9 +81,11 @@ def write_summary(directory: Path, records: Sequence[dict[str, Any]],
         json.dumps({"scenarios": list(records), "phases_s": phases}, indent=2) + "\n"
     )
     phase_lines = "\n".join(f"- {name}: {secs:.1f} s" for name, secs in phases.items())
+    stability = stability_table(records)
+    stability_md = f"## Verdict stability\n\n{stability}\n\n" if stability else ""
     (directory / "summary.md").write_text(
         f"# Zero-downtime reattach: results\n\n{markdown_table(records)}\n\n"
-        f"## Phases\n{phase_lines}\n"
+        f"{stability_md}## Phases\n{phase_lines}\n"
     )
 
 

@@ -18,19 +18,22 @@ from vm.scenario import Scenario, ScenarioRun, run_scenario, summary_row, verdic
 @pytest.fixture
 def run_recorded(
     portable: PortableService, settings: Settings, artifacts: Path, record_scenario: Any,
-    record_phase: Any,
+    record_phase: Any, repeat_index: int,
 ) -> Callable[[Scenario], ScenarioRun]:
     """Run a scenario; its summary row and PNG timeline are written whatever the verdict."""
 
     def run(scenario: Scenario) -> ScenarioRun:
         start = time.monotonic()
         result = run_scenario(portable, settings, scenario)
-        record_phase(f"scenario {scenario.id}", time.monotonic() - start)
+        suffix = f" run{repeat_index}" if repeat_index > 1 else ""
+        record_phase(f"scenario {scenario.id}{suffix}", time.monotonic() - start)
         row = summary_row(result, settings.box, portable.systemd_major, verdict_of(result))
         row["scenario_s"] = round(time.monotonic() - start, 1)
         row["overhead_s"] = round(row["scenario_s"] - row["load_s"], 1)
+        row["repeat"] = repeat_index
         record_scenario(row)
-        plot_timeline(artifacts / f"{scenario.id}.png",
+        name = scenario.id if repeat_index == 1 else f"{scenario.id}-run{repeat_index}"
+        plot_timeline(artifacts / f"{name}.png",
                       f"{scenario.id} (systemd {portable.systemd_major})",
                       result.outcome, result.reattach)
         return result

@@ -140,3 +140,16 @@ def test_plot_timeline_with_a_single_zero_latency_answer(tmp_path: Path) -> None
         plot_timeline(path, "one answer", outcome([answer(T0 + 1.0, "Hello", 3, 0.0)]),
                       reattach())
     assert is_png(path)
+
+
+def test_stability_table_counts_expected_verdicts_per_scenario() -> None:
+    from vm.report import stability_table
+
+    rows = [{"scenario": "a", "verdict": "pass"}, {"scenario": "a", "verdict": "FAIL"},
+            {"scenario": "a", "verdict": "pass"},
+            {"scenario": "b", "verdict": "xfail: requests lost"},
+            {"scenario": "b", "verdict": "xfail: requests lost"}]
+    table = stability_table(rows)
+    assert "| a | 2/3 | 3 | pass x2, FAIL x1 |" in table
+    assert "| b | 2/2 | 2 | xfail: requests lost x2 |" in table
+    assert stability_table(rows[:1] + rows[3:4]) == ""  # one run each: no table
