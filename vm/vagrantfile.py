@@ -38,6 +38,17 @@ def _rb(value: object) -> str:
     return json.dumps(value)
 
 
+def _ssh_key_lines(spec: VagrantfileSpec) -> str:
+    """Our own per-host key for boxes built here; none for downloaded boxes (Vagrant then
+    replaces the box's insecure key at first boot)."""
+    if spec.private_key is None:
+        return ""
+    return (
+        "  config.ssh.insert_key = false\n"
+        f"  config.ssh.private_key_path = [{_rb(str(spec.private_key))}]\n"
+    )
+
+
 def render(spec: VagrantfileSpec) -> str:
     """The Vagrantfile text for ``spec`` (libvirt, or VirtualBox for online users)."""
     if spec.provider == "virtualbox":
@@ -53,12 +64,7 @@ def render(spec: VagrantfileSpec) -> str:
             '    lv.cpu_model = "qemu64"\n'
             '    lv.cpu_fallback = "allow"\n'
         )
-    key = ""
-    if spec.private_key is not None:
-        key = (
-            "  config.ssh.insert_key = false\n"
-            f"  config.ssh.private_key_path = [{_rb(str(spec.private_key))}]\n"
-        )
+    key = _ssh_key_lines(spec)
     netdev = f"user,id=pwtnet,restrict=on,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"
     device = f"virtio-net-pci,netdev=pwtnet,mac={spec.mac},bus=pci.0,addr=0x1f"
     return f"""\
@@ -101,12 +107,7 @@ end
 
 def _render_virtualbox(spec: VagrantfileSpec) -> str:
     """VirtualBox: NAT with SSH forwarded to 127.0.0.1 only; the console goes to a file."""
-    key = ""
-    if spec.private_key is not None:
-        key = (
-            "  config.ssh.insert_key = false\n"
-            f"  config.ssh.private_key_path = [{_rb(str(spec.private_key))}]\n"
-        )
+    key = _ssh_key_lines(spec)
     return f"""\
 # Rendered by vm/vagrantfile.py for one test run; edits are lost.
 Vagrant.configure("2") do |config|
