@@ -8,8 +8,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from vm.boxes import DEBIAN_MIRROR, BoxRecipe
 from vm.boxes import LOCAL_BOXES as LOCAL_BOX_NAMES
-from vm.boxes import BoxRecipe
 from vm.cache import checksum_ok, locked, recipe_hash, write_checksum
 from vm.errors import HarnessError, PrerequisiteMissing
 from vm.host import remove_libvirt_leftovers
@@ -17,6 +17,33 @@ from vm.log import log
 from vm.proc import run_logged
 
 BUILD_SCRIPT = Path(__file__).with_name("build-box.sh")
+# rootfs (~1 GB) + raw disk (sparse, ~1.5 GB used) + qcow2 + .box + the pool's copy.
+BOX_BUILD_FREE_GIB = 6.0
+MIRROR_FAILURES = ("Failed getting release file", "Could not resolve", "Temporary failure",
+                   "Connection refused", "Failed to fetch", "Couldn't download")
+
+
+def require_free_space(directory: Path, gib: float, what: str) -> None:
+    """PrerequisiteMissing unless ``directory``'s file system has ``gib`` GiB free."""
+    directory.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(directory).free / 2**30
+    if free < gib:
+        raise PrerequisiteMissing(
+            f"{what} needs {gib:.0f} GiB free in {directory}, only {free:.1f} GiB are: "
+            "free some space or point PWT_STATE_DIR elsewhere"
+        )
+
+
+def explain_build_failure(build_log: Path, message: str) -> str:
+    """Name the likely cause of a failed box build when the log shows it."""
+    try:
+        text = build_log.read_text(errors="replace")
+    except OSError:
+        return message
+    if any(marker in text for marker in MIRROR_FAILURES):
+        return (f"the Debian mirror is unreachable ({DEBIAN_MIRROR}): the box cannot be built "
+                f"without it; {message}")
+    return message
 
 
 @dataclass(frozen=True)
@@ -76,6 +103,7 @@ def ensure_box(
         raise PrerequisiteMissing("debootstrap is missing: run ./setup-host")
     key = ensure_ssh_key(state_dir)
     digest = box_key(recipe, key.with_suffix(".pub"))
+    require_free_space(state_dir, BOX_BUILD_FREE_GIB, f"building box {recipe.name}")
     name = f"pwt/{recipe.name}-{digest}"
     boxes = state_dir / "boxes"
     box_file = boxes / f"{recipe.name}-{digest}.box"
@@ -96,11 +124,14 @@ def ensure_box(
                     "WORK": str(work), "OUT": str(box_file),
                 }
                 log.info(f"log: {boxes / f'{recipe.name}-{digest}.log'}")
+                build_log = boxes / f"{recipe.name}-{digest}.log"
                 try:
                     run_logged(
-                        ["bash", str(BUILD_SCRIPT)], boxes / f"{recipe.name}-{digest}.log",
+                        ["bash", str(BUILD_SCRIPT)], build_log,
                         timeout=timeout_s, what=f"building box {recipe.name}", env=build_env,
                     )
+                except HarnessError as e:
+                    raise HarnessError(explain_build_failure(build_log, str(e))) from None
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
                 write_checksum(box_file)
