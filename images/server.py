@@ -14,6 +14,12 @@ Shutdown modes (``PW_SHUTDOWN``):
   drain      (default) on SIGTERM stop accepting, finish in-flight requests, answer the next
              request on each keep-alive connection with ``Connection: close``, then exit.
   immediate  exit at once on SIGTERM, dropping open connections (the naive server).
+  fdstore    on SIGTERM stop accepting, finish in-flight requests, then hand every idle
+             keep-alive connection to the service manager's file-descriptor store
+             (``sd_notify FDSTORE=1``, needs ``FileDescriptorStoreMax=``) and exit. The next
+             process gets them back in ``LISTEN_FDS`` (named ``conn-…`` in ``LISTEN_FDNAMES``)
+             and keeps serving them: the client never sees its connection close.
+Whatever the mode, connections found in the fd store at start are adopted.
 """
 
 from __future__ import annotations
@@ -37,6 +43,22 @@ DRAIN_DEADLINE_S = 10.0
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def sd_notify(state: str, fds: list[int] | None = None) -> bool:
+    """Send ``state`` (and ``fds``, SCM_RIGHTS) to $NOTIFY_SOCKET; False when there is none."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(address)
+        if fds:
+            socket.send_fds(s, [state.encode()], fds)
+        else:
+            s.sendall(state.encode())
+    return True
 
 
 class Counter:
@@ -113,15 +135,40 @@ def render_response(greeting: str, visitor: int, keepalive: bool, status: str = 
 
 
 class Server:
-    def __init__(self, listener: socket.socket, counter: Counter, greeting: str) -> None:
+    def __init__(self, listener: socket.socket, counter: Counter, greeting: str,
+                 fdstore: bool = False) -> None:
         self.listener = listener
         self.counter = counter
         self.greeting = greeting
+        self.fdstore = fdstore
         self.selector = selectors.DefaultSelector()
         self.connections: dict[int, Connection] = {}
         self.draining_since: float | None = None
+        self.stored = 0
         listener.setblocking(False)
         self.selector.register(listener, selectors.EVENT_READ, None)
+
+    def adopt(self, sock: socket.socket, name: str) -> None:
+        """Serve a connection handed over by the previous process through the fd store."""
+        sock.setblocking(False)
+        conn = Connection(sock)
+        self.connections[sock.fileno()] = conn
+        self.selector.register(sock, selectors.EVENT_READ, conn)
+        # PID 1 keeps its copy until told: the peer would never see this connection close.
+        sd_notify(f"FDSTOREREMOVE=1\nFDNAME={name}")
+        # Requests the client sent while the fd sat in the store are waiting in the buffer.
+        self._read(conn)
+
+    def _store(self, conn: Connection) -> None:
+        """Hand an idle keep-alive connection to the fd store, then forget it here."""
+        name = f"conn-{os.getpid()}-{self.stored}"
+        if not sd_notify(f"FDSTORE=1\nFDNAME={name}", [conn.sock.fileno()]):
+            self._close(conn)
+            return
+        self.stored += 1
+        self.connections.pop(conn.sock.fileno(), None)
+        self.selector.unregister(conn.sock)
+        conn.sock.close()  # our copy only: PID 1 holds the connection now
 
     def request_drain(self, *_: object) -> None:
         if self.draining_since is None:
@@ -148,9 +195,17 @@ class Server:
                         self._write(conn)
 
     def _drain_step(self) -> bool:
-        """Close idle connections whose grace ran out; True when the drain is complete."""
+        """Close idle connections whose grace ran out (or, in fdstore mode, store every idle
+        connection at once); True when the drain is complete."""
         assert self.draining_since is not None
         now = time.monotonic()
+        if self.fdstore:
+            for conn in list(self.connections.values()):
+                if conn.idle and not conn.close_after_write:
+                    self._store(conn)
+            if not self.connections:
+                log(f"handed {self.stored} connection(s) to the fd store")
+                return True
         for conn in list(self.connections.values()):
             idle_for = now - max(conn.last_activity, self.draining_since)
             if conn.idle and idle_for > DRAIN_IDLE_GRACE_S:
@@ -205,7 +260,9 @@ class Server:
                 conn.outbuf += render_response(self.greeting, 0, False, "400 Bad Request")
                 conn.close_after_write = True
                 break
-            keepalive = wants_keepalive(version, headers) and self.draining_since is None
+            keepalive = wants_keepalive(version, headers) and (
+                self.draining_since is None or self.fdstore
+            )
             conn.outbuf += render_response(self.greeting, self.counter.increment(), keepalive)
             if not keepalive:
                 conn.close_after_write = True
@@ -241,24 +298,45 @@ class Server:
         conn.sock.close()
 
 
-def listening_socket() -> socket.socket:
+def inherited_sockets() -> tuple[socket.socket, list[tuple[socket.socket, str]]]:
+    """The listening socket and the stored connections systemd passed (LISTEN_FDS/FDNAMES).
+
+    The listening socket is named after its socket unit; stored connections are "conn-…".
+    """
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
         raise SystemExit("no socket from systemd: LISTEN_PID does not name this process")
-    if int(os.environ.get("LISTEN_FDS", "0")) < 1:
+    count = int(os.environ.get("LISTEN_FDS", "0"))
+    if count < 1:
         raise SystemExit("no socket from systemd: LISTEN_FDS is 0")
-    return socket.socket(fileno=SD_LISTEN_FDS_START)
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+    listener: socket.socket | None = None
+    stored: list[tuple[socket.socket, str]] = []
+    for i in range(count):
+        sock = socket.socket(fileno=SD_LISTEN_FDS_START + i)
+        name = names[i] if i < len(names) else ""
+        if name.startswith("conn-"):
+            stored.append((sock, name))
+        elif listener is None:
+            listener = sock
+    if listener is None:
+        raise SystemExit("no listening socket among the fds systemd passed")
+    return listener, stored
 
 
 def main() -> None:
     greeting = os.environ.get("GREETING", "Hello")
     shutdown = os.environ.get("PW_SHUTDOWN", "drain")
+    if shutdown not in ("drain", "immediate", "fdstore"):
+        raise SystemExit(f"PW_SHUTDOWN must be drain, immediate or fdstore, not {shutdown!r}")
     state_dir = os.environ.get("STATE_DIRECTORY", "/var/lib/portable-walkthrough").split(":")[0]
-    server = Server(listening_socket(), Counter(state_dir), greeting)
-    if shutdown == "drain":
+    listener, stored = inherited_sockets()
+    server = Server(listener, Counter(state_dir), greeting, fdstore=shutdown == "fdstore")
+    for sock, name in stored:
+        server.adopt(sock, name)
+    if shutdown != "immediate":
         signal.signal(signal.SIGTERM, server.request_drain)
-    elif shutdown != "immediate":
-        raise SystemExit(f"PW_SHUTDOWN must be drain or immediate, not {shutdown!r}")
-    log(f"{greeting} server ready (shutdown={shutdown}, counter={server.counter.value})")
+    log(f"{greeting} server ready (shutdown={shutdown}, counter={server.counter.value},"
+        f" adopted {len(stored)} stored connection(s))")
     server.serve()
 
 

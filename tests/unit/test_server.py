@@ -119,7 +119,7 @@ def test_counts_visitors(start_server: StartServer) -> None:
 
 def test_ready_line_names_greeting_mode_and_count(start_server: StartServer) -> None:
     server = start_server(greeting="Hello")
-    assert any("Hello server ready (shutdown=drain, counter=0)" in ln for ln in server.lines)
+    assert any("Hello server ready (shutdown=drain, counter=0," in ln for ln in server.lines)
 
 
 def test_content_length_of_a_non_ascii_greeting(start_server: StartServer) -> None:
@@ -297,7 +297,7 @@ def test_immediate_shutdown_dies_at_once(start_server: StartServer) -> None:
 def test_bogus_shutdown_mode_exits_non_zero(start_server: StartServer) -> None:
     server = start_server(shutdown="bogus", wait_ready=False)
     assert server.wait(timeout=10) != 0
-    assert any("PW_SHUTDOWN must be drain or immediate, not 'bogus'" in ln
+    assert any("PW_SHUTDOWN must be drain, immediate or fdstore, not 'bogus'" in ln
                for ln in server.lines)
 
 
