@@ -218,9 +218,11 @@ def images(settings: Settings, pytestconfig: pytest.Config, artifacts: Path) -> 
 
 
 @pytest.fixture(scope="session")
-def vm(settings: Settings, box: Any, pytestconfig: pytest.Config,
+def vm(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Config,
        request: pytest.FixtureRequest) -> Iterator[Any]:
-    """The session's one VM: booted once, destroyed at the end (see --keep-vm)."""
+    """The session's one VM: booted once, destroyed at the end (see --keep-vm).
+
+    Asks for ``images`` so a broken image build ends the run before a boot is paid for."""
     from vm.accel import choose_accel
     from vm.runs import RunLock, reap_stale_runs
     from vm.vagrant_backend import VagrantVM

@@ -16,13 +16,16 @@ from pathlib import Path
 from vm.ab import AbResult, ab_command, parse_ab_output
 from vm.config import LoadSettings
 from vm.errors import GuestError
+from vm.holders import HolderSummary, parse_holder_log, summarise
 from vm.machine import Machine
 from vm.timeline import ProbeRecord, Timeline, parse_probe_log
 
 GUEST_DIR = "/run/pwt"
 PROBE_SOURCE = Path(__file__).with_name("guest") / "probe.py"
+HOLDERS_SOURCE = Path(__file__).with_name("guest") / "holders.py"
 AB_UNIT = "pwt-ab.service"
 PROBE_UNIT = "pwt-probe.service"
+HOLDERS_UNIT = "pwt-holders.service"
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class LoadOutcome:
     started: float  # guest epoch seconds
     stopped: float
     ab_command: str
+    holders: HolderSummary | None = None
 
     @property
     def duration_s(self) -> float:
@@ -56,8 +60,10 @@ class LoadRun:
     """ab -c N (optionally -k) against ``url`` and the probe, in the guest."""
 
     def __init__(self, machine: Machine, settings: LoadSettings, keepalive: bool,
-                 url: str = "http://127.0.0.1:8080/", probe_port: int = 8080) -> None:
+                 url: str = "http://127.0.0.1:8080/", probe_port: int = 8080,
+                 holders: int = 0) -> None:
         self.machine = machine
+        self.holders = holders
         self.settings = settings
         self.keepalive = keepalive
         self.url = url
@@ -77,6 +83,14 @@ class LoadRun:
             f" python3 {GUEST_DIR}/probe.py --port {self.probe_port}"
             f" --out {GUEST_DIR}/probe.jsonl --max-seconds {self.settings.max_s:.0f}"
         )
+        if self.holders:
+            m.copy_from_host(HOLDERS_SOURCE, f"{GUEST_DIR}/holders.py", mode="0755")
+            m.succeed(
+                f"rm -f {GUEST_DIR}/holders.jsonl; systemd-run --quiet --collect"
+                f" --unit={HOLDERS_UNIT} -p RuntimeMaxSec={bound} python3 {GUEST_DIR}/holders.py"
+                f" --port {self.probe_port} --connections {self.holders}"
+                f" --out {GUEST_DIR}/holders.jsonl --max-seconds {self.settings.max_s:.0f}"
+            )
         m.succeed(
             f"systemd-run --quiet --collect --unit={AB_UNIT} -p RuntimeMaxSec={bound}"
             f" -p StandardOutput=file:{GUEST_DIR}/ab.out -p StandardError=journal"
@@ -116,15 +130,20 @@ class LoadRun:
         m.execute(f"systemctl kill --signal=SIGINT {AB_UNIT}")
         m.wait_until_succeeds(f"! systemctl is-active --quiet {AB_UNIT}", timeout=60)
         m.execute(f"systemctl stop {PROBE_UNIT}")
+        holders = None
+        if self.holders:
+            m.execute(f"systemctl stop {HOLDERS_UNIT}")
+            records = parse_holder_log(m.succeed(f"cat {GUEST_DIR}/holders.jsonl || true"))
+            holders = summarise(records, self.holders, old, new)
         output = m.succeed(f"cat {GUEST_DIR}/ab.out")
         try:
             ab = parse_ab_output(output)
         except ValueError as e:
             raise GuestError(f"ab printed no report ({e}):\n{output[-2000:]}") from e
         timeline = Timeline.build(self.probe_records(), self.started, old, new)
-        return LoadOutcome(ab, output, timeline, self.started, stopped, self.command)
+        return LoadOutcome(ab, output, timeline, self.started, stopped, self.command, holders)
 
     def abort(self) -> None:
         """Stop both clients, whatever state they are in (used in cleanup)."""
-        for unit in (AB_UNIT, PROBE_UNIT):
+        for unit in (AB_UNIT, PROBE_UNIT, HOLDERS_UNIT):
             self.machine.execute(f"systemctl stop {unit}")

@@ -28,7 +28,8 @@ PORT = 8080
 # A host drop-in that sets the server's shutdown mode (drop-ins apply to portable units too).
 SHUTDOWN_DROPIN = f"/etc/systemd/system/{SERVICE}.d/50-pwt-shutdown.conf"
 # Transient units the scenarios start in the guest (load, probe, proxy).
-CLIENT_UNITS = ("pwt-ab.service", "pwt-probe.service", "pwt-haproxy.service")
+CLIENT_UNITS = ("pwt-ab.service", "pwt-probe.service", "pwt-holders.service",
+                "pwt-haproxy.service")
 ATTACHED_STATES = ("attached", "attached-runtime", "running", "running-runtime", "enabled",
                    "enabled-runtime", "linked", "linked-runtime")
 

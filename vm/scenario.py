@@ -42,6 +42,7 @@ class Scenario:
     socket_location: str = "host"  # "host" or "image"
     shutdown: str = "drain"  # the server's SIGTERM behaviour: "drain" or "immediate"
     profile: str = "default"
+    holders: int = 0  # long-lived keep-alive clients (a request every 0.2 s each)
     from_version: int = 1
     to_version: int = 2
     description: str = ""
@@ -76,9 +77,11 @@ class ScenarioRun:
     @property
     def lost_requests(self) -> bool:
         """Requests failed (ab or probe) or the port was dead after the upgrade."""
-        ab = self.outcome.ab
+        ab, holders = self.outcome.ab, self.outcome.holders
+        broken = bool(holders and (holders.broken or holders.server_closed
+                                   or holders.connect_errors))
         return bool(ab.failed or ab.non_2xx or self.outcome.timeline.errors
-                    or self.socket.state_after != "active")
+                    or self.socket.state_after != "active" or broken)
 
 
 
@@ -127,7 +130,7 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
     socket_before = service.socket_active_since()
 
     load = LoadRun(m, load_cfg, keepalive=scenario.keepalive,
-                   url=f"http://127.0.0.1:{url_port}/")
+                   url=f"http://127.0.0.1:{url_port}/", holders=scenario.holders)
     title = f"{scenario.id}: load, reattach v{scenario.from_version} -> v{scenario.to_version}"
     with log.nested(title):
         load.start()
@@ -147,6 +150,8 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
     problems = zero_downtime_problems(
         outcome, reattach, socket, final_count, load_cfg.min_complete, load_cfg.post_switch_s
     )
+    if outcome.holders is not None and not outcome.holders.intact:
+        problems.append(f"long-lived connections did not survive: {outcome.holders.describe()}")
     if scenario.socket_location == "image":
         # A socket shipped in the image is restarted by the reattach by design: that is the
         # downtime this scenario shows, not a harness problem.
@@ -167,6 +172,11 @@ def summary_row(run: ScenarioRun, box: str, systemd_major: int, verdict: str) ->
         counter_ok=not counter_consistent(run.outcome, run.final_count),
         verdict=verdict, problems=run.problems,
     )
+    if run.outcome.holders is not None:
+        h = run.outcome.holders
+        row.update(holders=h.connections, holder_requests=h.requests, holders_broken=h.broken,
+                   holders_server_closed=h.server_closed,
+                   holders_switched_in_place=h.switched_in_place, holders_intact=h.intact)
     row.update(expect=s.expect, shutdown=s.shutdown, profile=s.profile,
                from_version=s.from_version, to_version=s.to_version,
                socket_state_after=run.socket.state_after, **run.facts)
@@ -190,6 +200,14 @@ SCENARIOS: tuple[Scenario, ...] = (
              description="rollback v2 -> v1 under load"),
     Scenario("host-socket-trusted-profile", profile="trusted",
              description="attached with --profile trusted (runs as root, no sandbox)"),
+    Scenario("host-socket-keepalive-longlived-drain", expect="characterise", keepalive=True,
+             holders=20,
+             description="20 long-lived keep-alive connections; the draining server closes "
+                         "them, so every client has to reconnect"),
+    Scenario("host-socket-keepalive-longlived-fdstore", keepalive=True, holders=20,
+             shutdown="fdstore",
+             description="the server hands idle connections to the fd store, v2 adopts them: "
+                         "no connection breaks, each switches Hello -> Hola in place"),
 )
 
 
@@ -213,7 +231,8 @@ def verdict_of(run: ScenarioRun) -> str:
 
 def loss_summary(run: ScenarioRun) -> str:
     ab, tl = run.outcome.ab, run.outcome.timeline
+    holders = f"; holders: {run.outcome.holders.describe()}" if run.outcome.holders else ""
     return (f"ab {ab.failed} failed of {ab.complete} (connect {ab.failed_connect}, receive "
             f"{ab.failed_receive}, length {ab.failed_length}, exceptions "
             f"{ab.failed_exceptions}), non-2xx {ab.non_2xx}; probe errors {tl.errors or 'none'};"
-            f" socket after: {run.socket.state_after}")
+            f" socket after: {run.socket.state_after}{holders}")

@@ -1,0 +1,123 @@
+#!/usr/bin/python3
+"""Long-lived keep-alive clients, run inside the guest (stdlib only).
+
+N connections, each sending ``GET /`` every ``--interval`` seconds on the same HTTP/1.1
+connection, one JSON line per request: connection id, its generation (how many times it had to
+reconnect), send time, latency, greeting and visitor number, or what went wrong. A server that
+answers ``Connection: close`` makes the client reconnect ("server-closed"); a connection that
+dies without an answer is "broken" (reset, EOF, timeout) and is reconnected too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import threading
+import time
+
+ANSWER = re.compile(rb"(\w+)! You are visitor #(\d+)!")
+
+
+def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """(head, body) of one response; raises ConnectionError on EOF before its end."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("eof-before-answer")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    length = int(match.group(1)) if match else 0
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("eof-in-body")
+        body += chunk
+    return head, body
+
+
+def holder(index: int, args: argparse.Namespace, out: list[str], lock: threading.Lock,
+           stop: threading.Event) -> None:
+    generation = 0
+    sock: socket.socket | None = None
+    while not stop.is_set():
+        if sock is None:
+            try:
+                sock = socket.create_connection((args.host, args.port), timeout=args.timeout)
+            except OSError as e:
+                record(out, lock, {"conn": index, "gen": generation, "t": time.time(),
+                                   "error": f"connect-{type(e).__name__}"})
+                stop.wait(args.interval)
+                continue
+        sent = time.time()
+        rec: dict[str, object] = {"conn": index, "gen": generation, "t": round(sent, 4)}
+        try:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: holder\r\n\r\n")
+            head, body = read_response(sock)
+            rec["latency_ms"] = round((time.time() - sent) * 1000, 2)
+            rec["status"] = int(head.split(b" ", 2)[1])
+            answer = ANSWER.search(body)
+            if answer:
+                rec["greeting"] = answer.group(1).decode()
+                rec["visitor"] = int(answer.group(2))
+            if re.search(rb"(?im)^connection:\s*close", head):
+                rec["event"] = "server-closed"
+        except (OSError, ConnectionError, ValueError) as e:
+            rec["latency_ms"] = round((time.time() - sent) * 1000, 2)
+            rec["error"] = "broken"
+            rec["detail"] = str(e) or type(e).__name__
+        record(out, lock, rec)
+        if "error" in rec or "event" in rec:
+            sock.close()
+            sock = None
+            generation += 1
+        stop.wait(max(0.0, args.interval - (time.time() - sent)))
+    if sock is not None:
+        sock.close()
+
+
+def record(out: list[str], lock: threading.Lock, rec: dict[str, object]) -> None:
+    with lock:
+        out.append(json.dumps(rec))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--connections", type=int, default=20)
+    parser.add_argument("--interval", type=float, default=0.2)
+    parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--max-seconds", type=float, default=300.0)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    stop = threading.Event()
+    lock = threading.Lock()
+    lines: list[str] = []
+    threads = [threading.Thread(target=holder, args=(i, args, lines, lock, stop), daemon=True)
+               for i in range(args.connections)]
+    for t in threads:
+        t.start()
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    end = time.monotonic() + args.max_seconds
+    with open(args.out, "a", encoding="utf-8") as f:
+        while not stop.is_set() and time.monotonic() < end:
+            stop.wait(0.5)
+            with lock:
+                batch, lines[:] = lines[:], []
+            f.writelines(line + "\n" for line in batch)
+            f.flush()
+        stop.set()
+        for t in threads:
+            t.join(timeout=args.timeout + 5)
+        with lock:
+            f.writelines(line + "\n" for line in lines)
+
+
+if __name__ == "__main__":
+    main()
