@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from vm import sysupdate
 from vm.errors import GuestError
 from vm.image import VERSIONS, PortableImages
 from vm.log import log
@@ -29,7 +30,10 @@ PORT = 8080
 SHUTDOWN_DROPIN = f"/etc/systemd/system/{SERVICE}.d/50-pwt-shutdown.conf"
 # Transient units the scenarios start in the guest (load, probe, proxy).
 CLIENT_UNITS = ("pwt-ab.service", "pwt-probe.service", "pwt-holders.service",
-                "pwt-haproxy.service")
+                "pwt-haproxy.service", sysupdate.HTTP_UNIT)
+# What the sysupdate scenarios install on the host; removed by reset.
+SYSUPDATE_FILES = (sysupdate.TRANSFER_PATH, f"/etc/systemd/system/{sysupdate.ROLLOUT_UNIT}",
+                   f"/etc/systemd/system/{sysupdate.PIN_UNIT}")
 ATTACHED_STATES = ("attached", "attached-runtime", "running", "running-runtime", "enabled",
                    "enabled-runtime", "linked", "linked-runtime")
 
@@ -169,8 +173,10 @@ class PortableService:
             f"for u in {units}; do systemctl stop $u 2>/dev/null; done;"
             f" img=$(systemctl show -P RootImage {SERVICE} 2>/dev/null);"
             f' if [ -n "$img" ]; then portablectl detach "$img" || exit 1; fi;'
-            f" rm -f {HOST_SOCKET_PATH} {SHUTDOWN_DROPIN} && systemctl daemon-reload"
-            f" && {{ systemctl reset-failed {SOCKET} {SERVICE} 2>/dev/null; true; }}"
+            f" rm -rf {HOST_SOCKET_PATH} {SHUTDOWN_DROPIN} {' '.join(SYSUPDATE_FILES)}"
+            f" {sysupdate.SOURCE_DIR} && systemctl daemon-reload"
+            f" && {{ systemctl reset-failed {SOCKET} {SERVICE} {sysupdate.ROLLOUT_UNIT}"
+            f" 'pwt-pin@*' 2>/dev/null; true; }}"
             f" && rm -rf /var/lib/private/{NAME} /var/lib/{NAME}",
             timeout=180,
         )
@@ -216,3 +222,53 @@ class PortableService:
         The exit status is 0 even for "detached": only the word counts.
         """
         return self.machine.execute(f"portablectl is-attached {image}").stdout.strip()
+
+    # --- systemd-sysupdate ------------------------------------------------------------
+    def has_sysupdate(self) -> bool:
+        return self.machine.execute(f"test -x {sysupdate.SYSUPDATE}").succeeded
+
+    def prepare_sysupdate(self, setup: sysupdate.SysupdateSetup, installed: list[int],
+                          published: list[int]) -> None:
+        """Transfer and rollout units in place; ``installed`` versions in /var/lib/portables
+        (the others removed), ``published`` ones in the source (served over HTTP if asked)."""
+        m = self.machine
+        for path, text in ((sysupdate.TRANSFER_PATH, setup.transfer()),
+                           (f"/etc/systemd/system/{sysupdate.ROLLOUT_UNIT}", setup.rollout_unit()),
+                           (f"/etc/systemd/system/{sysupdate.PIN_UNIT}", setup.pin_unit())):
+            m.succeed(f"mkdir -p $(dirname {path}) && cat > {path} <<'EOF'\n{text}EOF")
+        m.succeed(f"mkdir -p {sysupdate.SOURCE_DIR} && systemctl daemon-reload")
+        for v in VERSIONS:
+            if v not in installed:
+                m.succeed(f"rm -f {self.image_path(v)}")
+        for v in published:
+            self.publish(v)
+        if setup.source == "http":
+            m.succeed(
+                f"systemd-run --quiet --collect --unit={sysupdate.HTTP_UNIT}"
+                f" python3 -m http.server {sysupdate.HTTP_PORT} --bind 127.0.0.1"
+                f" --directory {sysupdate.SOURCE_DIR}"
+            )
+            m.wait_for_open_port(sysupdate.HTTP_PORT, timeout=30)
+
+    def publish(self, version: int, corrupt: bool = False) -> None:
+        """Put ``version`` in the source with a fresh SHA256SUMS; ``corrupt`` changes the
+        image's bytes after its checksum was written (a tampered download)."""
+        name = f"{NAME}_{version}.raw"
+        m = self.machine
+        m.succeed(f"cp {STASH}/host/{name} {sysupdate.SOURCE_DIR}/{name}.tmp"
+                  f" && mv {sysupdate.SOURCE_DIR}/{name}.tmp {sysupdate.SOURCE_DIR}/{name}"
+                  f" && {sysupdate.sha256sums_command()}")
+        if corrupt:
+            m.succeed(f"printf tampered >> {sysupdate.SOURCE_DIR}/{name}")
+
+    def run_rollout(self, unit: str) -> tuple[Reattach, bool]:
+        """Start a rollout unit and wait for it; (timings, whether it succeeded)."""
+        result = self.machine.execute(
+            f"s=$(date +%s.%N); systemctl start {unit}; rc=$?; e=$(date +%s.%N);"
+            f" journalctl -q --no-pager -n 30 -u {unit}; echo; echo \"PWT-TIMES $s $e $rc\"",
+            timeout=self.reattach_timeout_s,
+        )
+        marker = result.stdout.strip().splitlines()[-1].split()
+        rollout = Reattach(f"systemctl start {unit}", float(marker[1]), float(marker[2]),
+                           result.stdout)
+        return rollout, marker[3] == "0"

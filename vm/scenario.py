@@ -20,17 +20,32 @@ from vm.load import GUEST_DIR, LoadOutcome, LoadRun
 from vm.log import log
 from vm.portable import (
     ATTACHED_STATES,
+    NAME,
     PORT,
     SHUTDOWN_DROPIN,
     SOCKET,
+    SYMLINK,
     PortableService,
     Reattach,
 )
+from vm.quirks import reattach_target
 from vm.report import scenario_record
-from vm.verdict import SocketObservation, counter_consistent, zero_downtime_problems
+from vm.sysupdate import PIN_UNIT, ROLLOUT_UNIT, SysupdateSetup
+from vm.verdict import (
+    SocketObservation,
+    counter_consistent,
+    socket_untouched,
+    zero_downtime_problems,
+    zero_failures,
+)
 
 HAPROXY_UNIT = "pwt-haproxy.service"
-EXPECTATIONS = ("zero-downtime", "downtime", "characterise")
+EXPECTATIONS = ("zero-downtime", "downtime", "characterise", "refused")
+ROLLOUTS = ("portablectl", "sysupdate-dir", "sysupdate-http")
+
+
+class ScenarioUnsupported(Exception):
+    """The guest cannot run this scenario (e.g. no systemd-sysupdate): a skip, with reason."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +58,8 @@ class Scenario:
     shutdown: str = "drain"  # the server's SIGTERM behaviour: "drain" or "immediate"
     profile: str = "default"
     holders: int = 0  # long-lived keep-alive clients (a request every 0.2 s each)
+    rollout: str = "portablectl"  # or sysupdate-dir / sysupdate-http: publish, then a unit acts
+    corrupt: bool = False  # publish the new version with bytes that fail its SHA256SUMS
     from_version: int = 1
     to_version: int = 2
     description: str = ""
@@ -50,6 +67,8 @@ class Scenario:
     def __post_init__(self) -> None:
         if self.expect not in EXPECTATIONS:
             raise ValueError(f"expect must be one of {EXPECTATIONS}")
+        if self.rollout not in ROLLOUTS:
+            raise ValueError(f"rollout must be one of {ROLLOUTS}")
         if {self.from_version, self.to_version} - set(VERSIONS) or (
             self.from_version == self.to_version
         ):
@@ -117,8 +136,15 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
     """Attach ``from_version``, load, reattach to ``to_version`` under load, collect."""
     load_cfg = settings.load
     m = service.machine
+    setup = _sysupdate_setup(service, scenario)
     _prepare_server(service, scenario)
     service.use_images(scenario.socket_location)
+    if setup is not None:
+        low, high = sorted((scenario.from_version, scenario.to_version))
+        # Upgrade: the old version installed and published, the new one published later.
+        # Rollback: the new (older) one published but not installed: `update VERSION` pins it.
+        service.prepare_sysupdate(setup, installed=[scenario.from_version],
+                                  published=[low] if scenario.to_version == high else [low, high])
     service.attach(scenario.from_version, profile=scenario.profile,
                    host_socket=scenario.socket_location == "host")
     service.wait_for_greeting(scenario.old)
@@ -136,9 +162,23 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
         load.start()
         log.info(f"load: {load.command} (+ probe on :{PORT} every 0.2 s)")
         time.sleep(load_cfg.switch_after_s)
-        reattach = service.reattach(scenario.to_version)
-        log.info(f"reattach took {reattach.duration_s:.1f} s: {reattach.command}")
-        load.wait_until_serving(scenario.new, load_cfg.post_switch_s, after=reattach.ended)
+        rollout_ok = True
+        if setup is None:
+            reattach = service.reattach(scenario.to_version)
+        else:
+            if scenario.to_version > scenario.from_version:
+                service.publish(scenario.to_version, corrupt=scenario.corrupt)
+                unit = ROLLOUT_UNIT
+            else:
+                unit = PIN_UNIT.replace("@", f"@{scenario.to_version}")
+            reattach, rollout_ok = service.run_rollout(unit)
+        log.info(f"{'reattach' if setup is None else 'rollout'} took "
+                 f"{reattach.duration_s:.1f} s: {reattach.command}"
+                 f"{'' if rollout_ok else ' (failed)'}")
+        if scenario.expect == "refused":
+            time.sleep(load_cfg.post_switch_s)  # the old version must go on serving
+        else:
+            load.wait_until_serving(scenario.new, load_cfg.post_switch_s, after=reattach.ended)
         outcome = load.stop(old=scenario.old, new=scenario.new)
     log.info(f"ab: {outcome.ab.describe()}; probe errors: {outcome.timeline.errors or 'none'}")
     if scenario.proxy == "haproxy":
@@ -147,6 +187,14 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
     socket = SocketObservation(socket_before, service.socket_active_since(),
                                m.unit_state(SOCKET))
     final_count = service.counter()
+    facts["rollout_ok"] = rollout_ok
+    if scenario.expect == "refused":
+        problems = refused_problems(outcome, reattach, socket, rollout_ok, load_cfg.min_complete)
+        problems += counter_consistent(outcome, final_count)
+        root_image = service.attached_image()
+        if root_image != service.image_path(scenario.from_version):
+            problems.append(f"the unit runs {root_image!r} after a refused update")
+        return ScenarioRun(scenario, outcome, reattach, socket, final_count, problems, facts)
     problems = zero_downtime_problems(
         outcome, reattach, socket, final_count, load_cfg.min_complete, load_cfg.post_switch_s
     )
@@ -162,6 +210,34 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
         problems.append(f"after the reattach portablectl says {state!r} and the unit runs "
                         f"{root_image!r}, not {service.image_path(scenario.to_version)!r}")
     return ScenarioRun(scenario, outcome, reattach, socket, final_count, problems, facts)
+
+
+def _sysupdate_setup(service: PortableService, scenario: Scenario) -> SysupdateSetup | None:
+    if scenario.rollout == "portablectl":
+        return None
+    if not service.has_sysupdate():
+        raise ScenarioUnsupported(
+            f"systemd {service.systemd_major} in this guest has no systemd-sysupdate"
+        )
+    return SysupdateSetup(
+        source=scenario.rollout.removeprefix("sysupdate-"),
+        reattach_arg=reattach_target(service.systemd_major, NAME, SYMLINK),
+    )
+
+
+def refused_problems(outcome: LoadOutcome, rollout: Reattach, socket: SocketObservation,
+                     rollout_ok: bool, min_complete: int) -> list[str]:
+    """A tampered update must be refused while the running version serves on, losing nothing."""
+    tl = outcome.timeline
+    problems = [*zero_failures(outcome, min_complete), *socket_untouched(socket)]
+    if rollout_ok:
+        problems.append("the rollout of a tampered image succeeded")
+    if tl.first(tl.new) is not None:
+        problems.append(f"{tl.new!r} answered: the tampered version went live")
+    last_old = tl.last(tl.old)
+    if last_old is None or last_old.t < rollout.ended:
+        problems.append(f"{tl.old!r} did not go on answering after the refused update")
+    return problems
 
 
 def summary_row(run: ScenarioRun, box: str, systemd_major: int, verdict: str) -> dict[str, Any]:
@@ -204,6 +280,17 @@ SCENARIOS: tuple[Scenario, ...] = (
              holders=20,
              description="20 long-lived keep-alive connections; the draining server closes "
                          "them, so every client has to reconnect"),
+    Scenario("host-socket-sysupdate-dir", rollout="sysupdate-dir",
+             description="v2 published to a local directory; pwt-rollout.service runs "
+                         "systemd-sysupdate update, then portablectl reattach --now"),
+    Scenario("host-socket-sysupdate-http", rollout="sysupdate-http",
+             description="the same from an HTTP source (url-file + SHA256SUMS) on loopback"),
+    Scenario("host-socket-sysupdate-http-rollback", rollout="sysupdate-http", from_version=2,
+             to_version=1,
+             description="rollback by pinning: pwt-pin@1.service runs `update 1`, reattach"),
+    Scenario("host-socket-sysupdate-http-corrupt", rollout="sysupdate-http", corrupt=True,
+             expect="refused",
+             description="v2 published with bytes that fail SHA256SUMS: refused, v1 serves on"),
     Scenario("host-socket-keepalive-longlived-fdstore", keepalive=True, holders=20,
              shutdown="fdstore",
              description="the server hands idle connections to the fd store, v2 adopts them: "
@@ -226,6 +313,8 @@ def verdict_of(run: ScenarioRun) -> str:
     lost = run.lost_requests
     if expect == "downtime":
         return "downtime seen (expected)" if lost else "FAIL: no downtime"
+    if expect == "refused":
+        return "refused, old version served on" if not run.problems else "FAIL"
     return "xfail: requests lost" if lost else "FAIL: nothing lost"
 
 

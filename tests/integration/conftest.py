@@ -12,7 +12,14 @@ import pytest
 from vm.config import Settings
 from vm.portable import PortableService
 from vm.report import plot_timeline
-from vm.scenario import Scenario, ScenarioRun, run_scenario, summary_row, verdict_of
+from vm.scenario import (
+    Scenario,
+    ScenarioRun,
+    ScenarioUnsupported,
+    run_scenario,
+    summary_row,
+    verdict_of,
+)
 
 
 @pytest.fixture
@@ -24,7 +31,10 @@ def run_recorded(
 
     def run(scenario: Scenario) -> ScenarioRun:
         start = time.monotonic()
-        result = run_scenario(portable, settings, scenario)
+        try:
+            result = run_scenario(portable, settings, scenario)
+        except ScenarioUnsupported as e:
+            pytest.skip(str(e))
         suffix = f" run{repeat_index}" if repeat_index > 1 else ""
         record_phase(f"scenario {scenario.id}{suffix}", time.monotonic() - start)
         row = summary_row(result, settings.box, portable.systemd_major, verdict_of(result))
