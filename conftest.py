@@ -191,7 +191,9 @@ def _harness_step(phase: str, config: pytest.Config, fn: Any, *args: Any) -> Any
     except HarnessError as e:
         pytest.exit(f"pwt: {phase}: {e}", returncode=3)
     finally:
-        config.stash[PHASES][phase] = round(time.monotonic() - start, 1)
+        # Accumulated: a later cache hit must not hide the build that happened first.
+        phases = config.stash[PHASES]
+        phases[phase] = round(phases.get(phase, 0.0) + time.monotonic() - start, 1)
 
 
 @pytest.fixture(scope="session")
