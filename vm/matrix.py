@@ -31,7 +31,11 @@ def load_summaries(paths: Sequence[Path]) -> list[dict[str, Any]]:
 
 def _cell(row: dict[str, Any]) -> str:
     dead = "" if row.get("socket_state_after", "active") == "active" else ", port dead"
-    return f"{row['verdict']} ({row['failed']} failed / {row['complete']}{dead})"
+    conns = ""
+    if row.get("holders"):
+        lost = row.get("holders_broken", 0) + row.get("holders_server_closed", 0)
+        conns = f", {lost}/{row['holders']} long-lived connections lost"
+    return f"{row['verdict']} ({row['failed']} failed / {row['complete']}{dead}{conns})"
 
 
 def _verdict_class(verdict: str) -> str:

@@ -315,7 +315,7 @@ def verdict_of(run: ScenarioRun) -> str:
         return "downtime seen (expected)" if lost else "FAIL: no downtime"
     if expect == "refused":
         return "refused, old version served on" if not run.problems else "FAIL"
-    return "xfail: requests lost" if lost else "FAIL: nothing lost"
+    return "xfail: loss seen (expected)" if lost else "FAIL: nothing lost"
 
 
 def loss_summary(run: ScenarioRun) -> str:

@@ -147,9 +147,9 @@ def test_stability_table_counts_expected_verdicts_per_scenario() -> None:
 
     rows = [{"scenario": "a", "verdict": "pass"}, {"scenario": "a", "verdict": "FAIL"},
             {"scenario": "a", "verdict": "pass"},
-            {"scenario": "b", "verdict": "xfail: requests lost"},
-            {"scenario": "b", "verdict": "xfail: requests lost"}]
+            {"scenario": "b", "verdict": "xfail: loss seen (expected)"},
+            {"scenario": "b", "verdict": "xfail: loss seen (expected)"}]
     table = stability_table(rows)
     assert "| a | 2/3 | 3 | pass x2, FAIL x1 |" in table
-    assert "| b | 2/2 | 2 | xfail: requests lost x2 |" in table
+    assert "| b | 2/2 | 2 | xfail: loss seen (expected) x2 |" in table
     assert stability_table(rows[:1] + rows[3:4]) == ""  # one run each: no table
