@@ -9,6 +9,7 @@ that stand between the run and a zero-downtime verdict.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,11 @@ from vm.verdict import (
 HAPROXY_UNIT = "pwt-haproxy.service"
 EXPECTATIONS = ("zero-downtime", "downtime", "characterise", "refused")
 ROLLOUTS = ("portablectl", "sysupdate-dir", "sysupdate-http")
+
+
+# How sysupdate says a download does not match SHA256SUMS ("DOWNLOAD INVALID … tampered with"
+# on 257); anything else failing the rollout is not the refusal this scenario is about.
+REFUSAL_REASON = re.compile(r"(?i)invalid|tamper|checksum|hash")
 
 
 class ScenarioUnsupported(Exception):
@@ -188,8 +194,13 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
                                m.unit_state(SOCKET))
     final_count = service.counter()
     facts["rollout_ok"] = rollout_ok
+    if setup is not None:
+        facts["rollout_log"] = reattach.output[-1500:]
     if scenario.expect == "refused":
         problems = refused_problems(outcome, reattach, socket, rollout_ok, load_cfg.min_complete)
+        if not REFUSAL_REASON.search(reattach.output):
+            problems.append("the rollout failed, but not with a checksum refusal: "
+                            f"{reattach.output[-600:]!r}")
         problems += counter_consistent(outcome, final_count)
         root_image = service.attached_image()
         if root_image != service.image_path(scenario.from_version):
