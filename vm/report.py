@@ -98,8 +98,9 @@ def plot_timeline(path: Path, title: str, outcome: LoadOutcome, reattach: Reatta
 
     tl, t0 = outcome.timeline, outcome.started
     fig, ax = plt.subplots(figsize=(10, 4.2), dpi=110)
+    what = "portablectl reattach" if reattach.command.startswith("portablectl") else "rollout"
     ax.axvspan(reattach.started - t0, reattach.ended - t0, color="#f5d76e", alpha=0.35,
-               label=f"portablectl reattach ({reattach.duration_s:.1f} s)")
+               label=f"{what} ({reattach.duration_s:.1f} s)")
     for greeting, color in ((tl.old, "#2e86de"), (tl.new, "#27ae60")):
         pts = [r for r in tl.answered if r.greeting == greeting]
         ax.scatter([r.t - t0 for r in pts], [max(r.latency_ms, 1) for r in pts], s=9, color=color,
@@ -116,9 +117,14 @@ def plot_timeline(path: Path, title: str, outcome: LoadOutcome, reattach: Reatta
     ax.set_xlabel("seconds since load start")
     ax.set_ylabel("probe latency (ms, at send time)")
     ab = outcome.ab
+    held = ""
+    if outcome.holders is not None:
+        h = outcome.holders
+        held = (f"; long-lived: {h.switched_in_place}/{h.connections} switched in place, "
+                f"{h.broken + h.server_closed} lost")
     ax.set_title(f"{title}\nab: {ab.complete} complete, {ab.failed} failed, "
-                 f"{ab.requests_per_second:.0f} req/s; longest gap {tl.longest_gap_ms:.0f} ms",
-                 fontsize=10)
+                 f"{ab.requests_per_second:.0f} req/s; longest gap {tl.longest_gap_ms:.0f} ms"
+                 f"{held}", fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
