@@ -67,8 +67,7 @@ BOXES: dict[str, BoxRecipe] = {
             systemd_major=254,
             suite="bookworm",
             extra_suite="bookworm-backports",
-            extra_packages=("systemd", "systemd-sysv", "systemd-container", "udev",
-                            "libsystemd0", "libudev1", "libpam-systemd"),
+            extra_packages=("systemd", "systemd-sysv", "systemd-container", "udev"),
         ),
         BoxRecipe(
             name="debian-trixie",
