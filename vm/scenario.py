@@ -161,12 +161,15 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
     url_port = PROXY_PORT if scenario.proxy == "haproxy" else PORT
     socket_before = service.socket_active_since()
 
+    # Every client takes the same path: behind a proxy, the probe goes through it too (a
+    # probe straight to the naive server would see the resets the proxy exists to absorb).
     load = LoadRun(m, load_cfg, keepalive=scenario.keepalive,
-                   url=f"http://127.0.0.1:{url_port}/", holders=scenario.holders)
+                   url=f"http://127.0.0.1:{url_port}/", probe_port=url_port,
+                   holders=scenario.holders)
     title = f"{scenario.id}: load, reattach v{scenario.from_version} -> v{scenario.to_version}"
     with log.nested(title):
         load.start()
-        log.info(f"load: {load.command} (+ probe on :{PORT} every 0.2 s)")
+        log.info(f"load: {load.command} (+ probe on :{url_port} every 0.2 s)")
         time.sleep(load_cfg.switch_after_s)
         rollout_ok = True
         if setup is None:
