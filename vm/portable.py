@@ -32,7 +32,8 @@ SHUTDOWN_DROPIN = f"/etc/systemd/system/{SERVICE}.d/50-pwt-shutdown.conf"
 CLIENT_UNITS = ("pwt-ab.service", "pwt-probe.service", "pwt-holders.service",
                 "pwt-haproxy.service", sysupdate.HTTP_UNIT)
 # What the sysupdate scenarios install on the host; removed by reset.
-SYSUPDATE_FILES = (sysupdate.TRANSFER_PATH, f"/etc/systemd/system/{sysupdate.ROLLOUT_UNIT}",
+SYSUPDATE_FILES = (f"{sysupdate.TRANSFER_STEM}.transfer", f"{sysupdate.TRANSFER_STEM}.conf",
+                   f"/etc/systemd/system/{sysupdate.ROLLOUT_UNIT}",
                    f"/etc/systemd/system/{sysupdate.PIN_UNIT}")
 ATTACHED_STATES = ("attached", "attached-runtime", "running", "running-runtime", "enabled",
                    "enabled-runtime", "linked", "linked-runtime")
@@ -232,7 +233,7 @@ class PortableService:
         """Transfer and rollout units in place; ``installed`` versions in /var/lib/portables
         (the others removed), ``published`` ones in the source (served over HTTP if asked)."""
         m = self.machine
-        for path, text in ((sysupdate.TRANSFER_PATH, setup.transfer()),
+        for path, text in ((setup.transfer_path, setup.transfer()),
                            (f"/etc/systemd/system/{sysupdate.ROLLOUT_UNIT}", setup.rollout_unit()),
                            (f"/etc/systemd/system/{sysupdate.PIN_UNIT}", setup.pin_unit())):
             m.succeed(f"mkdir -p $(dirname {path}) && cat > {path} <<'EOF'\n{text}EOF")
@@ -261,14 +262,20 @@ class PortableService:
         if corrupt:
             m.succeed(f"printf tampered >> {sysupdate.SOURCE_DIR}/{name}")
 
-    def run_rollout(self, unit: str) -> tuple[Reattach, bool]:
-        """Start a rollout unit and wait for it; (timings, whether it succeeded)."""
+    def run_rollout(self, unit: str, version: int) -> tuple[Reattach, bool]:
+        """Start a rollout unit and wait for it; (timings, whether ``version`` now runs).
+
+        The unit's exit status is not enough: a skipped ExecCondition (nothing new found)
+        makes `systemctl start` succeed while nothing happened.
+        """
         result = self.machine.execute(
             f"s=$(date +%s.%N); systemctl start {unit}; rc=$?; e=$(date +%s.%N);"
-            f" journalctl -q --no-pager -n 30 -u {unit}; echo; echo \"PWT-TIMES $s $e $rc\"",
+            f" journalctl -q --no-pager -n 30 -u {unit}; echo;"
+            f" echo \"PWT-TIMES $s $e $rc $(readlink {SYMLINK})\"",
             timeout=self.reattach_timeout_s,
         )
         marker = result.stdout.strip().splitlines()[-1].split()
         rollout = Reattach(f"systemctl start {unit}", float(marker[1]), float(marker[2]),
                            result.stdout)
-        return rollout, marker[3] == "0"
+        moved = len(marker) > 4 and marker[4].endswith(f"{NAME}_{version}.raw")
+        return rollout, marker[3] == "0" and moved

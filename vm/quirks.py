@@ -14,6 +14,15 @@ REATTACH_BY_NAME_FIXED_IN = 257
 OLDEST_SUPPORTED = 246
 
 
+# systemd-sysupdate reads /etc/sysupdate.d/*.transfer from 257 on; 254 (bookworm-backports)
+# reads *.conf and says "No transfer definitions found." for a .transfer file.
+SYSUPDATE_TRANSFER_SUFFIX_FROM = 257
+
+
+def sysupdate_transfer_suffix(systemd_major: int) -> str:
+    return ".transfer" if systemd_major >= SYSUPDATE_TRANSFER_SUFFIX_FROM else ".conf"
+
+
 def reattach_by_name_broken(systemd_major: int) -> bool:
     return systemd_major < REATTACH_BY_NAME_FIXED_IN
 

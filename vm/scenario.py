@@ -29,7 +29,7 @@ from vm.portable import (
     PortableService,
     Reattach,
 )
-from vm.quirks import reattach_target
+from vm.quirks import reattach_target, sysupdate_transfer_suffix
 from vm.report import scenario_record
 from vm.sysupdate import PIN_UNIT, ROLLOUT_UNIT, SysupdateSetup
 from vm.verdict import (
@@ -180,12 +180,14 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
                 unit = ROLLOUT_UNIT
             else:
                 unit = PIN_UNIT.replace("@", f"@{scenario.to_version}")
-            reattach, rollout_ok = service.run_rollout(unit)
+            reattach, rollout_ok = service.run_rollout(unit, scenario.to_version)
         log.info(f"{'reattach' if setup is None else 'rollout'} took "
                  f"{reattach.duration_s:.1f} s: {reattach.command}"
                  f"{'' if rollout_ok else ' (failed)'}")
-        if scenario.expect == "refused":
-            time.sleep(load_cfg.post_switch_s)  # the old version must go on serving
+        if scenario.expect == "refused" or not rollout_ok:
+            # The old version must go on serving; a rollout that installed nothing will not
+            # bring the new one either: no point waiting for it until the load's bound.
+            time.sleep(load_cfg.post_switch_s)
         else:
             load.wait_until_serving(scenario.new, load_cfg.post_switch_s, after=reattach.ended)
         outcome = load.stop(old=scenario.old, new=scenario.new)
@@ -199,6 +201,13 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
     facts["rollout_ok"] = rollout_ok
     if setup is not None:
         facts["rollout_log"] = reattach.output[-1500:]
+        if not rollout_ok and scenario.expect != "refused":
+            problems_extra = [f"the rollout did not put v{scenario.to_version} in place: "
+                              f"{reattach.output[-600:]!r}"]
+        else:
+            problems_extra = []
+    else:
+        problems_extra = []
     if scenario.expect == "refused":
         problems = refused_problems(outcome, reattach, socket, rollout_ok, load_cfg.min_complete)
         if not REFUSAL_REASON.search(reattach.output):
@@ -209,7 +218,7 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
         if root_image != service.image_path(scenario.from_version):
             problems.append(f"the unit runs {root_image!r} after a refused update")
         return ScenarioRun(scenario, outcome, reattach, socket, final_count, problems, facts)
-    problems = zero_downtime_problems(
+    problems = problems_extra + zero_downtime_problems(
         outcome, reattach, socket, final_count, load_cfg.min_complete, load_cfg.post_switch_s
     )
     if outcome.holders is not None and not outcome.holders.intact:
@@ -236,6 +245,7 @@ def _sysupdate_setup(service: PortableService, scenario: Scenario) -> SysupdateS
     return SysupdateSetup(
         source=scenario.rollout.removeprefix("sysupdate-"),
         reattach_arg=reattach_target(service.systemd_major, NAME, SYMLINK),
+        transfer_suffix=sysupdate_transfer_suffix(service.systemd_major),
     )
 
 

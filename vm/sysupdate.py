@@ -1,7 +1,7 @@
 """Automatic rollout with systemd-sysupdate: from "new version published" to "new version
 running" without the test calling portablectl.
 
-- A transfer (``/etc/sysupdate.d/50-portable-walkthrough.transfer``) takes
+- A transfer (``/etc/sysupdate.d/50-portable-walkthrough.transfer``, ``.conf`` before 257) takes
   ``portable-walkthrough_@v.raw`` from a source into ``/var/lib/portables``, keeps at most
   ``InstancesMax=`` versions and moves the ``portable-walkthrough.raw`` symlink
   (``CurrentSymlink=``). Two sources: a local directory (``regular-file``) and an HTTP server on
@@ -20,7 +20,7 @@ SYSUPDATE = "/usr/lib/systemd/systemd-sysupdate"
 SOURCE_DIR = "/var/lib/pwt-source"
 HTTP_PORT = 8090
 HTTP_UNIT = "pwt-source-http.service"
-TRANSFER_PATH = "/etc/sysupdate.d/50-portable-walkthrough.transfer"
+TRANSFER_STEM = "/etc/sysupdate.d/50-portable-walkthrough"  # + .transfer or .conf (quirks)
 ROLLOUT_UNIT = "pwt-rollout.service"
 PIN_UNIT = "pwt-pin@.service"
 SOURCES = ("dir", "http")
@@ -30,7 +30,12 @@ SOURCES = ("dir", "http")
 class SysupdateSetup:
     source: str  # "dir" or "http"
     reattach_arg: str  # image name or path, per vm/quirks.py
+    transfer_suffix: str = ".transfer"  # ".conf" before 257, per vm/quirks.py
     instances_max: int = 2
+
+    @property
+    def transfer_path(self) -> str:
+        return TRANSFER_STEM + self.transfer_suffix
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:

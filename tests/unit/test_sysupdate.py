@@ -72,3 +72,11 @@ def test_refused_verdict_catches_a_tampered_version_going_live() -> None:
     assert "the rollout of a tampered image succeeded" in problems
     assert "'Hola' answered: the tampered version went live" in problems
     assert "'Hello' did not go on answering after the refused update" in problems
+
+
+@pytest.mark.parametrize(("major", "suffix"), [(254, ".conf"), (256, ".conf"), (257, ".transfer")])
+def test_transfer_file_suffix_follows_the_systemd_version(major: int, suffix: str) -> None:
+    from vm.quirks import sysupdate_transfer_suffix
+
+    setup = SysupdateSetup("dir", "x", transfer_suffix=sysupdate_transfer_suffix(major))
+    assert setup.transfer_path == f"/etc/sysupdate.d/50-portable-walkthrough{suffix}"
