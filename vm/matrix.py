@@ -34,7 +34,7 @@ def _cell(row: dict[str, Any]) -> str:
     conns = ""
     if row.get("holders"):
         lost = row.get("holders_broken", 0) + row.get("holders_server_closed", 0)
-        conns = f", {lost}/{row['holders']} long-lived connections lost"
+        conns = f", {lost} losses on {row['holders']} long-lived connections"
     return f"{row['verdict']} ({row['failed']} failed / {row['complete']}{dead}{conns})"
 
 

@@ -42,7 +42,7 @@ def test_markdown_bolds_differences_and_says_not_run() -> None:
     assert "| **image-socket-no-keepalive** |" in text
     assert "| host-socket-no-keepalive | pass (0 failed / 1000) | pass (0 failed / 1000) |" in text
     assert "not run" in text  # the long-lived scenario ran on trixie only
-    assert "20/20 long-lived connections lost" in text
+    assert "20 losses on 20 long-lived connections" in text
 
 
 def test_join_cli_writes_both_files(tmp_path: Path) -> None:
