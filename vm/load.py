@@ -37,6 +37,15 @@ class LoadOutcome:
     stopped: float
     ab_command: str
     holders: HolderSummary | None = None
+    # When ab's unit was started (guest epoch): after the probe and the holders, which under
+    # TCG can take seconds. ab itself starts a moment later, so started + time taken is an
+    # estimate of its end that is early, never late.
+    ab_started: float | None = None
+
+    @property
+    def ab_ended(self) -> float:
+        return (self.ab_started if self.ab_started is not None else self.started) \
+            + self.ab.time_taken_s
 
     @property
     def duration_s(self) -> float:
@@ -69,6 +78,7 @@ class LoadRun:
         self.url = url
         self.probe_port = probe_port
         self.started = 0.0
+        self.ab_started = 0.0
         self.command = shlex.join(ab_command(url, settings.concurrency, settings.max_s, keepalive))
 
     def start(self) -> None:
@@ -91,11 +101,12 @@ class LoadRun:
                 f" --port {self.probe_port} --connections {self.holders}"
                 f" --out {GUEST_DIR}/holders.jsonl --max-seconds {self.settings.max_s:.0f}"
             )
-        m.succeed(
-            f"systemd-run --quiet --collect --unit={AB_UNIT} -p RuntimeMaxSec={bound}"
+        out = m.succeed(
+            f"date +%s.%N; systemd-run --quiet --collect --unit={AB_UNIT} -p RuntimeMaxSec={bound}"
             f" -p StandardOutput=file:{GUEST_DIR}/ab.out -p StandardError=journal"
             f" {self.command}"
         )
+        self.ab_started = float(out.split()[0])
 
     def probe_records(self) -> list[ProbeRecord]:
         return parse_probe_log(self.machine.succeed(f"cat {GUEST_DIR}/probe.jsonl || true"))
@@ -141,7 +152,8 @@ class LoadRun:
         except ValueError as e:
             raise GuestError(f"ab printed no report ({e}):\n{output[-2000:]}") from e
         timeline = Timeline.build(self.probe_records(), self.started, old, new)
-        return LoadOutcome(ab, output, timeline, self.started, stopped, self.command, holders)
+        return LoadOutcome(ab, output, timeline, self.started, stopped, self.command, holders,
+                           self.ab_started)
 
     def abort(self) -> None:
         """Stop both clients, whatever state they are in (used in cleanup)."""

@@ -41,11 +41,11 @@ def load_spanned_switch(
                 f"the new version answered only {served:.1f} s under load "
                 f"(wanted {post_switch_s:g} s): the load ended too early"
             )
-    # ab starts a moment after the load's start, so this estimate of its end is early, never late.
-    ab_ended = outcome.started + outcome.ab.time_taken_s
+    ab_ended = outcome.ab_ended  # early, never late
     if ab_ended < outcome.stopped - 3:
+        window = outcome.stopped - (ab_ended - outcome.ab.time_taken_s)
         problems.append(
-            f"ab ran {outcome.ab.time_taken_s:.1f} s of the {outcome.duration_s:.1f} s load "
+            f"ab ran {outcome.ab.time_taken_s:.1f} s of the {window:.1f} s load "
             "window: it ended early"
         )
     if tl.switch_at is not None and ab_ended <= tl.switch_at:

@@ -223,11 +223,13 @@ def ab_result(complete: int = 7000, failed: int = 0, connect: int = 0, receive: 
 
 
 def outcome(records: list[ProbeRecord], ab: AbResult | None = None, started: float = T0,
-            stopped: float = T0 + 30.0, old: str = "Hello", new: str = "Hola") -> LoadOutcome:
-    ab = ab or ab_result(time_taken_s=round(stopped - started - 0.1, 3))
+            stopped: float = T0 + 30.0, old: str = "Hello", new: str = "Hola",
+            ab_started: float | None = None) -> LoadOutcome:
+    ab = ab or ab_result(time_taken_s=round(stopped - (ab_started or started) - 0.1, 3))
     return LoadOutcome(ab=ab, ab_output="(ab report)", timeline=Timeline.build(
         records, started, old, new), started=started, stopped=stopped,
-        ab_command="ab -l -r -c 10 -t 240 -n 240000 -s 30 http://127.0.0.1:8080/")
+        ab_command="ab -l -r -c 10 -t 240 -n 240000 -s 30 http://127.0.0.1:8080/",
+        ab_started=ab_started)
 
 
 def reattach(started: float = T0 + 5.0, ended: float = T0 + 6.5) -> Reattach:

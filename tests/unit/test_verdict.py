@@ -123,6 +123,19 @@ def test_ab_ending_long_before_the_window_is_a_problem() -> None:
     assert problems_of(out) == problems
 
 
+def test_ab_started_late_after_the_holders_ran_to_the_end() -> None:
+    # Seen on trixie under TCG: the probe and 20 holders took 3 s to start before ab did; ab
+    # then ran 30.8 s up to the stop. Measured from the load's start it looked short.
+    out = outcome(clean_records(), started=T0, stopped=T0 + 33.8, ab_started=T0 + 3.0,
+                  ab=ab_result(time_taken_s=30.8))
+    assert load_spanned_switch(out, reattach(), POST_SWITCH) == []
+    # ab stopping 5 s before the end is still caught, and the window is ab's own.
+    short = outcome(clean_records(), started=T0, stopped=T0 + 33.8, ab_started=T0 + 3.0,
+                    ab=ab_result(time_taken_s=25.8))
+    assert load_spanned_switch(short, reattach(), POST_SWITCH) == [
+        "ab ran 25.8 s of the 30.8 s load window: it ended early"]
+
+
 def test_ab_a_little_shorter_than_the_window_is_fine() -> None:
     # ab's report stops a moment before the harness reads the guest clock.
     out = outcome(clean_records(), ab=ab_result(time_taken_s=27.0))
