@@ -41,6 +41,13 @@ OPTIONS: dict[str, tuple[str, type, str]] = {
     "repeat": ("PWT_REPEAT", int, "run every scenario N times on the one VM (verdict stability)"),
     "session-timeout": ("PWT_SESSION_TIMEOUT", float,
                         "end the whole run (cleanly, VM destroyed) after this many seconds"),
+    "boot-timeout": ("PWT_BOOT_TIMEOUT", float, "seconds for vagrant up to reach SSH (900)"),
+    "box-build-timeout": ("PWT_BOX_BUILD_TIMEOUT", float, "seconds for a box build (1800)"),
+    "reattach-timeout": ("PWT_REATTACH_TIMEOUT", float,
+                         "seconds one portablectl attach/reattach may take (240)"),
+    "unit-timeout": ("PWT_UNIT_TIMEOUT", float, "seconds a unit may take to become active (60)"),
+    "ssh-port": ("PWT_SSH_PORT", int,
+                 "127.0.0.1 port for the VM's SSH (default: a free one; taken: another)"),
     "concurrency": ("PWT_CONCURRENCY", int, "ab concurrency (-c)"),
     "switch-after": ("PWT_SWITCH_AFTER", float, "seconds of load before the reattach"),
     "post-switch": ("PWT_POST_SWITCH", float, "seconds v2 must answer under load before it stops"),
@@ -83,7 +90,11 @@ def settings_from(config: pytest.Config) -> Settings:
     )
     kwargs: dict[str, Any] = {"load": load}
     for name, field in (("box", "box"), ("accel", "accel"), ("keep-vm", "keep_vm"),
-                        ("provider", "provider"), ("pool", "pool")):
+                        ("provider", "provider"), ("pool", "pool"),
+                        ("boot-timeout", "boot_timeout_s"),
+                        ("box-build-timeout", "box_build_timeout_s"),
+                        ("reattach-timeout", "reattach_timeout_s"),
+                        ("unit-timeout", "unit_timeout_s"), ("ssh-port", "ssh_port")):
         if (value := _option(config, name)) is not None:
             kwargs[field] = value
     if (state := _option(config, "state-dir")) is not None:
@@ -278,7 +289,8 @@ def guest(vm: Any, images: Any, settings: Settings) -> Any:
     if (reason := unsupported_reason(major)) is not None:
         pytest.exit(f"pwt: {reason}", returncode=3)
     log.info(f"guest runs systemd {major}")
-    return PortableService(vm, major, settings.reattach_timeout_s, images)
+    return PortableService(vm, major, settings.reattach_timeout_s, images,
+                           unit_timeout_s=settings.unit_timeout_s)
 
 
 def _collect_failure_artifacts(machine: Any, directory: Path) -> None:

@@ -71,6 +71,8 @@ class Settings:
     boot_timeout_s: float = 900.0
     box_build_timeout_s: float = 1800.0
     reattach_timeout_s: float = 240.0
+    unit_timeout_s: float = 60.0
+    ssh_port: int = 0  # 0: a free loopback port picked at boot
     libvirt_uri: str = "qemu:///system"
     pool: str = "pwt"
     load: LoadSettings = field(default_factory=LoadSettings)
@@ -90,6 +92,15 @@ class Settings:
             raise ValueError(
                 f"keep-vm must be one of {', '.join(KEEP_VM_CHOICES)}, not {self.keep_vm!r}"
             )
+        timeouts = {"boot-timeout": self.boot_timeout_s,
+                    "box-build-timeout": self.box_build_timeout_s,
+                    "reattach-timeout": self.reattach_timeout_s,
+                    "unit-timeout": self.unit_timeout_s}
+        for name, value in timeouts.items():
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds, not {value:g}")
+        if self.ssh_port and not 1024 <= self.ssh_port <= 65535:
+            raise ValueError(f"ssh-port must be 0 (pick one) or 1024..65535, not {self.ssh_port}")
         if self.memory_mb < 512 or self.cpus < 1:
             raise ValueError("the VM needs at least 512 MB and 1 CPU")
         self.load.validate()

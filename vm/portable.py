@@ -57,8 +57,10 @@ class PortableService:
     """Drive ``portable-walkthrough`` on ``machine`` (whose systemd is ``systemd_major``)."""
 
     def __init__(self, machine: Machine, systemd_major: int, reattach_timeout_s: float,
-                 build_images: Callable[[str], PortableImages]) -> None:
+                 build_images: Callable[[str], PortableImages],
+                 unit_timeout_s: float = 60.0) -> None:
         self.machine = machine
+        self.unit_timeout_s = unit_timeout_s
         self.systemd_major = systemd_major
         self.reattach_timeout_s = reattach_timeout_s
         self.build_images = build_images  # socket location -> images (built/cached on host)
@@ -113,7 +115,7 @@ class PortableService:
             self.machine.succeed("systemctl daemon-reload")
         # Attach first, then start the socket: the socket refuses to start without its service.
         self.machine.succeed(f"systemctl start {SOCKET}")
-        self.machine.wait_for_unit(SOCKET, timeout=30)
+        self.machine.wait_for_unit(SOCKET, timeout=self.unit_timeout_s)
 
     def socket_active_since(self) -> str:
         """The socket's ActiveEnterTimestampMonotonic: unchanged as long as it was not restarted."""

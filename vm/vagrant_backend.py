@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,28 @@ from vm.log import log
 from vm.machine import Machine, parse_ssh_config
 from vm.proc import heartbeat
 from vm.vagrantfile import VagrantfileSpec, render
+
+# What qemu says when a port it was given is taken by the time it binds it (seen here with
+# qemu 7.2: the SSH forward of user networking, and the UDP tunnel's local address).
+PORT_CLASH = re.compile(
+    r"Could not set up host forwarding rule[^\n]*|can't bind ip=[^\n]*Address already in use"
+)
+PORT_ATTEMPTS = 3
+
+
+def port_clash(vagrant_output: str) -> str | None:
+    """The qemu line saying a forwarded or tunnel port was taken, if vagrant's output has one."""
+    match = PORT_CLASH.search(vagrant_output)
+    return match.group(0).strip() if match else None
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 @dataclass
@@ -61,11 +85,22 @@ class VagrantVM:
             err_cm=vagrant.make_file_cm(str(self.vagrant_log)),  # type: ignore[no-untyped-call]
         )
 
-    def write_vagrantfile(self) -> VagrantfileSpec:
+    def pick_ssh_port(self, attempt: int) -> int:
+        """--ssh-port if it is free on the first attempt; otherwise a free one, saying so."""
+        wanted = self.settings.ssh_port
+        if wanted and attempt == 1:
+            if port_is_free(wanted):
+                return wanted
+            port = free_port()
+            log.info(f"127.0.0.1:{wanted} (--ssh-port) is taken: using {port} instead")
+            return port
+        return free_port()
+
+    def write_vagrantfile(self, attempt: int = 1) -> VagrantfileSpec:
         s = self.settings
         spec = VagrantfileSpec(
             box=self.box.vagrant_name, domain_prefix=self.domain_prefix,
-            private_key=self.box.private_key, ssh_port=free_port(),
+            private_key=self.box.private_key, ssh_port=self.pick_ssh_port(attempt),
             udp_port=free_port(kind=2), udp_local_port=free_port(kind=2), mac=random_mac(),
             accel=self.accel, memory_mb=s.memory_mb, cpus=s.cpus, libvirt_uri=s.libvirt_uri,
             pool=s.pool, console_log=self.console_log, boot_timeout_s=int(s.boot_timeout_s),
@@ -81,22 +116,41 @@ class VagrantVM:
     def up(self) -> Machine:
         """``vagrant up``, then a Machine connected over SSH."""
         check_vagrant_prerequisites(self.settings.libvirt_uri, self.env, self.settings.provider)
-        spec = self.write_vagrantfile()
         accel = "KVM" if self.accel == "kvm" else "TCG (no usable KVM)"
         with log.nested(f"booting {self.domain} from {self.box.vagrant_name}, {accel}"):
-            log.info(f"SSH on 127.0.0.1:{spec.ssh_port}; vagrant log: {self.vagrant_log}")
-            with heartbeat(self.vagrant_log):
-                try:
-                    self._vagrant().up(provider=self.settings.provider)
-                except subprocess.CalledProcessError as e:
-                    raise HarnessError(
-                        f"vagrant up failed (exit {e.returncode}); see {self.vagrant_log} and "
-                        f"the console {self.console_log}"
-                    ) from None
+            self._up_with_free_ports()
             target = parse_ssh_config(self._vagrant().ssh_config())
             machine = Machine(self.domain, target, self.console_log)
             machine.connect(timeout=120)
         return machine
+
+    def _up_with_free_ports(self) -> None:
+        """``vagrant up``; when qemu finds a port taken between picking and binding (another
+        process got it), remove the half-made domain and try again with other ports."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            spec = self.write_vagrantfile(attempt)
+            log.info(f"SSH on 127.0.0.1:{spec.ssh_port}; vagrant log: {self.vagrant_log}")
+            seen = self.vagrant_log.stat().st_size if self.vagrant_log.exists() else 0
+            with heartbeat(self.vagrant_log):
+                try:
+                    self._vagrant().up(provider=self.settings.provider)
+                    return
+                except subprocess.CalledProcessError as e:
+                    failure = e
+            with self.vagrant_log.open(errors="replace") as f:
+                f.seek(seen)
+                clash = port_clash(f.read())
+            if clash is None or attempt == PORT_ATTEMPTS:
+                break
+            log.info(f"a port was taken when qemu started ({clash}); "
+                     f"removing the domain and retrying with other ports ({attempt + 1}/"
+                     f"{PORT_ATTEMPTS})")
+            self.destroy()
+        reason = f"; qemu said: {clash}" if clash else ""
+        raise HarnessError(
+            f"vagrant up failed (exit {failure.returncode}){reason}; see {self.vagrant_log} "
+            f"and the console {self.console_log}"
+        ) from None
 
     def destroy(self) -> None:
         """``vagrant destroy``; then make sure libvirt has no domain or volume of this run left."""

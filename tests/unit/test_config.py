@@ -137,3 +137,23 @@ def test_build_env_of_a_downloaded_box_raises() -> None:
     assert not box.buildable_offline
     with pytest.raises(ValueError, match="fedora-40 is not built locally"):
         box.build_env()
+
+
+@pytest.mark.parametrize("name", ["boot_timeout_s", "box_build_timeout_s", "reattach_timeout_s",
+                                  "unit_timeout_s"])
+@pytest.mark.parametrize("value", [0.0, -5.0, float("nan"), float("inf")])
+def test_every_wait_bound_must_be_a_positive_number(name: str, value: float) -> None:
+    option = name.removesuffix("_s").replace("_", "-")
+    with pytest.raises(ValueError, match=f"{option} must be a positive number of seconds"):
+        Settings(**{name: value}).validate()
+
+
+@pytest.mark.parametrize("port", [-1, 22, 1023, 65536])
+def test_ssh_port_out_of_range(port: int) -> None:
+    with pytest.raises(ValueError, match="ssh-port must be 0"):
+        Settings(ssh_port=port).validate()
+
+
+@pytest.mark.parametrize("port", [0, 1024, 2222, 65535])
+def test_ssh_port_in_range(port: int) -> None:
+    Settings(ssh_port=port).validate()

@@ -78,10 +78,15 @@ def assert_usage_error(result: pytest.RunResult, *reason: str) -> None:
         ([], {"PWT_SWITCH_AFTER": "soon"}, ["--switch-after (PWT_SWITCH_AFTER)", "'soon'"]),
         (["--switch-after", "-3"], {}, ["switch-after and post-switch must be positive"]),
         (["--min-complete", "0"], {}, ["min-complete must be at least 1"]),
+        (["--boot-timeout", "0"], {}, ["boot-timeout must be a positive number of seconds"]),
+        ([], {"PWT_REATTACH_TIMEOUT": "-1"}, ["reattach-timeout must be a positive number"]),
+        (["--unit-timeout", "forever"], {}, ["--unit-timeout (PWT_UNIT_TIMEOUT)", "'forever'"]),
+        (["--ssh-port", "22"], {}, ["ssh-port must be 0 (pick one) or 1024..65535, not 22"]),
     ],
     ids=["concurrency-0", "concurrency-abc", "load-max-too-small", "unknown-box",
          "keep-vm-sometimes", "accel-warp", "env-concurrency-negative", "env-not-a-float",
-         "switch-after-negative", "min-complete-0"],
+         "switch-after-negative", "min-complete-0", "boot-timeout-0",
+         "env-reattach-timeout-negative", "unit-timeout-word", "ssh-port-22"],
 )
 def test_bad_option_is_one_line(collect: Collect, options: list[str], env: dict[str, str],
                                 reason: list[str]) -> None:
