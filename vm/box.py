@@ -10,9 +10,9 @@ from pathlib import Path
 
 from vm.boxes import DEBIAN_MIRROR, BoxRecipe
 from vm.boxes import LOCAL_BOXES as LOCAL_BOX_NAMES
-from vm.cache import checksum_ok, locked, recipe_hash, write_checksum
+from vm.cache import checksum_ok, file_sha256, locked, recipe_hash, write_checksum
 from vm.errors import HarnessError, PrerequisiteMissing
-from vm.host import remove_libvirt_leftovers
+from vm.host import pool_volumes, remove_libvirt_leftovers
 from vm.log import log
 from vm.proc import run_logged
 
@@ -92,6 +92,34 @@ def _vagrant_has_box(name: str, env: dict[str, str]) -> bool:
     return any(line.split(",")[3:4] == [name] for line in out.splitlines() if ",box-name," in line)
 
 
+def vagrant_box_image(env: dict[str, str], name: str) -> Path:
+    """Where ``vagrant box add`` put the disk image of box ``name`` (libvirt provider)."""
+    return (Path(env["VAGRANT_HOME"]) / "boxes" / name.replace("/", "-VAGRANTSLASH-") / "0"
+            / "libvirt" / "box.img")
+
+
+def pool_base_prefix(name: str) -> str:
+    """vagrant-libvirt uploads a box's image into the pool under this name prefix."""
+    return name.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image_"
+
+
+def added_box_problem(env: dict[str, str], name: str, libvirt_uri: str, pool: str) -> str | None:
+    """Why the copies of box ``name`` that Vagrant and the pool hold cannot be trusted, or None.
+
+    The checksum of Vagrant's copy was recorded when the suite added the box; the pool's base
+    volume (uploaded by vagrant-libvirt at the first boot) is a byte copy of it."""
+    image = vagrant_box_image(env, name)
+    if not Path(f"{image}.sha256").exists():
+        return f"no checksum was recorded for {image} when it was added"
+    if not checksum_ok(image):
+        return f"{image} does not match the checksum recorded when it was added"
+    want = Path(f"{image}.sha256").read_text().strip()
+    for volume, path in pool_volumes(libvirt_uri, pool, pool_base_prefix(name)):
+        if path.exists() and file_sha256(path) != want:
+            return f"the pool's base volume {volume} differs from the box image"
+    return None
+
+
 def ensure_box(
     recipe: BoxRecipe, state_dir: Path, timeout_s: float,
     libvirt_uri: str = "qemu:///system", pool: str = "pwt", provider: str = "libvirt",
@@ -110,8 +138,14 @@ def ensure_box(
     env = vagrant_env(state_dir)
     with locked(boxes / f"{recipe.name}.lock"):
         if _vagrant_has_box(name, env):
-            log.info(f"box {name}: cached")
-            return BuiltBox(recipe, name, key)
+            problem = added_box_problem(env, name, libvirt_uri, pool)
+            if problem is None:
+                log.info(f"box {name}: cached (checksums verified)")
+                return BuiltBox(recipe, name, key)
+            log.info(f"box {name}: {problem}; removing it from Vagrant and the pool, re-adding")
+            subprocess.run(["vagrant", "box", "remove", "--force", "--all", name],
+                           env=env, capture_output=True, check=False)
+            remove_libvirt_leftovers(libvirt_uri, pool, pool_base_prefix(name))
         if box_file.exists() and not checksum_ok(box_file):
             log.info(f"box file {box_file} does not match its checksum: rebuilding")
             box_file.unlink()
@@ -141,9 +175,10 @@ def ensure_box(
                 boxes / f"{recipe.name}-{digest}.log", timeout=600, what="vagrant box add",
                 env=env,
             )
+            write_checksum(vagrant_box_image(env, name))
         for old in prune_old_boxes(recipe.name, keep=name, env=env):
             # vagrant-libvirt uploaded the old box into the pool as a base volume.
-            remove_libvirt_leftovers(libvirt_uri, pool, old.replace("/", "-VAGRANTSLASH-"))
+            remove_libvirt_leftovers(libvirt_uri, pool, pool_base_prefix(old))
         for old_file in boxes.glob(f"{recipe.name}-*.box*"):
             if not old_file.name.startswith(box_file.name):
                 old_file.unlink()

@@ -6,6 +6,7 @@ import random
 import shutil
 import socket
 import subprocess
+from pathlib import Path
 
 from vm.errors import PrerequisiteMissing
 
@@ -63,6 +64,20 @@ def list_domains(uri: str) -> list[str]:
         return _virsh(uri, "list", "--all", "--name").stdout.split()
     except (OSError, subprocess.TimeoutExpired):
         return []
+
+
+def pool_volumes(uri: str, pool: str, prefix: str) -> list[tuple[str, Path]]:
+    """(name, path) of the volumes of ``pool`` whose name starts with ``prefix``."""
+    try:
+        lines = _virsh(uri, "vol-list", pool).stdout.splitlines()[2:]
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    found = []
+    for line in lines:
+        fields = line.split(maxsplit=1)
+        if len(fields) == 2 and fields[0].startswith(prefix):
+            found.append((fields[0], Path(fields[1].strip())))
+    return found
 
 
 def remove_libvirt_leftovers(uri: str, pool: str, prefix: str) -> list[str]:

@@ -10,6 +10,7 @@ import pytest
 
 import vm.box as box
 from vm.box import explain_build_failure, require_free_space
+from vm.cache import write_checksum
 from vm.errors import PrerequisiteMissing
 
 Usage = namedtuple("Usage", "total used free")
@@ -41,3 +42,62 @@ def test_other_failures_keep_their_message(tmp_path: Path) -> None:
     log.write_text("mkfs.ext4: No space left on device\n")
     assert explain_build_failure(log, "failed (exit 1)") == "failed (exit 1)"
     assert explain_build_failure(tmp_path / "missing.log", "m") == "m"
+
+
+def added_box(tmp_path: Path) -> tuple[dict[str, str], str, Path]:
+    env = {"VAGRANT_HOME": str(tmp_path / "vagrant-home")}
+    name = "pwt/debian-bookworm-0123456789ab"
+    image = box.vagrant_box_image(env, name)
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"QFI\xfb" + bytes(4096))
+    return env, name, image
+
+
+def test_vagrants_copy_of_the_box_lives_where_vagrant_puts_it(tmp_path: Path) -> None:
+    env = {"VAGRANT_HOME": "/v"}
+    assert box.vagrant_box_image(env, "pwt/debian-trixie-a45bfd2d04f3") == Path(
+        "/v/boxes/pwt-VAGRANTSLASH-debian-trixie-a45bfd2d04f3/0/libvirt/box.img")
+    # The prefix matches what vagrant-libvirt named the base volume here.
+    assert ("pwt-VAGRANTSLASH-debian-trixie-a45bfd2d04f3_vagrant_box_image_0_1795700088_box.img"
+            .startswith(box.pool_base_prefix("pwt/debian-trixie-a45bfd2d04f3")))
+
+
+def test_an_added_box_matching_its_checksum_is_trusted(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    env, name, image = added_box(tmp_path)
+    write_checksum(image)
+    volume = tmp_path / "pool" / "base.img"
+    volume.parent.mkdir()
+    volume.write_bytes(image.read_bytes())
+    monkeypatch.setattr(box, "pool_volumes", lambda *a: [("base.img", volume)])
+    assert box.added_box_problem(env, name, "qemu:///system", "pwt") is None
+
+
+def test_a_corrupt_added_box_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env, name, image = added_box(tmp_path)
+    write_checksum(image)
+    monkeypatch.setattr(box, "pool_volumes", lambda *a: [])
+    with image.open("r+b") as f:
+        f.seek(100)
+        f.write(b"\x01")
+    problem = box.added_box_problem(env, name, "qemu:///system", "pwt")
+    assert problem is not None and "does not match the checksum recorded" in problem
+
+
+def test_a_corrupt_pool_base_volume_is_found(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    env, name, image = added_box(tmp_path)
+    write_checksum(image)
+    volume = tmp_path / "base.img"
+    volume.write_bytes(image.read_bytes()[:-1])  # truncated upload
+    monkeypatch.setattr(box, "pool_volumes", lambda *a: [("x_vagrant_box_image_0_1_box.img",
+                                                          volume)])
+    problem = box.added_box_problem(env, name, "qemu:///system", "pwt")
+    assert problem == ("the pool's base volume x_vagrant_box_image_0_1_box.img differs from "
+                       "the box image")
+
+
+def test_a_box_added_without_a_recorded_checksum_is_not_trusted(tmp_path: Path) -> None:
+    env, name, _image = added_box(tmp_path)
+    problem = box.added_box_problem(env, name, "qemu:///system", "pwt")
+    assert problem is not None and "no checksum was recorded" in problem

@@ -94,3 +94,29 @@ def test_all_prerequisites_present(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vm.host.subprocess, "run", run)
     check_vagrant_prerequisites("qemu:///system", {})
     assert [c[0] for c in run.calls] == ["vagrant", "virsh"]
+
+
+VOL_LIST = """ Name                                                                   Path
+-------------------------------------------------------------------------------------------------
+ pwt-20261126-153700-b4dc26-default.img      /p/pool/pwt-20261126-153700-b4dc26-default.img
+ pwt-VAGRANTSLASH-debian-trixie-a45bfd2d04f3_vagrant_box_image_0_1795700088_box.img \
+  /p/pool/with space/t.img
+
+"""
+
+
+def test_pool_volumes_parses_virsh_vol_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vm.host, "_virsh", lambda *a: subprocess.CompletedProcess(a, 0, VOL_LIST))
+    assert vm.host.pool_volumes("qemu:///system", "pwt", "pwt-VAGRANTSLASH-debian-trixie-") == [
+        ("pwt-VAGRANTSLASH-debian-trixie-a45bfd2d04f3_vagrant_box_image_0_1795700088_box.img",
+         vm.host.Path("/p/pool/with space/t.img"))]
+    assert [n for n, _ in vm.host.pool_volumes("u", "pwt", "pwt-2026")] == [
+        "pwt-20261126-153700-b4dc26-default.img"]
+
+
+def test_pool_volumes_is_empty_when_libvirt_does_not_answer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*a: Any) -> Any:
+        raise subprocess.TimeoutExpired("virsh", 30)
+    monkeypatch.setattr(vm.host, "_virsh", fail)
+    assert vm.host.pool_volumes("u", "pwt", "") == []
