@@ -39,7 +39,7 @@ OPTIONS: dict[str, tuple[str, type, str]] = {
     "artifacts": ("PWT_ARTIFACTS", str, "where run reports and failure logs go"),
     "pool": ("PWT_POOL", str, "libvirt storage pool (setup-host defines it)"),
     "repeat": ("PWT_REPEAT", int, "run every scenario N times on the one VM (verdict stability)"),
-    "session-timeout": ("PWT_SESSION_TIMEOUT", float,
+    "run-timeout": ("PWT_RUN_TIMEOUT", float,
                         "end the whole run (cleanly, VM destroyed) after this many seconds"),
     "boot-timeout": ("PWT_BOOT_TIMEOUT", float, "seconds for vagrant up to reach SSH (900)"),
     "box-build-timeout": ("PWT_BOX_BUILD_TIMEOUT", float, "seconds for a box build (1800)"),
@@ -132,7 +132,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    bound = _option(config, "session-timeout")
+    bound = _option(config, "run-timeout")
     if bound is not None and not config.option.collectonly:
         _start_watchdog(float(bound))
 
@@ -140,7 +140,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def _start_watchdog(seconds: float) -> None:
     """The global bound: after ``seconds`` the run SIGTERMs itself, so finalisers still run."""
     if not seconds > 0:
-        raise pytest.UsageError(f"--session-timeout must be positive, not {seconds}")
+        raise pytest.UsageError(f"--run-timeout must be positive, not {seconds}")
 
     def expire() -> None:
         log.info(f"session timeout: {seconds:.0f} s reached, ending the run")
