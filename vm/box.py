@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -179,10 +180,16 @@ def ensure_box(
         for old in prune_old_boxes(recipe.name, keep=name, env=env):
             # vagrant-libvirt uploaded the old box into the pool as a base volume.
             remove_libvirt_leftovers(libvirt_uri, pool, pool_base_prefix(old))
-        for old_file in boxes.glob(f"{recipe.name}-*.box*"):
-            if not old_file.name.startswith(box_file.name):
-                old_file.unlink()
+        for old_file in old_box_files(boxes, recipe.name, keep=box_file):
+            old_file.unlink()
     return BuiltBox(recipe, name, key)
+
+
+def old_box_files(boxes: Path, recipe_name: str, keep: Path) -> list[Path]:
+    """Files of earlier builds of ``recipe_name`` (not of a recipe whose name extends it)."""
+    ours = re.compile(rf"{re.escape(recipe_name)}-[0-9a-f]{{12}}\.box(\..+)?")
+    return sorted(p for p in boxes.glob(f"{recipe_name}-*.box*")
+                  if ours.fullmatch(p.name) and not p.name.startswith(keep.name))
 
 
 def prune_old_boxes(recipe_name: str, keep: str, env: dict[str, str]) -> list[str]:
@@ -192,7 +199,10 @@ def prune_old_boxes(recipe_name: str, keep: str, env: dict[str, str]) -> list[st
         env=env, capture_output=True, text=True, check=False,
     ).stdout
     names = {line.split(",")[3] for line in out.splitlines() if ",box-name," in line}
-    old_boxes = sorted(n for n in names if n.startswith(f"pwt/{recipe_name}-") and n != keep)
+    # Exactly this recipe's name and a digest: debian-bookworm must not take
+    # debian-bookworm-backports with it.
+    ours = re.compile(rf"pwt/{re.escape(recipe_name)}-[0-9a-f]{{12}}")
+    old_boxes = sorted(n for n in names if ours.fullmatch(n) and n != keep)
     for old in old_boxes:
         log.info(f"removing superseded box {old}")
         subprocess.run(["vagrant", "box", "remove", "--force", "--all", old],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections import namedtuple
 from pathlib import Path
 
@@ -101,3 +102,37 @@ def test_a_box_added_without_a_recorded_checksum_is_not_trusted(tmp_path: Path) 
     env, name, _image = added_box(tmp_path)
     problem = box.added_box_problem(env, name, "qemu:///system", "pwt")
     assert problem is not None and "no checksum was recorded" in problem
+
+
+def test_old_box_files_spare_a_recipe_whose_name_extends_this_one(tmp_path: Path) -> None:
+    # Seen here: re-adding debian-bookworm deleted debian-bookworm-backports' box file.
+    names = ["debian-bookworm-9c1aa783d84e.box", "debian-bookworm-9c1aa783d84e.box.sha256",
+             "debian-bookworm-6384f66abede.box", "debian-bookworm-6384f66abede.box.vmlinuz",
+             "debian-bookworm-backports-aafc380528e9.box",
+             "debian-bookworm-backports-aafc380528e9.box.sha256", "debian-bookworm.lock"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    old = box.old_box_files(tmp_path, "debian-bookworm",
+                            keep=tmp_path / "debian-bookworm-9c1aa783d84e.box")
+    assert [p.name for p in old] == ["debian-bookworm-6384f66abede.box",
+                                     "debian-bookworm-6384f66abede.box.vmlinuz"]
+
+
+def test_prune_removes_only_earlier_builds_of_the_same_recipe(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    listing = "\n".join(
+        f"1764160000,,box-name,{n}" for n in [
+            "pwt/debian-bookworm-9c1aa783d84e", "pwt/debian-bookworm-6384f66abede",
+            "pwt/debian-bookworm-backports-aafc380528e9", "pwt/debian-trixie-a45bfd2d04f3",
+            "fedora/42-cloud-base"])
+    removed: list[list[str]] = []
+
+    def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        if cmd[:3] == ["vagrant", "box", "remove"]:
+            removed.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, listing, "")
+
+    monkeypatch.setattr(box.subprocess, "run", run)
+    old = box.prune_old_boxes("debian-bookworm", keep="pwt/debian-bookworm-9c1aa783d84e", env={})
+    assert old == ["pwt/debian-bookworm-6384f66abede"]
+    assert [c[-1] for c in removed] == ["pwt/debian-bookworm-6384f66abede"]
