@@ -26,7 +26,7 @@ from vm.vagrantfile import VagrantfileSpec, render
 # What qemu says when a port it was given is taken by the time it binds it (seen here with
 # qemu 7.2: the SSH forward of user networking, and the UDP tunnel's local address).
 PORT_CLASH = re.compile(
-    r"Could not set up host forwarding rule[^\n]*|can't bind ip=[^\n]*Address already in use"
+    r"Could not set up host forwarding rule '[^'\n]*'|can't bind ip=[^\n]*?Address already in use"
 )
 PORT_ATTEMPTS = 3
 

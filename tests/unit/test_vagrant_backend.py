@@ -92,10 +92,16 @@ def install(monkeypatch: pytest.MonkeyPatch, vm: VagrantVM, outputs: list[str | 
     return fake
 
 
-CLASH = ("Error while starting domain: Call to virDomainCreateWithFlags failed: internal error: "
-         "process exited while connecting to monitor: qemu-system-x86_64: -netdev user,id=pwtnet,"
-         "restrict=on,hostfwd=tcp:127.0.0.1:40000-:22: Could not set up host forwarding rule "
-         "'tcp:127.0.0.1:40000-:22'")
+# What vagrant-libvirt logged here when steal-port.py (docs/demos) held the forwarded port.
+CLASH = ("/usr/lib/ruby/vendor_ruby/fog/libvirt/requests/compute/vm_action.rb:7:in `create': "
+         "Call to virDomainCreateWithFlags failed: internal error: qemu unexpectedly closed the "
+         "monitor: 2026-11-26T15:47:14.129230Z qemu-system-x86_64: -netdev user,id=pwtnet,"
+         "restrict=on,hostfwd=tcp:127.0.0.1:60635-:22: Could not set up host forwarding rule "
+         "'tcp:127.0.0.1:60635-:22' (Libvirt::Error)")
+
+
+def test_the_clash_vagrant_libvirt_reported_is_named_without_the_ruby_noise() -> None:
+    assert port_clash(CLASH) == "Could not set up host forwarding rule 'tcp:127.0.0.1:60635-:22'"
 
 
 def test_a_port_taken_before_qemu_binds_it_is_retried_with_another_port(
