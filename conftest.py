@@ -244,11 +244,14 @@ def vm(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Config,
     reap_stale_runs(settings.state_dir, settings.run_id, settings.libvirt_uri, settings.pool)
     kernel = Path(f"{settings.state_dir}/boxes/{box.vagrant_name.split('/')[1]}.box.vmlinuz")
     accel = choose_accel(settings.accel, kernel, settings.state_dir)
-    handle = VagrantVM(settings, box, accel, settings.run_dir)
+    handle = VagrantVM(settings, box, accel, settings.run_dir,
+                       failure_dir=settings.artifacts_dir / "boot")
     try:
         machine = _harness_step("boot", pytestconfig, handle.up)
     except BaseException:
+        handle.save_boot_logs()  # to artifacts/<run>/boot: the run dir goes
         handle.destroy()
+        shutil.rmtree(handle.run_dir, ignore_errors=True)
         lock.release()
         raise
     pytestconfig.stash[FACTS]["accel"] = accel

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ class VagrantVM:
     box: BuiltBox
     accel: str
     run_dir: Path
+    # Where the vagrant log and the console go when the boot fails (the run dir is removed).
+    failure_dir: Path | None = None
 
     @property
     def domain_prefix(self) -> str:
@@ -147,10 +150,24 @@ class VagrantVM:
                      f"{PORT_ATTEMPTS})")
             self.destroy()
         reason = f"; qemu said: {clash}" if clash else ""
+        vagrant_log, console = self.save_boot_logs()
         raise HarnessError(
-            f"vagrant up failed (exit {failure.returncode}){reason}; see {self.vagrant_log} "
-            f"and the console {self.console_log}"
+            f"vagrant up failed (exit {failure.returncode}){reason}; see {vagrant_log} "
+            f"and the console {console}"
         ) from None
+
+    def save_boot_logs(self) -> tuple[Path, Path]:
+        """Copy the vagrant log and the console to ``failure_dir`` (if set); their paths."""
+        if self.failure_dir is None:
+            return self.vagrant_log, self.console_log
+        self.failure_dir.mkdir(parents=True, exist_ok=True)
+        saved = []
+        for source in (self.vagrant_log, self.console_log):
+            target = self.failure_dir / source.name
+            if source.exists():
+                shutil.copyfile(source, target)
+            saved.append(target)
+        return saved[0], saved[1]
 
     def destroy(self) -> None:
         """``vagrant destroy``; then make sure libvirt has no domain or volume of this run left."""

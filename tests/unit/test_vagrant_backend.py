@@ -155,3 +155,18 @@ def test_a_taken_ssh_port_option_is_replaced_by_a_free_one(
         free = probe.getsockname()[1]
     wanted = VagrantVM(Settings(state_dir=tmp_path, ssh_port=free), vm.box, "tcg", tmp_path / "r3")
     assert wanted.pick_ssh_port(1) == free
+
+
+def test_a_failed_boot_names_log_copies_that_outlive_the_run_dir(
+    vm: VagrantVM, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    vm.failure_dir = tmp_path / "artifacts" / "boot"
+    install(monkeypatch, vm, ["Call to virDomainCreateWithFlags failed: Unable to move mount"])
+    vm.run_dir.mkdir()
+    vm.console_log.write_text("SeaBIOS (version 1.16.2)\n")  # the Vagrantfile writer keeps it
+    with pytest.raises(HarnessError) as err:
+        vm._up_with_free_ports()
+    saved_log, saved_console = vm.failure_dir / "vagrant.log", vm.failure_dir / "console.log"
+    assert f"see {saved_log} and the console {saved_console}" in str(err.value)
+    assert "Unable to move mount" in saved_log.read_text()
+    assert saved_console.read_text() == "SeaBIOS (version 1.16.2)\n"
