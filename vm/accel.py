@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from vm.errors import PrerequisiteMissing
 from vm.log import log
 
 PROBE_SECONDS = 20.0
@@ -45,11 +46,24 @@ def kvm_boots(kernel: Path, seconds: float = PROBE_SECONDS) -> bool:
             proc.wait()
 
 
-def choose_accel(requested: str, kernel: Path, cache_dir: Path) -> str:
+def kvm_device_problem(device: str = "/dev/kvm") -> str | None:
+    """Why this user cannot use ``device`` at all, or None."""
+    if not os.path.exists(device):
+        return f"{device} does not exist (no KVM module, or a container without the device)"
+    if not os.access(device, os.R_OK | os.W_OK):
+        return (f"{device} is not readable and writable for this user "
+                "(add the user to the kvm group, or run as root)")
+    return None
+
+
+def choose_accel(requested: str, kernel: Path, cache_dir: Path,
+                 device: str = "/dev/kvm") -> str:
     """``kvm`` or ``tcg``: the requested one, or for ``auto`` the probe's verdict.
 
     The verdict is cached per host boot (boot_id) so a session pays for the probe once.
     """
+    if requested == "kvm" and (problem := kvm_device_problem(device)) is not None:
+        raise PrerequisiteMissing(f"--accel kvm: {problem}; or use --accel auto (TCG)")
     if requested in ("kvm", "tcg"):
         return requested
     if not kernel.exists():

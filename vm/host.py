@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import socket
@@ -23,6 +24,9 @@ def random_mac(rng: random.Random | None = None) -> str:
     """A locally administered MAC in QEMU's 52:54:00 range."""
     r = rng or random.Random()
     return "52:54:00:" + ":".join(f"{r.randrange(256):02x}" for _ in range(3))
+
+
+PERMISSION_WORDS = ("Permission denied", "authentication", "polkit")
 
 
 def check_vagrant_prerequisites(
@@ -47,6 +51,13 @@ def check_vagrant_prerequisites(
     )
     if probe.returncode != 0:
         reason = (probe.stderr.strip().splitlines() or ["no answer"])[-1]
+        if any(word in reason for word in PERMISSION_WORDS) or (
+            os.geteuid() != 0 and "system bus" in reason  # polkit unreachable for a user
+        ):
+            raise PrerequisiteMissing(
+                f"no permission to manage libvirt at {libvirt_uri} ({reason}): run as root, "
+                "or add the user to the libvirt group"
+            )
         raise PrerequisiteMissing(
             f"libvirtd does not answer at {libvirt_uri} ({reason}): run ./setup-host"
         )

@@ -120,3 +120,36 @@ def test_pool_volumes_is_empty_when_libvirt_does_not_answer(
         raise subprocess.TimeoutExpired("virsh", 30)
     monkeypatch.setattr(vm.host, "_virsh", fail)
     assert vm.host.pool_volumes("u", "pwt", "") == []
+
+
+@pytest.mark.parametrize("stderr", [
+    "error: failed to connect to the hypervisor\nerror: Failed to connect socket to "
+    "'/var/run/libvirt/libvirt-sock': Permission denied\n",
+    "error: failed to connect to the hypervisor\nerror: authentication unavailable: no polkit "
+    "agent available to authenticate action 'org.libvirt.unix.manage'\n",
+])
+def test_no_permission_for_libvirt_says_so(monkeypatch: pytest.MonkeyPatch, stderr: str) -> None:
+    run = fake_run("vagrant-libvirt (0.12.2, global)\n", virsh_rc=1, virsh_err=stderr)
+    monkeypatch.setattr(vm.host.shutil, "which", which({"vagrant", "virsh"}))
+    monkeypatch.setattr(vm.host.subprocess, "run", run)
+    with pytest.raises(PrerequisiteMissing) as info:
+        check_vagrant_prerequisites("qemu:///system", {})
+    message = str(info.value)
+    assert message.startswith("no permission to manage libvirt at qemu:///system (error: ")
+    assert message.endswith("): run as root, or add the user to the libvirt group")
+
+
+def test_a_user_without_polkit_gets_the_permission_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What `runuser -u nobody -- virsh -c qemu:///system version` printed here.
+    run = fake_run("vagrant-libvirt (0.12.2, global)\n", virsh_rc=1,
+                   virsh_err="error: failed to connect to the hypervisor\nerror: internal error: "
+                             "Unable to get system bus connection: Could not connect: No such "
+                             "file or directory\n")
+    monkeypatch.setattr(vm.host.shutil, "which", which({"vagrant", "virsh"}))
+    monkeypatch.setattr(vm.host.subprocess, "run", run)
+    monkeypatch.setattr(vm.host.os, "geteuid", lambda: 1000)
+    with pytest.raises(PrerequisiteMissing, match=r"^no permission to manage libvirt"):
+        check_vagrant_prerequisites("qemu:///system", {})
+    monkeypatch.setattr(vm.host.os, "geteuid", lambda: 0)  # root: libvirtd itself is missing
+    with pytest.raises(PrerequisiteMissing, match=r"^libvirtd does not answer"):
+        check_vagrant_prerequisites("qemu:///system", {})
