@@ -66,7 +66,7 @@ def stability_table(records: Sequence[dict[str, Any]]) -> str:
         by_scenario.setdefault(rec["scenario"], []).append(rec["verdict"])
     if all(len(v) < 2 for v in by_scenario.values()):
         return ""
-    lines = ["| scenario | expected verdict | runs | verdicts seen |", "|---|---|---|---|"]
+    lines = ["| scenario | as expected | runs | verdicts seen |", "|---|---|---|---|"]
     for scenario, verdicts in by_scenario.items():
         good = sum(not v.startswith("FAIL") for v in verdicts)
         seen = ", ".join(f"{v} x{verdicts.count(v)}" for v in dict.fromkeys(verdicts))
