@@ -143,7 +143,7 @@ def _start_watchdog(seconds: float) -> None:
         raise pytest.UsageError(f"--run-timeout must be positive, not {seconds}")
 
     def expire() -> None:
-        log.info(f"session timeout: {seconds:.0f} s reached, ending the run")
+        log.info(f"run timeout: {seconds:.0f} s reached, ending the run")
         os.kill(os.getpid(), signal.SIGTERM)
 
     timer = threading.Timer(seconds, expire)
