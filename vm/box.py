@@ -18,6 +18,8 @@ from vm.log import log
 from vm.proc import run_logged
 
 BUILD_SCRIPT = Path(__file__).with_name("build-box.sh")
+# The disk step, apart so a test can run it where /dev has no loop device.
+PACK_SCRIPT = Path(__file__).with_name("pack-box.sh")
 # rootfs (~1 GB) + raw disk (sparse, ~1.5 GB used) + qcow2 + .box + the pool's copy.
 BOX_BUILD_FREE_GIB = 6.0
 MIRROR_FAILURES = ("Failed getting release file", "Could not resolve", "Temporary failure",
@@ -47,14 +49,33 @@ def explain_build_failure(build_log: Path, message: str) -> str:
     return message
 
 
+# How a locally built box boots: qemu starts the box's own kernel (no boot loader, no partition
+# table). The disk is the only virtio disk; its ext4 file system is labelled pwt-root.
+KERNEL_CMD_LINE = "root=/dev/vda ro console=ttyS0,115200 net.ifnames=0 systemd.show_status=1"
+
+
 @dataclass(frozen=True)
 class BuiltBox:
     """A box available to Vagrant under ``vagrant_name``, logging in with ``private_key``
-    (None: a downloaded box, whose key Vagrant replaces at first boot)."""
+    (None: a downloaded box, whose key Vagrant replaces at first boot).
+
+    ``kernel`` and ``initrd`` are set for boxes built here: libvirt boots them directly.
+    Downloaded boxes (Fedora) leave them None and boot their own way."""
 
     recipe: BoxRecipe
     vagrant_name: str
     private_key: Path | None
+    kernel: Path | None = None
+    initrd: Path | None = None
+
+    @property
+    def cmd_line(self) -> str | None:
+        return KERNEL_CMD_LINE if self.kernel is not None else None
+
+
+def boot_files(box_file: Path) -> tuple[Path, Path]:
+    """The kernel and initramfs that pack-box.sh writes beside ``box_file``."""
+    return Path(f"{box_file}.vmlinuz"), Path(f"{box_file}.initrd")
 
 
 def vagrant_env(state_dir: Path) -> dict[str, str]:
@@ -82,7 +103,7 @@ def ensure_ssh_key(state_dir: Path) -> Path:
 
 def box_key(recipe: BoxRecipe, public_key: Path) -> str:
     data = {**recipe.build_env(), "pubkey": public_key.read_text()}
-    return recipe_hash([BUILD_SCRIPT], data)
+    return recipe_hash([BUILD_SCRIPT, PACK_SCRIPT], data)
 
 
 def _vagrant_has_box(name: str, env: dict[str, str]) -> bool:
@@ -137,18 +158,24 @@ def ensure_box(
     boxes = state_dir / "boxes"
     box_file = boxes / f"{recipe.name}-{digest}.box"
     env = vagrant_env(state_dir)
+    kernel, initrd = boot_files(box_file)
+    built = BuiltBox(recipe, name, key, kernel, initrd)
     with locked(boxes / f"{recipe.name}.lock"):
+        boot_ok = checksum_ok(kernel) and checksum_ok(initrd)
         if _vagrant_has_box(name, env):
             problem = added_box_problem(env, name, libvirt_uri, pool)
+            if problem is None and not boot_ok:
+                problem = f"its kernel or initramfs ({kernel}) is missing or corrupt"
+                box_file.unlink(missing_ok=True)
             if problem is None:
                 log.info(f"box {name}: cached (checksums verified)")
-                return BuiltBox(recipe, name, key)
+                return built
             log.info(f"box {name}: {problem}; removing it from Vagrant and the pool, re-adding")
             subprocess.run(["vagrant", "box", "remove", "--force", "--all", name],
                            env=env, capture_output=True, check=False)
             remove_libvirt_leftovers(libvirt_uri, pool, pool_base_prefix(name))
-        if box_file.exists() and not checksum_ok(box_file):
-            log.info(f"box file {box_file} does not match its checksum: rebuilding")
+        if box_file.exists() and not (checksum_ok(box_file) and boot_ok):
+            log.info(f"box file {box_file} or its kernel does not match its checksum: rebuilding")
             box_file.unlink()
         if not box_file.exists():
             with log.nested(f"building box {recipe.name} ({recipe.description}) with debootstrap"):
@@ -169,7 +196,8 @@ def ensure_box(
                     raise HarnessError(explain_build_failure(build_log, str(e))) from None
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
-                write_checksum(box_file)
+                for built_file in (box_file, kernel, initrd):
+                    write_checksum(built_file)
         with log.nested(f"adding box {name} to Vagrant"):
             run_logged(
                 ["vagrant", "box", "add", "--force", "--name", name, str(box_file)],
@@ -182,7 +210,7 @@ def ensure_box(
             remove_libvirt_leftovers(libvirt_uri, pool, pool_base_prefix(old))
         for old_file in old_box_files(boxes, recipe.name, keep=box_file):
             old_file.unlink()
-    return BuiltBox(recipe, name, key)
+    return built
 
 
 def old_box_files(boxes: Path, recipe_name: str, keep: Path) -> list[Path]:

@@ -31,6 +31,10 @@ class VagrantfileSpec:
     console_log: Path
     boot_timeout_s: int
     provider: str = "libvirt"
+    # Direct kernel boot (boxes built here); None: the box boots its own way (Fedora).
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmd_line: str | None = None
 
 
 def _rb(value: object) -> str:
@@ -46,6 +50,20 @@ def _ssh_key_lines(spec: VagrantfileSpec) -> str:
     return (
         "  config.ssh.insert_key = false\n"
         f"  config.ssh.private_key_path = [{_rb(str(spec.private_key))}]\n"
+    )
+
+
+def _direct_boot_lines(spec: VagrantfileSpec) -> str:
+    """qemu starts the box's own kernel: no boot loader, no partition table to probe."""
+    if spec.kernel is None:
+        return ""
+    if spec.initrd is None or not spec.cmd_line:
+        raise ValueError("a direct kernel boot needs an initrd and a kernel command line")
+    return (
+        "    # Direct kernel boot: the box's own kernel and initramfs, root on the virtio disk.\n"
+        f"    lv.kernel = {_rb(str(spec.kernel))}\n"
+        f"    lv.initrd = {_rb(str(spec.initrd))}\n"
+        f"    lv.cmd_line = {_rb(spec.cmd_line)}\n"
     )
 
 
@@ -65,6 +83,7 @@ def render(spec: VagrantfileSpec) -> str:
             '    lv.cpu_fallback = "allow"\n'
         )
     key = _ssh_key_lines(spec)
+    boot = _direct_boot_lines(spec)
     netdev = f"user,id=pwtnet,restrict=on,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"
     device = f"virtio-net-pci,netdev=pwtnet,mac={spec.mac},bus=pci.0,addr=0x1f"
     return f"""\
@@ -92,7 +111,7 @@ Vagrant.configure("2") do |config|
     lv.storage_pool_name = {_rb(spec.pool)}
     lv.disk_bus = "virtio"
     lv.graphics_type = "none"
-    lv.mgmt_attach = false
+{boot}    lv.mgmt_attach = false
     lv.qemu_use_agent = true
     lv.serial :type => "file", :source => {{:path => {_rb(str(spec.console_log))}}}
     # The guest's real NIC: qemu user networking, SSH forwarded to 127.0.0.1 only.

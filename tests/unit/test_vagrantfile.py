@@ -158,3 +158,24 @@ def test_ruby_accepts_the_syntax(tmp_path: Path, accel: str) -> None:
                             timeout=30, check=False)
     assert result.returncode == 0, result.stderr
     assert "Syntax OK" in result.stdout
+
+
+def test_a_box_built_here_boots_its_own_kernel_directly() -> None:
+    from vm.box import KERNEL_CMD_LINE
+
+    text = render(spec(kernel=Path("/s/boxes/b.box.vmlinuz"), initrd=Path("/s/boxes/b.box.initrd"),
+                       cmd_line=KERNEL_CMD_LINE))
+    assert setting(text, "lv.kernel") == '"/s/boxes/b.box.vmlinuz"'
+    assert setting(text, "lv.initrd") == '"/s/boxes/b.box.initrd"'
+    # Root is the whole virtio disk: the box has no partition table and no boot loader.
+    assert setting(text, "lv.cmd_line").startswith('"root=/dev/vda ro console=ttyS0')
+
+
+def test_a_downloaded_box_boots_its_own_way() -> None:
+    text = render(spec())
+    assert "lv.kernel" not in text and "lv.initrd" not in text and "lv.cmd_line" not in text
+
+
+def test_a_direct_boot_without_initrd_is_refused() -> None:
+    with pytest.raises(ValueError, match="needs an initrd"):
+        render(spec(kernel=Path("/k"), cmd_line="root=/dev/vda"))
