@@ -64,8 +64,10 @@ def check_vagrant_prerequisites(
 
 
 def _virsh(uri: str, *args: str) -> subprocess.CompletedProcess[str]:
+    # Its own session: a terminal's Ctrl-C must not kill a clean-up step halfway.
     return subprocess.run(
-        ["virsh", "-c", uri, *args], capture_output=True, text=True, check=False, timeout=60
+        ["virsh", "-c", uri, *args], capture_output=True, text=True, check=False, timeout=60,
+        start_new_session=True,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import threading
 import time
@@ -76,3 +77,27 @@ def run_logged(
         raise HarnessError(
             f"{what} failed (exit {rc}): {_last_line(log_path)!r}; full log: {log_path}"
         )
+
+
+@contextmanager
+def signals_deferred(what: str) -> Iterator[None]:
+    """While the body runs, SIGINT and SIGTERM only say that ``what`` finishes first.
+
+    Clean-up (destroying the VM) must not be cut short by the second signal a terminal's Ctrl-C
+    brings (tox passes it on) or by an impatient second Ctrl-C. Commands the body starts run in
+    their own session (``start_new_session``), so the terminal's signals do not reach them
+    either. Only the main thread can set handlers; elsewhere the body simply runs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def note(signum: int, _frame: object) -> None:
+        log.info(f"{signal.Signals(signum).name} received: finishing {what} first")
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

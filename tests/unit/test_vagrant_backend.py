@@ -89,6 +89,7 @@ def vm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> VagrantVM:
 def install(monkeypatch: pytest.MonkeyPatch, vm: VagrantVM, outputs: list[str | None]) -> Any:
     fake = FakeVagrant(vm, outputs)
     monkeypatch.setattr(VagrantVM, "_vagrant", lambda self: fake)
+    monkeypatch.setattr(VagrantVM, "_vagrant_destroy", lambda self: fake.destroy())
     return fake
 
 
