@@ -28,12 +28,15 @@ RESULTS = pytest.StashKey[list[dict[str, Any]]]()
 PHASES = pytest.StashKey[dict[str, float]]()
 FACTS = pytest.StashKey[dict[str, Any]]()
 SETTINGS = pytest.StashKey[Settings]()
+BOOT_STARTED = pytest.StashKey[float]()
 
 # option name -> (env var, type, help)
 OPTIONS: dict[str, tuple[str, type, str]] = {
     "box": ("PWT_BOX", str, "guest box to boot (see vm/boxes.py)"),
     "accel": ("PWT_ACCEL", str, f"accelerator: {'|'.join(ACCEL_CHOICES)} (auto probes KVM)"),
     "provider": ("PWT_PROVIDER", str, "Vagrant provider: libvirt (default) or virtualbox"),
+    "restore": ("PWT_RESTORE", str, "on: restore the box's saved booted guest (made by the "
+                "first cold boot), off: boot cold and save nothing"),
     "keep-vm": ("PWT_KEEP_VM", str, f"keep the VM after the run: {'|'.join(KEEP_VM_CHOICES)}"),
     "state-dir": ("PWT_STATE_DIR", str, "cache of boxes, images, keys and per-run VM dirs"),
     "artifacts": ("PWT_ARTIFACTS", str, "where run reports and failure logs go"),
@@ -90,6 +93,7 @@ def settings_from(config: pytest.Config) -> Settings:
     )
     kwargs: dict[str, Any] = {"load": load}
     for name, field in (("box", "box"), ("accel", "accel"), ("keep-vm", "keep_vm"),
+                        ("restore", "restore"),
                         ("provider", "provider"), ("pool", "pool"),
                         ("boot-timeout", "boot_timeout_s"),
                         ("box-build-timeout", "box_build_timeout_s"),
@@ -242,12 +246,18 @@ def vm(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Config,
 
     lock = RunLock(settings.run_dir)
     reap_stale_runs(settings.state_dir, settings.run_id, settings.libvirt_uri, settings.pool)
-    kernel = Path(f"{settings.state_dir}/boxes/{box.vagrant_name.split('/')[1]}.box.vmlinuz")
+    # Downloaded boxes have no kernel of ours: choose_accel then trusts the device.
+    kernel = box.kernel or settings.state_dir / "no-kernel"
     accel = choose_accel(settings.accel, kernel, settings.state_dir)
     handle = VagrantVM(settings, box, accel, settings.run_dir,
                        failure_dir=settings.artifacts_dir / "boot")
+    boot_started = time.monotonic()
     try:
         machine = _harness_step("boot", pytestconfig, handle.up)
+        # The report says which way the guest came up: boot_cold (vagrant up) or restore.
+        phases = pytestconfig.stash[PHASES]
+        phases[handle.boot_path] = phases.pop("boot")
+        pytestconfig.stash[BOOT_STARTED] = boot_started
     except BaseException:
         handle.save_boot_logs()  # to artifacts/<run>/boot: the run dir goes
         handle.destroy()
@@ -273,7 +283,7 @@ def vm(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Config,
 
 
 @pytest.fixture(scope="session")
-def guest(vm: Any, images: Any, settings: Settings) -> Any:
+def guest(vm: Any, images: Any, settings: Settings, pytestconfig: pytest.Config) -> Any:
     """The booted guest, its systemd version known; image sets are uploaded on first use."""
     from vm.boxes import get_box
     from vm.portable import PortableService
@@ -292,8 +302,14 @@ def guest(vm: Any, images: Any, settings: Settings) -> Any:
     if (reason := unsupported_reason(major)) is not None:
         pytest.exit(f"pwt: {reason}", returncode=3)
     log.info(f"guest runs systemd {major}")
-    return PortableService(vm, major, settings.reattach_timeout_s, images,
-                           unit_timeout_s=settings.unit_timeout_s)
+    service = PortableService(vm, major, settings.reattach_timeout_s, images,
+                              unit_timeout_s=settings.unit_timeout_s)
+    service.check_clean()
+    # From the start of the boot (or restore) to a guest that passes the clean-state check.
+    ready = time.monotonic() - pytestconfig.stash[BOOT_STARTED]
+    pytestconfig.stash[PHASES]["ready"] = round(ready, 1)
+    log.info(f"guest ready (clean) {ready:.1f} s after the boot step began")
+    return service
 
 
 def _collect_failure_artifacts(machine: Any, directory: Path) -> None:

@@ -14,6 +14,7 @@ from vm.boxes import DEFAULT_BOX, get_box
 KEEP_VM_CHOICES = ("never", "on-error", "always")
 PROVIDER_CHOICES = ("libvirt", "virtualbox")
 ACCEL_CHOICES = ("auto", "kvm", "tcg")
+RESTORE_CHOICES = ("on", "off")
 
 
 def default_state_dir() -> Path:
@@ -75,6 +76,9 @@ class Settings:
     ssh_port: int = 0  # 0: a free loopback port picked at boot
     libvirt_uri: str = "qemu:///system"
     pool: str = "pwt"
+    # "on": restore the box's saved booted guest (made by the first cold boot); "off": always
+    # boot cold and save nothing.
+    restore: str = "on"
     load: LoadSettings = field(default_factory=LoadSettings)
 
     def validate(self) -> None:
@@ -88,6 +92,8 @@ class Settings:
                              f"(it has: {', '.join(recipe.providers)})")
         if self.accel not in ACCEL_CHOICES:
             raise ValueError(f"accel must be one of {', '.join(ACCEL_CHOICES)}, not {self.accel!r}")
+        if self.restore not in RESTORE_CHOICES:
+            raise ValueError(f"restore must be on or off, not {self.restore!r}")
         if self.keep_vm not in KEEP_VM_CHOICES:
             raise ValueError(
                 f"keep-vm must be one of {', '.join(KEEP_VM_CHOICES)}, not {self.keep_vm!r}"

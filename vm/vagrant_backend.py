@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
+import secrets
 import shutil
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +23,25 @@ from vm.host import (
     remove_libvirt_leftovers,
 )
 from vm.log import log
-from vm.machine import Machine, parse_ssh_config
-from vm.proc import heartbeat
+from vm.machine import Machine, SshTarget, parse_ssh_config
+from vm.proc import heartbeat, signals_deferred
+from vm.saved_guest import (
+    RunDomain,
+    SavedGuest,
+    domain_uuid,
+    host_versions,
+    main_disk,
+    new_uuid,
+    pool_path,
+    retarget_domain_xml,
+    retarget_image,
+    saved_guest_for,
+    saved_key,
+    stale_saved_guests,
+    user_nic_mac,
+    virsh,
+    write_vagrant_machine_id,
+)
 from vm.vagrantfile import VagrantfileSpec, render
 
 # What qemu says when a port it was given is taken by the time it binds it (seen here with
@@ -57,6 +77,8 @@ class VagrantVM:
     run_dir: Path
     # Where the vagrant log and the console go when the boot fails (the run dir is removed).
     failure_dir: Path | None = None
+    # How the guest came up: "boot_cold" (vagrant up) or "restore" (the saved guest).
+    boot_path: str = "boot_cold"
 
     @property
     def domain_prefix(self) -> str:
@@ -99,15 +121,17 @@ class VagrantVM:
             return port
         return free_port()
 
-    def write_vagrantfile(self, attempt: int = 1) -> VagrantfileSpec:
+    def write_vagrantfile(self, attempt: int = 1, mac: str | None = None) -> VagrantfileSpec:
         s = self.settings
         spec = VagrantfileSpec(
             box=self.box.vagrant_name, domain_prefix=self.domain_prefix,
             private_key=self.box.private_key, ssh_port=self.pick_ssh_port(attempt),
-            udp_port=free_port(kind=2), udp_local_port=free_port(kind=2), mac=random_mac(),
+            udp_port=free_port(kind=2), udp_local_port=free_port(kind=2),
+            mac=mac or random_mac(),
             accel=self.accel, memory_mb=s.memory_mb, cpus=s.cpus, libvirt_uri=s.libvirt_uri,
             pool=s.pool, console_log=self.console_log, boot_timeout_s=int(s.boot_timeout_s),
-            provider=s.provider,
+            provider=s.provider, kernel=self.box.kernel, initrd=self.box.initrd,
+            cmd_line=self.box.cmd_line,
         )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir.chmod(0o755)
@@ -117,15 +141,131 @@ class VagrantVM:
         return spec
 
     def up(self) -> Machine:
-        """``vagrant up``, then a Machine connected over SSH."""
+        """A running guest with a Machine connected over SSH: the box's saved guest restored
+        (``boot_path`` "restore"), or ``vagrant up`` ("boot_cold"), which then saves the
+        guest for the next runs of this box."""
         check_vagrant_prerequisites(self.settings.libvirt_uri, self.env, self.settings.provider)
+        saved = self.saved_guest()
+        if saved is not None and saved.complete():
+            try:
+                machine = self._restore(saved)
+                self.boot_path = "restore"
+                return machine
+            except HarnessError as e:
+                log.info(f"restoring the saved guest failed ({e}); dropping it, booting cold")
+                self.destroy()
+                shutil.rmtree(saved.directory, ignore_errors=True)
+        elif saved is not None:
+            log.info(f"no saved guest for {self.box.vagrant_name} with this qemu, libvirt and "
+                     f"VM size: booting cold, then saving it ({saved.directory})")
         accel = "KVM" if self.accel == "kvm" else "TCG (no usable KVM)"
         with log.nested(f"booting {self.domain} from {self.box.vagrant_name}, {accel}"):
             self._up_with_free_ports()
             target = parse_ssh_config(self._vagrant().ssh_config())
             machine = Machine(self.domain, target, self.console_log)
             machine.connect(timeout=120)
+        self.boot_path = "boot_cold"
+        if saved is not None:
+            self._save_for_next_runs(saved, machine)
         return machine
+
+    # --- saved guest: save once per box and host, restore per run -------------------------
+    def saved_guest(self) -> SavedGuest | None:
+        """Where this box's saved guest lives, or None when runs do not restore (--restore
+        off, VirtualBox, or a downloaded box that boots its own way)."""
+        s = self.settings
+        if s.restore != "on" or s.provider != "libvirt" or self.box.kernel is None:
+            return None
+        qemu, libvirt = host_versions(s.libvirt_uri)
+        key = saved_key(self.box.vagrant_name, self.accel, s.memory_mb, s.cpus, qemu, libvirt)
+        saved = saved_guest_for(s.state_dir, self.box.vagrant_name, key)
+        for stale in stale_saved_guests(s.state_dir, self.box.vagrant_name, saved):
+            log.info(f"removing the saved guest {stale.name}: made with another qemu, libvirt "
+                     "or recipe")
+            shutil.rmtree(stale, ignore_errors=True)
+        return saved
+
+    def _settle_and_close(self, machine: Machine) -> None:
+        """Let the guest finish booting and drop its page cache (a smaller memory image)."""
+        state = machine.execute("timeout 120 systemctl is-system-running --wait; "
+                                "sync; echo 3 > /proc/sys/vm/drop_caches", timeout=150)
+        if state.stdout.strip() not in ("running", "degraded"):
+            raise HarnessError(f"the guest did not settle: {state.describe()}")
+        machine.close()
+
+    def _save_for_next_runs(self, saved: SavedGuest, machine: Machine) -> None:
+        """``virsh save`` the freshly booted guest with a frozen copy of its disk, then
+        restore it for this run (its disk has not changed meanwhile)."""
+        uri = self.settings.libvirt_uri
+        scratch = saved.directory.with_name(f"{saved.directory.name}.tmp-{self.settings.run_id}")
+        with log.nested("saving the booted guest for the next runs"), \
+                signals_deferred("saving the guest"):
+            self._settle_and_close(machine)
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir(parents=True)
+            try:
+                virsh(uri, "save", self.domain, str(scratch / "memory.sav"))
+                domain_xml = virsh(uri, "save-image-dumpxml", str(scratch / "memory.sav"),
+                                   "--security-info")
+                disk = main_disk(domain_xml)
+                subprocess.run(["cp", "--sparse=always", disk, str(scratch / "disk.qcow2")],
+                               check=True, start_new_session=True)
+                (scratch / "domain.xml").write_text(domain_xml)
+                (scratch / "saved.json").write_text(json.dumps({
+                    "name": self.domain, "uuid": domain_uuid(domain_xml), "disk": disk,
+                    "mac": user_nic_mac(domain_xml), "box": self.box.vagrant_name,
+                }, indent=1))
+                try:
+                    scratch.rename(saved.directory)
+                    log.info(f"saved: {saved.directory} "
+                             f"({saved.memory.stat().st_size / 2**20:.0f} MB of memory)")
+                    restore_from = saved.memory
+                except OSError:  # another run saved the same guest first: keep theirs
+                    restore_from = scratch / "memory.sav"
+                virsh(uri, "restore", str(restore_from))
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            machine.connect(timeout=60)
+            self._after_restore(machine)
+
+    def _restore(self, saved: SavedGuest) -> Machine:
+        """Restore the saved guest into this run's own domain, overlay and ports."""
+        s = self.settings
+        meta = saved.meta()
+        with log.nested(f"restoring the saved guest of {self.box.vagrant_name} as {self.domain}"):
+            spec = self.write_vagrantfile(mac=meta["mac"])
+            overlay = pool_path(s.libvirt_uri, s.pool) / f"{self.domain}.img"
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                            str(saved.disk), str(overlay)], check=True, capture_output=True,
+                           start_new_session=True)
+            virsh(s.libvirt_uri, "pool-refresh", s.pool)
+            run = RunDomain(self.domain, new_uuid(), overlay, self.console_log, spec.ssh_port,
+                            spec.udp_port, spec.udp_local_port)
+            xml_path = self.run_dir / "domain.xml"
+            xml_path.write_text(retarget_domain_xml(
+                (saved.directory / "domain.xml").read_text(), meta["disk"], run))
+            image = self.run_dir / "memory.sav"
+            try:
+                retarget_image(saved.memory, image, {meta["name"]: run.name,
+                                                     meta["uuid"]: run.uuid})
+                virsh(s.libvirt_uri, "define", str(xml_path))
+                write_vagrant_machine_id(self.run_dir, run.uuid)
+                virsh(s.libvirt_uri, "restore", str(image), "--xml", str(xml_path))
+            finally:
+                image.unlink(missing_ok=True)
+            assert self.box.private_key is not None
+            machine = Machine(self.domain, SshTarget("127.0.0.1", spec.ssh_port, "vagrant",
+                                                     self.box.private_key), self.console_log)
+            machine.connect(timeout=60)
+            self._after_restore(machine)
+        return machine
+
+    @staticmethod
+    def _after_restore(machine: Machine) -> None:
+        """The guest's clock stood still while it was saved; its entropy pool is the same in
+        every restored run: set the one, stir the other."""
+        machine.succeed(f"date -s @{time.time():.3f} >/dev/null && "
+                        f"printf %s {secrets.token_hex(32)} > /dev/urandom", timeout=30)
 
     def _up_with_free_ports(self) -> None:
         """``vagrant up``; when qemu finds a port taken between picking and binding (another
@@ -156,6 +296,14 @@ class VagrantVM:
             f"and the console {console}"
         ) from None
 
+    def _vagrant_destroy(self) -> None:
+        """``vagrant destroy --force`` in a session of its own (python-vagrant's call would
+        share the terminal's process group and die with a second Ctrl-C)."""
+        with self.vagrant_log.open("ab") as out:
+            subprocess.run(["vagrant", "destroy", "--force"], cwd=self.run_dir, env=self.env,
+                           stdout=out, stderr=subprocess.STDOUT, timeout=300, check=True,
+                           start_new_session=True)
+
     def save_boot_logs(self) -> tuple[Path, Path]:
         """Copy the vagrant log and the console to ``failure_dir`` (if set); their paths."""
         if self.failure_dir is None:
@@ -170,12 +318,16 @@ class VagrantVM:
         return saved[0], saved[1]
 
     def destroy(self) -> None:
-        """``vagrant destroy``; then make sure libvirt has no domain or volume of this run left."""
-        with log.nested(f"destroying {self.domain}"):
-            try:
-                self._vagrant().destroy()
-            except (subprocess.CalledProcessError, OSError) as e:
-                log.info(f"vagrant destroy failed ({e}); removing the domain with virsh")
+        """``vagrant destroy``; then make sure libvirt has no domain or volume of this run left.
+
+        Signals are deferred meanwhile and vagrant runs in its own session, so neither a second
+        Ctrl-C nor tox passing one on can stop the clean-up halfway."""
+        with log.nested(f"destroying {self.domain}"), signals_deferred("destroying the VM"):
+            if (self.run_dir / "Vagrantfile").exists():
+                try:
+                    self._vagrant_destroy()
+                except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+                    log.info(f"vagrant destroy failed ({e}); removing the domain with virsh")
             if self.settings.provider == "libvirt":
                 remove_libvirt_leftovers(self.settings.libvirt_uri, self.settings.pool,
                                          self.domain_prefix)
