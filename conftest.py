@@ -26,7 +26,6 @@ from vm.log import log
 ROOT = Path(__file__).resolve().parent
 RESULTS = pytest.StashKey[list[dict[str, Any]]]()
 PHASES = pytest.StashKey[dict[str, float]]()
-FACTS = pytest.StashKey[dict[str, Any]]()
 SETTINGS = pytest.StashKey[Settings]()
 
 # option name -> (env var, type, help)
@@ -115,7 +114,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SETTINGS] = settings_from(config)
     config.stash[RESULTS] = []
     config.stash[PHASES] = {}
-    config.stash[FACTS] = {}
     capman = config.pluginmanager.getplugin("capturemanager")
 
     def emit(line: str) -> None:  # step logs reach the terminal past pytest's capture
@@ -254,7 +252,6 @@ def vm(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Config,
         shutil.rmtree(handle.run_dir, ignore_errors=True)
         lock.release()
         raise
-    pytestconfig.stash[FACTS]["accel"] = accel
     try:
         yield machine
     finally:

@@ -65,7 +65,7 @@ def parse_ssh_config(text: str) -> SshTarget:
 
 class Machine:
     """A guest reachable over SSH. Verbs: execute, succeed, fail, wait_until_succeeds,
-    wait_for_unit, wait_for_open_port, copy_from_host, copy_to_host."""
+    wait_for_unit, wait_for_open_port, copy_from_host."""
 
     def __init__(self, name: str, target: SshTarget, console_log: Path | None = None) -> None:
         self.name = name
@@ -191,26 +191,9 @@ class Machine:
             f" && rm -f {shlex.quote(staging)}"
         )
 
-    def copy_to_host(self, source: str, destination: Path) -> None:
-        """Copy a guest file (readable by root) to the host."""
-        staging = f"/tmp/pwt-download-{Path(source).name}"
-        self.succeed(
-            f"install -m 0644 {shlex.quote(source)} {shlex.quote(staging)}"
-            f" && chown {self.target.user} {shlex.quote(staging)}"
-        )
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        with self.client.open_sftp() as sftp:
-            sftp.get(staging, str(destination))
-        self.execute(f"rm -f {shlex.quote(staging)}")
-
     # --- facts ------------------------------------------------------------------------
     def systemd_version(self) -> int:
         """The major version of systemd running in the guest (e.g. 252)."""
         first = self.succeed("systemctl --version").splitlines()[0]  # "systemd 252 (252.30-1)"
         return int(first.split()[1])
 
-    def console_tail(self, lines: int = 20) -> str:
-        if self.console_log is None or not self.console_log.exists():
-            return "(no console log)"
-        text = self.console_log.read_bytes().decode(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])

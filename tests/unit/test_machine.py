@@ -134,12 +134,3 @@ def test_wait_for_unit_active(monkeypatch: pytest.MonkeyPatch) -> None:
     m.wait_for_unit("x.socket", timeout=30)
     assert m.unit_state("x.socket") == "active"
 
-
-def test_console_tail(tmp_path: Path) -> None:
-    log = tmp_path / "console.log"
-    log.write_bytes(b"".join(f"line {i}\n".encode() for i in range(50)) + b"\xff end\n")
-    m = Machine("guest", SshTarget("127.0.0.1", 1, "v", Path("/k")), console_log=log)
-    tail = m.console_tail(3).splitlines()
-    assert tail == ["line 48", "line 49", "\ufffd end"]
-    assert Machine("g", SshTarget("127.0.0.1", 1, "v", Path("/k"))).console_tail() == \
-        "(no console log)"
