@@ -110,8 +110,22 @@ def settings_from(config: pytest.Config) -> Settings:
     return settings
 
 
+def only_unit_tests(config: pytest.Config) -> bool:
+    """True when every path pytest was given lies under tests/unit (``tox -e unit``).
+
+    This conftest applies to the unit tests too; they boot nothing, so a PWT_BOX that names
+    no box (or any other bad setting) must not stop them.
+    """
+    unit = ROOT / "tests" / "unit"
+    base = config.invocation_params.dir
+    paths = [(base / arg.split("::", 1)[0]).resolve() for arg in config.args]
+    return bool(paths) and all(p.is_relative_to(unit) for p in paths)
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    config.stash[SETTINGS] = settings_from(config)
+    # Validated here, before collection, so a bad value is one line and nothing boots; the
+    # unit tests get the defaults (no fixture of theirs reads the settings).
+    config.stash[SETTINGS] = Settings() if only_unit_tests(config) else settings_from(config)
     config.stash[RESULTS] = []
     config.stash[PHASES] = {}
     capman = config.pluginmanager.getplugin("capturemanager")

@@ -139,3 +139,20 @@ def test_valid_options_collect_the_scenarios(collect: Collect, tmp_path: Path) -
     assert set(params) <= known and len(params) == len(set(params))
     # Nothing was booted or built: the fixtures that create these never ran.
     assert not artifacts.exists() and not state.exists()
+
+
+def test_unit_tests_ignore_the_integration_settings(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`PWT_BOX=nonsense tox -e unit` runs: the root conftest checks settings for VM runs only."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.setenv("PWT_BOX", "nonsense")
+    monkeypatch.setenv("PWT_CONCURRENCY", "0")
+    unit_file = ROOT / "tests" / "unit" / "test_quirks.py"
+    args = ("--co", "-q", "-p", "no:cacheprovider", f"--rootdir={ROOT}",
+            "-c", str(ROOT / "pyproject.toml"))
+    result = pytester.runpytest_subprocess(*args, str(unit_file), timeout=60)
+    assert result.ret == pytest.ExitCode.OK, output_of(result)
+    # The same environment still stops a run that includes the VM tests, with one line.
+    mixed = pytester.runpytest_subprocess(*args, str(unit_file), str(INTEGRATION), timeout=60)
+    assert_usage_error(mixed, "unknown box 'nonsense'")
