@@ -43,6 +43,12 @@ from vm.verdict import (
 HAPROXY_UNIT = "pwt-haproxy.service"
 EXPECTATIONS = ("zero-downtime", "downtime", "characterise", "refused")
 ROLLOUTS = ("portablectl", "sysupdate-dir", "sysupdate-http")
+PROXIES = (None, "haproxy")
+SOCKET_LOCATIONS = ("host", "image")
+# PW_SHUTDOWN of images/server.py: drain (default), immediate (naive), fdstore.
+SHUTDOWNS = ("drain", "immediate", "fdstore")
+# The portablectl profiles whose main-process user the verdict knows how to check.
+PROFILES = ("default", "trusted")
 
 
 # How sysupdate says a download does not match SHA256SUMS ("DOWNLOAD INVALID … tampered with"
@@ -71,10 +77,17 @@ class Scenario:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if self.expect not in EXPECTATIONS:
-            raise ValueError(f"expect must be one of {EXPECTATIONS}")
-        if self.rollout not in ROLLOUTS:
-            raise ValueError(f"rollout must be one of {ROLLOUTS}")
+        # A typo must not silently run another shape (an unknown shutdown would run the
+        # draining server, an unknown proxy no proxy at all).
+        choices: dict[str, tuple[str | None, ...]] = {
+            "expect": EXPECTATIONS, "rollout": ROLLOUTS, "proxy": PROXIES,
+            "socket_location": SOCKET_LOCATIONS, "shutdown": SHUTDOWNS, "profile": PROFILES,
+        }
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, "
+                                 f"not {value!r}")
         if {self.from_version, self.to_version} - set(VERSIONS) or (
             self.from_version == self.to_version
         ):

@@ -146,6 +146,24 @@ def test_bad_expectation(expect: str) -> None:
         Scenario("host-socket-x", expect=expect)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("proxy", "HAProxy", "None, haproxy"),
+        ("proxy", "", "None, haproxy"),
+        ("shutdown", "imediate", "drain, immediate, fdstore"),
+        ("shutdown", "fd-store", "drain, immediate, fdstore"),
+        ("socket_location", "guest", "host, image"),
+        ("profile", "trustd", "default, trusted"),
+        ("rollout", "sysupdate", "portablectl, sysupdate-dir, sysupdate-http"),
+    ],
+)
+def test_bad_field_names_the_field_and_the_choices(field: str, value: str, allowed: str) -> None:
+    with pytest.raises(ValueError) as e:
+        Scenario("host-socket-x", **{field: value})
+    assert str(e.value) == f"{field} must be one of {allowed}, not {value!r}"
+
+
 @pytest.mark.parametrize(("from_version", "to_version"),
                          [(1, 1), (2, 2), (1, 3), (3, 1), (0, 2), (2, -1), (7, 8)])
 def test_bad_versions(from_version: int, to_version: int) -> None:
