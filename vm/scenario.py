@@ -61,9 +61,15 @@ SHUTDOWNS = ("drain", "immediate", "fdstore")
 PROFILES = ("default", "trusted")
 
 
-# How sysupdate says a download does not match SHA256SUMS ("DOWNLOAD INVALID … tampered with"
-# on 257); anything else failing the rollout is not the refusal this scenario is about.
-REFUSAL_REASON = re.compile(r"(?i)invalid|tamper|checksum|hash")
+# How a url-file download whose bytes do not match SHA256SUMS is refused. systemd-sysupdate
+# runs systemd-pull with the manifest's digest (`--verify=<sha256>`); systemd-pull's
+# pull_verify() (src/import/pull-common.c) then logs this format string, with the URL for %s.
+# The string is the same in the systemd-pull of Debian's 254.26-1~bpo12+1 and 257.13-1~deb13u1
+# (read from the binaries; tests/unit/test_sysupdate.py holds the lines). Anything else
+# failing the rollout (an "Invalid argument", a 404) is not the refusal this scenario is about.
+REFUSAL_REASON = re.compile(
+    r"DOWNLOAD INVALID: Checksum of \S+ file did not check out, file has been tampered with\."
+)
 
 
 class ScenarioUnsupported(Exception):
