@@ -35,6 +35,25 @@ CLIENT_UNITS = ("pwt-ab.service", "pwt-probe.service", "pwt-holders.service",
 SYSUPDATE_FILES = (f"{sysupdate.TRANSFER_STEM}.transfer", f"{sysupdate.TRANSFER_STEM}.conf",
                    f"/etc/systemd/system/{sysupdate.ROLLOUT_UNIT}",
                    f"/etc/systemd/system/{sysupdate.PIN_UNIT}")
+# The evidence saved for a run that did not simply pass: file -> the guest command that wrote
+# it. README's "Reading the report" lists the same commands (a unit test holds them equal).
+EVIDENCE_COMMANDS = {
+    "service-journal.txt": "journalctl -b --no-pager -o short-monotonic "
+                           "-u portable-walkthrough.service -u portable-walkthrough.socket",
+    "portabled-journal.txt": "journalctl -b --no-pager -o short-monotonic "
+                             "-u systemd-portabled.service",
+    "clients-journal.txt": "journalctl -b --no-pager -o short-monotonic -u pwt-ab.service "
+                           "-u pwt-probe.service -u pwt-holders.service -u pwt-haproxy.service",
+    "rollout-journal.txt": "journalctl -b --no-pager -o short-monotonic "
+                           "-u pwt-rollout.service -u 'pwt-pin@*.service' "
+                           "-u pwt-source-http.service",
+    "portablectl-list.txt": "portablectl list; echo; systemctl status --no-pager "
+                            "'portable-walkthrough*'",
+    "ab.out": "cat /run/pwt/ab.out",
+    "probe.jsonl": "cat /run/pwt/probe.jsonl",
+    "holders.jsonl": "cat /run/pwt/holders.jsonl",
+    "journal-tail.txt": "journalctl -b --no-pager -n 300",
+}
 ATTACHED_STATES = ("attached", "attached-runtime", "running", "running-runtime", "enabled",
                    "enabled-runtime", "linked", "linked-runtime")
 

@@ -495,6 +495,18 @@ def verdict_of(run: ScenarioRun) -> Verdict:
 VERDICT_KEY = pytest.StashKey[Verdict]()
 
 
+def evidence_reason(test_failed: bool, verdict: Verdict | None, always: bool) -> str | None:
+    """Why a scenario test's journals, probe log and ab.out are worth keeping; None: they are
+    not. Every run that did not simply pass keeps them: an expected loss is evidence too."""
+    if verdict is not None and verdict.kind != PASS:
+        return verdict.label
+    if test_failed:  # a pass whose test broke later, or an error before any verdict
+        return "test failed" if verdict is not None else "no verdict: the run broke off"
+    if always:
+        return "--artifacts-always"
+    return None
+
+
 def conclude(verdict: Verdict) -> None:
     """Turn a run's verdict into its test's outcome, the one way every scenario test does it:
     FAIL -> pytest.fail with every problem, an expected loss -> pytest.xfail with the numbers,

@@ -82,11 +82,15 @@ def assert_usage_error(result: pytest.RunResult, *reason: str) -> None:
         ([], {"PWT_REATTACH_TIMEOUT": "-1"}, ["reattach-timeout must be a positive number"]),
         (["--unit-timeout", "forever"], {}, ["--unit-timeout (PWT_UNIT_TIMEOUT)", "'forever'"]),
         (["--ssh-port", "22"], {}, ["ssh-port must be 0 (pick one) or 1024..65535, not 22"]),
+        ([], {"PWT_ARTIFACTS_ALWAYS": "maybe"},
+         ["--artifacts-always (PWT_ARTIFACTS_ALWAYS) must be one of 1, yes, true, on, 0, no,",
+          "'maybe'"]),
     ],
     ids=["concurrency-0", "concurrency-abc", "load-max-too-small", "unknown-box",
          "keep-vm-sometimes", "accel-warp", "env-concurrency-negative", "env-not-a-float",
          "switch-after-negative", "min-complete-0", "boot-timeout-0",
-         "env-reattach-timeout-negative", "unit-timeout-word", "ssh-port-22"],
+         "env-reattach-timeout-negative", "unit-timeout-word", "ssh-port-22",
+         "env-artifacts-always-maybe"],
 )
 def test_bad_option_is_one_line(collect: Collect, options: list[str], env: dict[str, str],
                                 reason: list[str]) -> None:
@@ -99,6 +103,16 @@ def test_bad_option_is_one_line(collect: Collect, options: list[str], env: dict[
                               "load-max-inf"])
 def test_non_finite_duration_is_rejected(collect: Collect, options: list[str]) -> None:
     assert_usage_error(collect(*options))
+
+
+@pytest.mark.parametrize(("options", "env"), [
+    (["--artifacts-always"], {}), ([], {"PWT_ARTIFACTS_ALWAYS": "1"}),
+    ([], {"PWT_ARTIFACTS_ALWAYS": "off"}),
+], ids=["flag", "env-1", "env-off"])
+def test_artifacts_always_is_a_flag(collect: Collect, options: list[str],
+                                    env: dict[str, str]) -> None:
+    result = collect(*options, **env)
+    assert result.ret == pytest.ExitCode.OK, output_of(result)
 
 
 def test_command_line_wins_over_the_environment(collect: Collect) -> None:

@@ -42,6 +42,7 @@ from vm.scenario import (
     ScenarioRun,
     Verdict,
     conclude,
+    evidence_reason,
     get_scenario,
     losses_of,
     summary_row,
@@ -352,6 +353,24 @@ def test_conclude_passes_xfails_and_fails() -> None:
     result, message = pytest_outcome(Verdict(FAIL, ("one", "two"), observed="ab 0 failed"))
     assert result == "failed"
     assert message == "FAIL\n- one\n- two\nseen: ab 0 failed"
+
+
+# --- evidence --------------------------------------------------------------------------------
+@pytest.mark.parametrize(("failed", "verdict", "always", "why"), [
+    (False, Verdict(PASS), False, None),
+    (False, Verdict(PASS), True, "--artifacts-always"),
+    (False, Verdict(EXPECTED_LOSS, observed="x"), False, "xfail: loss seen (expected)"),
+    (False, Verdict(DOWNTIME_SEEN, observed="x"), False, "downtime seen (expected)"),
+    (False, Verdict(REFUSED, observed="x"), False, "refused, old version served on"),
+    (True, Verdict(FAIL, ("p",)), False, "FAIL"),
+    (True, Verdict(PASS), False, "test failed"),
+    (True, None, False, "no verdict: the run broke off"),
+    (False, None, False, None),
+])
+def test_evidence_is_kept_for_every_run_that_did_not_simply_pass(
+    failed: bool, verdict: Verdict | None, always: bool, why: str | None,
+) -> None:
+    assert evidence_reason(test_failed=failed, verdict=verdict, always=always) == why
 
 
 def test_lossy_helper_is_really_lossy() -> None:
