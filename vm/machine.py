@@ -163,16 +163,30 @@ class Machine:
     def unit_state(self, unit: str) -> str:
         return self.execute(f"systemctl is-active {shlex.quote(unit)}", 30).stdout.strip()
 
+    def unit_activity(self, unit: str) -> tuple[str, str]:
+        """(ActiveState, Job) of ``unit`` in one guest round trip; Job is "" when none is queued.
+
+        >>> machine.unit_activity("foo.socket")
+        ('inactive', '')
+        """
+        out = self.execute(f"systemctl show -p ActiveState -p Job {shlex.quote(unit)}", 30).stdout
+        values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        job = values.get("Job", "").strip()
+        return values.get("ActiveState", "").strip(), "" if job == "0" else job
+
     def wait_for_unit(self, unit: str, timeout: float = 60.0) -> None:
-        """Wait until ``unit`` is active; stop at once if it is ``failed``."""
+        """Wait until ``unit`` is active. Stop at once when it is ``failed``, or ``inactive``
+        with no job queued (as the NixOS driver does): nothing is going to start it."""
 
         def attempt(last: bool) -> bool:
-            state = self.unit_state(unit)
+            state, job = self.unit_activity(unit)
             if state == "active":
                 return True
-            if state == "failed" or last:
+            stuck = state == "failed" or (state == "inactive" and not job)
+            if stuck or last:
+                why = f"{state!r}" + (", no job queued" if state == "inactive" and not job else "")
                 status = self.execute(f"systemctl status --no-pager -n 20 {shlex.quote(unit)}")
-                raise GuestError(f"unit {unit} is {state!r}, not active:\n{status.stdout}")
+                raise GuestError(f"unit {unit} is {why}, not active:\n{status.stdout}")
             return False
 
         retry(attempt, timeout=timeout, interval=1, what=f"unit {unit}")

@@ -18,6 +18,7 @@ from types import ModuleType
 
 from vm.ab import AbResult
 from vm.load import LoadOutcome
+from vm.machine import CommandResult, Machine, SshTarget
 from vm.portable import PortableService, Reattach
 from vm.scenario import Scenario, ScenarioRun
 from vm.timeline import ProbeRecord, Timeline
@@ -190,6 +191,37 @@ def get(port: int, headers: str = "") -> HttpResponse:
         response = request(s, headers=headers)
         assert at_eof(s), "the server kept a non-keep-alive connection open"
     return response
+
+
+# --- a guest without a VM -------------------------------------------------------------------
+Answer = tuple[int, str]
+
+
+class FakeGuest:
+    """Answers ``execute`` from a script: command substring -> (rc, stdout), or a list of them
+    given one per call (the last one repeats). Unknown commands exit 127."""
+
+    def __init__(self, answers: dict[str, Answer | list[Answer]]) -> None:
+        self.answers = answers
+        self.commands: list[str] = []
+        self.calls: dict[str, int] = {}
+
+    def __call__(self, command: str, timeout: float = 120.0) -> CommandResult:
+        self.commands.append(command)
+        for key, answer in self.answers.items():
+            if key in command:
+                n = self.calls[key] = self.calls.get(key, 0) + 1
+                rc, out = answer[min(n, len(answer)) - 1] if isinstance(answer, list) else answer
+                return CommandResult(command, rc, out, "", 0.0)
+        return CommandResult(command, 127, "", "command not found", 0.0)
+
+
+def fake_machine(answers: dict[str, Answer | list[Answer]]) -> tuple[Machine, FakeGuest]:
+    """A Machine whose ``execute`` is a FakeGuest (its other verbs are the real ones)."""
+    m = Machine("guest", SshTarget("127.0.0.1", 40123, "vagrant", Path("/k")))
+    fake = FakeGuest(answers)
+    m.execute = fake  # type: ignore[method-assign]
+    return m, fake
 
 
 # --- builders of measured runs ---------------------------------------------------------------

@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import fake_machine
 
 from vm.errors import GuestError, HarnessError
-from vm.machine import CommandResult, Machine, SshTarget, parse_ssh_config
+from vm.machine import CommandResult, SshTarget, parse_ssh_config
+from vm.portable import CLIENT_UNITS, SERVICE, SOCKET, PortableService
 
 SSH_CONFIG = """\
 Host default
@@ -82,31 +84,8 @@ def test_describe_keeps_the_end_of_long_output() -> None:
     assert "x" * 2001 not in text
 
 
-class FakeGuest:
-    """Answers ``execute`` from a script: command substring -> CommandResult pieces."""
-
-    def __init__(self, answers: dict[str, tuple[int, str]]) -> None:
-        self.answers = answers
-        self.commands: list[str] = []
-
-    def __call__(self, command: str, timeout: float = 120.0) -> CommandResult:
-        self.commands.append(command)
-        for key, (rc, out) in self.answers.items():
-            if key in command:
-                return CommandResult(command, rc, out, "", 0.0)
-        return CommandResult(command, 127, "", "command not found", 0.0)
-
-
-def machine(monkeypatch: pytest.MonkeyPatch, answers: dict[str, tuple[int, str]]
-            ) -> tuple[Machine, FakeGuest]:
-    m = Machine("guest", SshTarget("127.0.0.1", 40123, "vagrant", Path("/k")))
-    fake = FakeGuest(answers)
-    monkeypatch.setattr(m, "execute", fake)
-    return m, fake
-
-
-def test_succeed_and_fail(monkeypatch: pytest.MonkeyPatch) -> None:
-    m, _ = machine(monkeypatch, {"echo hi": (0, "hi\n"), "false": (1, "")})
+def test_succeed_and_fail() -> None:
+    m, _ = fake_machine({"echo hi": (0, "hi\n"), "false": (1, "")})
     assert m.succeed("echo hi") == "hi\n"
     with pytest.raises(GuestError, match="command failed on guest: `false` exited 1"):
         m.succeed("false")
@@ -115,22 +94,98 @@ def test_succeed_and_fail(monkeypatch: pytest.MonkeyPatch) -> None:
         m.fail("echo hi")
 
 
-def test_systemd_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    m, _ = machine(monkeypatch, {"systemctl --version": (
+def test_systemd_version() -> None:
+    m, _ = fake_machine({"systemctl --version": (
         0, "systemd 252 (252.30-1~deb12u2)\n+PAM +AUDIT +SELINUX +APPARMOR\n")})
     assert m.systemd_version() == 252
 
 
-def test_wait_for_unit_stops_at_once_on_failed(monkeypatch: pytest.MonkeyPatch) -> None:
-    m, fake = machine(monkeypatch, {"is-active": (3, "failed\n"),
-                                    "systemctl status": (3, "x.socket - failed\n")})
+SHOW = "systemctl show -p ActiveState -p Job"
+
+
+def test_wait_for_unit_stops_at_once_on_failed() -> None:
+    m, fake = fake_machine({SHOW: (0, "ActiveState=failed\n"),
+                            "systemctl status": (3, "x.socket - failed\n")})
     with pytest.raises(GuestError, match=r"unit x\.socket is 'failed', not active"):
         m.wait_for_unit("x.socket", timeout=30)
-    assert sum("is-active" in c for c in fake.commands) == 1
+    assert sum(SHOW in c for c in fake.commands) == 1
 
 
-def test_wait_for_unit_active(monkeypatch: pytest.MonkeyPatch) -> None:
-    m, _ = machine(monkeypatch, {"is-active": (0, "active\n")})
+@pytest.mark.parametrize("show", ["ActiveState=inactive\nJob=\n", "ActiveState=inactive\n",
+                                  "Job=0\nActiveState=inactive\n"])
+def test_wait_for_unit_stops_at_once_on_inactive_without_a_job(show: str) -> None:
+    """Nothing is going to start it: waiting the whole bound would only hide that."""
+    m, fake = fake_machine({SHOW: (0, show), "systemctl status": (3, "x.socket - dead\n")})
+    with pytest.raises(GuestError, match=r"unit x\.socket is 'inactive', no job queued, not "
+                                         r"active:\nx\.socket - dead"):
+        m.wait_for_unit("x.socket", timeout=30)
+    assert sum(SHOW in c for c in fake.commands) == 1
+
+
+def test_wait_for_unit_waits_while_a_start_job_is_queued() -> None:
+    m, fake = fake_machine({SHOW: [(0, "ActiveState=inactive\nJob=41\n"),
+                                   (0, "ActiveState=activating\nJob=41\n"),
+                                   (0, "ActiveState=active\nJob=\n")]},
+                           )
+    m.wait_for_unit("x.service", timeout=30)
+    assert sum(SHOW in c for c in fake.commands) == 3
+    assert all("is-active" not in c for c in fake.commands)  # one round trip per try
+
+
+def test_wait_for_unit_times_out_on_a_job_that_never_runs() -> None:
+    m, _ = fake_machine({SHOW: (0, "ActiveState=inactive\nJob=41\n"),
+                         "systemctl status": (3, "waiting\n")})
+    with pytest.raises(GuestError, match=r"unit x\.service is 'inactive', not active"):
+        m.wait_for_unit("x.service", timeout=0.5)
+
+
+def test_wait_for_unit_active() -> None:
+    m, fake = fake_machine({SHOW: (0, "ActiveState=active\nJob=\n"),
+                            "is-active": (0, "active\n")})
     m.wait_for_unit("x.socket", timeout=30)
+    assert fake.commands == ["systemctl show -p ActiveState -p Job x.socket"]
     assert m.unit_state("x.socket") == "active"
 
+
+# --- check_clean -------------------------------------------------------------------------------
+NAMES = [*PortableService.image_paths(), *CLIENT_UNITS, SOCKET, SERVICE]
+
+
+def clean_answer(**words: str) -> str:
+    return "".join(f"{n} {words.get(n, 'detached' if n.startswith('/') else 'inactive')}\n"
+                   for n in NAMES)
+
+
+def service_on(answer: tuple[int, str]) -> PortableService:
+    m, _ = fake_machine({"portablectl is-attached": answer})
+    return PortableService(m, 252, 240, lambda _loc: None)  # type: ignore[arg-type,return-value]
+
+
+def test_check_clean_of_a_clean_guest() -> None:
+    service_on((0, clean_answer(**{SOCKET: "failed", SERVICE: "unknown"}))).check_clean()
+
+
+def test_check_clean_sees_an_attached_image_and_an_active_unit() -> None:
+    answer = clean_answer(**{NAMES[0]: "running", "pwt-ab.service": "active"})
+    with pytest.raises(GuestError, match="not clean") as e:
+        service_on((0, answer)).check_clean()
+    assert f"{NAMES[0]} running" in str(e.value) and "pwt-ab.service active" in str(e.value)
+
+
+@pytest.mark.parametrize(("answer", "missing"), [
+    ((0, ""), NAMES),
+    ((124, clean_answer()[:200]), [n for n in NAMES if f"{n} " not in clean_answer()[:200]]),
+    ((0, clean_answer().replace(f"{SERVICE} inactive\n", "")), [SERVICE]),
+], ids=["no-output", "cut-off", "one-unit-missing"])
+def test_check_clean_takes_missing_answers_for_dirty(answer: tuple[int, str],
+                                                     missing: list[str]) -> None:
+    with pytest.raises(GuestError, match="not clean") as e:
+        service_on(answer).check_clean()
+    for name in missing:
+        assert f"{name}: no answer" in str(e.value)
+
+
+def test_check_clean_takes_an_empty_word_for_dirty() -> None:
+    answer = clean_answer().replace(f"{SOCKET} inactive", SOCKET)
+    with pytest.raises(GuestError, match="not clean"):
+        service_on((0, answer)).check_clean()
