@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vm.errors import GuestError, HarnessError
+from vm.log import log
 from vm.retry import retry
 
 if TYPE_CHECKING:
@@ -43,6 +44,23 @@ class SshTarget:
     port: int
     user: str
     identity_file: Path
+
+
+def one_line(command: str) -> str:
+    """``command`` as one line a root shell runs the same way: multi-line commands (here
+    documents) become ``bash -c $'…'`` with the newlines escaped."""
+    if "\n" not in command and "\r" not in command:
+        return command
+    special = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+    def escape(c: str) -> str:
+        if c in special:
+            return special[c]
+        if c.isprintable():
+            return c
+        return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\U{ord(c):08x}"
+
+    return "bash -c $'" + "".join(map(escape, command)) + "'"
 
 
 def parse_ssh_config(text: str) -> SshTarget:
@@ -128,8 +146,14 @@ class Machine:
             err = stderr.read().decode(errors="replace")
             rc = stdout.channel.recv_exit_status()
         except OSError as e:  # socket.timeout is an OSError
+            log.detail(f"$ {one_line(command)}  -> broke off after "
+                       f"{time.monotonic() - start:.2f} s: {e}")
             raise HarnessError(f"SSH command on {self.name} broke off: {command!r}: {e}") from e
-        return CommandResult(command, rc, out, err, time.monotonic() - start)
+        duration = time.monotonic() - start
+        # run.log only (a replayable line per command, as root in the guest): the terminal
+        # would drown in them. rc 124 is the guest-side `timeout` expiring.
+        log.detail(f"$ {one_line(command)}  -> rc {rc} in {duration:.2f} s")
+        return CommandResult(command, rc, out, err, duration)
 
     def succeed(self, command: str, timeout: float = 120.0) -> str:
         """Run ``command``; return its stdout; raise GuestError if it exits non-zero."""

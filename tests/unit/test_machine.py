@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
 from support import fake_machine
 
+from vm import machine as machine_module
 from vm.errors import GuestError, HarnessError
-from vm.machine import CommandResult, SshTarget, parse_ssh_config
+from vm.log import StepLogger
+from vm.machine import CommandResult, Machine, SshTarget, one_line, parse_ssh_config
 from vm.portable import CLIENT_UNITS, SERVICE, SOCKET, PortableService
 
 SSH_CONFIG = """\
@@ -189,3 +193,94 @@ def test_check_clean_takes_an_empty_word_for_dirty() -> None:
     answer = clean_answer().replace(f"{SOCKET} inactive", SOCKET)
     with pytest.raises(GuestError, match="not clean"):
         service_on((0, answer)).check_clean()
+
+
+# --- every guest command in run.log ------------------------------------------------------------
+class FakeStream:
+    def __init__(self, data: bytes, rc: int) -> None:
+        self.data = data
+        self.channel = self
+        self.rc = rc
+
+    def read(self) -> bytes:
+        return self.data
+
+    def recv_exit_status(self) -> int:
+        return self.rc
+
+
+class FakeClient:
+    """paramiko's SSHClient as Machine.execute uses it; ``broken``: the channel times out."""
+
+    def __init__(self, rc: int = 0, broken: bool = False) -> None:
+        self.rc, self.broken = rc, broken
+
+    def exec_command(self, command: str, timeout: float) -> tuple[None, FakeStream, FakeStream]:
+        if self.broken:
+            raise TimeoutError("timed out")
+        return None, FakeStream(b"out\n", self.rc), FakeStream(b"", self.rc)
+
+
+@pytest.fixture
+def step_log(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[StepLogger, list[str]]:
+    """A fresh step logger for vm.machine, writing run.log under tmp_path; the terminal lines
+    it emitted are collected in the list."""
+    shown: list[str] = []
+    logger = StepLogger()
+    logger.emit = shown.append
+    logger.log_to(tmp_path / "run.log")
+    monkeypatch.setattr(machine_module, "log", logger)
+    return logger, shown
+
+
+def run_log(tmp_path: Path) -> list[str]:
+    return [line.split(" ", 1)[1] for line in (tmp_path / "run.log").read_text().splitlines()]
+
+
+def test_every_command_lands_in_run_log_only(step_log: tuple[StepLogger, list[str]],
+                                            tmp_path: Path) -> None:
+    logger, shown = step_log
+    m = Machine("guest", SshTarget("127.0.0.1", 1, "v", Path("/k")))
+    m._client = FakeClient(rc=3)  # type: ignore[assignment]
+    with logger.nested("a step"):
+        result = m.execute("systemctl is-active x.socket")
+    assert result.rc == 3
+    lines = run_log(tmp_path)
+    assert re.fullmatch(r"  \$ systemctl is-active x\.socket  -> rc 3 in \d+\.\d\d s", lines[1])
+    assert not any("$ systemctl" in line for line in shown), shown  # the terminal: steps only
+    assert shown[0] == "▶ a step"
+
+
+def test_a_broken_off_command_is_logged_too(step_log: tuple[StepLogger, list[str]],
+                                            tmp_path: Path) -> None:
+    m = Machine("guest", SshTarget("127.0.0.1", 1, "v", Path("/k")))
+    m._client = FakeClient(broken=True)  # type: ignore[assignment]
+    with pytest.raises(HarnessError, match="broke off"):
+        m.execute("portablectl reattach --now x")
+    assert re.fullmatch(r"\$ portablectl reattach --now x  -> broke off after \d+\.\d\d s: "
+                        r"timed out", run_log(tmp_path)[0])
+
+
+def test_detail_without_a_log_file_goes_nowhere() -> None:
+    shown: list[str] = []
+    logger = StepLogger()
+    logger.emit = shown.append
+    logger.detail("$ true  -> rc 0 in 0.01 s")
+    assert shown == []
+
+
+@pytest.mark.parametrize("command", [
+    "echo plain",
+    "mkdir -p /tmp && cat <<'EOF'\nglobal\n  maxconn 100\\n 'quoted' \"dq\" $HOME\tTAB\nEOF",
+    "printf 'a\\nb'\necho \"é ü\"; echo $'\\x01' | od -c | head -n1",
+])
+def test_one_line_replays_the_same_command(command: str) -> None:
+    """The logged line, pasted into a shell, does what the command did."""
+    line = one_line(command)
+    assert "\n" not in line
+
+    def run(cmd: str) -> str:
+        return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True,
+                              check=True).stdout
+
+    assert run(line) == run(command)
