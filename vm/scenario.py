@@ -85,7 +85,7 @@ class Scenario:
     keepalive: bool = False
     proxy: str | None = None  # None or "haproxy"
     socket_location: str = "host"  # "host" or "image"
-    shutdown: str = "drain"  # the server's SIGTERM behaviour: "drain" or "immediate"
+    shutdown: str = "drain"  # the server's SIGTERM behaviour: drain, immediate or fdstore
     profile: str = "default"
     holders: int = 0  # long-lived keep-alive clients (a request every 0.2 s each)
     rollout: str = "portablectl"  # or sysupdate-dir / sysupdate-http: publish, then a unit acts
