@@ -26,7 +26,6 @@ from vm.log import log
 ROOT = Path(__file__).resolve().parent
 RESULTS = pytest.StashKey[list[dict[str, Any]]]()
 PHASES = pytest.StashKey[dict[str, float]]()
-FACTS = pytest.StashKey[dict[str, Any]]()
 SETTINGS = pytest.StashKey[Settings]()
 BOOT_STARTED = pytest.StashKey[float]()
 
@@ -40,6 +39,8 @@ OPTIONS: dict[str, tuple[str, type, str]] = {
     "keep-vm": ("PWT_KEEP_VM", str, f"keep the VM after the run: {'|'.join(KEEP_VM_CHOICES)}"),
     "state-dir": ("PWT_STATE_DIR", str, "cache of boxes, images, keys and per-run VM dirs"),
     "artifacts": ("PWT_ARTIFACTS", str, "where run reports and failure logs go"),
+    "artifacts-always": ("PWT_ARTIFACTS_ALWAYS", bool,
+                         "save journals, probe log and ab.out for passing runs too"),
     "pool": ("PWT_POOL", str, "libvirt storage pool (setup-host defines it)"),
     "repeat": ("PWT_REPEAT", int, "run every scenario N times on the one VM (verdict stability)"),
     "run-timeout": ("PWT_RUN_TIMEOUT", float,
@@ -59,10 +60,18 @@ OPTIONS: dict[str, tuple[str, type, str]] = {
 }
 
 
+# How a PWT_* variable spells a yes or a no for a bool option (its flag needs no value).
+TRUE_WORDS, FALSE_WORDS = ("1", "yes", "true", "on"), ("0", "no", "false", "off", "")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pwt", "portable-walkthrough VM suite")
-    for name, (env, _type, help_text) in OPTIONS.items():
-        group.addoption(f"--{name}", default=None, help=f"{help_text} [env {env}]")
+    for name, (env, kind, help_text) in OPTIONS.items():
+        if kind is bool:
+            group.addoption(f"--{name}", action="store_const", const="1", default=None,
+                            help=f"{help_text} [env {env}=1]")
+        else:
+            group.addoption(f"--{name}", default=None, help=f"{help_text} [env {env}]")
 
 
 def _option(config: pytest.Config, name: str) -> Any:
@@ -70,6 +79,11 @@ def _option(config: pytest.Config, name: str) -> Any:
     raw = config.getoption(name.replace("-", "_")) or os.environ.get(env)
     if raw is None:
         return None
+    if kind is bool:
+        if raw.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+            return raw.strip().lower() in TRUE_WORDS
+        words = ", ".join(TRUE_WORDS + FALSE_WORDS[:-1])
+        raise pytest.UsageError(f"--{name} ({env}) must be one of {words}, not {raw!r}")
     try:
         return kind(raw)
     except ValueError:
@@ -98,7 +112,8 @@ def settings_from(config: pytest.Config) -> Settings:
                         ("boot-timeout", "boot_timeout_s"),
                         ("box-build-timeout", "box_build_timeout_s"),
                         ("reattach-timeout", "reattach_timeout_s"),
-                        ("unit-timeout", "unit_timeout_s"), ("ssh-port", "ssh_port")):
+                        ("unit-timeout", "unit_timeout_s"), ("ssh-port", "ssh_port"),
+                        ("artifacts-always", "artifacts_always")):
         if (value := _option(config, name)) is not None:
             kwargs[field] = value
     if (state := _option(config, "state-dir")) is not None:
@@ -115,11 +130,24 @@ def settings_from(config: pytest.Config) -> Settings:
     return settings
 
 
+def only_unit_tests(config: pytest.Config) -> bool:
+    """True when every path pytest was given lies under tests/unit (``tox -e unit``).
+
+    This conftest applies to the unit tests too; they boot nothing, so a PWT_BOX that names
+    no box (or any other bad setting) must not stop them.
+    """
+    unit = ROOT / "tests" / "unit"
+    base = config.invocation_params.dir
+    paths = [(base / arg.split("::", 1)[0]).resolve() for arg in config.args]
+    return bool(paths) and all(p.is_relative_to(unit) for p in paths)
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    config.stash[SETTINGS] = settings_from(config)
+    # Validated here, before collection, so a bad value is one line and nothing boots; the
+    # unit tests get the defaults (no fixture of theirs reads the settings).
+    config.stash[SETTINGS] = Settings() if only_unit_tests(config) else settings_from(config)
     config.stash[RESULTS] = []
     config.stash[PHASES] = {}
-    config.stash[FACTS] = {}
     capman = config.pluginmanager.getplugin("capturemanager")
 
     def emit(line: str) -> None:  # step logs reach the terminal past pytest's capture
@@ -264,7 +292,6 @@ def vm(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Config,
         shutil.rmtree(handle.run_dir, ignore_errors=True)
         lock.release()
         raise
-    pytestconfig.stash[FACTS]["accel"] = accel
     try:
         yield machine
     finally:
@@ -312,20 +339,11 @@ def guest(vm: Any, images: Any, settings: Settings, pytestconfig: pytest.Config)
     return service
 
 
-def _collect_failure_artifacts(machine: Any, directory: Path) -> None:
+def _collect_evidence(machine: Any, directory: Path) -> None:
+    from vm.portable import EVIDENCE_COMMANDS
+
     directory.mkdir(parents=True, exist_ok=True)
-    commands = {
-        "service-journal.txt": "journalctl -b --no-pager -o short-monotonic "
-                               "-u portable-walkthrough.service -u portable-walkthrough.socket",
-        "portabled-journal.txt": "journalctl -b --no-pager -o short-monotonic "
-                                 "-u systemd-portabled.service",
-        "portablectl-list.txt": "portablectl list; echo; systemctl status --no-pager "
-                                "'portable-walkthrough*'",
-        "ab.out": "cat /run/pwt/ab.out",
-        "probe.jsonl": "cat /run/pwt/probe.jsonl",
-        "journal-tail.txt": "journalctl -b --no-pager -n 300",
-    }
-    for name, command in commands.items():
+    for name, command in EVIDENCE_COMMANDS.items():
         try:
             result = machine.execute(command, timeout=60)
             (directory / name).write_text(result.stdout + result.stderr)
@@ -336,16 +354,25 @@ def _collect_failure_artifacts(machine: Any, directory: Path) -> None:
 
 
 @pytest.fixture
-def portable(guest: Any, artifacts: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """The portable service, checked clean at start; reset (and checked) afterwards; on
-    failure its logs go to the artifacts first."""
+def portable(guest: Any, artifacts: Path, settings: Settings,
+             request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The portable service, checked clean at start; reset (and checked) afterwards. Before the
+    reset, the evidence (journals, probe log, ab.out) of every run that did not simply pass is
+    saved: an error, a FAIL, an expected loss or downtime, a refusal; --artifacts-always: all."""
+    from vm.scenario import VERDICT_KEY, evidence_reason
+
     guest.check_clean()
     yield guest
     report = getattr(request.node, "rep_call", None)
-    if report is None or report.failed:
+    why = evidence_reason(
+        test_failed=report is None or report.failed,
+        verdict=request.node.stash.get(VERDICT_KEY, None),
+        always=settings.artifacts_always,
+    )
+    if why is not None:
         target = artifacts / request.node.name
-        _collect_failure_artifacts(guest.machine, target)
-        log.info(f"failure artifacts: {target}")
+        _collect_evidence(guest.machine, target)
+        log.info(f"evidence ({why}): {target}")
     guest.reset()
 
 

@@ -74,6 +74,7 @@ class Settings:
     reattach_timeout_s: float = 240.0
     unit_timeout_s: float = 60.0
     ssh_port: int = 0  # 0: a free loopback port picked at boot
+    artifacts_always: bool = False  # save the evidence of passing runs too
     libvirt_uri: str = "qemu:///system"
     pool: str = "pwt"
     # "on": restore the box's saved booted guest (made by the first cold boot); "off": always

@@ -154,8 +154,3 @@ class LoadRun:
         timeline = Timeline.build(self.probe_records(), self.started, old, new)
         return LoadOutcome(ab, output, timeline, self.started, stopped, self.command, holders,
                            self.ab_started)
-
-    def abort(self) -> None:
-        """Stop both clients, whatever state they are in (used in cleanup)."""
-        for unit in (AB_UNIT, PROBE_UNIT, HOLDERS_UNIT):
-            self.machine.execute(f"systemctl stop {unit}")

@@ -3,6 +3,10 @@
 ``log.nested("booting machine")`` prints the step when it starts and
 ``(finished: booting machine, in 92.31 seconds)`` when it ends. pytest captures output, so the
 conftest installs an ``emit`` that writes past the capture to the terminal.
+
+Two levels: ``info`` goes to the terminal and the run's log file; ``detail`` (every guest
+command with its exit status and duration) only to the file, so the terminal stays readable
+while run.log holds enough to replay a run by hand.
 """
 
 from __future__ import annotations
@@ -33,6 +37,13 @@ class StepLogger:
     def info(self, message: str) -> None:
         line = f"{'  ' * self.depth}{message}"
         self.emit(line)
+        self._write(line)
+
+    def detail(self, message: str) -> None:
+        """Only to the log file (nothing when there is none): too much for the terminal."""
+        self._write(f"{'  ' * self.depth}{message}")
+
+    def _write(self, line: str) -> None:
         if self._file:
             self._file.write(f"{time.strftime('%H:%M:%S')} {line}\n")
             self._file.flush()

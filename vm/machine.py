@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vm.errors import GuestError, HarnessError
+from vm.log import log
 from vm.retry import retry
 
 if TYPE_CHECKING:
@@ -45,6 +46,23 @@ class SshTarget:
     identity_file: Path
 
 
+def one_line(command: str) -> str:
+    """``command`` as one line a root shell runs the same way: multi-line commands (here
+    documents) become ``bash -c $'…'`` with the newlines escaped."""
+    if "\n" not in command and "\r" not in command:
+        return command
+    special = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+    def escape(c: str) -> str:
+        if c in special:
+            return special[c]
+        if c.isprintable():
+            return c
+        return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\U{ord(c):08x}"
+
+    return "bash -c $'" + "".join(map(escape, command)) + "'"
+
+
 def parse_ssh_config(text: str) -> SshTarget:
     """Read HostName, Port, User and IdentityFile from ``vagrant ssh-config`` output.
 
@@ -65,7 +83,7 @@ def parse_ssh_config(text: str) -> SshTarget:
 
 class Machine:
     """A guest reachable over SSH. Verbs: execute, succeed, fail, wait_until_succeeds,
-    wait_for_unit, wait_for_open_port, copy_from_host, copy_to_host."""
+    wait_for_unit, wait_for_open_port, copy_from_host."""
 
     def __init__(self, name: str, target: SshTarget, console_log: Path | None = None) -> None:
         self.name = name
@@ -128,8 +146,14 @@ class Machine:
             err = stderr.read().decode(errors="replace")
             rc = stdout.channel.recv_exit_status()
         except OSError as e:  # socket.timeout is an OSError
+            log.detail(f"$ {one_line(command)}  -> broke off after "
+                       f"{time.monotonic() - start:.2f} s: {e}")
             raise HarnessError(f"SSH command on {self.name} broke off: {command!r}: {e}") from e
-        return CommandResult(command, rc, out, err, time.monotonic() - start)
+        duration = time.monotonic() - start
+        # run.log only (a replayable line per command, as root in the guest): the terminal
+        # would drown in them. rc 124 is the guest-side `timeout` expiring.
+        log.detail(f"$ {one_line(command)}  -> rc {rc} in {duration:.2f} s")
+        return CommandResult(command, rc, out, err, duration)
 
     def succeed(self, command: str, timeout: float = 120.0) -> str:
         """Run ``command``; return its stdout; raise GuestError if it exits non-zero."""
@@ -163,16 +187,30 @@ class Machine:
     def unit_state(self, unit: str) -> str:
         return self.execute(f"systemctl is-active {shlex.quote(unit)}", 30).stdout.strip()
 
+    def unit_activity(self, unit: str) -> tuple[str, str]:
+        """(ActiveState, Job) of ``unit`` in one guest round trip; Job is "" when none is queued.
+
+        >>> machine.unit_activity("foo.socket")
+        ('inactive', '')
+        """
+        out = self.execute(f"systemctl show -p ActiveState -p Job {shlex.quote(unit)}", 30).stdout
+        values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        job = values.get("Job", "").strip()
+        return values.get("ActiveState", "").strip(), "" if job == "0" else job
+
     def wait_for_unit(self, unit: str, timeout: float = 60.0) -> None:
-        """Wait until ``unit`` is active; stop at once if it is ``failed``."""
+        """Wait until ``unit`` is active. Stop at once when it is ``failed``, or ``inactive``
+        with no job queued (as the NixOS driver does): nothing is going to start it."""
 
         def attempt(last: bool) -> bool:
-            state = self.unit_state(unit)
+            state, job = self.unit_activity(unit)
             if state == "active":
                 return True
-            if state == "failed" or last:
+            stuck = state == "failed" or (state == "inactive" and not job)
+            if stuck or last:
+                why = f"{state!r}" + (", no job queued" if state == "inactive" and not job else "")
                 status = self.execute(f"systemctl status --no-pager -n 20 {shlex.quote(unit)}")
-                raise GuestError(f"unit {unit} is {state!r}, not active:\n{status.stdout}")
+                raise GuestError(f"unit {unit} is {why}, not active:\n{status.stdout}")
             return False
 
         retry(attempt, timeout=timeout, interval=1, what=f"unit {unit}")
@@ -191,26 +229,9 @@ class Machine:
             f" && rm -f {shlex.quote(staging)}"
         )
 
-    def copy_to_host(self, source: str, destination: Path) -> None:
-        """Copy a guest file (readable by root) to the host."""
-        staging = f"/tmp/pwt-download-{Path(source).name}"
-        self.succeed(
-            f"install -m 0644 {shlex.quote(source)} {shlex.quote(staging)}"
-            f" && chown {self.target.user} {shlex.quote(staging)}"
-        )
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        with self.client.open_sftp() as sftp:
-            sftp.get(staging, str(destination))
-        self.execute(f"rm -f {shlex.quote(staging)}")
-
     # --- facts ------------------------------------------------------------------------
     def systemd_version(self) -> int:
         """The major version of systemd running in the guest (e.g. 252)."""
         first = self.succeed("systemctl --version").splitlines()[0]  # "systemd 252 (252.30-1)"
         return int(first.split()[1])
 
-    def console_tail(self, lines: int = 20) -> str:
-        if self.console_log is None or not self.console_log.exists():
-            return "(no console log)"
-        text = self.console_log.read_bytes().decode(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])

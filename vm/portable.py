@@ -35,8 +35,44 @@ CLIENT_UNITS = ("pwt-ab.service", "pwt-probe.service", "pwt-holders.service",
 SYSUPDATE_FILES = (f"{sysupdate.TRANSFER_STEM}.transfer", f"{sysupdate.TRANSFER_STEM}.conf",
                    f"/etc/systemd/system/{sysupdate.ROLLOUT_UNIT}",
                    f"/etc/systemd/system/{sysupdate.PIN_UNIT}")
+# The evidence saved for a run that did not simply pass: file -> the guest command that wrote
+# it. README's "Reading the report" lists the same commands (a unit test holds them equal).
+EVIDENCE_COMMANDS = {
+    "service-journal.txt": "journalctl -b --no-pager -o short-monotonic "
+                           "-u portable-walkthrough.service -u portable-walkthrough.socket",
+    "portabled-journal.txt": "journalctl -b --no-pager -o short-monotonic "
+                             "-u systemd-portabled.service",
+    "clients-journal.txt": "journalctl -b --no-pager -o short-monotonic -u pwt-ab.service "
+                           "-u pwt-probe.service -u pwt-holders.service -u pwt-haproxy.service",
+    "rollout-journal.txt": "journalctl -b --no-pager -o short-monotonic "
+                           "-u pwt-rollout.service -u 'pwt-pin@*.service' "
+                           "-u pwt-source-http.service",
+    "portablectl-list.txt": "portablectl list; echo; systemctl status --no-pager "
+                            "'portable-walkthrough*'",
+    "ab.out": "cat /run/pwt/ab.out",
+    "probe.jsonl": "cat /run/pwt/probe.jsonl",
+    "holders.jsonl": "cat /run/pwt/holders.jsonl",
+    "journal-tail.txt": "journalctl -b --no-pager -n 300",
+}
 ATTACHED_STATES = ("attached", "attached-runtime", "running", "running-runtime", "enabled",
                    "enabled-runtime", "linked", "linked-runtime")
+
+
+CLEAN_WORDS = ("detached", "inactive", "failed", "unknown")
+
+
+def unclean(answers: str, names: list[str]) -> list[str]:
+    """The lines of ``answers`` ("NAME WORD" each) that are not clean, and a line for every
+    name in ``names`` that has no answer at all."""
+    said: dict[str, str] = {}
+    for line in answers.splitlines():
+        name, _, word = line.strip().partition(" ")
+        if name:
+            said[name] = word.strip()
+    dirty = [f"{name} {said[name]}" for name in names
+             if name in said and said[name] not in CLEAN_WORDS]
+    dirty += [f"{name}: no answer" for name in names if name not in said]
+    return dirty
 
 
 @dataclass(frozen=True)
@@ -186,19 +222,23 @@ class PortableService:
         self.check_clean()
 
     def check_clean(self) -> None:
-        """Raise GuestError unless no image is attached and no socket or client is active."""
-        paths = " ".join(self.image_paths())
-        units = " ".join((*CLIENT_UNITS, SOCKET, SERVICE))
-        out = self.machine.execute(
+        """Raise GuestError unless no image is attached and no socket or client is active.
+
+        Every image path and unit must answer with a clean word: a missing or cut-off answer
+        (a broken SSH channel, a command that died) is dirty, never taken for clean.
+        """
+        paths = self.image_paths()
+        units = [*CLIENT_UNITS, SOCKET, SERVICE]
+        result = self.machine.execute(
             # No such image file (first test): is-attached prints nothing: that is detached.
-            f"for p in {paths}; do s=$(portablectl is-attached $p 2>/dev/null);"
+            f"for p in {' '.join(paths)}; do s=$(portablectl is-attached $p 2>/dev/null);"
             f" echo \"$p ${{s:-detached}}\"; done;"
-            f" for u in {units}; do echo \"$u $(systemctl is-active $u)\"; done"
-        ).stdout
-        dirty = [line for line in out.splitlines()
-                 if line.split()[-1] not in ("detached", "inactive", "failed", "unknown")]
+            f" for u in {' '.join(units)}; do echo \"$u $(systemctl is-active $u)\"; done"
+        )
+        dirty = unclean(result.stdout, [*paths, *units])
         if dirty:
-            raise GuestError(f"the guest is not clean: {dirty}")
+            raise GuestError(f"the guest is not clean: {dirty}"
+                             + ("" if result.succeeded else f"\n{result.describe()}"))
 
     def attached_image(self) -> str:
         """The image the attached service runs from (its RootImage=), or "" when none is.

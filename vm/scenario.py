@@ -3,8 +3,11 @@
 A scenario says where the socket lives (host or image), whether clients keep connections
 alive, whether HAProxy stands in front, how the server shuts down, which profile attaches the
 image and which version replaces which. ``run_scenario`` attaches, loads, reattaches, waits for
-the new version under load, stops the load and returns everything measured plus the problems
-that stand between the run and a zero-downtime verdict.
+the new version under load, stops the load and returns everything it measured.
+
+``verdict_of`` is the one judge of a run: the report (summary row, stability table, matrix)
+writes its ``label`` and the integration test hands it to ``conclude``, which turns it into
+pytest's outcome. Nothing else decides whether a scenario passed.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import pytest
 
 from vm.config import Settings
 from vm.haproxy import PROXY_PORT, HaproxyConfig
@@ -35,19 +40,36 @@ from vm.sysupdate import PIN_UNIT, ROLLOUT_UNIT, SysupdateSetup
 from vm.verdict import (
     SocketObservation,
     counter_consistent,
+    enough_load,
+    failed_requests,
+    load_reached_new,
+    load_reached_old,
+    socket_dead,
     socket_untouched,
-    zero_downtime_problems,
+    switched_cleanly,
     zero_failures,
 )
 
 HAPROXY_UNIT = "pwt-haproxy.service"
 EXPECTATIONS = ("zero-downtime", "downtime", "characterise", "refused")
 ROLLOUTS = ("portablectl", "sysupdate-dir", "sysupdate-http")
+PROXIES = (None, "haproxy")
+SOCKET_LOCATIONS = ("host", "image")
+# PW_SHUTDOWN of images/server.py: drain (default), immediate (naive), fdstore.
+SHUTDOWNS = ("drain", "immediate", "fdstore")
+# The portablectl profiles whose main-process user the verdict knows how to check.
+PROFILES = ("default", "trusted")
 
 
-# How sysupdate says a download does not match SHA256SUMS ("DOWNLOAD INVALID … tampered with"
-# on 257); anything else failing the rollout is not the refusal this scenario is about.
-REFUSAL_REASON = re.compile(r"(?i)invalid|tamper|checksum|hash")
+# How a url-file download whose bytes do not match SHA256SUMS is refused. systemd-sysupdate
+# runs systemd-pull with the manifest's digest (`--verify=<sha256>`); systemd-pull's
+# pull_verify() (src/import/pull-common.c) then logs this format string, with the URL for %s.
+# The string is the same in the systemd-pull of Debian's 254.26-1~bpo12+1 and 257.13-1~deb13u1
+# (read from the binaries; tests/unit/test_sysupdate.py holds the lines). Anything else
+# failing the rollout (an "Invalid argument", a 404) is not the refusal this scenario is about.
+REFUSAL_REASON = re.compile(
+    r"DOWNLOAD INVALID: Checksum of \S+ file did not check out, file has been tampered with\."
+)
 
 
 class ScenarioUnsupported(Exception):
@@ -57,11 +79,13 @@ class ScenarioUnsupported(Exception):
 @dataclass(frozen=True)
 class Scenario:
     id: str
-    expect: str = "zero-downtime"  # or "downtime" (negative control), "characterise"
+    # zero-downtime; downtime (negative control); characterise (a loss shown on purpose, an
+    # xfail); refused (a tampered update must be refused). See verdict_of.
+    expect: str = "zero-downtime"
     keepalive: bool = False
     proxy: str | None = None  # None or "haproxy"
     socket_location: str = "host"  # "host" or "image"
-    shutdown: str = "drain"  # the server's SIGTERM behaviour: "drain" or "immediate"
+    shutdown: str = "drain"  # the server's SIGTERM behaviour: drain, immediate or fdstore
     profile: str = "default"
     holders: int = 0  # long-lived keep-alive clients (a request every 0.2 s each)
     rollout: str = "portablectl"  # or sysupdate-dir / sysupdate-http: publish, then a unit acts
@@ -71,10 +95,17 @@ class Scenario:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if self.expect not in EXPECTATIONS:
-            raise ValueError(f"expect must be one of {EXPECTATIONS}")
-        if self.rollout not in ROLLOUTS:
-            raise ValueError(f"rollout must be one of {ROLLOUTS}")
+        # A typo must not silently run another shape (an unknown shutdown would run the
+        # draining server, an unknown proxy no proxy at all).
+        choices: dict[str, tuple[str | None, ...]] = {
+            "expect": EXPECTATIONS, "rollout": ROLLOUTS, "proxy": PROXIES,
+            "socket_location": SOCKET_LOCATIONS, "shutdown": SHUTDOWNS, "profile": PROFILES,
+        }
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, "
+                                 f"not {value!r}")
         if {self.from_version, self.to_version} - set(VERSIONS) or (
             self.from_version == self.to_version
         ):
@@ -89,26 +120,23 @@ class Scenario:
         return VERSIONS[self.to_version]
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class ScenarioRun:
+    """Everything one run measured, and the bar it is held to: ``verdict_of`` needs nothing else."""
+
     scenario: Scenario
     outcome: LoadOutcome
-    reattach: Reattach
+    reattach: Reattach  # the reattach, or the sysupdate rollout unit that ran it
     socket: SocketObservation
     final_count: int
-    problems: list[str]
-    facts: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def lost_requests(self) -> bool:
-        """Requests failed (ab or probe) or the port was dead after the upgrade."""
-        ab, holders = self.outcome.ab, self.outcome.holders
-        broken = bool(holders and (holders.broken or holders.server_closed
-                                   or holders.connect_errors))
-        return bool(ab.failed or ab.non_2xx or self.outcome.timeline.errors
-                    or self.socket.state_after != "active" or broken)
-
-
+    min_complete: int
+    post_switch_s: float
+    attached_state: str  # portablectl is-attached afterwards
+    attached_image: str  # the unit's RootImage= afterwards
+    service_user: str  # the main process's user under the scenario's profile, before the load
+    dynamic_user: bool
+    rollout_ok: bool = True  # sysupdate: the unit succeeded and the symlink moved
+    facts: dict[str, Any] = field(default_factory=dict)  # more for the report (rollout log)
 
 
 def _prepare_server(service: PortableService, scenario: Scenario) -> None:
@@ -154,8 +182,7 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
     service.attach(scenario.from_version, profile=scenario.profile,
                    host_socket=scenario.socket_location == "host")
     service.wait_for_greeting(scenario.old)
-    facts = {"service_user": service.main_process_user(),
-             "dynamic_user": service.dynamic_user()}
+    service_user, dynamic_user = service.main_process_user(), service.dynamic_user()
     if scenario.proxy == "haproxy":
         _start_haproxy(service)
     url_port = PROXY_PORT if scenario.proxy == "haproxy" else PORT
@@ -198,41 +225,14 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
     socket = SocketObservation(socket_before, service.socket_active_since(),
                                m.unit_state(SOCKET))
     final_count = service.counter()
-    facts["rollout_ok"] = rollout_ok
-    if setup is not None:
-        facts["rollout_log"] = reattach.output[-1500:]
-        if not rollout_ok and scenario.expect != "refused":
-            problems_extra = [f"the rollout did not put v{scenario.to_version} in place: "
-                              f"{reattach.output[-600:]!r}"]
-        else:
-            problems_extra = []
-    else:
-        problems_extra = []
-    if scenario.expect == "refused":
-        problems = refused_problems(outcome, reattach, socket, rollout_ok, load_cfg.min_complete)
-        if not REFUSAL_REASON.search(reattach.output):
-            problems.append("the rollout failed, but not with a checksum refusal: "
-                            f"{reattach.output[-600:]!r}")
-        problems += counter_consistent(outcome, final_count)
-        root_image = service.attached_image()
-        if root_image != service.image_path(scenario.from_version):
-            problems.append(f"the unit runs {root_image!r} after a refused update")
-        return ScenarioRun(scenario, outcome, reattach, socket, final_count, problems, facts)
-    problems = problems_extra + zero_downtime_problems(
-        outcome, reattach, socket, final_count, load_cfg.min_complete, load_cfg.post_switch_s
+    facts = {"rollout_log": reattach.output[-1500:]} if setup is not None else {}
+    return ScenarioRun(
+        scenario=scenario, outcome=outcome, reattach=reattach, socket=socket,
+        final_count=final_count, min_complete=load_cfg.min_complete,
+        post_switch_s=load_cfg.post_switch_s, attached_state=service.attachment_state(),
+        attached_image=service.attached_image(), service_user=service_user,
+        dynamic_user=dynamic_user, rollout_ok=rollout_ok, facts=facts,
     )
-    if outcome.holders is not None and not outcome.holders.intact:
-        problems.append(f"long-lived connections did not survive: {outcome.holders.describe()}")
-    if scenario.socket_location == "image":
-        # A socket shipped in the image is restarted by the reattach by design: that is the
-        # downtime this scenario shows, not a harness problem.
-        problems = [p for p in problems if "host socket was restarted" not in p]
-    # Like systemd's TEST-29: afterwards the image is attached and the unit runs the new one.
-    state, root_image = service.attachment_state(), service.attached_image()
-    if state not in ATTACHED_STATES or root_image != service.image_path(scenario.to_version):
-        problems.append(f"after the reattach portablectl says {state!r} and the unit runs "
-                        f"{root_image!r}, not {service.image_path(scenario.to_version)!r}")
-    return ScenarioRun(scenario, outcome, reattach, socket, final_count, problems, facts)
 
 
 def _sysupdate_setup(service: PortableService, scenario: Scenario) -> SysupdateSetup | None:
@@ -264,22 +264,27 @@ def refused_problems(outcome: LoadOutcome, rollout: Reattach, socket: SocketObse
     return problems
 
 
-def summary_row(run: ScenarioRun, box: str, systemd_major: int, verdict: str) -> dict[str, Any]:
+def summary_row(run: ScenarioRun, box: str, systemd_major: int,
+                verdict: Verdict) -> dict[str, Any]:
+    """The run's row in summary.json: the measurements and ``verdict`` (from ``verdict_of``)."""
     s = run.scenario
     row = scenario_record(
         s.id, box, systemd_major, keepalive=s.keepalive, proxy=s.proxy,
         socket_location=s.socket_location, outcome=run.outcome, reattach=run.reattach,
         counter_ok=not counter_consistent(run.outcome, run.final_count),
-        verdict=verdict, problems=run.problems,
+        verdict=verdict.label, problems=verdict.problems,
     )
     if run.outcome.holders is not None:
         h = run.outcome.holders
         row.update(holders=h.connections, holder_requests=h.requests, holders_broken=h.broken,
                    holders_server_closed=h.server_closed,
                    holders_switched_in_place=h.switched_in_place, holders_intact=h.intact)
-    row.update(expect=s.expect, shutdown=s.shutdown, profile=s.profile,
-               from_version=s.from_version, to_version=s.to_version,
-               socket_state_after=run.socket.state_after, **run.facts)
+    row.update(verdict_kind=verdict.kind, observed=verdict.observed, expect=s.expect,
+               shutdown=s.shutdown, profile=s.profile, from_version=s.from_version,
+               to_version=s.to_version, socket_state_after=run.socket.state_after,
+               attached_state=run.attached_state, attached_image=run.attached_image,
+               service_user=run.service_user, dynamic_user=run.dynamic_user,
+               rollout_ok=run.rollout_ok, **run.facts)
     return row
 
 
@@ -329,17 +334,188 @@ def get_scenario(scenario_id: str) -> Scenario:
     raise KeyError(f"no scenario {scenario_id!r}")
 
 
-def verdict_of(run: ScenarioRun) -> str:
-    """The row's verdict, in the scenario's own terms."""
+# --- the verdict -------------------------------------------------------------------------
+PASS = "pass"
+FAIL = "fail"
+EXPECTED_LOSS = "expected-loss"  # a characterisation lost what it shows, in a valid run
+DOWNTIME_SEEN = "downtime-seen"  # the negative control showed its downtime, in a valid run
+REFUSED = "refused-as-expected"  # a tampered update was refused and the old version served on
+VERDICT_KINDS = (PASS, FAIL, EXPECTED_LOSS, DOWNTIME_SEEN, REFUSED)
+# What each kind of a valid run is called in the report.
+LABELS = {PASS: "pass", EXPECTED_LOSS: "xfail: loss seen (expected)",
+          DOWNTIME_SEEN: "downtime seen (expected)", REFUSED: "refused, old version served on"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a run showed, in its scenario's terms; the report and pytest both read only this.
+
+    ``problems`` is every reason a FAIL failed (empty for every other kind); ``observed`` says
+    in numbers what was lost (or refused) whatever the kind; ``short`` names a FAIL whose one
+    reason is that the expected loss did not happen ("nothing lost", "no downtime").
+    """
+
+    kind: str
+    problems: tuple[str, ...] = ()
+    observed: str = ""
+    short: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in VERDICT_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(VERDICT_KINDS)}, not {self.kind!r}")
+        if (self.kind == FAIL) != bool(self.problems):
+            raise ValueError("a FAIL lists its problems, and only a FAIL has problems")
+
+    @property
+    def label(self) -> str:
+        """The words of the report's verdict column; every FAIL starts with "FAIL"."""
+        if self.kind == FAIL:
+            return f"FAIL: {self.short}" if self.short else "FAIL"
+        return LABELS[self.kind]
+
+    def explain(self) -> str:
+        lines = [self.label, *(f"- {p}" for p in self.problems)]
+        if self.observed:
+            lines.append(f"seen: {self.observed}")
+        return "\n".join(lines)
+
+
+def losses_of(run: ScenarioRun) -> list[str]:
+    """What the clients lost: failed requests, broken long-lived connections, and (socket in
+    the image) a port the reattach left dead. The loss a characterisation exists to show."""
+    out = run.outcome
+    losses = failed_requests(out)
+    if run.scenario.socket_location == "image":
+        losses += socket_dead(run.socket)
+    h = out.holders
+    if h is not None and (h.broken or h.server_closed or h.connect_errors):
+        losses.append(f"long-lived connections were lost: {h.describe()}")
+    return losses
+
+
+def validity_problems(run: ScenarioRun) -> list[str]:
+    """Every reason the run does not show what its scenario is about, apart from the loss.
+
+    A run with any of these proves nothing either way, an expected loss included: a harness
+    fault (the load never spanned the switch, too few requests, the counter went backwards,
+    the wrong image attached) must not read as "loss seen (expected)".
+    """
+    s, out = run.scenario, run.outcome
+    port_dead = s.socket_location == "image" and run.socket.state_after != "active"
+    problems = [*load_reached_old(out, run.reattach), *enough_load(out, run.min_complete)]
+    if not (s.expect == "downtime" and port_dead):
+        # A port the reattach left dead is the downtime the control shows: v2 cannot answer.
+        problems += load_reached_new(out, run.reattach, run.post_switch_s)
+    problems += switched_cleanly(out)
+    if s.socket_location == "host":
+        # The host socket must outlive the reattach; one in the image is restarted by design.
+        problems += socket_untouched(run.socket)
+    problems += counter_consistent(out, run.final_count)
+    if s.holders and (out.holders is None or out.holders.requests == 0):
+        problems.append(f"the {s.holders} long-lived clients never sent a request")
+    if not run.rollout_ok:
+        problems.append(f"the rollout did not put v{s.to_version} in place: "
+                        f"{run.reattach.output[-600:]!r}")
+    problems += attachment_problems(run, s.to_version)
+    problems += profile_problems(run)
+    return problems
+
+
+def attachment_problems(run: ScenarioRun, version: int) -> list[str]:
+    """Like systemd's TEST-29: the image is attached and the unit runs ``version``'s image."""
+    want = PortableService.image_path(version)
+    if run.attached_state not in ATTACHED_STATES or run.attached_image != want:
+        return [f"afterwards portablectl says {run.attached_state!r} and the unit runs "
+                f"{run.attached_image!r}, not {want!r}"]
+    return []
+
+
+def profile_problems(run: ScenarioRun) -> list[str]:
+    """The profile took effect: `trusted` runs as root, `default` as a dynamic user."""
+    profile, user = run.scenario.profile, run.service_user
+    if profile == "trusted":
+        return [] if user == "root" else [f"profile trusted: the service runs as {user!r}, "
+                                          "not root"]
+    problems = []
+    if not run.dynamic_user:
+        problems.append(f"profile {profile}: DynamicUser is not set")
+    if user in ("", "root"):
+        problems.append(f"profile {profile}: the service runs as {user!r}, not a dynamic user")
+    return problems
+
+
+def refusal_problems(run: ScenarioRun) -> list[str]:
+    """A tampered update: refused for its checksum, the old version served on, nothing lost."""
+    problems = [*load_reached_old(run.outcome, run.reattach),
+                *refused_problems(run.outcome, run.reattach, run.socket, run.rollout_ok,
+                                  run.min_complete)]
+    if not run.rollout_ok and not REFUSAL_REASON.search(run.reattach.output):
+        problems.append("the rollout failed, but not with a checksum refusal: "
+                        f"{run.reattach.output[-600:]!r}")
+    problems += counter_consistent(run.outcome, run.final_count)
+    problems += attachment_problems(run, run.scenario.from_version)
+    problems += profile_problems(run)
+    return problems
+
+
+def verdict_of(run: ScenarioRun) -> Verdict:
+    """The one judgement of a run: PASS, FAIL with every reason, or the expected result of a
+    characterisation (loss seen), the negative control (downtime seen) or a tampered update
+    (refused). An expected result needs a valid run: any other problem makes it a FAIL."""
     expect = run.scenario.expect
-    if expect == "zero-downtime":
-        return "pass" if not run.problems else "FAIL"
-    lost = run.lost_requests
-    if expect == "downtime":
-        return "downtime seen (expected)" if lost else "FAIL: no downtime"
+    observed = loss_summary(run)
     if expect == "refused":
-        return "refused, old version served on" if not run.problems else "FAIL"
-    return "xfail: loss seen (expected)" if lost else "FAIL: nothing lost"
+        problems = refusal_problems(run)
+        if problems:
+            return Verdict(FAIL, tuple(problems), observed)
+        match = REFUSAL_REASON.search(run.reattach.output)
+        return Verdict(REFUSED, observed=f"{match.group(0) if match else ''} {observed}".strip())
+    losses, problems = losses_of(run), validity_problems(run)
+    if expect == "zero-downtime":
+        problems += losses
+        h = run.outcome.holders
+        if h is not None and h.switched_in_place != h.connections:
+            # The fd store's promise: each connection is answered by v2 on the same socket.
+            problems.append(f"only {h.switched_in_place} of {h.connections} long-lived "
+                            f"connections switched versions in place: {h.describe()}")
+        return Verdict(FAIL, tuple(problems), observed) if problems else Verdict(PASS,
+                                                                                 observed=observed)
+    if problems:
+        return Verdict(FAIL, tuple(problems), observed)
+    if not losses:
+        short = "no downtime" if expect == "downtime" else "nothing lost"
+        what = ("the negative control lost nothing: the suite's premise changed"
+                if expect == "downtime" else "nothing was lost: the characterised loss is gone")
+        return Verdict(FAIL, (what,), observed, short=short)
+    return Verdict(DOWNTIME_SEEN if expect == "downtime" else EXPECTED_LOSS, observed=observed)
+
+
+# Where a scenario test's verdict is kept on its pytest item: the `portable` fixture reads it
+# to save the evidence of every run that did not simply pass.
+VERDICT_KEY = pytest.StashKey[Verdict]()
+
+
+def evidence_reason(test_failed: bool, verdict: Verdict | None, always: bool) -> str | None:
+    """Why a scenario test's journals, probe log and ab.out are worth keeping; None: they are
+    not. Every run that did not simply pass keeps them: an expected loss is evidence too."""
+    if verdict is not None and verdict.kind != PASS:
+        return verdict.label
+    if test_failed:  # a pass whose test broke later, or an error before any verdict
+        return "test failed" if verdict is not None else "no verdict: the run broke off"
+    if always:
+        return "--artifacts-always"
+    return None
+
+
+def conclude(verdict: Verdict) -> None:
+    """Turn a run's verdict into its test's outcome, the one way every scenario test does it:
+    FAIL -> pytest.fail with every problem, an expected loss -> pytest.xfail with the numbers,
+    anything else returns (the test passes)."""
+    __tracebackhide__ = True
+    if verdict.kind == FAIL:
+        pytest.fail(verdict.explain(), pytrace=False)
+    if verdict.kind == EXPECTED_LOSS:
+        pytest.xfail(verdict.observed)
 
 
 def loss_summary(run: ScenarioRun) -> str:

@@ -18,10 +18,8 @@ class SocketObservation:
     state_after: str
 
 
-def load_spanned_switch(
-    outcome: LoadOutcome, reattach: Reattach, post_switch_s: float
-) -> list[str]:
-    """The load ran before the reattach and went on while the new version answered."""
+def load_reached_old(outcome: LoadOutcome, reattach: Reattach) -> list[str]:
+    """The load ran before the reattach and the old version answered it."""
     problems = []
     tl = outcome.timeline
     if outcome.started >= reattach.started:
@@ -29,6 +27,15 @@ def load_spanned_switch(
     before = [r for r in tl.answered if r.t < reattach.started and r.greeting == tl.old]
     if not before:
         problems.append(f"the probe saw no {tl.old!r} answer under load before the reattach")
+    return problems
+
+
+def load_reached_new(
+    outcome: LoadOutcome, reattach: Reattach, post_switch_s: float
+) -> list[str]:
+    """The load went on while the new version answered, ab included, for ``post_switch_s``."""
+    problems = []
+    tl = outcome.timeline
     if tl.switch_at is None:
         problems.append(
             f"the probe never saw {tl.new!r} while the load ran ({outcome.duration_s:.1f} s); "
@@ -56,16 +63,34 @@ def load_spanned_switch(
     return problems
 
 
-def zero_failures(outcome: LoadOutcome, min_complete: int) -> list[str]:
+def load_spanned_switch(
+    outcome: LoadOutcome, reattach: Reattach, post_switch_s: float
+) -> list[str]:
+    """The load ran before the reattach and went on while the new version answered."""
+    return [*load_reached_old(outcome, reattach),
+            *load_reached_new(outcome, reattach, post_switch_s)]
+
+
+def failed_requests(outcome: LoadOutcome) -> list[str]:
+    """Requests that failed, by ab's and the probe's count: the loss itself."""
     ab = outcome.ab
     problems = []
     if ab.failed or ab.non_2xx:
         problems.append(f"ab saw failures: {ab.describe()}")
-    if ab.complete < min_complete:
-        problems.append(f"ab completed only {ab.complete} requests (< {min_complete})")
     if outcome.timeline.errors:
         problems.append(f"the probe saw failed requests: {outcome.timeline.errors}")
     return problems
+
+
+def enough_load(outcome: LoadOutcome, min_complete: int) -> list[str]:
+    """ab completed at least ``min_complete`` requests: the load was real load."""
+    if outcome.ab.complete < min_complete:
+        return [f"ab completed only {outcome.ab.complete} requests (< {min_complete})"]
+    return []
+
+
+def zero_failures(outcome: LoadOutcome, min_complete: int) -> list[str]:
+    return [*failed_requests(outcome), *enough_load(outcome, min_complete)]
 
 
 def switched_cleanly(outcome: LoadOutcome) -> list[str]:
@@ -77,16 +102,21 @@ def switched_cleanly(outcome: LoadOutcome) -> list[str]:
     return []
 
 
-def socket_untouched(obs: SocketObservation) -> list[str]:
-    problems = []
+def socket_restarted(obs: SocketObservation) -> list[str]:
     if obs.active_since_before != obs.active_since_after:
-        problems.append(
-            "the host socket was restarted: ActiveEnterTimestampMonotonic "
-            f"{obs.active_since_before} -> {obs.active_since_after}"
-        )
+        return ["the host socket was restarted: ActiveEnterTimestampMonotonic "
+                f"{obs.active_since_before} -> {obs.active_since_after}"]
+    return []
+
+
+def socket_dead(obs: SocketObservation) -> list[str]:
     if obs.state_after != "active":
-        problems.append(f"the host socket is {obs.state_after!r} after the reattach")
-    return problems
+        return [f"the host socket is {obs.state_after!r} after the reattach"]
+    return []
+
+
+def socket_untouched(obs: SocketObservation) -> list[str]:
+    return [*socket_restarted(obs), *socket_dead(obs)]
 
 
 def counter_consistent(outcome: LoadOutcome, final_count: int) -> list[str]:

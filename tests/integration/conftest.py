@@ -1,4 +1,4 @@
-"""Shared by the scenario tests: run one scenario, record its row and timeline."""
+"""Shared by the scenario tests: run one scenario, judge it once, record its row and timeline."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from vm.config import Settings
 from vm.portable import PortableService
 from vm.report import plot_timeline
 from vm.scenario import (
+    VERDICT_KEY,
     Scenario,
-    ScenarioRun,
     ScenarioUnsupported,
+    Verdict,
     run_scenario,
     summary_row,
     verdict_of,
@@ -25,19 +26,22 @@ from vm.scenario import (
 @pytest.fixture
 def run_recorded(
     portable: PortableService, settings: Settings, artifacts: Path, record_scenario: Any,
-    record_phase: Any, repeat_index: int,
-) -> Callable[[Scenario], ScenarioRun]:
-    """Run a scenario; its summary row and PNG timeline are written whatever the verdict."""
+    record_phase: Any, repeat_index: int, request: pytest.FixtureRequest,
+) -> Callable[[Scenario], Verdict]:
+    """Run a scenario and return its verdict (hand it to ``conclude``); the summary row and
+    the PNG timeline are written from that same verdict, whatever it is."""
 
-    def run(scenario: Scenario) -> ScenarioRun:
+    def run(scenario: Scenario) -> Verdict:
         start = time.monotonic()
         try:
             result = run_scenario(portable, settings, scenario)
         except ScenarioUnsupported as e:
             pytest.skip(str(e))
+        verdict = verdict_of(result)
+        request.node.stash[VERDICT_KEY] = verdict
         suffix = f" run{repeat_index}" if repeat_index > 1 else ""
         record_phase(f"scenario {scenario.id}{suffix}", time.monotonic() - start)
-        row = summary_row(result, settings.box, portable.systemd_major, verdict_of(result))
+        row = summary_row(result, settings.box, portable.systemd_major, verdict)
         row["scenario_s"] = round(time.monotonic() - start, 1)
         row["overhead_s"] = round(row["scenario_s"] - row["load_s"], 1)
         row["repeat"] = repeat_index
@@ -46,6 +50,6 @@ def run_recorded(
         plot_timeline(artifacts / f"{name}.png",
                       f"{scenario.id} (systemd {portable.systemd_major})",
                       result.outcome, result.reattach)
-        return result
+        return verdict
 
     return run

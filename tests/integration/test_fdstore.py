@@ -13,27 +13,20 @@ from collections.abc import Callable
 
 import pytest
 
-from vm.scenario import Scenario, ScenarioRun, get_scenario, loss_summary
+from vm.scenario import Scenario, Verdict, conclude, get_scenario
 
 pytestmark = pytest.mark.vm
 
 
 def test_draining_server_makes_long_lived_clients_reconnect(
-    run_recorded: Callable[[Scenario], ScenarioRun],
+    run_recorded: Callable[[Scenario], Verdict],
 ) -> None:
-    """Baseline, characterised: how many connections had to be re-established."""
-    run = run_recorded(get_scenario("host-socket-keepalive-longlived-drain"))
-    holders = run.outcome.holders
-    assert holders is not None and holders.requests > 0, "the long-lived clients never ran"
-    assert run.outcome.timeline.switch_at is not None, "v2 never answered: " + str(run.problems)
-    if run.lost_requests:
-        pytest.xfail(f"draining server: {loss_summary(run)}")
-    pytest.fail(f"no long-lived connection was closed by a draining server: {loss_summary(run)}")
+    """Baseline, characterised (an xfail): how many connections had to be re-established."""
+    conclude(run_recorded(get_scenario("host-socket-keepalive-longlived-drain")))
 
 
 def test_fd_store_keeps_every_connection_across_the_reattach(
-    run_recorded: Callable[[Scenario], ScenarioRun],
+    run_recorded: Callable[[Scenario], Verdict],
 ) -> None:
-    run = run_recorded(get_scenario("host-socket-keepalive-longlived-fdstore"))
-    assert run.outcome.holders is not None
-    assert not run.problems, "connections were lost:\n- " + "\n- ".join(run.problems)
+    """0 failed, no connection broken or closed, each switched Hello -> Hola in place."""
+    conclude(run_recorded(get_scenario("host-socket-keepalive-longlived-fdstore")))

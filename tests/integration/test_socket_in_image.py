@@ -11,13 +11,11 @@ from collections.abc import Callable
 
 import pytest
 
-from vm.scenario import Scenario, ScenarioRun, get_scenario, loss_summary
+from vm.scenario import Scenario, Verdict, conclude, get_scenario
 
 pytestmark = pytest.mark.vm
 
 
-def test_socket_in_image_causes_downtime(run_recorded: Callable[[Scenario], ScenarioRun]) -> None:
-    run = run_recorded(get_scenario("image-socket-no-keepalive"))
-    before = [r for r in run.outcome.timeline.answered if r.t < run.reattach.started]
-    assert before, "the load never reached v1: the control proves nothing"
-    assert run.lost_requests, f"no downtime with the socket in the image: {loss_summary(run)}"
+def test_socket_in_image_causes_downtime(run_recorded: Callable[[Scenario], Verdict]) -> None:
+    """Passes only on "downtime seen" in a valid run (the load reached v1 first, ...)."""
+    conclude(run_recorded(get_scenario("image-socket-no-keepalive")))

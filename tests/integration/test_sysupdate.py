@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from vm.scenario import Scenario, ScenarioRun, get_scenario, loss_summary
+from vm.scenario import Scenario, Verdict, conclude, get_scenario
 
 pytestmark = pytest.mark.vm
 
@@ -18,18 +18,13 @@ pytestmark = pytest.mark.vm
     "host-socket-sysupdate-http-rollback",
 ])
 def test_sysupdate_rollout_loses_no_request(
-    scenario_id: str, run_recorded: Callable[[Scenario], ScenarioRun]
+    scenario_id: str, run_recorded: Callable[[Scenario], Verdict]
 ) -> None:
-    run = run_recorded(get_scenario(scenario_id))
-    assert run.facts["rollout_ok"], run.reattach.output[-2000:]
-    assert not run.problems, "no zero-downtime rollout:\n- " + "\n- ".join(run.problems)
+    conclude(run_recorded(get_scenario(scenario_id)))
 
 
 def test_tampered_update_is_refused_and_v1_serves_on(
-    run_recorded: Callable[[Scenario], ScenarioRun],
+    run_recorded: Callable[[Scenario], Verdict],
 ) -> None:
-    run = run_recorded(get_scenario("host-socket-sysupdate-http-corrupt"))
-    assert not run.problems, (
-        "a tampered update was not refused cleanly:\n- " + "\n- ".join(run.problems)
-        + f"\n{loss_summary(run)}\n{run.reattach.output[-1500:]}"
-    )
+    """Refused with systemd-pull's checksum message; v1 serves on with nothing lost."""
+    conclude(run_recorded(get_scenario("host-socket-sysupdate-http-corrupt")))

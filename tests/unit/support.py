@@ -4,6 +4,7 @@ builders of measured runs (LoadOutcome, Reattach, ...)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import queue
@@ -17,7 +18,9 @@ from types import ModuleType
 
 from vm.ab import AbResult
 from vm.load import LoadOutcome
-from vm.portable import Reattach
+from vm.machine import CommandResult, Machine, SshTarget
+from vm.portable import PortableService, Reattach
+from vm.scenario import Scenario, ScenarioRun
 from vm.timeline import ProbeRecord, Timeline
 from vm.verdict import SocketObservation
 
@@ -190,6 +193,37 @@ def get(port: int, headers: str = "") -> HttpResponse:
     return response
 
 
+# --- a guest without a VM -------------------------------------------------------------------
+Answer = tuple[int, str]
+
+
+class FakeGuest:
+    """Answers ``execute`` from a script: command substring -> (rc, stdout), or a list of them
+    given one per call (the last one repeats). Unknown commands exit 127."""
+
+    def __init__(self, answers: dict[str, Answer | list[Answer]]) -> None:
+        self.answers = answers
+        self.commands: list[str] = []
+        self.calls: dict[str, int] = {}
+
+    def __call__(self, command: str, timeout: float = 120.0) -> CommandResult:
+        self.commands.append(command)
+        for key, answer in self.answers.items():
+            if key in command:
+                n = self.calls[key] = self.calls.get(key, 0) + 1
+                rc, out = answer[min(n, len(answer)) - 1] if isinstance(answer, list) else answer
+                return CommandResult(command, rc, out, "", 0.0)
+        return CommandResult(command, 127, "", "command not found", 0.0)
+
+
+def fake_machine(answers: dict[str, Answer | list[Answer]]) -> tuple[Machine, FakeGuest]:
+    """A Machine whose ``execute`` is a FakeGuest (its other verbs are the real ones)."""
+    m = Machine("guest", SshTarget("127.0.0.1", 40123, "vagrant", Path("/k")))
+    fake = FakeGuest(answers)
+    m.execute = fake  # type: ignore[method-assign]
+    return m, fake
+
+
 # --- builders of measured runs ---------------------------------------------------------------
 T0 = 1_700_000_000.0  # guest epoch seconds at load start
 
@@ -247,3 +281,43 @@ def clean_records() -> list[ProbeRecord]:
 
 def healthy_socket() -> SocketObservation:
     return SocketObservation("123456789", "123456789", "active")
+
+
+def greeted(records: list[ProbeRecord], old: str, new: str) -> list[ProbeRecord]:
+    """The same records with 'Hello' answered by ``old`` and 'Hola' by ``new`` (a rollback)."""
+    names = {"Hello": old, "Hola": new}
+    return [dataclasses.replace(r, greeting=names.get(r.greeting or "", r.greeting))
+            for r in records]
+
+
+# What a refused tampered download leaves in the rollout's journal (see test_sysupdate.py).
+REFUSAL_LINE = ("Nov 26 12:00:09 pwt systemd-pull[812]: DOWNLOAD INVALID: Checksum of "
+                "http://127.0.0.1:8090/portable-walkthrough_2.raw file did not check out, file "
+                "has been tampered with.")
+
+
+def scenario_run(scenario: Scenario, out: LoadOutcome | None = None,
+                 **changes: object) -> ScenarioRun:
+    """A valid run of ``scenario`` that lost nothing, with ``changes`` (ScenarioRun fields).
+
+    Its profile took effect, the right image is attached afterwards (the old one after a
+    refused update, whose rollout failed with systemd-pull's checksum refusal)."""
+    refused = scenario.expect == "refused"
+    if out is None:
+        records = (probe_series(T0 + 0.2, T0 + 30.0, "Hello", first_visitor=3) if refused
+                   else clean_records())
+        out = outcome(greeted(records, scenario.old, scenario.new), old=scenario.old,
+                      new=scenario.new)
+    rollout = (dataclasses.replace(reattach(), command="systemctl start pwt-rollout.service",
+                                   output=f"{REFUSAL_LINE}\nPWT-TIMES") if refused
+               else reattach())
+    fields: dict[str, object] = dict(
+        scenario=scenario, outcome=out, reattach=rollout, socket=healthy_socket(),
+        final_count=100_000, min_complete=200, post_switch_s=10.0, attached_state="running",
+        attached_image=PortableService.image_path(
+            scenario.from_version if refused else scenario.to_version),
+        service_user="root" if scenario.profile == "trusted" else "portable-walkthrough",
+        dynamic_user=scenario.profile != "trusted", rollout_ok=not refused,
+    )
+    fields.update(changes)
+    return ScenarioRun(**fields)  # type: ignore[arg-type]

@@ -3,12 +3,18 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
+from support import fake_machine
 
+from vm import machine as machine_module
 from vm.errors import GuestError, HarnessError
-from vm.machine import CommandResult, Machine, SshTarget, parse_ssh_config
+from vm.log import StepLogger
+from vm.machine import CommandResult, Machine, SshTarget, one_line, parse_ssh_config
+from vm.portable import CLIENT_UNITS, SERVICE, SOCKET, PortableService
 
 SSH_CONFIG = """\
 Host default
@@ -82,31 +88,8 @@ def test_describe_keeps_the_end_of_long_output() -> None:
     assert "x" * 2001 not in text
 
 
-class FakeGuest:
-    """Answers ``execute`` from a script: command substring -> CommandResult pieces."""
-
-    def __init__(self, answers: dict[str, tuple[int, str]]) -> None:
-        self.answers = answers
-        self.commands: list[str] = []
-
-    def __call__(self, command: str, timeout: float = 120.0) -> CommandResult:
-        self.commands.append(command)
-        for key, (rc, out) in self.answers.items():
-            if key in command:
-                return CommandResult(command, rc, out, "", 0.0)
-        return CommandResult(command, 127, "", "command not found", 0.0)
-
-
-def machine(monkeypatch: pytest.MonkeyPatch, answers: dict[str, tuple[int, str]]
-            ) -> tuple[Machine, FakeGuest]:
-    m = Machine("guest", SshTarget("127.0.0.1", 40123, "vagrant", Path("/k")))
-    fake = FakeGuest(answers)
-    monkeypatch.setattr(m, "execute", fake)
-    return m, fake
-
-
-def test_succeed_and_fail(monkeypatch: pytest.MonkeyPatch) -> None:
-    m, _ = machine(monkeypatch, {"echo hi": (0, "hi\n"), "false": (1, "")})
+def test_succeed_and_fail() -> None:
+    m, _ = fake_machine({"echo hi": (0, "hi\n"), "false": (1, "")})
     assert m.succeed("echo hi") == "hi\n"
     with pytest.raises(GuestError, match="command failed on guest: `false` exited 1"):
         m.succeed("false")
@@ -115,31 +98,189 @@ def test_succeed_and_fail(monkeypatch: pytest.MonkeyPatch) -> None:
         m.fail("echo hi")
 
 
-def test_systemd_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    m, _ = machine(monkeypatch, {"systemctl --version": (
+def test_systemd_version() -> None:
+    m, _ = fake_machine({"systemctl --version": (
         0, "systemd 252 (252.30-1~deb12u2)\n+PAM +AUDIT +SELINUX +APPARMOR\n")})
     assert m.systemd_version() == 252
 
 
-def test_wait_for_unit_stops_at_once_on_failed(monkeypatch: pytest.MonkeyPatch) -> None:
-    m, fake = machine(monkeypatch, {"is-active": (3, "failed\n"),
-                                    "systemctl status": (3, "x.socket - failed\n")})
+SHOW = "systemctl show -p ActiveState -p Job"
+
+
+def test_wait_for_unit_stops_at_once_on_failed() -> None:
+    m, fake = fake_machine({SHOW: (0, "ActiveState=failed\n"),
+                            "systemctl status": (3, "x.socket - failed\n")})
     with pytest.raises(GuestError, match=r"unit x\.socket is 'failed', not active"):
         m.wait_for_unit("x.socket", timeout=30)
-    assert sum("is-active" in c for c in fake.commands) == 1
+    assert sum(SHOW in c for c in fake.commands) == 1
 
 
-def test_wait_for_unit_active(monkeypatch: pytest.MonkeyPatch) -> None:
-    m, _ = machine(monkeypatch, {"is-active": (0, "active\n")})
+@pytest.mark.parametrize("show", ["ActiveState=inactive\nJob=\n", "ActiveState=inactive\n",
+                                  "Job=0\nActiveState=inactive\n"])
+def test_wait_for_unit_stops_at_once_on_inactive_without_a_job(show: str) -> None:
+    """Nothing is going to start it: waiting the whole bound would only hide that."""
+    m, fake = fake_machine({SHOW: (0, show), "systemctl status": (3, "x.socket - dead\n")})
+    with pytest.raises(GuestError, match=r"unit x\.socket is 'inactive', no job queued, not "
+                                         r"active:\nx\.socket - dead"):
+        m.wait_for_unit("x.socket", timeout=30)
+    assert sum(SHOW in c for c in fake.commands) == 1
+
+
+def test_wait_for_unit_waits_while_a_start_job_is_queued() -> None:
+    m, fake = fake_machine({SHOW: [(0, "ActiveState=inactive\nJob=41\n"),
+                                   (0, "ActiveState=activating\nJob=41\n"),
+                                   (0, "ActiveState=active\nJob=\n")]},
+                           )
+    m.wait_for_unit("x.service", timeout=30)
+    assert sum(SHOW in c for c in fake.commands) == 3
+    assert all("is-active" not in c for c in fake.commands)  # one round trip per try
+
+
+def test_wait_for_unit_times_out_on_a_job_that_never_runs() -> None:
+    m, _ = fake_machine({SHOW: (0, "ActiveState=inactive\nJob=41\n"),
+                         "systemctl status": (3, "waiting\n")})
+    with pytest.raises(GuestError, match=r"unit x\.service is 'inactive', not active"):
+        m.wait_for_unit("x.service", timeout=0.5)
+
+
+def test_wait_for_unit_active() -> None:
+    m, fake = fake_machine({SHOW: (0, "ActiveState=active\nJob=\n"),
+                            "is-active": (0, "active\n")})
     m.wait_for_unit("x.socket", timeout=30)
+    assert fake.commands == ["systemctl show -p ActiveState -p Job x.socket"]
     assert m.unit_state("x.socket") == "active"
 
 
-def test_console_tail(tmp_path: Path) -> None:
-    log = tmp_path / "console.log"
-    log.write_bytes(b"".join(f"line {i}\n".encode() for i in range(50)) + b"\xff end\n")
-    m = Machine("guest", SshTarget("127.0.0.1", 1, "v", Path("/k")), console_log=log)
-    tail = m.console_tail(3).splitlines()
-    assert tail == ["line 48", "line 49", "\ufffd end"]
-    assert Machine("g", SshTarget("127.0.0.1", 1, "v", Path("/k"))).console_tail() == \
-        "(no console log)"
+# --- check_clean -------------------------------------------------------------------------------
+NAMES = [*PortableService.image_paths(), *CLIENT_UNITS, SOCKET, SERVICE]
+
+
+def clean_answer(**words: str) -> str:
+    return "".join(f"{n} {words.get(n, 'detached' if n.startswith('/') else 'inactive')}\n"
+                   for n in NAMES)
+
+
+def service_on(answer: tuple[int, str]) -> PortableService:
+    m, _ = fake_machine({"portablectl is-attached": answer})
+    return PortableService(m, 252, 240, lambda _loc: None)  # type: ignore[arg-type,return-value]
+
+
+def test_check_clean_of_a_clean_guest() -> None:
+    service_on((0, clean_answer(**{SOCKET: "failed", SERVICE: "unknown"}))).check_clean()
+
+
+def test_check_clean_sees_an_attached_image_and_an_active_unit() -> None:
+    answer = clean_answer(**{NAMES[0]: "running", "pwt-ab.service": "active"})
+    with pytest.raises(GuestError, match="not clean") as e:
+        service_on((0, answer)).check_clean()
+    assert f"{NAMES[0]} running" in str(e.value) and "pwt-ab.service active" in str(e.value)
+
+
+@pytest.mark.parametrize(("answer", "missing"), [
+    ((0, ""), NAMES),
+    ((124, clean_answer()[:200]), [n for n in NAMES if f"{n} " not in clean_answer()[:200]]),
+    ((0, clean_answer().replace(f"{SERVICE} inactive\n", "")), [SERVICE]),
+], ids=["no-output", "cut-off", "one-unit-missing"])
+def test_check_clean_takes_missing_answers_for_dirty(answer: tuple[int, str],
+                                                     missing: list[str]) -> None:
+    with pytest.raises(GuestError, match="not clean") as e:
+        service_on(answer).check_clean()
+    for name in missing:
+        assert f"{name}: no answer" in str(e.value)
+
+
+def test_check_clean_takes_an_empty_word_for_dirty() -> None:
+    answer = clean_answer().replace(f"{SOCKET} inactive", SOCKET)
+    with pytest.raises(GuestError, match="not clean"):
+        service_on((0, answer)).check_clean()
+
+
+# --- every guest command in run.log ------------------------------------------------------------
+class FakeStream:
+    def __init__(self, data: bytes, rc: int) -> None:
+        self.data = data
+        self.channel = self
+        self.rc = rc
+
+    def read(self) -> bytes:
+        return self.data
+
+    def recv_exit_status(self) -> int:
+        return self.rc
+
+
+class FakeClient:
+    """paramiko's SSHClient as Machine.execute uses it; ``broken``: the channel times out."""
+
+    def __init__(self, rc: int = 0, broken: bool = False) -> None:
+        self.rc, self.broken = rc, broken
+
+    def exec_command(self, command: str, timeout: float) -> tuple[None, FakeStream, FakeStream]:
+        if self.broken:
+            raise TimeoutError("timed out")
+        return None, FakeStream(b"out\n", self.rc), FakeStream(b"", self.rc)
+
+
+@pytest.fixture
+def step_log(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[StepLogger, list[str]]:
+    """A fresh step logger for vm.machine, writing run.log under tmp_path; the terminal lines
+    it emitted are collected in the list."""
+    shown: list[str] = []
+    logger = StepLogger()
+    logger.emit = shown.append
+    logger.log_to(tmp_path / "run.log")
+    monkeypatch.setattr(machine_module, "log", logger)
+    return logger, shown
+
+
+def run_log(tmp_path: Path) -> list[str]:
+    return [line.split(" ", 1)[1] for line in (tmp_path / "run.log").read_text().splitlines()]
+
+
+def test_every_command_lands_in_run_log_only(step_log: tuple[StepLogger, list[str]],
+                                            tmp_path: Path) -> None:
+    logger, shown = step_log
+    m = Machine("guest", SshTarget("127.0.0.1", 1, "v", Path("/k")))
+    m._client = FakeClient(rc=3)  # type: ignore[assignment]
+    with logger.nested("a step"):
+        result = m.execute("systemctl is-active x.socket")
+    assert result.rc == 3
+    lines = run_log(tmp_path)
+    assert re.fullmatch(r"  \$ systemctl is-active x\.socket  -> rc 3 in \d+\.\d\d s", lines[1])
+    assert not any("$ systemctl" in line for line in shown), shown  # the terminal: steps only
+    assert shown[0] == "▶ a step"
+
+
+def test_a_broken_off_command_is_logged_too(step_log: tuple[StepLogger, list[str]],
+                                            tmp_path: Path) -> None:
+    m = Machine("guest", SshTarget("127.0.0.1", 1, "v", Path("/k")))
+    m._client = FakeClient(broken=True)  # type: ignore[assignment]
+    with pytest.raises(HarnessError, match="broke off"):
+        m.execute("portablectl reattach --now x")
+    assert re.fullmatch(r"\$ portablectl reattach --now x  -> broke off after \d+\.\d\d s: "
+                        r"timed out", run_log(tmp_path)[0])
+
+
+def test_detail_without_a_log_file_goes_nowhere() -> None:
+    shown: list[str] = []
+    logger = StepLogger()
+    logger.emit = shown.append
+    logger.detail("$ true  -> rc 0 in 0.01 s")
+    assert shown == []
+
+
+@pytest.mark.parametrize("command", [
+    "echo plain",
+    "mkdir -p /tmp && cat <<'EOF'\nglobal\n  maxconn 100\\n 'quoted' \"dq\" $HOME\tTAB\nEOF",
+    "printf 'a\\nb'\necho \"é ü\"; echo $'\\x01' | od -c | head -n1",
+])
+def test_one_line_replays_the_same_command(command: str) -> None:
+    """The logged line, pasted into a shell, does what the command did."""
+    line = one_line(command)
+    assert "\n" not in line
+
+    def run(cmd: str) -> str:
+        return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True,
+                              check=True).stdout
+
+    assert run(line) == run(command)

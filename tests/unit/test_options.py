@@ -82,11 +82,15 @@ def assert_usage_error(result: pytest.RunResult, *reason: str) -> None:
         ([], {"PWT_REATTACH_TIMEOUT": "-1"}, ["reattach-timeout must be a positive number"]),
         (["--unit-timeout", "forever"], {}, ["--unit-timeout (PWT_UNIT_TIMEOUT)", "'forever'"]),
         (["--ssh-port", "22"], {}, ["ssh-port must be 0 (pick one) or 1024..65535, not 22"]),
+        ([], {"PWT_ARTIFACTS_ALWAYS": "maybe"},
+         ["--artifacts-always (PWT_ARTIFACTS_ALWAYS) must be one of 1, yes, true, on, 0, no,",
+          "'maybe'"]),
     ],
     ids=["concurrency-0", "concurrency-abc", "load-max-too-small", "unknown-box",
          "keep-vm-sometimes", "accel-warp", "env-concurrency-negative", "env-not-a-float",
          "switch-after-negative", "min-complete-0", "boot-timeout-0",
-         "env-reattach-timeout-negative", "unit-timeout-word", "ssh-port-22"],
+         "env-reattach-timeout-negative", "unit-timeout-word", "ssh-port-22",
+         "env-artifacts-always-maybe"],
 )
 def test_bad_option_is_one_line(collect: Collect, options: list[str], env: dict[str, str],
                                 reason: list[str]) -> None:
@@ -99,6 +103,16 @@ def test_bad_option_is_one_line(collect: Collect, options: list[str], env: dict[
                               "load-max-inf"])
 def test_non_finite_duration_is_rejected(collect: Collect, options: list[str]) -> None:
     assert_usage_error(collect(*options))
+
+
+@pytest.mark.parametrize(("options", "env"), [
+    (["--artifacts-always"], {}), ([], {"PWT_ARTIFACTS_ALWAYS": "1"}),
+    ([], {"PWT_ARTIFACTS_ALWAYS": "off"}),
+], ids=["flag", "env-1", "env-off"])
+def test_artifacts_always_is_a_flag(collect: Collect, options: list[str],
+                                    env: dict[str, str]) -> None:
+    result = collect(*options, **env)
+    assert result.ret == pytest.ExitCode.OK, output_of(result)
 
 
 def test_command_line_wins_over_the_environment(collect: Collect) -> None:
@@ -139,3 +153,20 @@ def test_valid_options_collect_the_scenarios(collect: Collect, tmp_path: Path) -
     assert set(params) <= known and len(params) == len(set(params))
     # Nothing was booted or built: the fixtures that create these never ran.
     assert not artifacts.exists() and not state.exists()
+
+
+def test_unit_tests_ignore_the_integration_settings(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`PWT_BOX=nonsense tox -e unit` runs: the root conftest checks settings for VM runs only."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.setenv("PWT_BOX", "nonsense")
+    monkeypatch.setenv("PWT_CONCURRENCY", "0")
+    unit_file = ROOT / "tests" / "unit" / "test_quirks.py"
+    args = ("--co", "-q", "-p", "no:cacheprovider", f"--rootdir={ROOT}",
+            "-c", str(ROOT / "pyproject.toml"))
+    result = pytester.runpytest_subprocess(*args, str(unit_file), timeout=60)
+    assert result.ret == pytest.ExitCode.OK, output_of(result)
+    # The same environment still stops a run that includes the VM tests, with one line.
+    mixed = pytester.runpytest_subprocess(*args, str(unit_file), str(INTEGRATION), timeout=60)
+    assert_usage_error(mixed, "unknown box 'nonsense'")

@@ -153,3 +153,12 @@ def test_stability_table_counts_expected_verdicts_per_scenario() -> None:
     assert "| a | 2/3 | 3 | pass x2, FAIL x1 |" in table
     assert "| b | 2/2 | 2 | xfail: loss seen (expected) x2 |" in table
     assert stability_table(rows[:1] + rows[3:4]) == ""  # one run each: no table
+
+
+def test_readme_names_the_command_behind_every_evidence_file() -> None:
+    """README's "Reading the report" gives the exact guest command of each saved file."""
+    from vm.portable import EVIDENCE_COMMANDS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for name, command in EVIDENCE_COMMANDS.items():
+        assert f"| `{name}` | `{command}`" in readme, name

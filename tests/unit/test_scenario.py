@@ -16,9 +16,8 @@ from support import (
     ab_result,
     clean_records,
     failure,
-    healthy_socket,
     outcome,
-    reattach,
+    scenario_run,
 )
 
 from vm.load import LoadOutcome
@@ -39,12 +38,11 @@ ID_PATTERN = re.compile(r"[a-z]+(?:-[a-z]+)+")
 
 def make_run(scenario: Scenario | None = None, out: LoadOutcome | None = None,
              socket: SocketObservation | None = None, final_count: int = 100_000,
-             problems: list[str] | None = None, facts: dict[str, Any] | None = None,
-             ) -> ScenarioRun:
+             **changes: Any) -> ScenarioRun:
     scenario = scenario or get_scenario("host-socket-no-keepalive")
-    out = out or outcome(clean_records(), old=scenario.old, new=scenario.new)
-    return ScenarioRun(scenario, out, reattach(), socket or healthy_socket(), final_count,
-                       problems if problems is not None else [], facts or {})
+    if socket is not None:
+        changes["socket"] = socket
+    return scenario_run(scenario, out, final_count=final_count, **changes)
 
 
 def lossy_outcome() -> LoadOutcome:
@@ -146,6 +144,24 @@ def test_bad_expectation(expect: str) -> None:
         Scenario("host-socket-x", expect=expect)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("proxy", "HAProxy", "None, haproxy"),
+        ("proxy", "", "None, haproxy"),
+        ("shutdown", "imediate", "drain, immediate, fdstore"),
+        ("shutdown", "fd-store", "drain, immediate, fdstore"),
+        ("socket_location", "guest", "host, image"),
+        ("profile", "trustd", "default, trusted"),
+        ("rollout", "sysupdate", "portablectl, sysupdate-dir, sysupdate-http"),
+    ],
+)
+def test_bad_field_names_the_field_and_the_choices(field: str, value: str, allowed: str) -> None:
+    with pytest.raises(ValueError) as e:
+        Scenario("host-socket-x", **{field: value})
+    assert str(e.value) == f"{field} must be one of {allowed}, not {value!r}"
+
+
 @pytest.mark.parametrize(("from_version", "to_version"),
                          [(1, 1), (2, 2), (1, 3), (3, 1), (0, 2), (2, -1), (7, 8)])
 def test_bad_versions(from_version: int, to_version: int) -> None:
@@ -168,76 +184,7 @@ def test_greetings_of_the_rollback() -> None:
     assert (s.old, s.new) == ("Hola", "Hello")
 
 
-# --- lost requests, verdicts -----------------------------------------------------------------
-def test_clean_run_lost_nothing() -> None:
-    assert make_run().lost_requests is False
-
-
-@pytest.mark.parametrize(
-    "out",
-    [
-        outcome(clean_records(), ab=ab_result(failed=1, exceptions=1)),
-        outcome(clean_records(), ab=ab_result(failed=2, connect=2)),
-        outcome(clean_records(), ab=ab_result(failed=1, receive=1)),
-        outcome(clean_records(), ab=ab_result(failed=1, length=1)),
-        outcome(clean_records(), ab=ab_result(non_2xx=1)),
-        outcome([*clean_records(), failure(T0 + 29.9, "connect-refused")]),
-        outcome([*clean_records(), failure(T0 + 29.9, "timeout")]),
-    ],
-    ids=["ab-exception", "ab-connect", "ab-receive", "ab-length", "non-2xx",
-         "probe-refused", "probe-timeout"],
-)
-def test_failed_requests_are_lost(out: LoadOutcome) -> None:
-    assert make_run(out=out).lost_requests is True
-
-
-def test_probe_non_200_is_lost() -> None:
-    from vm.timeline import ProbeRecord
-
-    bad = ProbeRecord(t=T0 + 29.9, latency_ms=3.0, status=503)
-    assert make_run(out=outcome([*clean_records(), bad])).lost_requests is True
-
-
-@pytest.mark.parametrize("state", ["inactive", "failed", "activating", "deactivating", ""])
-def test_dead_socket_after_the_reattach_is_lost(state: str) -> None:
-    socket = SocketObservation("123456789", "123456789", state)
-    assert make_run(socket=socket).lost_requests is True
-
-
-def test_restarted_but_active_socket_alone_is_not_lost() -> None:
-    """lost_requests is about failed requests and a dead port, not the restart itself."""
-    socket = SocketObservation("123456789", "223456789", "active")
-    assert make_run(socket=socket).lost_requests is False
-
-
-def with_expect(expect: str) -> Scenario:
-    return Scenario("host-socket-x", expect=expect)
-
-
-@pytest.mark.parametrize(
-    ("expect", "lossy", "problems", "verdict"),
-    [
-        ("zero-downtime", False, [], "pass"),
-        ("zero-downtime", True, ["ab saw failures"], "FAIL"),
-        ("zero-downtime", False, ["the probe never saw 'Hola'"], "FAIL"),
-        ("downtime", True, [], "downtime seen (expected)"),
-        ("downtime", False, [], "FAIL: no downtime"),
-        ("characterise", True, ["ab saw failures"], "xfail: loss seen (expected)"),
-        ("characterise", False, [], "FAIL: nothing lost"),
-    ],
-)
-def test_verdict_of(expect: str, lossy: bool, problems: list[str], verdict: str) -> None:
-    out = lossy_outcome() if lossy else outcome(clean_records())
-    run = make_run(with_expect(expect), out=out, problems=problems)
-    assert verdict_of(run) == verdict
-
-
-@pytest.mark.parametrize("expect", ["downtime", "characterise"])
-def test_unexpected_outcome_reads_as_a_failure(expect: str) -> None:
-    assert verdict_of(make_run(with_expect(expect))).startswith("FAIL")
-    assert not verdict_of(make_run(with_expect(expect), out=lossy_outcome())).startswith("FAIL")
-
-
+# --- loss summary ------------------------------------------------------------------------
 def test_loss_summary_has_the_counts() -> None:
     socket = SocketObservation("1", "2", "failed")
     text = loss_summary(make_run(out=lossy_outcome(), socket=socket))
@@ -264,18 +211,19 @@ SCHEMA = (
 
 
 def test_summary_row_has_the_documented_schema() -> None:
-    facts = {"service_user": "portable-walkthrough", "dynamic_user": True}
-    run = make_run(get_scenario("host-socket-keepalive-haproxy"), facts=facts)
-    row = summary_row(run, "debian-bookworm", 252, "pass")
+    run = make_run(get_scenario("host-socket-keepalive-haproxy"))
+    row = summary_row(run, "debian-bookworm", 252, verdict_of(run))
     missing = [key for key in SCHEMA if key not in row]
     assert not missing, missing
     assert row["scenario"] == "host-socket-keepalive-haproxy"
     assert (row["box"], row["systemd_version"], row["verdict"]) == ("debian-bookworm", 252, "pass")
+    assert row["verdict_kind"] == "pass"
     assert (row["keepalive"], row["proxy"], row["socket_location"]) == (True, "haproxy", "host")
     assert (row["expect"], row["shutdown"], row["profile"]) == (
         "zero-downtime", "immediate", "default")
     assert (row["from_version"], row["to_version"]) == (1, 2)
     assert row["socket_state_after"] == "active"
+    assert row["attached_image"] == "/var/lib/portables/portable-walkthrough_2.raw"
     assert row["complete"] == 7000 and row["failed"] == 0 and row["non_2xx"] == 0
     assert row["switched"] is True and row["switch_at_s"] == 6.2
     assert row["reattach_s"] == 1.5
@@ -285,19 +233,27 @@ def test_summary_row_has_the_documented_schema() -> None:
 
 
 def test_summary_row_counter_ok_follows_the_counter() -> None:
-    assert summary_row(make_run(final_count=100_000), "b", 252, "pass")["counter_ok"] is True
+    good = make_run(final_count=100_000)
+    assert summary_row(good, "b", 252, verdict_of(good))["counter_ok"] is True
     # Fewer visitors than answered requests: counts were lost.
-    assert summary_row(make_run(final_count=10), "b", 252, "FAIL")["counter_ok"] is False
+    bad = make_run(final_count=10)
+    row = summary_row(bad, "b", 252, verdict_of(bad))
+    assert row["counter_ok"] is False
+    assert row["verdict"] == "FAIL"
+    assert any(p.startswith("the counter ends at 10") for p in row["problems"])
 
 
 def test_summary_row_of_a_lossy_rollback() -> None:
     rollback = get_scenario("host-socket-rollback")
     run = make_run(rollback, out=lossy_outcome(),
-                   socket=SocketObservation("1", "2", "failed"), problems=["p1", "p2"])
+                   socket=SocketObservation("1", "2", "failed"))
     row = summary_row(run, "debian-bookworm", 252, verdict_of(run))
     assert row["verdict"] == "FAIL"
     assert (row["from_version"], row["to_version"]) == (2, 1)
     assert row["failed"] == 7 and row["failed_connect"] == 2 and row["failed_receive"] == 5
     assert row["non_2xx"] == 1
     assert row["socket_state_after"] == "failed"
-    assert row["problems"] == ["p1", "p2"]
+    assert row["problems"] == list(verdict_of(run).problems)
+    assert any("the host socket was restarted" in p for p in row["problems"])
+    assert any("the host socket is 'failed'" in p for p in row["problems"])
+    assert any(p.startswith("ab saw failures") for p in row["problems"])

@@ -2,16 +2,53 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
-from support import T0, healthy_socket, outcome, probe_series, reattach
+from support import REFUSAL_LINE, T0, healthy_socket, outcome, probe_series, reattach, scenario_run
 
 from vm.quirks import reattach_target
-from vm.scenario import refused_problems
+from vm.scenario import (
+    FAIL,
+    REFUSAL_REASON,
+    REFUSED,
+    get_scenario,
+    refused_problems,
+    verdict_of,
+)
 from vm.sysupdate import SysupdateSetup, sha256sums_command
+
+# What systemd-sysupdate's download helper prints when a url-file download does not match the
+# digest in SHA256SUMS. sysupdate runs `systemd-pull raw --direct --verify=<sha256> URL PATH`;
+# pull_verify() in src/import/pull-common.c then logs
+#   "DOWNLOAD INVALID: Checksum of %s file did not check out, file has been tampered with."
+# with the URL for %s. The format string was read (`strings`) from /lib/systemd/systemd-pull of
+# Debian's systemd-container 254.26-1~bpo12+1 (bookworm-backports) and
+# /usr/lib/systemd/systemd-pull of 257.13-1~deb13u1 (trixie): it is the same in both. The
+# journal prefix (time, host, pid) is as `journalctl -q -u pwt-rollout.service` prints it; the
+# URL is the one the suite's HTTP transfer uses.
+REFUSAL_LINES = {
+    254: "Nov 26 11:41:07 pwt systemd-pull[1093]: DOWNLOAD INVALID: Checksum of "
+         "http://127.0.0.1:8090/portable-walkthrough_2.raw file did not check out, file has "
+         "been tampered with.",
+    257: REFUSAL_LINE,
+}
+# Lines of a rollout that failed for another reason: none of them is a checksum refusal. The
+# old pattern (invalid|tamper|checksum|hash anywhere) took the first, third and fourth for one.
+NOT_A_REFUSAL = [
+    "Nov 26 12:00:09 pwt systemd-sysupdate[801]: Failed to open directory "
+    "'/var/lib/portables': Invalid argument",
+    "Nov 26 12:00:09 pwt systemd-sysupdate[801]: Failed to parse digest at manifest line 1, "
+    "refusing.",
+    "Nov 26 12:00:09 pwt systemd-pull[812]: Failed to retrieve SHA256 checksum, cannot verify. "
+    "(Try --verify=no?)",
+    "Nov 26 12:00:09 pwt systemd-pull[812]: DOWNLOAD INVALID: Signature verification failed.",
+    "Nov 26 12:00:09 pwt systemd-pull[812]: HTTP request to "
+    "http://127.0.0.1:8090/portable-walkthrough_2.raw failed with code 404.",
+]
 
 
 def test_directory_transfer() -> None:
@@ -80,3 +117,41 @@ def test_transfer_file_suffix_follows_the_systemd_version(major: int, suffix: st
 
     setup = SysupdateSetup("dir", "x", transfer_suffix=sysupdate_transfer_suffix(major))
     assert setup.transfer_path == f"/etc/sysupdate.d/50-portable-walkthrough{suffix}"
+
+
+@pytest.mark.parametrize("major", sorted(REFUSAL_LINES))
+def test_refusal_reason_matches_what_systemd_pull_prints(major: int) -> None:
+    assert REFUSAL_REASON.search(REFUSAL_LINES[major])
+
+
+@pytest.mark.parametrize("line", NOT_A_REFUSAL)
+def test_other_failures_are_not_a_checksum_refusal(line: str) -> None:
+    assert not REFUSAL_REASON.search(line)
+
+
+CORRUPT = get_scenario("host-socket-sysupdate-http-corrupt")
+
+
+def rollout_output(*lines: str) -> str:
+    return "\n".join([*lines, "", "PWT-TIMES 1700000005.0 1700000006.5 1 "
+                                   "portable-walkthrough_1.raw"])
+
+
+@pytest.mark.parametrize("major", sorted(REFUSAL_LINES))
+def test_refused_verdict_with_the_real_refusal(major: int) -> None:
+    run = scenario_run(CORRUPT)
+    run = dataclasses.replace(run, reattach=dataclasses.replace(
+        run.reattach, output=rollout_output(REFUSAL_LINES[major])))
+    verdict = verdict_of(run)
+    assert verdict.kind == REFUSED, verdict.explain()
+    assert verdict.observed.startswith("DOWNLOAD INVALID: Checksum of http://127.0.0.1:8090/")
+
+
+@pytest.mark.parametrize("line", NOT_A_REFUSAL)
+def test_rollout_failing_for_another_reason_is_a_fail(line: str) -> None:
+    run = scenario_run(CORRUPT)
+    run = dataclasses.replace(run, reattach=dataclasses.replace(
+        run.reattach, output=rollout_output(line)))
+    verdict = verdict_of(run)
+    assert verdict.kind == FAIL
+    assert verdict.problems[-1].startswith("the rollout failed, but not with a checksum refusal")
