@@ -169,7 +169,7 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
     title = f"{scenario.id}: load, reattach v{scenario.from_version} -> v{scenario.to_version}"
     with log.nested(title):
         load.start()
-        log.info(f"load: {load.command} (+ probe on :{url_port} every 0.2 s)")
+        log.info(f"load: {load.command} (+ probe on :{url_port} at {load_cfg.probe_rate:g}/s)")
         time.sleep(load_cfg.switch_after_s)
         rollout_ok = True
         if setup is None:
