@@ -17,6 +17,7 @@ from typing import Any
 from vm.config import Settings
 from vm.haproxy import PROXY_PORT, HaproxyConfig
 from vm.image import VERSIONS
+from vm.latency import latency_report, stall_problems
 from vm.load import GUEST_DIR, LoadOutcome, LoadRun
 from vm.log import log
 from vm.portable import (
@@ -217,6 +218,7 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
         root_image = service.attached_image()
         if root_image != service.image_path(scenario.from_version):
             problems.append(f"the unit runs {root_image!r} after a refused update")
+        problems += _stall(outcome, reattach, load_cfg.max_stall_s)
         return ScenarioRun(scenario, outcome, reattach, socket, final_count, problems, facts)
     problems = problems_extra + zero_downtime_problems(
         outcome, reattach, socket, final_count, load_cfg.min_complete, load_cfg.post_switch_s
@@ -232,7 +234,14 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
     if state not in ATTACHED_STATES or root_image != service.image_path(scenario.to_version):
         problems.append(f"after the reattach portablectl says {state!r} and the unit runs "
                         f"{root_image!r}, not {service.image_path(scenario.to_version)!r}")
+    problems += _stall(outcome, reattach, load_cfg.max_stall_s)
     return ScenarioRun(scenario, outcome, reattach, socket, final_count, problems, facts)
+
+
+def _stall(outcome: LoadOutcome, reattach: Reattach, max_stall_s: float | None) -> list[str]:
+    """--max-stall, a bound of its own beside the verdict's checks (off when None)."""
+    return stall_problems(latency_report(outcome.timeline, reattach.started, outcome.stopped),
+                          max_stall_s)
 
 
 def _sysupdate_setup(service: PortableService, scenario: Scenario) -> SysupdateSetup | None:
