@@ -57,6 +57,9 @@ OPTIONS: dict[str, tuple[str, type, str]] = {
     "post-switch": ("PWT_POST_SWITCH", float, "seconds v2 must answer under load before it stops"),
     "load-max": ("PWT_LOAD_MAX", float, "upper bound of one load run in seconds (ab -t)"),
     "min-complete": ("PWT_MIN_COMPLETE", int, "fewest completed ab requests that count as load"),
+    "probe-rate": ("PWT_PROBE_RATE", float, "the probe's fixed arrival rate, requests/s (20)"),
+    "max-stall": ("PWT_MAX_STALL", float,
+                  "fail a run whose longest gap without an answer exceeds this (s; off)"),
 }
 
 
@@ -104,6 +107,8 @@ def settings_from(config: pytest.Config) -> Settings:
         post_switch_s=pick("post-switch", defaults.post_switch_s),
         max_s=pick("load-max", defaults.max_s),
         min_complete=pick("min-complete", defaults.min_complete),
+        probe_rate=pick("probe-rate", defaults.probe_rate),
+        max_stall_s=pick("max-stall", defaults.max_stall_s),
     )
     kwargs: dict[str, Any] = {"load": load}
     for name, field in (("box", "box"), ("accel", "accel"), ("keep-vm", "keep_vm"),

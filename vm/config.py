@@ -15,6 +15,8 @@ KEEP_VM_CHOICES = ("never", "on-error", "always")
 PROVIDER_CHOICES = ("libvirt", "virtualbox")
 ACCEL_CHOICES = ("auto", "kvm", "tcg")
 RESTORE_CHOICES = ("on", "off")
+# One thread per request in the guest: beyond this the probe, not ab, would be the load.
+MAX_PROBE_RATE = 200.0
 
 
 def default_state_dir() -> Path:
@@ -38,6 +40,11 @@ class LoadSettings:
     post_switch_s: float = 10.0
     max_s: float = 240.0
     min_complete: int = 200
+    # The probe's fixed arrival rate (requests/s). 20/s resolves the timeline in 50 ms steps and
+    # is a small share of what the server does under TCG (134-167 req/s seen without
+    # keep-alive): an open-loop probe near the server's capacity would queue behind itself.
+    probe_rate: float = 20.0
+    max_stall_s: float | None = None  # --max-stall: fail a run whose longest gap exceeds it
 
     def validate(self) -> None:
         durations = {"switch-after": self.switch_after_s, "post-switch": self.post_switch_s,
@@ -56,6 +63,19 @@ class LoadSettings:
             )
         if self.min_complete < 1:
             raise ValueError("min-complete must be at least 1")
+        if not (math.isfinite(self.probe_rate) and 0 < self.probe_rate <= MAX_PROBE_RATE):
+            raise ValueError(f"probe-rate must be a number of requests per second in "
+                             f"(0, {MAX_PROBE_RATE:g}], not {self.probe_rate:g}")
+        if self.max_stall_s is not None and not (
+            math.isfinite(self.max_stall_s) and self.max_stall_s > 0
+        ):
+            raise ValueError(f"max-stall must be a positive number of seconds, "
+                             f"not {self.max_stall_s:g}")
+
+    @property
+    def probe_max_in_flight(self) -> int:
+        """The probe's bound on outstanding requests: 200, or 10 s of sending if more."""
+        return max(200, math.ceil(self.probe_rate * 10))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from vm.config import LoadSettings
 from vm.errors import GuestError
 from vm.holders import HolderSummary, parse_holder_log, summarise
 from vm.machine import Machine
-from vm.timeline import ProbeRecord, Timeline, parse_probe_log
+from vm.timeline import ProbeRecord, Timeline, parse_probe_log, parse_probe_skips
 
 GUEST_DIR = "/run/pwt"
 PROBE_SOURCE = Path(__file__).with_name("guest") / "probe.py"
@@ -91,6 +91,8 @@ class LoadRun:
         m.succeed(
             f"systemd-run --quiet --collect --unit={PROBE_UNIT} -p RuntimeMaxSec={bound}"
             f" python3 {GUEST_DIR}/probe.py --port {self.probe_port}"
+            f" --rate {self.settings.probe_rate:g}"
+            f" --max-in-flight {self.settings.probe_max_in_flight}"
             f" --out {GUEST_DIR}/probe.jsonl --max-seconds {self.settings.max_s:.0f}"
         )
         if self.holders:
@@ -108,8 +110,11 @@ class LoadRun:
         )
         self.ab_started = float(out.split()[0])
 
+    def probe_log(self) -> str:
+        return self.machine.succeed(f"cat {GUEST_DIR}/probe.jsonl || true")
+
     def probe_records(self) -> list[ProbeRecord]:
-        return parse_probe_log(self.machine.succeed(f"cat {GUEST_DIR}/probe.jsonl || true"))
+        return parse_probe_log(self.probe_log())
 
     def elapsed(self) -> float:
         return guest_now(self.machine) - self.started
@@ -151,6 +156,8 @@ class LoadRun:
             ab = parse_ab_output(output)
         except ValueError as e:
             raise GuestError(f"ab printed no report ({e}):\n{output[-2000:]}") from e
-        timeline = Timeline.build(self.probe_records(), self.started, old, new)
+        text = self.probe_log()
+        timeline = Timeline.build(parse_probe_log(text), self.started, old, new,
+                                  skipped=parse_probe_skips(text))
         return LoadOutcome(ab, output, timeline, self.started, stopped, self.command, holders,
                            self.ab_started)

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vm.latency import WINDOWS, LatencyReport, latency_report
 from vm.load import LoadOutcome
 from vm.portable import Reattach
+from vm.timeline import FAILURE_CLASSES
 
 SUMMARY_COLUMNS = (
     ("scenario", "scenario"), ("systemd", "systemd_version"), ("verdict", "verdict"),
@@ -26,6 +28,7 @@ def scenario_record(
 ) -> dict[str, Any]:
     """One row of summary.json (the schema is documented in the README)."""
     ab, tl = outcome.ab, outcome.timeline
+    latency = latency_report(tl, reattach.started, outcome.stopped)
     return {
         "scenario": scenario, "box": box, "systemd_version": systemd_version,
         "keepalive": keepalive, "proxy": proxy, "socket_location": socket_location,
@@ -39,7 +42,9 @@ def scenario_record(
         "reattach_started_s": round(reattach.started - outcome.started, 2),
         "reattach_s": round(reattach.duration_s, 2),
         "load_s": round(outcome.duration_s, 2),
-        "max_latency_ms": tl.max_latency_ms, "longest_gap_ms": tl.longest_gap_ms,
+        "max_latency_ms": tl.max_latency_ms,
+        # longest_gap_ms (counted to the load's end), SYN steps, the three latency windows
+        **latency.summary_fields(),
         "counter_ok": counter_ok, "verdict": verdict, "problems": list(problems),
         "ab_command": outcome.ab_command,
     }
@@ -57,6 +62,36 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
                                                      else str(value)))
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join([head, rule, *rows])
+
+
+WINDOW_TITLES = {"before": "before reattach", "switch": "reattach to v2 + 2 s",
+                 "after": "after"}
+
+
+def latency_table(records: Sequence[dict[str, Any]]) -> str:
+    """Per scenario and window: the probe's latency and its failures by class."""
+    head = ("| scenario | window | from s | to s | requests | p50 ms | p99 ms | max ms | "
+            + " | ".join(FAILURE_CLASSES) + " | not sent | SYN 1 s | SYN 3 s |")
+    columns = head.count("|") - 1
+    lines = [head, "|" + "|".join("---" for _ in range(columns)) + "|"]
+
+    def cell(value: Any) -> str:
+        return "-" if value is None else (f"{value:.1f}" if isinstance(value, float)
+                                          else str(value))
+
+    for rec in records:
+        windows = rec.get("latency") or {}
+        for name in WINDOWS:
+            w = windows.get(name)
+            if w is None:
+                continue
+            failures = w.get("failures", {})
+            cells = [rec.get("scenario"), WINDOW_TITLES[name], w.get("from_s"), w.get("to_s"),
+                     w.get("requests"), w.get("p50_ms"), w.get("p99_ms"), w.get("max_ms"),
+                     *(failures.get(kind, 0) for kind in FAILURE_CLASSES), w.get("not_sent"),
+                     w.get("syn_1s"), w.get("syn_3s")]
+            lines.append("| " + " | ".join(cell(c) for c in cells) + " |")
+    return "\n".join(lines)
 
 
 def stability_table(records: Sequence[dict[str, Any]]) -> str:
@@ -83,23 +118,58 @@ def write_summary(directory: Path, records: Sequence[dict[str, Any]],
     phase_lines = "\n".join(f"- {name}: {secs:.1f} s" for name, secs in phases.items())
     stability = stability_table(records)
     stability_md = f"## Verdict stability\n\n{stability}\n\n" if stability else ""
+    latency_md = (
+        "## What the restart did to latency\n\n"
+        "The probe's requests by send time (open loop, fixed rate); latencies of answered "
+        "requests, failures by class. See README, \"Reading the report\".\n\n"
+        f"{latency_table(records)}\n\n"
+    )
     (directory / "summary.md").write_text(
         f"# Zero-downtime reattach: results\n\n{markdown_table(records)}\n\n"
-        f"{stability_md}## Phases\n{phase_lines}\n"
+        f"{latency_md}{stability_md}## Phases\n{phase_lines}\n"
     )
 
 
-def plot_timeline(path: Path, title: str, outcome: LoadOutcome, reattach: Reattach) -> None:
-    """Latency of each probe request over time, errors marked, reattach and switch drawn."""
+WINDOW_COLORS = {"before": "#d6e4f0", "switch": "#f8c9a0", "after": "#d5efdc"}
+
+
+def window_bands(latency: LatencyReport, x_end: float) -> list[tuple[str, float, float, str]]:
+    """(name, from, to, label) of each window that began, in seconds after the load start; an
+    open end is drawn to ``x_end``. The label gives the window's p99 and failures."""
+    bands = []
+    for w in latency.windows:
+        if w.start is None:
+            continue
+        start = w.start - latency.t0
+        end = x_end if w.end is None else w.end - latency.t0
+        p99 = "-" if w.p99_ms is None else f"{w.p99_ms:.0f} ms"
+        label = f"{WINDOW_TITLES[w.name]}\np99 {p99}, {w.failed} failed"
+        if w.syn_1s or w.syn_3s:
+            label += f"\nSYN step 1 s: {w.syn_1s}, 3 s: {w.syn_3s}"
+        bands.append((w.name, start, max(start, end), label))
+    return bands
+
+
+def timeline_figure(title: str, outcome: LoadOutcome, reattach: Reattach) -> Any:
+    """The timeline as a matplotlib Figure: latency of each probe request over time, errors
+    marked, the three latency windows shaded and labelled, reattach and switch drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tl, t0 = outcome.timeline, outcome.started
-    fig, ax = plt.subplots(figsize=(10, 4.2), dpi=110)
+    latency = latency_report(tl, reattach.started, outcome.stopped)
+    fig, ax = plt.subplots(figsize=(10, 4.6), dpi=110)
+    x_end = max([outcome.stopped - t0, *(r.t - t0 for r in tl.records)])
+    for i, (name, start, end, label) in enumerate(window_bands(latency, x_end)):
+        ax.axvspan(start, end, color=WINDOW_COLORS[name], alpha=0.45, zorder=0, linewidth=0)
+        # Labels sit at the top of their band (x in data, y in axes coordinates), one step
+        # lower each, so a narrow switch window does not print over its neighbours.
+        ax.text(start + 0.1, 0.98 - 0.12 * i, label, transform=ax.get_xaxis_transform(),
+                va="top", ha="left", fontsize=7, color="#333333")
     what = "portablectl reattach" if reattach.command.startswith("portablectl") else "rollout"
-    ax.axvspan(reattach.started - t0, reattach.ended - t0, color="#f5d76e", alpha=0.35,
+    ax.axvspan(reattach.started - t0, reattach.ended - t0, ymax=0.04, color="#e1b12c",
                label=f"{what} ({reattach.duration_s:.1f} s)")
     for greeting, color in ((tl.old, "#2e86de"), (tl.new, "#27ae60")):
         pts = [r for r in tl.answered if r.greeting == greeting]
@@ -109,13 +179,16 @@ def plot_timeline(path: Path, title: str, outcome: LoadOutcome, reattach: Reatta
     if bad:
         ax.scatter([r.t - t0 for r in bad], [max(r.latency_ms, 1) for r in bad], marker="x", s=30,
                    color="#c0392b", label=f"failed ({len(bad)})")
+    if tl.skipped:
+        ax.scatter([t - t0 for t in tl.skipped], [1.0] * len(tl.skipped), marker="|", s=30,
+                   color="#8e44ad", label=f"not sent: in-flight bound ({len(tl.skipped)})")
     if tl.switch_at is not None:
         ax.axvline(tl.switch_at - t0, color="#27ae60", linestyle="--", linewidth=1,
                    label=f"first {tl.new} at {tl.switch_at - t0:.1f} s")
     ax.set_yscale("log")
-    ax.set_ylim(bottom=1)
-    ax.set_xlabel("seconds since load start")
-    ax.set_ylabel("probe latency (ms, at send time)")
+    ax.set_ylim(bottom=1, top=max(10_000.0, tl.max_latency_ms * 3))  # room for the labels
+    ax.set_xlabel("seconds since load start (probe requests by send time)")
+    ax.set_ylabel("probe latency (ms)")
     ab = outcome.ab
     held = ""
     if outcome.holders is not None:
@@ -123,11 +196,19 @@ def plot_timeline(path: Path, title: str, outcome: LoadOutcome, reattach: Reatta
         held = (f"; long-lived: {h.switched_in_place}/{h.connections} switched in place, "
                 f"{h.broken + h.server_closed} lost")
     ax.set_title(f"{title}\nab: {ab.complete} complete, {ab.failed} failed, "
-                 f"{ab.requests_per_second:.0f} req/s; longest gap {tl.longest_gap_ms:.0f} ms"
-                 f"{held}", fontsize=10)
-    ax.legend(loc="upper left", fontsize=8)
+                 f"{ab.requests_per_second:.0f} req/s; longest gap "
+                 f"{latency.longest_gap_ms:.0f} ms{held}", fontsize=10)
+    ax.legend(loc="lower right", fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_timeline(path: Path, title: str, outcome: LoadOutcome, reattach: Reattach) -> None:
+    """Write ``timeline_figure`` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = timeline_figure(title, outcome, reattach)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

@@ -22,6 +22,7 @@ import pytest
 from vm.config import Settings
 from vm.haproxy import PROXY_PORT, HaproxyConfig
 from vm.image import VERSIONS
+from vm.latency import latency_report, stall_problems
 from vm.load import GUEST_DIR, LoadOutcome, LoadRun
 from vm.log import log
 from vm.portable import (
@@ -136,6 +137,7 @@ class ScenarioRun:
     service_user: str  # the main process's user under the scenario's profile, before the load
     dynamic_user: bool
     rollout_ok: bool = True  # sysupdate: the unit succeeded and the symlink moved
+    max_stall_s: float | None = None  # --max-stall: a bound of its own on the longest gap
     facts: dict[str, Any] = field(default_factory=dict)  # more for the report (rollout log)
 
 
@@ -196,7 +198,7 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
     title = f"{scenario.id}: load, reattach v{scenario.from_version} -> v{scenario.to_version}"
     with log.nested(title):
         load.start()
-        log.info(f"load: {load.command} (+ probe on :{url_port} every 0.2 s)")
+        log.info(f"load: {load.command} (+ probe on :{url_port} at {load_cfg.probe_rate:g}/s)")
         time.sleep(load_cfg.switch_after_s)
         rollout_ok = True
         if setup is None:
@@ -231,8 +233,15 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
         final_count=final_count, min_complete=load_cfg.min_complete,
         post_switch_s=load_cfg.post_switch_s, attached_state=service.attachment_state(),
         attached_image=service.attached_image(), service_user=service_user,
-        dynamic_user=dynamic_user, rollout_ok=rollout_ok, facts=facts,
+        dynamic_user=dynamic_user, rollout_ok=rollout_ok, max_stall_s=load_cfg.max_stall_s,
+        facts=facts,
     )
+
+
+def _stall(outcome: LoadOutcome, reattach: Reattach, max_stall_s: float | None) -> list[str]:
+    """--max-stall, a bound of its own beside the verdict's checks (off when None)."""
+    return stall_problems(latency_report(outcome.timeline, reattach.started, outcome.stopped),
+                          max_stall_s)
 
 
 def _sysupdate_setup(service: PortableService, scenario: Scenario) -> SysupdateSetup | None:
@@ -464,15 +473,18 @@ def verdict_of(run: ScenarioRun) -> Verdict:
     (refused). An expected result needs a valid run: any other problem makes it a FAIL."""
     expect = run.scenario.expect
     observed = loss_summary(run)
+    # --max-stall (off by default) bounds what a pass or a refusal may cost the clients; the
+    # downtime control and the characterisations are about the loss, not the gap.
+    stall = _stall(run.outcome, run.reattach, run.max_stall_s)
     if expect == "refused":
-        problems = refusal_problems(run)
+        problems = refusal_problems(run) + stall
         if problems:
             return Verdict(FAIL, tuple(problems), observed)
         match = REFUSAL_REASON.search(run.reattach.output)
         return Verdict(REFUSED, observed=f"{match.group(0) if match else ''} {observed}".strip())
     losses, problems = losses_of(run), validity_problems(run)
     if expect == "zero-downtime":
-        problems += losses
+        problems += losses + stall
         h = run.outcome.holders
         if h is not None and h.switched_in_place != h.connections:
             # The fd store's promise: each connection is answered by v2 on the same socket.

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
+
+# The failure classes of a probe request. Older probes wrote "connect-refused" and "empty";
+# they read as the same classes, so an old probe.jsonl gives the same report.
+FAILURE_CLASSES = ("refused", "reset", "eof", "timeout", "non-2xx", "other")
+ERROR_CLASS = {"refused": "refused", "connect-refused": "refused", "reset": "reset",
+               "eof": "eof", "empty": "eof", "timeout": "timeout"}
 
 
 @dataclass(frozen=True)
@@ -25,22 +33,54 @@ class ProbeRecord:
     def done_at(self) -> float:
         return self.t + self.latency_ms / 1000
 
+    @property
+    def failure_class(self) -> str | None:
+        """None for an answer; else refused, reset, eof, timeout, non-2xx or other (garbled
+        bytes, an unexpected OS error, a request abandoned at the end, a 2xx without a
+        greeting)."""
+        if self.ok:
+            return None
+        if self.error is not None:
+            return ERROR_CLASS.get(self.error, "other")
+        if self.status is not None and not 200 <= self.status < 300:
+            return "non-2xx"
+        return "other"
 
-def parse_probe_log(text: str) -> list[ProbeRecord]:
-    """One ProbeRecord per JSON line; a torn last line (probe stopped mid-write) is dropped."""
-    records = []
+
+RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(ProbeRecord))
+
+
+def _probe_lines(text: str) -> list[dict[str, Any]]:
+    """The JSON objects of a probe log; a torn last line (probe stopped mid-write) is dropped."""
     lines = text.splitlines()
+    out = []
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            raw = json.loads(line)
+            out.append(json.loads(line))
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 continue
             raise
-        records.append(ProbeRecord(**raw))
+    return out
+
+
+def parse_probe_log(text: str) -> list[ProbeRecord]:
+    """One ProbeRecord per request line, sorted by send time. Lines of slots the probe did not
+    send (``skipped``, see ``parse_probe_skips``) are not requests and are left out."""
+    records = [
+        # Only known fields: a field a newer probe adds must not make its log unreadable.
+        ProbeRecord(**{k: v for k, v in raw.items() if k in RECORD_FIELDS})
+        for raw in _probe_lines(text) if "skipped" not in raw
+    ]
     return sorted(records, key=lambda r: r.t)
+
+
+def parse_probe_skips(text: str) -> list[float]:
+    """Send times (epoch s) of the slots the probe skipped because its in-flight bound was
+    full: a stall long enough for that is evidence, not a gap in the data."""
+    return sorted(float(raw["t"]) for raw in _probe_lines(text) if "skipped" in raw)
 
 
 @dataclass(frozen=True)
@@ -52,11 +92,13 @@ class Timeline:
     old: str = "Hello"
     new: str = "Hola"
     errors: dict[str, int] = field(default_factory=dict)
+    skipped: list[float] = field(default_factory=list)  # see parse_probe_skips
 
     @classmethod
-    def build(cls, records: list[ProbeRecord], t0: float, old: str, new: str) -> Timeline:
+    def build(cls, records: list[ProbeRecord], t0: float, old: str, new: str,
+              skipped: list[float] | None = None) -> Timeline:
         errors = Counter(r.error or f"http-{r.status}" for r in records if not r.ok)
-        return cls(records, t0, old, new, dict(errors))
+        return cls(records, t0, old, new, dict(errors), list(skipped or []))
 
     @property
     def answered(self) -> list[ProbeRecord]:

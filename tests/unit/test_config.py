@@ -157,3 +157,32 @@ def test_ssh_port_out_of_range(port: int) -> None:
 @pytest.mark.parametrize("port", [0, 1024, 2222, 65535])
 def test_ssh_port_in_range(port: int) -> None:
     Settings(ssh_port=port).validate()
+
+
+@pytest.mark.parametrize("rate", [0.0, -5.0, 200.5, float("nan"), float("inf")])
+def test_probe_rate_out_of_range(rate: float) -> None:
+    with pytest.raises(ValueError, match=r"probe-rate must be a number of requests per second "
+                                         r"in \(0, 200\]"):
+        LoadSettings(probe_rate=rate).validate()
+
+
+@pytest.mark.parametrize("rate", [0.5, 20.0, 200.0])
+def test_probe_rate_in_range(rate: float) -> None:
+    LoadSettings(probe_rate=rate).validate()
+
+
+def test_probe_in_flight_bound_is_ten_seconds_of_sending_at_least_200() -> None:
+    assert LoadSettings().probe_max_in_flight == 200
+    assert LoadSettings(probe_rate=50.0).probe_max_in_flight == 500
+    assert LoadSettings(probe_rate=20.5).probe_max_in_flight == 205
+
+
+@pytest.mark.parametrize("stall", [0.0, -1.0, float("nan"), float("inf")])
+def test_max_stall_must_be_positive_when_set(stall: float) -> None:
+    with pytest.raises(ValueError, match="max-stall must be a positive number of seconds"):
+        LoadSettings(max_stall_s=stall).validate()
+
+
+def test_max_stall_is_off_by_default() -> None:
+    assert LoadSettings().max_stall_s is None
+    LoadSettings(max_stall_s=2.5).validate()

@@ -85,12 +85,17 @@ def assert_usage_error(result: pytest.RunResult, *reason: str) -> None:
         ([], {"PWT_ARTIFACTS_ALWAYS": "maybe"},
          ["--artifacts-always (PWT_ARTIFACTS_ALWAYS) must be one of 1, yes, true, on, 0, no,",
           "'maybe'"]),
+        (["--probe-rate", "0"], {}, ["probe-rate must be a number of requests per second"]),
+        ([], {"PWT_PROBE_RATE": "fast"}, ["--probe-rate (PWT_PROBE_RATE)", "'fast'"]),
+        (["--max-stall", "-2"], {}, ["max-stall must be a positive number of seconds, not -2"]),
+        ([], {"PWT_MAX_STALL": "nan"}, ["max-stall must be a positive number of seconds"]),
     ],
     ids=["concurrency-0", "concurrency-abc", "load-max-too-small", "unknown-box",
          "keep-vm-sometimes", "accel-warp", "env-concurrency-negative", "env-not-a-float",
          "switch-after-negative", "min-complete-0", "boot-timeout-0",
          "env-reattach-timeout-negative", "unit-timeout-word", "ssh-port-22",
-         "env-artifacts-always-maybe"],
+         "env-artifacts-always-maybe", "probe-rate-0",
+         "env-probe-rate-word", "max-stall-negative", "env-max-stall-nan"],
 )
 def test_bad_option_is_one_line(collect: Collect, options: list[str], env: dict[str, str],
                                 reason: list[str]) -> None:
@@ -139,7 +144,8 @@ def test_valid_options_collect_the_scenarios(collect: Collect, tmp_path: Path) -
     artifacts, state = tmp_path / "artifacts", tmp_path / "state"
     result = collect("--box", "debian-bookworm", "--accel", "tcg", "--keep-vm", "on-error",
                      "--concurrency", "3", "--switch-after", "2.5", "--post-switch", "4",
-                     "--load-max", "60", "--min-complete", "50",
+                     "--load-max", "60", "--min-complete", "50", "--probe-rate", "35",
+                     "--max-stall", "4.5",
                      f"--artifacts={artifacts}", f"--state-dir={state}")
     text = output_of(result)
     assert result.ret == pytest.ExitCode.OK, text

@@ -19,7 +19,15 @@ from support import (
     reattach,
 )
 
-from vm.report import SUMMARY_COLUMNS, markdown_table, plot_timeline, scenario_record, write_summary
+from vm.report import (
+    SUMMARY_COLUMNS,
+    latency_table,
+    markdown_table,
+    plot_timeline,
+    scenario_record,
+    timeline_figure,
+    write_summary,
+)
 
 
 def record(scenario: str = "host-socket-no-keepalive", **kwargs: Any) -> dict[str, Any]:
@@ -46,6 +54,15 @@ def test_scenario_record_values() -> None:
     assert rec["longest_gap_ms"] == 200.0
     assert rec["max_latency_ms"] == 4.0
     assert rec["ab_command"].startswith("ab -l -r")
+    assert rec["syn_retransmit_1s"] == rec["syn_retransmit_3s"] == 0
+    assert rec["probe_not_sent"] == 0 and rec["probe_sent_per_s"] == 5.0
+    windows = rec["latency"]
+    assert list(windows) == ["before", "switch", "after"]
+    # Reattach at +5.0 s, first Hola done at +6.204 s: the switch window ends 2 s later.
+    assert (windows["switch"]["from_s"], windows["switch"]["to_s"]) == (5.0, 8.2)
+    # Sent every 0.2 s: +0.2..+4.8 before, +5.0..+8.2 (< 8.204) in the switch window.
+    assert [windows[w]["requests"] for w in windows] == [24, 17, 108]
+    assert windows["before"]["p99_ms"] == 4.0
     json.dumps(rec)  # summary.json must be able to hold it
 
 
@@ -55,6 +72,28 @@ def test_scenario_record_without_switch() -> None:
     assert rec["switched"] is False
     assert rec["switch_at_s"] is None
     assert rec["problems"] == ["never saw 'Hola'"]
+
+
+def test_latency_table_has_a_row_per_scenario_and_window() -> None:
+    lossy = clean_records()
+    lossy[26] = failure(lossy[26].t, "refused")  # +5.4 s: in the switch window
+    lossy[27] = failure(lossy[27].t, "connect-refused")
+    lossy[100] = failure(lossy[100].t, "reset")  # after
+    table = latency_table([record("a"), record("b", outcome=outcome(lossy)),
+                           {"scenario": "old-row-without-latency"}])
+    lines = table.splitlines()
+    assert len(lines) == 2 + 6
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert head[:8] == ["scenario", "window", "from s", "to s", "requests", "p50 ms", "p99 ms",
+                        "max ms"]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+    assert all(len(row) == len(head) for row in rows)
+    by = {(row[0], row[1]): dict(zip(head, row, strict=True)) for row in rows}
+    assert by[("a", "before reattach")]["to s"] == "5.0"
+    assert by[("a", "after")]["to s"] == "-"
+    assert by[("b", "reattach to v2 + 2 s")]["refused"] == "2"
+    assert by[("b", "after")]["reset"] == "1" and by[("b", "after")]["refused"] == "0"
+    assert by[("a", "reattach to v2 + 2 s")]["p99 ms"] == "4.0"
 
 
 def test_markdown_table_has_one_row_per_record_and_dashes_for_none() -> None:
@@ -98,6 +137,8 @@ def test_write_summary(tmp_path: Path) -> None:
     assert md.startswith("# Zero-downtime reattach: results\n")
     assert markdown_table(records) in md
     assert "- box: 12.0 s" in md and "- boot: 92.3 s" in md
+    assert "## What the restart did to latency" in md and latency_table(records) in md
+    assert data["scenarios"][0]["latency"]["switch"]["from_s"] == 5.0
 
 
 def is_png(path: Path) -> bool:
@@ -162,3 +203,35 @@ def test_readme_names_the_command_behind_every_evidence_file() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for name, command in EVIDENCE_COMMANDS.items():
         assert f"| `{name}` | `{command}`" in readme, name
+def window_labels(out: Any) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    fig = timeline_figure("t", out, reattach())
+    try:
+        return [t.get_text() for t in fig.axes[0].texts]
+    finally:
+        plt.close(fig)
+
+
+def test_timeline_shows_the_three_windows_with_their_numbers() -> None:
+    records = clean_records()
+    records[26] = failure(records[26].t, "refused")
+    labels = window_labels(outcome(records))
+    assert [label.split("\n")[0] for label in labels] == [
+        "before reattach", "reattach to v2 + 2 s", "after"]
+    assert labels[0] == "before reattach\np99 4 ms, 0 failed"
+    assert labels[1] == "reattach to v2 + 2 s\np99 4 ms, 1 failed"
+
+
+def test_timeline_names_syn_steps_in_their_window() -> None:
+    records = clean_records()
+    records[27] = answer(records[27].t, "Hello", 700, latency_ms=1040.0)
+    labels = window_labels(outcome(records))
+    assert labels[1].endswith("SYN step 1 s: 1, 3 s: 0")
+    assert "SYN" not in labels[0] + labels[2]
+
+
+def test_timeline_without_a_switch_has_no_after_window() -> None:
+    labels = window_labels(outcome(probe_series(T0 + 0.2, T0 + 30.0, "Hello", 3)))
+    assert [label.split("\n")[0] for label in labels] == ["before reattach",
+                                                          "reattach to v2 + 2 s"]

@@ -7,7 +7,7 @@ import json
 import pytest
 from support import answer, failure
 
-from vm.timeline import ProbeRecord, Timeline, parse_probe_log
+from vm.timeline import ProbeRecord, Timeline, parse_probe_log, parse_probe_skips
 
 
 def line(**fields: object) -> str:
@@ -163,3 +163,37 @@ def test_dead_since_counts_only_failures_after_the_reattach() -> None:
     assert dead_since(ok + refused, after=100.0) == pytest.approx(8.0)  # 102 -> 110
     assert dead_since(refused, after=104.0) == pytest.approx(6.0)  # 104 -> 110
     assert dead_since(ok + refused, after=200.0) == 0.0  # nothing seen yet after the reattach
+
+
+@pytest.mark.parametrize(("record", "kind"), [
+    (answer(1.0, "Hello", 1), None),
+    (failure(1.0, "refused"), "refused"), (failure(1.0, "connect-refused"), "refused"),
+    (failure(1.0, "reset"), "reset"), (failure(1.0, "eof"), "eof"),
+    (failure(1.0, "empty"), "eof"), (failure(1.0, "timeout"), "timeout"),
+    (ProbeRecord(t=1.0, latency_ms=1.0, status=503), "non-2xx"),
+    (ProbeRecord(t=1.0, latency_ms=1.0, status=301), "non-2xx"),
+    (ProbeRecord(t=1.0, latency_ms=1.0, status=200), "other"),  # 200 without a greeting
+    (failure(1.0, "garbled"), "other"), (failure(1.0, "oserror-113"), "other"),
+    (failure(1.0, "abandoned"), "other"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_failure_class(record: ProbeRecord, kind: str | None) -> None:
+    """The issue's classes; an older probe's names ("connect-refused", "empty") read the same."""
+    assert record.failure_class == kind
+
+
+def test_skipped_slots_are_not_requests() -> None:
+    text = "\n".join([
+        line(t=10.0, latency_ms=1.0, status=200, greeting="Hello", visitor=1),
+        line(t=10.1, skipped="in-flight-bound", in_flight=200),
+        line(t=10.05, skipped="in-flight-bound", in_flight=200),
+    ]) + "\n"
+    assert [r.t for r in parse_probe_log(text)] == [10.0]
+    assert parse_probe_skips(text) == [10.05, 10.1]
+    tl = Timeline.build(parse_probe_log(text), 9.0, "Hello", "Hola",
+                        skipped=parse_probe_skips(text))
+    assert tl.errors == {} and tl.skipped == [10.05, 10.1]
+
+
+def test_a_field_a_newer_probe_adds_does_not_break_the_reader() -> None:
+    text = line(t=1.0, latency_ms=2.0, status=200, greeting="Hola", visitor=1, conn_ms=0.3)
+    assert parse_probe_log(text) == [answer(1.0, "Hola", 1, latency_ms=2.0)]

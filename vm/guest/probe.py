@@ -1,9 +1,25 @@
 #!/usr/bin/python3
-"""Per-request probe, run inside the guest beside ab (stdlib only).
+"""Per-request probe, run inside the guest beside ab (stdlib only: plain python3).
 
-Sends one non-keep-alive HTTP/1.0 request at a time, every ``--interval`` seconds, and writes
-one JSON line per request: send time (epoch s), latency (ms), HTTP status or error kind,
-greeting (Hello/Hola) and visitor number. Stops on SIGTERM/SIGINT or after ``--max-seconds``.
+An open-loop client: it sends one non-keep-alive HTTP/1.0 request every ``1 / --rate``
+seconds whatever happens to the earlier ones, each on its own thread, so a request that waits
+in the host socket's queue shows up as latency instead of as a pause in sending (a closed-loop
+probe stands in the queue and sends nothing meanwhile).
+
+It writes one JSON line per request when the request ends:
+``{"t": send time (epoch s), "latency_ms": ..., "status": 200, "greeting": "Hola",
+"visitor": 17}``, or on failure ``"error"`` with its class: ``refused``, ``reset``, ``eof``
+(the connection closed before any byte of a response), ``timeout``, ``garbled``,
+``oserror-<errno>``; a non-2xx answer has its ``status`` and no greeting. Lines are written as
+requests end, so the file is not in send order (readers sort by ``t``).
+
+At most ``--max-in-flight`` requests are outstanding. A send slot that finds the bound full is
+not sent and is written as ``{"t": ..., "skipped": "in-flight-bound", "in_flight": N}``, so a
+stall long enough to fill it is visible instead of silently thinning the load.
+
+Bounded: sending stops on SIGTERM/SIGINT or after ``--max-seconds``; requests still in flight
+then get ``--grace`` seconds to end, and whatever is left is written with
+``"error": "abandoned"`` before the process exits.
 """
 
 from __future__ import annotations
@@ -13,29 +29,42 @@ import json
 import re
 import signal
 import socket
+import threading
 import time
+from typing import Any, TextIO
 
 ANSWER = re.compile(rb"\r\n\r\n(\w+)! You are visitor #(\d+)!")
 STATUS = re.compile(rb"^HTTP/1\.[01] (\d{3})")
+REQUEST = b"GET / HTTP/1.0\r\nHost: probe\r\n\r\n"
+SKIPPED = "in-flight-bound"
+# Each request thread only connects, sends and reads: a small stack keeps hundreds of queued
+# requests cheap in a 2 GiB guest (the default reserves 8 MiB each).
+THREAD_STACK = 512 * 1024
 
 
 def one_request(host: str, port: int, timeout: float) -> dict[str, object]:
+    """One request on a fresh connection; ``timeout`` bounds the whole request, connect
+    (including the kernel's SYN retransmits) to the last byte."""
     sent = time.time()
+    deadline = time.monotonic() + timeout
     record: dict[str, object] = {"t": round(sent, 4)}
     data = b""
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
-            s.sendall(b"GET / HTTP/1.0\r\nHost: probe\r\n\r\n")
+            s.settimeout(max(0.001, deadline - time.monotonic()))
+            s.sendall(REQUEST)
             while True:
+                s.settimeout(max(0.001, deadline - time.monotonic()))
                 chunk = s.recv(4096)
                 if not chunk:
                     break
                 data += chunk
     except ConnectionRefusedError:
-        record["error"] = "connect-refused"
+        record["error"] = "refused"
     except TimeoutError:
         record["error"] = "timeout"
-    except ConnectionResetError:
+    except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
+        # A peer that resets before we finished sending shows up as EPIPE on sendall.
         record["error"] = "reset"
     except OSError as e:
         record["error"] = f"oserror-{e.errno}"
@@ -44,7 +73,7 @@ def one_request(host: str, port: int, timeout: float) -> dict[str, object]:
         status = STATUS.match(data)
         answer = ANSWER.search(data)
         if status is None:
-            record["error"] = "empty" if not data else "garbled"
+            record["error"] = "eof" if not data else "garbled"
         else:
             record["status"] = int(status.group(1))
             if answer is not None:
@@ -53,30 +82,103 @@ def one_request(host: str, port: int, timeout: float) -> dict[str, object]:
     return record
 
 
+class OpenLoopProbe:
+    """Sends at a fixed rate on threads, writes each request's record as it ends."""
+
+    def __init__(self, host: str, port: int, rate: float, timeout: float, max_in_flight: int,
+                 out: TextIO) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self.interval = 1.0 / rate
+        self.max_in_flight = max_in_flight
+        self.out = out
+        self.lock = threading.Lock()
+        self.in_flight: dict[int, float] = {}  # request number -> send time (epoch s)
+        self.sent = 0
+        self.skipped = 0
+
+    def _write(self, record: dict[str, Any]) -> None:
+        # Callers hold self.lock: threads must not interleave their lines.
+        self.out.write(json.dumps(record) + "\n")
+        self.out.flush()
+
+    def _request(self, number: int) -> None:
+        record = one_request(self.host, self.port, self.timeout)
+        with self.lock:
+            if self.in_flight.pop(number, None) is not None:  # else: written as abandoned
+                self._write(record)
+
+    def run(self, stop: threading.Event, max_seconds: float, grace: float) -> None:
+        start = time.monotonic()
+        end = start + max_seconds
+        next_at, number = start, 0
+        while next_at < end:
+            delay = next_at - time.monotonic()
+            if delay > 0 and stop.wait(delay):
+                break
+            if stop.is_set():
+                break
+            with self.lock:
+                full = len(self.in_flight) >= self.max_in_flight
+                if full:
+                    self.skipped += 1
+                    self._write({"t": round(time.time(), 4), "skipped": SKIPPED,
+                                 "in_flight": len(self.in_flight)})
+                else:
+                    self.in_flight[number] = time.time()
+            if not full:
+                threading.Thread(target=self._request, args=(number,), daemon=True).start()
+                self.sent += 1
+            number += 1
+            next_at += self.interval
+            # A probe starved of CPU (TCG) that wakes up late sends the next request now, not
+            # a burst of the missed ones: a burst would be load the rate does not describe.
+            now = time.monotonic()
+            if now - next_at > self.interval:
+                next_at = now
+        self.drain(grace)
+
+    def drain(self, grace: float) -> None:
+        """Give requests in flight ``grace`` seconds, then write the rest as abandoned."""
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.in_flight:
+                    return
+            time.sleep(0.02)
+        with self.lock:
+            now = time.time()
+            for sent in sorted(self.in_flight.values()):
+                self._write({"t": round(sent, 4), "latency_ms": round((now - sent) * 1000, 2),
+                             "error": "abandoned"})
+            self.in_flight.clear()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--interval", type=float, default=0.2)
-    parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--rate", type=float, default=20.0, help="requests per second")
+    parser.add_argument("--timeout", type=float, default=30.0, help="bound of one request (s)")
+    parser.add_argument("--max-in-flight", type=int, default=200)
     parser.add_argument("--max-seconds", type=float, default=300.0)
+    parser.add_argument("--grace", type=float, default=5.0,
+                        help="seconds requests in flight get after sending stops")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    stop = False
+    if not args.rate > 0 or args.max_in_flight < 1:
+        parser.error("--rate must be positive and --max-in-flight at least 1")
+    stop = threading.Event()
 
     def on_signal(*_: object) -> None:
-        nonlocal stop
-        stop = True
+        stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    end = time.monotonic() + args.max_seconds
+    threading.stack_size(THREAD_STACK)
     with open(args.out, "a", encoding="utf-8") as out:
-        while not stop and time.monotonic() < end:
-            started = time.monotonic()
-            out.write(json.dumps(one_request(args.host, args.port, args.timeout)) + "\n")
-            out.flush()
-            time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
+        probe = OpenLoopProbe(args.host, args.port, args.rate, args.timeout, args.max_in_flight,
+                              out)
+        probe.run(stop, args.max_seconds, args.grace)
 
 
 if __name__ == "__main__":
