@@ -96,8 +96,10 @@ def test_ctrl_c_to_the_process_group_of_tox_leaves_nothing(
         leftovers.append(f"run dir {settings.state_dir / 'runs' / run_id}")
     leftovers += [f"half-saved guest {p}" for p in (settings.state_dir / "saved").glob("*.tmp-*")]
     assert not leftovers, f"after Ctrl-C ({took:.0f} s to exit): {leftovers}; see {output}"
-    assert "forcing full stop" not in text and "SIGKILL" not in text, (
-        f"tox had to force the stop; see {output}")
+    # tox logs "second interrupt … forcing full stop" even for one group SIGINT (it hears the
+    # signal and pytest's exit); what matters is that it never had to signal pytest itself
+    # ("send signal SIGINT/SIGTERM/SIGKILL to <pid>"): pytest cleaned up on its own.
+    assert "send signal" not in text, f"tox had to stop pytest by force; see {output}"
     assert proc.returncode != 0, "an interrupted run must not exit 0"
     assert "destroying" in (nested / "last" / "run.log").read_text(), (
         "the interrupted run never destroyed its VM")
