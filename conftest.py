@@ -274,6 +274,7 @@ def vm(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Config,
 
     Asks for ``images`` so a broken image build ends the run before a boot is paid for."""
     from vm.accel import choose_accel
+    from vm.fedora_box import needs_provisioning, provision_box
     from vm.runs import RunLock, reap_stale_runs
     from vm.vagrant_backend import VagrantVM
 
@@ -282,6 +283,12 @@ def vm(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Config,
     # Downloaded boxes have no kernel of ours: choose_accel then trusts the device.
     kernel = box.kernel or settings.state_dir / "no-kernel"
     accel = choose_accel(settings.accel, kernel, settings.state_dir)
+    if needs_provisioning(box):  # a downloaded Fedora box: provisioned once, with network
+        try:
+            box = _harness_step("provision", pytestconfig, provision_box, box, settings, accel)
+        except BaseException:
+            lock.release()
+            raise
     handle = VagrantVM(settings, box, accel, settings.run_dir,
                        failure_dir=settings.artifacts_dir / "boot")
     boot_started = time.monotonic()
@@ -317,16 +324,11 @@ def vm(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Config,
 @pytest.fixture(scope="session")
 def guest(vm: Any, images: Any, settings: Settings, pytestconfig: pytest.Config) -> Any:
     """The booted guest, its systemd version known; image sets are uploaded on first use."""
-    from vm.boxes import get_box
     from vm.portable import PortableService
-    from vm.provision import provision_commands
     from vm.quirks import unsupported_reason
 
-    commands = provision_commands(get_box(settings.box))
-    if commands:
-        with log.nested(f"provisioning {settings.box}"):
-            for command in commands:
-                vm.succeed(command, timeout=1200)
+    # Every box arrives ready: built with everything (Debian) or provisioned once into a
+    # derived box (Fedora, see the vm fixture); the guest's network is restricted here.
     if not vm.execute("command -v portablectl").succeeded:
         pytest.exit("pwt: the guest has no portablectl (systemd-container missing from the box)",
                     returncode=3)

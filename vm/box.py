@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vm.boxes import DEBIAN_MIRROR, BoxRecipe
-from vm.boxes import LOCAL_BOXES as LOCAL_BOX_NAMES
 from vm.cache import checksum_ok, file_sha256, locked, recipe_hash, write_checksum
 from vm.errors import HarnessError, PrerequisiteMissing
 from vm.host import pool_volumes, remove_libvirt_leftovers
@@ -240,27 +239,11 @@ def prune_old_boxes(recipe_name: str, keep: str, env: dict[str, str]) -> list[st
 
 
 def fetch_box(recipe: BoxRecipe, state_dir: Path, provider: str) -> BuiltBox:
-    """Download a Vagrant Cloud box (Fedora) once; a clear error when that cannot work."""
-    assert recipe.vagrant_box is not None
+    """A downloaded box (Fedora, from its own servers, verified): vm/fedora_box.py."""
+    from vm.fedora_box import fetch  # imports this module
+
     if provider not in recipe.providers:
         raise HarnessError(
             f"box {recipe.name} has no {provider} version; providers: {', '.join(recipe.providers)}"
         )
-    env = vagrant_env(state_dir)
-    if _vagrant_has_box(recipe.vagrant_box, env):
-        log.info(f"box {recipe.vagrant_box}: cached")
-        return BuiltBox(recipe, recipe.vagrant_box, None)
-    log_path = state_dir / "boxes" / f"{recipe.name}-fetch.log"
-    with log.nested(f"downloading box {recipe.vagrant_box} ({provider}) from Vagrant Cloud"):
-        try:
-            run_logged(
-                ["vagrant", "box", "add", "--provider", provider, recipe.vagrant_box],
-                log_path, timeout=1800, what=f"downloading {recipe.vagrant_box}", env=env,
-            )
-        except HarnessError as e:
-            raise HarnessError(
-                f"box {recipe.name} cannot be fetched from Vagrant Cloud ({recipe.vagrant_box}):"
-                f" is this host offline? Boxes built here without internet: "
-                f"{', '.join(b for b in LOCAL_BOX_NAMES)}. ({e})"
-            ) from None
-    return BuiltBox(recipe, recipe.vagrant_box, None)
+    return fetch(recipe, state_dir, provider)

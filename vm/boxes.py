@@ -32,8 +32,13 @@ class BoxRecipe:
     packages: tuple[str, ...] = BASE_PACKAGES
     extra_suite: str | None = None  # e.g. bookworm-backports
     extra_packages: tuple[str, ...] = ()
-    vagrant_box: str | None = None  # a Vagrant Cloud name, for boxes not built here
+    # Downloaded boxes: the Fedora release whose Cloud Vagrant box is fetched (vm/fedora.py).
+    fedora_release: int | None = None
     providers: tuple[str, ...] = field(default=("libvirt",))
+    # A suite that keeps moving (Debian unstable): two builds of the same recipe can carry
+    # different systemd packages, so a report must show the package version read from the
+    # guest, not systemd_major, before a verdict change is blamed on the suite.
+    moving: bool = False
 
     @property
     def buildable_offline(self) -> bool:
@@ -75,18 +80,26 @@ BOXES: dict[str, BoxRecipe] = {
             systemd_major=257,
             suite="trixie",
         ),
-        # Online users only: official Fedora boxes from Vagrant Cloud (libvirt or VirtualBox).
+        BoxRecipe(
+            name="debian-sid",
+            description="Debian unstable, systemd 262 when added (moves)",
+            systemd_major=262,
+            suite="sid",
+            moving=True,
+        ),
+        # Online users only: Fedora's own Cloud Vagrant boxes from its download servers
+        # (libvirt or VirtualBox), verified, then provisioned once into a derived box.
         *(
             BoxRecipe(
                 name=f"fedora-{release}",
                 description=f"Fedora {release} Cloud, systemd {systemd}",
                 systemd_major=systemd,
                 package_manager="dnf",
-                vagrant_box=f"fedora/{release}-cloud-base",
+                fedora_release=release,
                 providers=("libvirt", "virtualbox"),
                 packages=(),
             )
-            for release, systemd in ((40, 255), (41, 256), (42, 257))
+            for release, systemd in ((43, 258), (44, 259), (45, 261))
         ),
     )
 }

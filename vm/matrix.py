@@ -1,6 +1,6 @@
 """The systemd-version matrix: run the scenarios per box, join the summaries into one table.
 
-    python -m vm.matrix run [--boxes a,b] [-- PYTEST ARGS]   # what `tox -e matrix` does
+    python -m vm.matrix run [--boxes a,b] [--jobs N] [--timeout S] [-- PYTEST ARGS]  # tox -e matrix
     python -m vm.matrix join OUT_DIR SUMMARY.json...          # what the nightly workflow does
 
 Rows are scenarios, columns are boxes with their systemd version, cells are the verdict with
@@ -10,11 +10,16 @@ failed/complete counts. Rows whose verdicts differ between versions are marked.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,27 +98,123 @@ def write_matrix(out_dir: Path, rows: Sequence[dict[str, Any]]) -> dict[str, Any
     return matrix
 
 
-def run_boxes(boxes: Sequence[str], artifacts: Path, pytest_args: Sequence[str]) -> int:
-    """Run the integration suite once per box (one after another on a small host)."""
+# What a matrix run does with one box: (box, its artifacts dir, seconds it may take) -> exit
+# code. The real one runs pytest in a subprocess; unit tests hand in fakes (no VM).
+BoxRunner = Callable[[str, Path, float], int]
+# A child still running at the matrix bound gets SIGTERM (pytest turns it into an interrupt:
+# the VM is destroyed), then this long before SIGKILL.
+TERM_GRACE_S = 120.0
+TIMED_OUT = 124  # the exit code timeout(1) uses
+
+
+@dataclass
+class BoxOutcome:
+    """How one box's run ended: exit code, seconds, or that the matrix bound stopped it."""
+
+    box: str
+    rc: int
+    seconds: float
+    timed_out: bool = False
+    started: bool = True
+
+
+def pytest_runner(pytest_args: Sequence[str], quiet: bool) -> BoxRunner:
+    """A BoxRunner that runs the integration suite for a box in its own pytest process.
+
+    Each run gets its own run id, VM, ports and artifacts (nothing is shared but the caches).
+    ``--run-timeout`` makes the child end itself cleanly within its share of the bound;
+    ``quiet`` (parallel runs) sends its output to <box dir>/pytest.log instead of the terminal.
+    """
+    def run(box: str, box_dir: Path, seconds: float) -> int:
+        box_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pytest", "tests/integration", f"--box={box}",
+               f"--artifacts={box_dir}", f"--junitxml={box_dir}/junit.xml"]
+        if math.isfinite(seconds):
+            cmd.append(f"--run-timeout={max(1, int(seconds))}")
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context((box_dir / "pytest.log").open("ab")) if quiet else None
+            proc = subprocess.Popen([*cmd, *pytest_args], stdout=out, stderr=out)
+            try:
+                # The child's own bound fires first; this is the backstop if it hangs.
+                return proc.wait(timeout=seconds + TERM_GRACE_S if math.isfinite(seconds)
+                                 else None)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=TERM_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                return TIMED_OUT
+            except BaseException:
+                proc.terminate()  # Ctrl-C of the matrix: the child destroys its VM too
+                proc.wait()
+                raise
+    return run
+
+
+def schedule(boxes: Sequence[str], run_dir: Path, runner: BoxRunner, jobs: int = 1,
+             timeout_s: float = math.inf,
+             clock: Callable[[], float] = time.monotonic) -> list[BoxOutcome]:
+    """Run ``runner`` for every box, at most ``jobs`` at once, within ``timeout_s`` overall.
+
+    A box whose turn comes after the bound is not started; a box still running at the bound
+    is told so by its share of time (its runner must end by then). Outcomes in box order."""
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, not {jobs}")
+    if not timeout_s > 0:
+        raise ValueError(f"--timeout must be a positive number of seconds, not {timeout_s:g}")
+    deadline = clock() + timeout_s
+
+    def one(box: str) -> BoxOutcome:
+        left = deadline - clock()
+        if left <= 0:
+            print(f"[pwt-matrix] {box}: not started, the matrix bound of {timeout_s:g} s is "
+                  "spent", flush=True)
+            return BoxOutcome(box, TIMED_OUT, 0.0, timed_out=True, started=False)
+        print(f"[pwt-matrix] {box}: started (artifacts {run_dir / box})", flush=True)
+        start = clock()
+        rc = runner(box, run_dir / box, left)
+        took = clock() - start
+        timed_out = rc == TIMED_OUT or clock() >= deadline
+        print(f"[pwt-matrix] {box}: exit {rc} after {took:.0f} s"
+              + (" (matrix bound reached)" if timed_out else ""), flush=True)
+        return BoxOutcome(box, rc, took, timed_out=timed_out)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(one, boxes))
+
+
+def run_boxes(boxes: Sequence[str], artifacts: Path, pytest_args: Sequence[str],
+              jobs: int = 1, timeout_s: float = math.inf,
+              runner: BoxRunner | None = None) -> int:
+    """Run the integration suite per box (``jobs`` at once), then join one report."""
     for box in boxes:
         get_box(box)  # unknown names fail before anything boots
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, not {jobs}")
     run_dir = artifacts / f"matrix-{time.strftime('%Y%m%d-%H%M%S')}"
-    worst = 0
-    summaries = []
-    for box in boxes:
-        box_dir = run_dir / box
-        print(f"[pwt-matrix] {box}: tox -e integration --box {box} (artifacts {box_dir})",
-              flush=True)
-        rc = subprocess.call([
-            sys.executable, "-m", "pytest", "tests/integration", f"--box={box}",
-            f"--artifacts={box_dir}", f"--junitxml={box_dir}/junit.xml", *pytest_args,
-        ])
-        worst = max(worst, rc)
-        summaries += sorted(box_dir.glob("*/summary.json"))
+    runner = runner or pytest_runner(pytest_args, quiet=jobs > 1)
+    start = time.monotonic()
+    outcomes = schedule(boxes, run_dir, runner, jobs, timeout_s)
+    summaries = [path for o in outcomes
+                 for path in sorted((run_dir / o.box).glob("*/summary.json"))]
     matrix = write_matrix(run_dir, load_summaries(summaries))
     print(render_markdown(matrix))
-    print(f"[pwt-matrix] report: {run_dir}/matrix.md")
-    return worst
+    for o in outcomes:
+        if o.timed_out:
+            state = "not started" if not o.started else "stopped"
+            print(f"[pwt-matrix] {o.box}: {state} by the matrix bound ({timeout_s:g} s)")
+    print(f"[pwt-matrix] {len(boxes)} boxes, {jobs} at once, {time.monotonic() - start:.0f} s; "
+          f"report: {run_dir}/matrix.md")
+    return max((o.rc for o in outcomes), default=0)
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,7 +223,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the integration suite per box, then join")
     run.add_argument("--boxes", default=",".join(LOCAL_BOXES))
     run.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    run.add_argument("pytest_args", nargs="*", help="passed to pytest (e.g. -k rollback)")
+    run.add_argument("--jobs", type=int, default=os.environ.get("PWT_MATRIX_JOBS", "1"),
+                     help="boxes run at once, each with its own VM (default 1; env "
+                          "PWT_MATRIX_JOBS)")
+    run.add_argument("--timeout", type=_positive_seconds,
+                     default=os.environ.get("PWT_MATRIX_TIMEOUT") or math.inf,
+                     help="bound of the whole matrix in seconds; runs still going end "
+                          "themselves cleanly (env PWT_MATRIX_TIMEOUT; default none)")
+    # Every other argument goes to pytest in its order (e.g. -k rollback). A positional
+    # nargs="*" here took "rollback" away from its "-k".
     join = sub.add_parser("join", help="join summary.json files into matrix.md/json")
     join.add_argument("out_dir", type=Path)
     join.add_argument("summaries", type=Path, nargs="+")
@@ -131,7 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(render_markdown(write_matrix(args.out_dir, load_summaries(args.summaries))))
         return 0
     boxes = [b for b in args.boxes.split(",") if b]
-    return run_boxes(boxes, args.artifacts, [*args.pytest_args, *passthrough])
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, not {args.jobs}")
+    return run_boxes(boxes, args.artifacts, passthrough, args.jobs, args.timeout)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,10 @@ with ``restrict=on`` (the guest reaches nothing outside) and SSH forwarded to 12
 libvirt bridge is created. vagrant-libvirt still needs a NIC in the domain XML whose MAC it can
 match against the guest agent's interface list; that NIC is a UDP tunnel between two loopback
 ports with the same MAC as the user-mode NIC, so it carries nothing anywhere.
+
+The one exception is ``network="provision"``: the VM that provisions a downloaded box once
+(vm/fedora_box.py) needs dnf's mirrors, so its user-mode NIC is not restricted. Every run then
+boots the packaged result with ``network="restricted"``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ class VagrantfileSpec:
     kernel: Path | None = None
     initrd: Path | None = None
     cmd_line: str | None = None
+    network: str = "restricted"  # or "provision": open, for the one-time provisioning VM
+
+
+NETWORK_CHOICES = ("restricted", "provision")
 
 
 def _rb(value: object) -> str:
@@ -69,6 +77,9 @@ def _direct_boot_lines(spec: VagrantfileSpec) -> str:
 
 def render(spec: VagrantfileSpec) -> str:
     """The Vagrantfile text for ``spec`` (libvirt, or VirtualBox for online users)."""
+    if spec.network not in NETWORK_CHOICES:
+        raise ValueError(f"network must be one of {', '.join(NETWORK_CHOICES)}, "
+                         f"not {spec.network!r}")
     if spec.provider == "virtualbox":
         return _render_virtualbox(spec)
     if spec.provider != "libvirt":
@@ -84,7 +95,8 @@ def render(spec: VagrantfileSpec) -> str:
         )
     key = _ssh_key_lines(spec)
     boot = _direct_boot_lines(spec)
-    netdev = f"user,id=pwtnet,restrict=on,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"
+    restrict = "on" if spec.network == "restricted" else "off"
+    netdev = f"user,id=pwtnet,restrict={restrict},hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"
     device = f"virtio-net-pci,netdev=pwtnet,mac={spec.mac},bus=pci.0,addr=0x1f"
     return f"""\
 # Rendered by vm/vagrantfile.py for one test run; edits are lost.
@@ -114,7 +126,7 @@ Vagrant.configure("2") do |config|
 {boot}    lv.mgmt_attach = false
     lv.qemu_use_agent = true
     lv.serial :type => "file", :source => {{:path => {_rb(str(spec.console_log))}}}
-    # The guest's real NIC: qemu user networking, SSH forwarded to 127.0.0.1 only.
+    # The guest's real NIC: qemu user networking ({spec.network}), SSH forwarded to 127.0.0.1.
     lv.qemuargs :value => "-netdev"
     lv.qemuargs :value => {_rb(netdev)}
     lv.qemuargs :value => "-device"
@@ -125,10 +137,14 @@ end
 
 
 def _render_virtualbox(spec: VagrantfileSpec) -> str:
-    """VirtualBox: NAT with SSH forwarded to 127.0.0.1 only; the console goes to a file."""
+    """VirtualBox: NAT with SSH forwarded to 127.0.0.1 only; the console goes to a file.
+
+    NAT cannot refuse what the guest starts, so "restricted" is enforced inside the derived
+    box (vm/provision.py NO_EGRESS_RULES); the provisioning VM has not got those rules yet."""
     key = _ssh_key_lines(spec)
     return f"""\
 # Rendered by vm/vagrantfile.py for one test run; edits are lost.
+# Guest network: {spec.network} (restricted: the box's own rules drop guest-started traffic).
 Vagrant.configure("2") do |config|
   config.vm.box = {_rb(spec.box)}
   config.vm.synced_folder ".", "/vagrant", disabled: true

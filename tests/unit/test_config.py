@@ -132,10 +132,10 @@ def test_build_env_with_extra_suite() -> None:
 
 
 def test_build_env_of_a_downloaded_box_raises() -> None:
-    box = BoxRecipe(name="fedora-40", description="Fedora 40", systemd_major=255,
-                    package_manager="dnf", vagrant_box="fedora/40-cloud-base")
+    box = BoxRecipe(name="fedora-43", description="Fedora 43", systemd_major=258,
+                    package_manager="dnf", fedora_release=43)
     assert not box.buildable_offline
-    with pytest.raises(ValueError, match="fedora-40 is not built locally"):
+    with pytest.raises(ValueError, match="fedora-43 is not built locally"):
         box.build_env()
 
 

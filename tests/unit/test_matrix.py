@@ -64,3 +64,174 @@ def test_unknown_box_fails_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown box"):
         main(["run", "--boxes", "debian-nosuch", "--artifacts", str(tmp_path)])
     assert not list(tmp_path.iterdir())
+
+
+# --- scheduling: --jobs and the overall bound, with fake box runs (no VM) --------------------
+
+import math  # noqa: E402
+import threading  # noqa: E402
+
+import pytest  # noqa: E402
+
+from vm.matrix import TIMED_OUT, run_boxes, schedule  # noqa: E402
+
+
+class FakeRuns:
+    """A BoxRunner: each run waits until released (or a short while), counting overlaps, and
+    writes a summary.json the way a real run does."""
+
+    def __init__(self, hold_s: float = 0.2, rc: dict[str, int] | None = None) -> None:
+        self.hold_s = hold_s
+        self.rc = rc or {}
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most_at_once = 0
+        self.given: dict[str, float] = {}
+        self.order: list[str] = []
+
+    def __call__(self, box: str, box_dir: Path, seconds: float) -> int:
+        with self.lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+            self.given[box] = seconds
+            self.order.append(box)
+        threading.Event().wait(self.hold_s)
+        (box_dir / "run1").mkdir(parents=True)
+        (box_dir / "run1" / "summary.json").write_text(json.dumps(
+            {"scenarios": [row("host-socket-no-keepalive", box, 252, "pass")]}))
+        with self.lock:
+            self.running -= 1
+        return self.rc.get(box, 0)
+
+
+BOXES4 = ["debian-bookworm", "debian-bookworm-backports", "debian-trixie", "debian-sid"]
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 4])
+def test_jobs_bounds_how_many_boxes_run_at_once(jobs: int, tmp_path: Path) -> None:
+    runs = FakeRuns()
+    outcomes = schedule(BOXES4, tmp_path, runs, jobs=jobs)
+    assert runs.most_at_once == jobs
+    assert [o.box for o in outcomes] == BOXES4  # report order is box order, not finish order
+    assert all(o.rc == 0 and not o.timed_out for o in outcomes)
+
+
+def test_each_box_has_its_own_artifacts_and_one_report_joins_them(tmp_path: Path) -> None:
+    runs = FakeRuns(hold_s=0.05, rc={"debian-trixie": 1})
+    rc = run_boxes(BOXES4, tmp_path, [], jobs=2, runner=runs)
+    assert rc == 1  # the worst exit code
+    (run_dir,) = tmp_path.glob("matrix-*")
+    assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == sorted(BOXES4)
+    matrix = json.loads((run_dir / "matrix.json").read_text())
+    assert matrix["columns"] == [f"{b} (systemd 252)" for b in BOXES4]
+
+
+def test_boxes_whose_turn_comes_after_the_bound_are_not_started(tmp_path: Path) -> None:
+    now = [0.0]
+
+    def runner(box: str, box_dir: Path, seconds: float) -> int:
+        now[0] += 60.0  # each box "takes" a minute
+        return 0
+
+    outcomes = schedule(BOXES4, tmp_path, runner, jobs=1, timeout_s=100.0,
+                        clock=lambda: now[0])
+    assert [(o.box, o.started, o.timed_out) for o in outcomes] == [
+        ("debian-bookworm", True, False),
+        ("debian-bookworm-backports", True, True),  # ended past the bound
+        ("debian-trixie", False, True),
+        ("debian-sid", False, True),
+    ]
+    assert outcomes[2].rc == TIMED_OUT
+
+
+def test_each_run_is_given_what_is_left_of_the_bound(tmp_path: Path) -> None:
+    now = [0.0]
+    given: list[float] = []
+
+    def runner(box: str, box_dir: Path, seconds: float) -> int:
+        given.append(seconds)
+        now[0] += 30.0
+        return 0
+
+    schedule(BOXES4[:3], tmp_path, runner, jobs=1, timeout_s=100.0, clock=lambda: now[0])
+    assert given == [100.0, 70.0, 40.0]
+    given.clear()
+    schedule(BOXES4[:1], tmp_path, runner, jobs=1)
+    assert given == [math.inf]  # no bound: the runner adds no --run-timeout
+
+
+@pytest.mark.parametrize("jobs", [0, -3])
+def test_jobs_below_one_is_one_line_before_anything_runs(jobs: int, tmp_path: Path) -> None:
+    runs = FakeRuns()
+    with pytest.raises(ValueError, match=f"^--jobs must be at least 1, not {jobs}$"):
+        run_boxes(BOXES4, tmp_path, [], jobs=jobs, runner=runs)
+    assert runs.order == [] and not list(tmp_path.iterdir())
+
+
+def test_cli_rejects_bad_jobs_and_timeout_in_one_line(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    for args, message in ((["--jobs", "0"], "--jobs must be at least 1, not 0"),
+                          (["--timeout", "-5"], "must be a positive number of seconds, not -5"),
+                          (["--timeout", "inf"], "must be a positive number of seconds, not inf")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["run", "--artifacts", str(tmp_path), *args])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_takes_jobs_and_timeout_from_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, object] = {}
+
+    def fake_run_boxes(boxes: list[str], artifacts: Path, pytest_args: list[str],
+                       jobs: int = 1, timeout_s: float = math.inf) -> int:
+        seen.update(boxes=boxes, jobs=jobs, timeout_s=timeout_s, args=pytest_args)
+        return 0
+
+    monkeypatch.setattr("vm.matrix.run_boxes", fake_run_boxes)
+    monkeypatch.setenv("PWT_MATRIX_JOBS", "3")
+    monkeypatch.setenv("PWT_MATRIX_TIMEOUT", "5400")
+    assert main(["run", "--boxes", "debian-sid,debian-trixie", "-k", "rollback"]) == 0
+    assert seen == {"boxes": ["debian-sid", "debian-trixie"], "jobs": 3, "timeout_s": 5400.0,
+                    "args": ["-k", "rollback"]}
+    monkeypatch.delenv("PWT_MATRIX_TIMEOUT")
+    assert main(["run", "--jobs", "2"]) == 0
+    assert seen["jobs"] == 2 and seen["timeout_s"] == math.inf
+
+
+def fake_python(tmp_path: Path, body: str) -> Path:
+    """An executable standing in for `python -m pytest ...`: logs its arguments, then ``body``."""
+    script = tmp_path / "fake-python"
+    script.write_text(f'#!/bin/sh\necho "args: $*"\n{body}\n')
+    script.chmod(0o755)
+    return script
+
+
+def test_the_real_runner_bounds_the_child_and_keeps_its_output(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vm import matrix
+
+    monkeypatch.setattr(matrix.sys, "executable", str(fake_python(tmp_path, "exit 3")))
+    run = matrix.pytest_runner(["-k", "rollback"], quiet=True)
+    assert run("debian-sid", tmp_path / "sid", 125.7) == 3
+    out = (tmp_path / "sid" / "pytest.log").read_text()
+    assert "--box=debian-sid" in out and f"--artifacts={tmp_path / 'sid'}" in out
+    assert "--run-timeout=125 -k rollback" in out  # its share of the bound, then pytest args
+    assert run("debian-sid", tmp_path / "sid", math.inf) == 3
+    assert "--run-timeout" not in (tmp_path / "sid" / "pytest.log").read_text().splitlines()[-1]
+
+
+def test_a_child_that_outlives_its_bound_is_stopped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child's own --run-timeout should end it; if it hangs, SIGTERM after the grace."""
+    import time
+
+    from vm import matrix
+
+    monkeypatch.setattr(matrix, "TERM_GRACE_S", 0.5)
+    monkeypatch.setattr(matrix.sys, "executable",
+                        str(fake_python(tmp_path, "exec sleep 30")))
+    start = time.monotonic()
+    assert matrix.pytest_runner([], quiet=True)("debian-sid", tmp_path / "sid", 0.5) == TIMED_OUT
+    assert time.monotonic() - start < 10

@@ -1,0 +1,175 @@
+"""Fedora boxes: download and verify once, provision once with network, then run restricted.
+
+The design (issue 13): every run boots a box that needs no network, as the Debian boxes do.
+A downloaded Fedora box lacks ab, haproxy and portabled, and installing them needs dnf's
+mirrors. So, once per (release, provider, provisioning recipe, host key):
+
+1. ``fetch``: download the ``.box``, check it against the release's signed CHECKSUM
+   (vm/fedora.py), ``vagrant box add`` it as ``pwt/fedora-N-<compose>-base``;
+2. ``provision_box``: boot it in a provisioning VM whose user-mode network is *open*
+   (``network="provision"`` in vm/vagrantfile.py), run vm/provision.py's commands, install the
+   per-host SSH key, and package the disk as the derived box ``pwt/fedora-N-<digest>``;
+3. every run, this one included, boots the derived box with ``restrict=on`` and our own key.
+
+The provisioning VM lives inside the run's own run dir and domain prefix, so the run's lock
+covers it and the stale-run reaper of a concurrent run leaves it alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+from vm.box import (
+    BuiltBox,
+    _vagrant_has_box,
+    ensure_ssh_key,
+    pool_base_prefix,
+    vagrant_env,
+)
+from vm.boxes import BoxRecipe
+from vm.cache import recipe_hash
+from vm.config import Settings
+from vm.errors import HarnessError
+from vm.fedora import FEDORA_RELEASES, Downloader, fetch_verified_box, urllib_download
+from vm.host import pool_volumes, remove_libvirt_leftovers
+from vm.log import log
+from vm.proc import run_logged
+from vm.provision import provision_commands
+from vm.vagrant_backend import VagrantVM
+from vm.vagrantfile import VagrantfileSpec, render
+
+PROVISION_TIMEOUT_S = 1800.0
+
+
+def derived_box_name(recipe: BoxRecipe, provider: str, public_key: Path) -> str:
+    """The Vagrant name of the provisioned box: changes when anything that went into it does."""
+    assert recipe.fedora_release is not None
+    compose = FEDORA_RELEASES[recipe.fedora_release].compose or "unpinned"
+    data = {"commands": provision_commands(recipe, provider), "provider": provider,
+            "compose": compose, "pubkey": public_key.read_text()}
+    return f"pwt/{recipe.name}-{recipe_hash([Path(__file__)], data)}"
+
+
+def key_commands(public_key: str) -> list[str]:
+    """Replace the key Vagrant inserted at first boot with the per-host key (as for Debian
+    boxes), so runs of the derived box log in with ``insert_key = false``."""
+    return [
+        "install -d -m 0700 -o vagrant -g vagrant /home/vagrant/.ssh",
+        f"printf '%s\\n' '{public_key.strip()}' > /home/vagrant/.ssh/authorized_keys",
+        "chown vagrant:vagrant /home/vagrant/.ssh/authorized_keys",
+        "chmod 0600 /home/vagrant/.ssh/authorized_keys",
+    ]
+
+
+def needs_provisioning(box: BuiltBox) -> bool:
+    """True for a downloaded Fedora base box (its derived box is not made yet)."""
+    return box.recipe.fedora_release is not None and box.private_key is None
+
+
+def fetch(recipe: BoxRecipe, state_dir: Path, provider: str,
+          download: Downloader | None = None, gpgv: str = "gpgv") -> BuiltBox:
+    """The derived box if it exists (no network needed); else the verified base box, added.
+
+    ``download`` defaults to urllib (looked up at call time, so tests can replace it)."""
+    assert recipe.fedora_release is not None
+    key = ensure_ssh_key(state_dir)
+    env = vagrant_env(state_dir)
+    derived = derived_box_name(recipe, provider, key.with_suffix(".pub"))
+    if _vagrant_has_box(derived, env):
+        log.info(f"box {derived}: cached (provisioned {recipe.name})")
+        return BuiltBox(recipe, derived, key)
+    boxes = state_dir / "boxes"
+    fetched = fetch_verified_box(recipe.fedora_release, provider, boxes / "fedora",
+                                 download or urllib_download, gpgv)
+    base = f"pwt/{recipe.name}-{fetched.compose}-base"
+    if not _vagrant_has_box(base, env):
+        with log.nested(f"adding box {base} to Vagrant"):
+            run_logged(["vagrant", "box", "add", "--force", "--name", base, str(fetched.path)],
+                       boxes / f"{recipe.name}-fetch.log", timeout=600,
+                       what="vagrant box add", env=env)
+    return BuiltBox(recipe, base, None)
+
+
+class ProvisioningVM(VagrantVM):
+    """The one-time VM of a base box: the run's VM, but with its network open."""
+
+    def write_vagrantfile(self, attempt: int = 1, mac: str | None = None) -> VagrantfileSpec:
+        spec = dataclasses.replace(super().write_vagrantfile(attempt, mac), network="provision")
+        (self.run_dir / "Vagrantfile").write_text(render(spec))
+        return spec
+
+
+def libvirt_box_metadata(virtual_size_bytes: int) -> dict[str, object]:
+    """metadata.json of a libvirt box (virtual_size in GiB, rounded up)."""
+    return {"provider": "libvirt", "format": "qcow2",
+            "virtual_size": max(1, math.ceil(virtual_size_bytes / 2**30))}
+
+
+def _package_libvirt(vm: ProvisioningVM, out: Path, log_path: Path) -> None:
+    """Flatten the halted domain's disk (an overlay on the base volume) into a box file."""
+    s = vm.settings
+    volumes = pool_volumes(s.libvirt_uri, s.pool, vm.domain_prefix)
+    if len(volumes) != 1:
+        raise HarnessError(f"expected one disk volume of {vm.domain} in pool {s.pool}, found "
+                           f"{len(volumes)}: is the pool {s.pool!r} the one setup-host made?")
+    work = out.with_name(out.name + ".work")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        run_logged(["qemu-img", "convert", "-O", "qcow2", str(volumes[0][1]),
+                    str(work / "box.img")], log_path, timeout=1800, what="qemu-img convert")
+        info = json.loads(subprocess.run(
+            ["qemu-img", "info", "--output=json", str(work / "box.img")],
+            capture_output=True, text=True, check=True).stdout)
+        (work / "metadata.json").write_text(
+            json.dumps(libvirt_box_metadata(int(info["virtual-size"]))) + "\n")
+        run_logged(["tar", "-cf", str(out), "-C", str(work), "metadata.json", "box.img"],
+                   log_path, timeout=1800, what="packing the derived box")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def provision_box(box: BuiltBox, settings: Settings, accel: str) -> BuiltBox:
+    """Provision the base ``box`` once in a VM with network, package it, add the result."""
+    recipe, provider = box.recipe, settings.provider
+    key = ensure_ssh_key(settings.state_dir)
+    derived = derived_box_name(recipe, provider, key.with_suffix(".pub"))
+    boxes = settings.state_dir / "boxes"
+    out = boxes / f"{derived.split('/')[1]}.box"
+    log_path = boxes / f"{derived.split('/')[1]}.log"
+    env = vagrant_env(settings.state_dir)
+    vm = ProvisioningVM(settings, box, accel, settings.run_dir / "provision",
+                        failure_dir=settings.artifacts_dir / "provision")
+    commands = [*provision_commands(recipe, provider),
+                *key_commands(key.with_suffix(".pub").read_text())]
+    with log.nested(f"provisioning {box.vagrant_name} once with network, into {derived}"):
+        try:
+            machine = vm.up()
+            for command in commands:
+                machine.succeed(command, timeout=PROVISION_TIMEOUT_S)
+            machine.close()
+            if provider == "libvirt":
+                vm._vagrant().halt()
+                _package_libvirt(vm, out, log_path)
+            else:
+                out.unlink(missing_ok=True)
+                run_logged(["vagrant", "package", "--output", str(out)], log_path,
+                           timeout=1800, what="vagrant package", env=env, cwd=vm.run_dir)
+        finally:
+            vm.destroy()
+            shutil.rmtree(vm.run_dir, ignore_errors=True)
+        run_logged(["vagrant", "box", "add", "--force", "--name", derived, str(out)], log_path,
+                   timeout=600, what="vagrant box add", env=env)
+        out.unlink()  # Vagrant keeps its own copy; the downloaded .box stays for a rebuild
+        # The base box is only a step: free its copies in Vagrant and the pool.
+        subprocess.run(["vagrant", "box", "remove", "--force", "--all", box.vagrant_name],
+                       env=env, capture_output=True, check=False)
+        if provider == "libvirt":
+            remove_libvirt_leftovers(settings.libvirt_uri, settings.pool,
+                                     pool_base_prefix(box.vagrant_name))
+    return BuiltBox(recipe, derived, key)
