@@ -16,6 +16,11 @@ ERROR_CLASS = {"refused": "refused", "connect-refused": "refused", "reset": "res
                "eof": "eof", "empty": "eof", "timeout": "timeout"}
 
 
+# Open-loop answers complete out of order by at most the time threads take to be scheduled
+# (tens of ms under TCG, more under load): a second covers it with room to spare.
+COUNTER_SLACK_S = 1.0
+
+
 @dataclass(frozen=True)
 class ProbeRecord:
     t: float  # send time, epoch seconds (guest clock)
@@ -105,10 +110,14 @@ class Timeline:
         return [r for r in self.records if r.ok]
 
     def first(self, greeting: str) -> ProbeRecord | None:
-        return next((r for r in self.answered if r.greeting == greeting), None)
+        """The answer of ``greeting`` that completed first (open loop: not the first sent)."""
+        return min((r for r in self.answered if r.greeting == greeting),
+                   key=lambda r: r.done_at, default=None)
 
     def last(self, greeting: str) -> ProbeRecord | None:
-        return next((r for r in reversed(self.answered) if r.greeting == greeting), None)
+        """The answer of ``greeting`` that completed last."""
+        return max((r for r in self.answered if r.greeting == greeting),
+                   key=lambda r: r.done_at, default=None)
 
     @property
     def switch_at(self) -> float | None:
@@ -119,8 +128,11 @@ class Timeline:
     @property
     def switched_cleanly(self) -> bool:
         """Old answers, then new ones, and no old answer after the first new one."""
+        # By completion: the old process is gone before the new one answers, so every old
+        # answer completes before the first new one, whatever order the requests were sent in
+        # (a SYN retransmitted after a full accept queue can overtake a later request).
         first_new, last_old = self.first(self.new), self.last(self.old)
-        return bool(first_new and last_old and last_old.t < first_new.t)
+        return bool(first_new and last_old and last_old.done_at <= first_new.done_at)
 
     @property
     def longest_gap_ms(self) -> float:
@@ -134,9 +146,30 @@ class Timeline:
         return max((r.latency_ms for r in self.records), default=0.0)
 
     def counter_regressions(self) -> list[tuple[int, int]]:
-        """Pairs (earlier, later) of visitor numbers where the count did not go up."""
-        visitors = [r.visitor for r in self.answered if r.visitor is not None]
-        return [(a, b) for a, b in itertools.pairwise(visitors) if b <= a]
+        """Pairs (earlier, later) of visitor numbers that show the count going back.
+
+        The probe is open-loop: requests overlap, so two answers may complete in either order
+        and a later-sent request may carry the smaller number. What cannot happen to a counter
+        that loses nothing: the same number twice, or a number below one that was answered
+        ``COUNTER_SLACK_S`` or more before it (a counter reset stays below for good).
+        """
+        answers = sorted((r for r in self.answered if r.visitor is not None),
+                         key=lambda r: r.done_at)
+        found: list[tuple[int, int]] = []
+        seen: dict[int, int] = {}
+        settled_max, settled = 0, 0  # the highest number answered SLACK or more earlier
+        for record in answers:
+            visitor = record.visitor
+            assert visitor is not None
+            while answers[settled].done_at <= record.done_at - COUNTER_SLACK_S:
+                settled_max = max(settled_max, answers[settled].visitor or 0)
+                settled += 1
+            if visitor in seen:
+                found.append((visitor, visitor))
+            elif visitor < settled_max:
+                found.append((settled_max, visitor))
+            seen[visitor] = 1
+        return found
 
     def answered_seconds_of(self, greeting: str) -> float:
         """How long answers of ``greeting`` have been seen: first to last, in seconds."""

@@ -75,8 +75,9 @@ def test_switch_at_is_when_the_first_new_answer_completed() -> None:
     records = [answer(1.0, "Hello", 1), answer(1.2, "Hola", 2, latency_ms=300.0),
                answer(1.4, "Hola", 3)]
     tl = Timeline.build(records, 0.0, "Hello", "Hola")
-    assert tl.switch_at == pytest.approx(1.5)
-    assert tl.first("Hola") == records[1] and tl.last("Hola") == records[2]
+    # Open loop: the Hola sent at 1.4 s completed before the one sent at 1.2 s (done 1.5 s).
+    assert tl.switch_at == pytest.approx(records[2].done_at) and records[2].done_at < 1.5
+    assert tl.first("Hola") == records[2] and tl.last("Hola") == records[1]
     assert tl.last("Hello") == records[0]
 
 
@@ -130,10 +131,28 @@ def test_max_latency_includes_failed_requests() -> None:
 
 def test_counter_regressions() -> None:
     visitors = [1, 5, 5, 9, 3, 4, 10]
-    records = [answer(1.0 + i / 10, "Hello", v) for i, v in enumerate(visitors)]
+    records = [answer(1.0 + i / 2, "Hello", v) for i, v in enumerate(visitors)]
     records.insert(2, failure(1.15, "reset"))  # failures do not break the chain
     tl = Timeline.build(records, 0.0, "Hello", "Hola")
-    assert tl.counter_regressions() == [(5, 5), (9, 3)]
+    # 5 twice; 3 and 4 below numbers answered a second or more before them (a reset).
+    assert tl.counter_regressions() == [(5, 5), (5, 3), (9, 4)]
+
+
+def test_overlapping_answers_may_complete_in_either_order() -> None:
+    # Seen with the open-loop probe: a request sent 50 ms later got the smaller number
+    # (711 then 709 by send time). That is concurrency, not a lost count.
+    records = [answer(1.00, "Hello", 711, latency_ms=300.0), answer(1.05, "Hello", 709,
+                                                                     latency_ms=150.0),
+               answer(1.10, "Hello", 712, latency_ms=20.0), answer(3.0, "Hello", 720)]
+    assert Timeline.build(records, 0.0, "Hello", "Hola").counter_regressions() == []
+
+
+def test_a_counter_reset_is_a_regression_once_a_second_has_passed() -> None:
+    records = [answer(1.0 + i / 20, "Hello", 500 + i) for i in range(20)]
+    records += [answer(2.5 + i / 20, "Hola", 1 + i) for i in range(5)]
+    regressions = Timeline.build(records, 0.0, "Hello", "Hola").counter_regressions()
+    # The first v2 answer is below every number answered a second or more before it.
+    assert regressions and regressions[0] == (510, 1)
 
 
 def test_no_counter_regressions_when_strictly_increasing() -> None:
