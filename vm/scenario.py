@@ -274,14 +274,15 @@ def refused_problems(outcome: LoadOutcome, rollout: Reattach, socket: SocketObse
 
 
 def summary_row(run: ScenarioRun, box: str, systemd_major: int,
-                verdict: Verdict) -> dict[str, Any]:
-    """The run's row in summary.json: the measurements and ``verdict`` (from ``verdict_of``)."""
+                verdict: Verdict, systemd_package: str = "") -> dict[str, Any]:
+    """The run's row in summary.json: the measurements and ``verdict`` (from ``verdict_of``);
+    ``systemd_package`` is the guest's exact systemd package version."""
     s = run.scenario
     row = scenario_record(
         s.id, box, systemd_major, keepalive=s.keepalive, proxy=s.proxy,
         socket_location=s.socket_location, outcome=run.outcome, reattach=run.reattach,
         counter_ok=not counter_consistent(run.outcome, run.final_count),
-        verdict=verdict.label, problems=verdict.problems,
+        verdict=verdict.label, problems=verdict.problems, systemd_package=systemd_package,
     )
     if run.outcome.holders is not None:
         h = run.outcome.holders
