@@ -247,3 +247,11 @@ def test_user_scope_runs_as_the_user_from_the_users_image() -> None:
                                            attached_image=PortableService.image_path(2)))
     assert system_image.kind == FAIL
     assert image_path(2) in system_image.problems[0]
+
+
+def test_reset_after_a_broken_setup_never_touches_another_users_manager() -> None:
+    """uid 0 is unknown, not root's: no user@0.service is stopped, no runuser is run."""
+    svc, commands = service(262, {"": (0, "")})
+    UserPortableService(svc).reset()
+    assert not any("user@" in c or "runuser" in c for c in commands)
+    assert any("disable-linger pwt-user" in c for c in commands)
