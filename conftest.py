@@ -25,6 +25,9 @@ from vm.log import log
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = pytest.StashKey[list[dict[str, Any]]]()
+# Scenarios the guest cannot run (ScenarioUnsupported), with the reason: the report and the
+# matrix show them as skipped on that box rather than not run.
+SKIPPED = pytest.StashKey[list[dict[str, Any]]]()
 PHASES = pytest.StashKey[dict[str, float]]()
 SETTINGS = pytest.StashKey[Settings]()
 BOOT_STARTED = pytest.StashKey[float]()
@@ -152,6 +155,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # unit tests get the defaults (no fixture of theirs reads the settings).
     config.stash[SETTINGS] = Settings() if only_unit_tests(config) else settings_from(config)
     config.stash[RESULTS] = []
+    config.stash[SKIPPED] = []
     config.stash[PHASES] = {}
     capman = config.pluginmanager.getplugin("capturemanager")
 
@@ -335,7 +339,7 @@ def guest(vm: Any, images: Any, settings: Settings, pytestconfig: pytest.Config)
     major = vm.systemd_version()
     if (reason := unsupported_reason(major)) is not None:
         pytest.exit(f"pwt: {reason}", returncode=3)
-    log.info(f"guest runs systemd {major}")
+    log.info(f"guest runs systemd {major} (package {vm.systemd_package_version() or 'unknown'})")
     service = PortableService(vm, major, settings.reattach_timeout_s, images,
                               unit_timeout_s=settings.unit_timeout_s)
     service.check_clean()
@@ -344,6 +348,13 @@ def guest(vm: Any, images: Any, settings: Settings, pytestconfig: pytest.Config)
     pytestconfig.stash[PHASES]["ready"] = round(ready, 1)
     log.info(f"guest ready (clean) {ready:.1f} s after the boot step began")
     return service
+
+
+@pytest.fixture(scope="session")
+def systemd_package(guest: Any) -> str:
+    """The guest's exact systemd package version (e.g. 262.1-1), "" if unknown: every summary
+    row carries it, so a rebuilt box of a moving suite is told apart in the matrix."""
+    return str(guest.machine.systemd_package_version())
 
 
 def _collect_evidence(machine: Any, directory: Path) -> None:
@@ -390,6 +401,13 @@ def record_scenario(pytestconfig: pytest.Config) -> Any:
 
 
 @pytest.fixture
+def record_skip(pytestconfig: pytest.Config) -> Any:
+    """record_skip(row): a scenario this guest cannot run, with the reason (summary.json's
+    "skipped"; the matrix shows it in the box's column)."""
+    return pytestconfig.stash[SKIPPED].append
+
+
+@pytest.fixture
 def record_phase(pytestconfig: pytest.Config) -> Any:
     """record_phase(name, seconds): a duration shown in the report's phase list."""
 
@@ -402,12 +420,13 @@ def record_phase(pytestconfig: pytest.Config) -> Any:
 # --- report -------------------------------------------------------------------------------
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
-    records = config.stash[RESULTS]
-    if not records:
+    records, skipped = config.stash[RESULTS], config.stash[SKIPPED]
+    if not records and not skipped:
         return
     from vm.report import write_summary
 
-    write_summary(config.stash[SETTINGS].artifacts_dir, records, config.stash[PHASES])
+    write_summary(config.stash[SETTINGS].artifacts_dir, records, config.stash[PHASES],
+                  skipped=skipped)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

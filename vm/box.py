@@ -69,7 +69,12 @@ class BuiltBox:
 
     @property
     def cmd_line(self) -> str | None:
-        return KERNEL_CMD_LINE if self.kernel is not None else None
+        return kernel_cmd_line(self.recipe) if self.kernel is not None else None
+
+
+def kernel_cmd_line(recipe: BoxRecipe) -> str:
+    """The command line a box built here boots with: the common one, then the recipe's own."""
+    return f"{KERNEL_CMD_LINE} {recipe.kernel_cmd_line}".strip()
 
 
 def boot_files(box_file: Path) -> tuple[Path, Path]:

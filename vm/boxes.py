@@ -19,6 +19,20 @@ BASE_PACKAGES = (
     "apache2-utils", "haproxy", "python3", "qemu-guest-agent",
 )
 
+# What user portable services (`portablectl --user`, systemd >= 260) need beyond the base, as
+# Debian packages them (read from sid's 262.1-1 with dpkg-deb): systemd-mountfsd and
+# systemd-nsresourced come with systemd-container, but nsresourced dlopens libbpf (a Recommends,
+# which debootstrap does not install); portablectl --user and the user's portabled talk over the
+# user's D-Bus (dbus-user-session, which pulls libpam-systemd); mountfsd asks polkit whether an
+# unsigned image may be mounted for an unprivileged user (polkitd; TEST-29-PORTABLE wants >= 124).
+USER_PORTABLE_PACKAGES = ("libbpf1", "dbus-user-session", "libpam-systemd", "polkitd")
+
+# systemd-nsresourced needs the bpf LSM active. Debian's kernels list it in CONFIG_LSM (sid's
+# 7.2.13: "landlock,lockdown,yama,loadpin,safesetid,integrity,apparmor,selinux,smack,tomoyo,bpf,
+# ipe"), so it is on by default; a moving suite's recipe still says so on the command line, so a
+# kernel whose default list drops it does not silently take the user scenario's prerequisite.
+BPF_LSM_CMD_LINE = "lsm=landlock,lockdown,yama,integrity,apparmor,bpf"
+
 
 @dataclass(frozen=True)
 class BoxRecipe:
@@ -39,6 +53,9 @@ class BoxRecipe:
     # different systemd packages, so a report must show the package version read from the
     # guest, not systemd_major, before a verdict change is blamed on the suite.
     moving: bool = False
+    # Appended to the kernel command line of a box built here (vm/box.py KERNEL_CMD_LINE), for
+    # this recipe only: e.g. the LSM list a scenario needs.
+    kernel_cmd_line: str = ""
 
     @property
     def buildable_offline(self) -> bool:
@@ -54,6 +71,10 @@ class BoxRecipe:
             "PACKAGES": ",".join(self.packages),
             "EXTRA_SUITE": self.extra_suite or "",
             "EXTRA_PACKAGES": " ".join(self.extra_packages),
+            # Only when set: the cache key (and so the box name and its saved guest) of the
+            # recipes without one stays what it was; a recipe whose command line changes boots
+            # a new box rather than restoring a guest booted with the old one.
+            **({"KERNEL_CMD_LINE": self.kernel_cmd_line} if self.kernel_cmd_line else {}),
         }
 
 
@@ -82,10 +103,12 @@ BOXES: dict[str, BoxRecipe] = {
         ),
         BoxRecipe(
             name="debian-sid",
-            description="Debian unstable, systemd 262 when added (moves)",
+            description="Debian unstable, systemd 262 when added (262.1-1; moves)",
             systemd_major=262,
             suite="sid",
             moving=True,
+            packages=BASE_PACKAGES + USER_PORTABLE_PACKAGES,
+            kernel_cmd_line=BPF_LSM_CMD_LINE,
         ),
         # Online users only: Fedora's own Cloud Vagrant boxes from its download servers
         # (libvirt or VirtualBox), verified, then provisioned once into a derived box.

@@ -20,6 +20,20 @@ if TYPE_CHECKING:
     import paramiko
 
 
+# The systemd package's version: dpkg on Debian boxes, rpm on Fedora boxes (a box has one).
+PACKAGE_VERSION_COMMAND = (
+    "dpkg-query -W -f='${Version}\\n' systemd 2>/dev/null"
+    " || rpm -q --qf '%{VERSION}-%{RELEASE}\\n' systemd 2>/dev/null"
+)
+
+
+def package_version_of(output: str) -> str:
+    """The version in ``PACKAGE_VERSION_COMMAND``'s output: its first line, if it looks like
+    one (rpm says "package systemd is not installed" with status 1, dpkg prints nothing)."""
+    first = output.strip().splitlines()[0].strip() if output.strip() else ""
+    return first if first[:1].isdigit() and " " not in first else ""
+
+
 @dataclass(frozen=True)
 class CommandResult:
     command: str
@@ -234,4 +248,18 @@ class Machine:
         """The major version of systemd running in the guest (e.g. 252)."""
         first = self.succeed("systemctl --version").splitlines()[0]  # "systemd 252 (252.30-1)"
         return int(first.split()[1])
+
+    def systemd_package_version(self) -> str:
+        """The exact version of the guest's systemd package, as its package manager knows it
+        (``dpkg-query`` on Debian, ``rpm`` on Fedora); "" when neither answers.
+
+        A moving suite (Debian unstable) can bring another systemd with every box build while
+        the major version stays the same: the report names the package so a verdict that
+        changes with a rebuild is seen to change with the package.
+
+        >>> machine.systemd_package_version()
+        '262.1-1'
+        """
+        result = self.execute(PACKAGE_VERSION_COMMAND, 30)
+        return package_version_of(result.stdout) if result.succeeded else ""
 

@@ -27,14 +27,34 @@ from vm.boxes import LOCAL_BOXES, get_box
 
 
 def load_summaries(paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """All scenario rows of the given summary.json files."""
+    """All scenario rows of the given summary.json files, then the scenarios each guest
+    skipped (rows with a "skipped" reason; older summaries have none)."""
     rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
     for path in paths:
-        rows.extend(json.loads(path.read_text())["scenarios"])
-    return rows
+        summary = json.loads(path.read_text())
+        rows.extend(summary["scenarios"])
+        skipped.extend(summary.get("skipped", []))
+    return rows + skipped
+
+
+def column_of(row: dict[str, Any]) -> str:
+    """A box's column: its name and the systemd it ran, as the exact package version when the
+    guest told it (``debian-sid (systemd 262.1-1, moving suite)``), else the major.
+
+    Two builds of a moving suite that carried different packages get two columns, so a verdict
+    that changed with a rebuild stands beside the package that brought the change."""
+    version = row.get("systemd_package") or row["systemd_version"]
+    try:
+        moving = get_box(row["box"]).moving
+    except ValueError:  # a summary from a box this checkout does not know
+        moving = False
+    return f"{row['box']} (systemd {version}{', moving suite' if moving else ''})"
 
 
 def _cell(row: dict[str, Any]) -> str:
+    if "skipped" in row:
+        return f"skipped: {row['skipped']}"
     dead = "" if row.get("socket_state_after", "active") == "active" else ", port dead"
     conns = ""
     if row.get("holders"):
@@ -53,16 +73,20 @@ def build_matrix(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     columns: list[str] = []
     cells: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
-        column = f"{row['box']} (systemd {row['systemd_version']})"
+        column = column_of(row)
         if column not in columns:
             columns.append(column)
-        cells.setdefault(row["scenario"], {})[column] = row
+        by_column = cells.setdefault(row["scenario"], {})
+        if "skipped" in row and column in by_column:
+            continue  # the scenario ran there (another repetition): the run is the cell
+        by_column[column] = row
     table = []
     for scenario, by_column in cells.items():
+        # A box that cannot run a scenario (too old) does not make the versions differ.
         outcomes = {
             (_verdict_class(r["verdict"]), bool(r["failed"]),
              r.get("socket_state_after", "active") == "active")
-            for r in by_column.values()
+            for r in by_column.values() if "skipped" not in r
         }
         table.append({
             "scenario": scenario,
@@ -79,6 +103,8 @@ def render_markdown(matrix: dict[str, Any]) -> str:
         "# Zero-downtime reattach across systemd versions",
         "",
         "Cells: verdict (failed / complete ab requests). **Bold** rows differ between versions.",
+        "Columns name the systemd package read from each guest; a moving suite's column names "
+        "its build's package, so a rebuild that changed a verdict shows as a new column.",
         "",
         "| scenario | " + " | ".join(columns) + " |",
         "|---|" + "---|" * len(columns),

@@ -153,6 +153,10 @@ class PortableService:
         self.machine.succeed(f"systemctl start {SOCKET}")
         self.machine.wait_for_unit(SOCKET, timeout=self.unit_timeout_s)
 
+    def socket_state(self) -> str:
+        """``systemctl is-active`` of the socket (the user side asks the user's manager)."""
+        return self.machine.unit_state(SOCKET)
+
     def socket_active_since(self) -> str:
         """The socket's ActiveEnterTimestampMonotonic: unchanged as long as it was not restarted."""
         return self.machine.succeed(

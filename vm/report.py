@@ -13,7 +13,8 @@ from vm.portable import Reattach
 from vm.timeline import FAILURE_CLASSES
 
 SUMMARY_COLUMNS = (
-    ("scenario", "scenario"), ("systemd", "systemd_version"), ("verdict", "verdict"),
+    ("scenario", "scenario"), ("systemd", "systemd_version"),
+    ("systemd package", "systemd_package"), ("verdict", "verdict"),
     ("complete", "complete"), ("failed", "failed"), ("non-2xx", "non_2xx"),
     ("req/s", "requests_per_second"), ("reattach s", "reattach_s"),
     ("switch at s", "switch_at_s"), ("longest gap ms", "longest_gap_ms"),
@@ -24,13 +25,17 @@ SUMMARY_COLUMNS = (
 def scenario_record(
     scenario: str, box: str, systemd_version: int, keepalive: bool, proxy: str | None,
     socket_location: str, outcome: LoadOutcome, reattach: Reattach, counter_ok: bool,
-    verdict: str, problems: Sequence[str],
+    verdict: str, problems: Sequence[str], systemd_package: str = "",
 ) -> dict[str, Any]:
-    """One row of summary.json (the schema is documented in the README)."""
+    """One row of summary.json (the schema is documented in the README).
+
+    ``systemd_package`` is the exact package version read from the guest ("" if unknown):
+    a moving suite can change it while ``systemd_version`` (the major) stays."""
     ab, tl = outcome.ab, outcome.timeline
     latency = latency_report(tl, reattach.started, outcome.stopped)
     return {
         "scenario": scenario, "box": box, "systemd_version": systemd_version,
+        "systemd_package": systemd_package,
         "keepalive": keepalive, "proxy": proxy, "socket_location": socket_location,
         "complete": ab.complete, "failed": ab.failed, "failed_connect": ab.failed_connect,
         "failed_receive": ab.failed_receive, "failed_length": ab.failed_length,
@@ -48,6 +53,14 @@ def scenario_record(
         "counter_ok": counter_ok, "verdict": verdict, "problems": list(problems),
         "ab_command": outcome.ab_command,
     }
+
+
+def skipped_row(scenario: str, box: str, systemd_version: int, systemd_package: str,
+                reason: str) -> dict[str, Any]:
+    """A scenario the guest could not run (summary.json's "skipped"), with the reason, e.g.
+    "systemd 257 has no user portable services (portablectl --user, added in 260)"."""
+    return {"scenario": scenario, "box": box, "systemd_version": systemd_version,
+            "systemd_package": systemd_package, "skipped": reason}
 
 
 def markdown_table(records: Sequence[dict[str, Any]]) -> str:
@@ -110,11 +123,15 @@ def stability_table(records: Sequence[dict[str, Any]]) -> str:
 
 
 def write_summary(directory: Path, records: Sequence[dict[str, Any]],
-                  phases: dict[str, float]) -> None:
+                  phases: dict[str, float],
+                  skipped: Sequence[dict[str, Any]] = ()) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "summary.json").write_text(
-        json.dumps({"scenarios": list(records), "phases_s": phases}, indent=2) + "\n"
+        json.dumps({"scenarios": list(records), "skipped": list(skipped), "phases_s": phases},
+                   indent=2) + "\n"
     )
+    skipped_md = "".join(f"- {r['scenario']}: {r['skipped']}\n" for r in skipped)
+    skipped_md = f"## Skipped on this guest\n\n{skipped_md}\n" if skipped else ""
     phase_lines = "\n".join(f"- {name}: {secs:.1f} s" for name, secs in phases.items())
     stability = stability_table(records)
     stability_md = f"## Verdict stability\n\n{stability}\n\n" if stability else ""
@@ -126,7 +143,7 @@ def write_summary(directory: Path, records: Sequence[dict[str, Any]],
     )
     (directory / "summary.md").write_text(
         f"# Zero-downtime reattach: results\n\n{markdown_table(records)}\n\n"
-        f"{latency_md}{stability_md}## Phases\n{phase_lines}\n"
+        f"{skipped_md}{latency_md}{stability_md}## Phases\n{phase_lines}\n"
     )
 
 

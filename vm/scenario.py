@@ -12,6 +12,7 @@ pytest's outcome. Nothing else decides whether a scenario passed.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from vm import user_portable
 from vm.config import Settings
 from vm.haproxy import PROXY_PORT, HaproxyConfig
 from vm.image import VERSIONS
@@ -30,13 +32,13 @@ from vm.portable import (
     NAME,
     PORT,
     SHUTDOWN_DROPIN,
-    SOCKET,
     SYMLINK,
     PortableService,
     Reattach,
 )
-from vm.quirks import reattach_target, sysupdate_transfer_suffix
+from vm.quirks import fdstore_preserve_missing, reattach_target, sysupdate_transfer_suffix
 from vm.report import scenario_record
+from vm.stop_start import PRESERVE_LINE, clear_fd_store, stop_start_upgrade
 from vm.sysupdate import PIN_UNIT, ROLLOUT_UNIT, SysupdateSetup
 from vm.verdict import (
     SocketObservation,
@@ -60,6 +62,11 @@ SOCKET_LOCATIONS = ("host", "image")
 SHUTDOWNS = ("drain", "immediate", "fdstore")
 # The portablectl profiles whose main-process user the verdict knows how to check.
 PROFILES = ("default", "trusted")
+# How the new version replaces the old: `portablectl reattach --now` (a restart), or a
+# reattach without --now followed by `systemctl stop` + `systemctl start` (vm/stop_start.py).
+UPGRADES = ("reattach", "stop-start")
+# Whose service manager runs the service: the system's, or a user's (`portablectl --user`).
+SCOPES = ("system", "user")
 
 
 # How a url-file download whose bytes do not match SHA256SUMS is refused. systemd-sysupdate
@@ -93,6 +100,10 @@ class Scenario:
     corrupt: bool = False  # publish the new version with bytes that fail its SHA256SUMS
     from_version: int = 1
     to_version: int = 2
+    upgrade: str = "reattach"  # or stop-start
+    # FileDescriptorStorePreserve=yes in the host drop-in (254+): keep the store across a stop.
+    fdstore_preserve: bool = False
+    scope: str = "system"  # or user: attached with portablectl --user, the socket a user unit
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -101,6 +112,7 @@ class Scenario:
         choices: dict[str, tuple[str | None, ...]] = {
             "expect": EXPECTATIONS, "rollout": ROLLOUTS, "proxy": PROXIES,
             "socket_location": SOCKET_LOCATIONS, "shutdown": SHUTDOWNS, "profile": PROFILES,
+            "upgrade": UPGRADES, "scope": SCOPES,
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -111,6 +123,15 @@ class Scenario:
             self.from_version == self.to_version
         ):
             raise ValueError("from/to versions must be two different known versions")
+        if self.fdstore_preserve and self.shutdown != "fdstore":
+            raise ValueError("fdstore_preserve keeps the fd store: it needs shutdown='fdstore'")
+        if (self.upgrade != "reattach" or self.scope != "system") and (
+            self.rollout != "portablectl" or self.proxy is not None
+        ):
+            raise ValueError("a stop-start upgrade or the user scope is a plain portablectl "
+                             "rollout without a proxy")
+        if self.scope == "user" and self.socket_location != "host":
+            raise ValueError("the user scope has its socket as a user unit, outside the image")
 
     @property
     def old(self) -> str:
@@ -147,9 +168,11 @@ def _prepare_server(service: PortableService, scenario: Scenario) -> None:
     if scenario.shutdown == "drain":
         m.succeed(f"rm -f {SHUTDOWN_DROPIN}")
     else:
+        # The same drop-in carries FileDescriptorStorePreserve=: reset removes it with the rest.
+        preserve = f"{PRESERVE_LINE}\\n" if scenario.fdstore_preserve else ""
         m.succeed(
             f"mkdir -p $(dirname {SHUTDOWN_DROPIN}) && printf '[Service]\\n"
-            f"Environment=PW_SHUTDOWN={scenario.shutdown}\\n' > {SHUTDOWN_DROPIN}"
+            f"Environment=PW_SHUTDOWN={scenario.shutdown}\\n{preserve}' > {SHUTDOWN_DROPIN}"
         )
     m.succeed("systemctl daemon-reload")
 
@@ -169,7 +192,32 @@ def stop_haproxy(service: PortableService) -> None:
 
 
 def run_scenario(service: PortableService, settings: Settings, scenario: Scenario) -> ScenarioRun:
-    """Attach ``from_version``, load, reattach to ``to_version`` under load, collect."""
+    """Attach ``from_version``, load, reattach to ``to_version`` under load, collect.
+
+    ScenarioUnsupported (a skip, with the reason) before anything is touched when the guest
+    lacks what the scenario needs. A user-scope scenario runs on ``service``'s user side and
+    always resets it afterwards (the system side is reset by the caller)."""
+    needs_preserve = scenario.upgrade == "stop-start" or scenario.fdstore_preserve
+    if needs_preserve and (reason := fdstore_preserve_missing(service.systemd_major)):
+        raise ScenarioUnsupported(reason)
+    if scenario.scope == "system":
+        return _run(service, settings, scenario)
+    missing = user_portable.preflight(service.machine, service.systemd_major)
+    if missing:
+        raise ScenarioUnsupported("user portable services need: " + "; ".join(missing))
+    user = user_portable.user_scope(service)
+    try:
+        user.setup()
+        run = _run(user, settings, scenario)
+        return dataclasses.replace(run, facts={**run.facts, "user_journal": user.journal()[-3000:]})
+    except BaseException:
+        log.info(f"the user's journal (last lines):\n{user.journal()[-3000:]}")
+        raise
+    finally:
+        user.reset()
+
+
+def _run(service: PortableService, settings: Settings, scenario: Scenario) -> ScenarioRun:
     load_cfg = settings.load
     m = service.machine
     setup = _sysupdate_setup(service, scenario)
@@ -201,7 +249,9 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
         log.info(f"load: {load.command} (+ probe on :{url_port} at {load_cfg.probe_rate:g}/s)")
         time.sleep(load_cfg.switch_after_s)
         rollout_ok = True
-        if setup is None:
+        if setup is None and scenario.upgrade == "stop-start":
+            reattach = stop_start_upgrade(service, scenario.to_version)
+        elif setup is None:
             reattach = service.reattach(scenario.to_version)
         else:
             if scenario.to_version > scenario.from_version:
@@ -225,10 +275,12 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
         stop_haproxy(service)
 
     socket = SocketObservation(socket_before, service.socket_active_since(),
-                               m.unit_state(SOCKET))
+                               service.socket_state())
     final_count = service.counter()
-    facts = {"rollout_log": reattach.output[-1500:]} if setup is not None else {}
-    return ScenarioRun(
+    facts: dict[str, Any] = {"rollout_log": reattach.output[-1500:]} if setup is not None else {}
+    if scenario.upgrade != "reattach":
+        facts["upgrade_log"] = reattach.output[-1500:]
+    run = ScenarioRun(
         scenario=scenario, outcome=outcome, reattach=reattach, socket=socket,
         final_count=final_count, min_complete=load_cfg.min_complete,
         post_switch_s=load_cfg.post_switch_s, attached_state=service.attachment_state(),
@@ -236,6 +288,9 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
         dynamic_user=dynamic_user, rollout_ok=rollout_ok, max_stall_s=load_cfg.max_stall_s,
         facts=facts,
     )
+    if scenario.fdstore_preserve:
+        clear_fd_store(service)  # after every measurement: the next scenario starts empty
+    return run
 
 
 def _stall(outcome: LoadOutcome, reattach: Reattach, max_stall_s: float | None) -> list[str]:
@@ -274,14 +329,15 @@ def refused_problems(outcome: LoadOutcome, rollout: Reattach, socket: SocketObse
 
 
 def summary_row(run: ScenarioRun, box: str, systemd_major: int,
-                verdict: Verdict) -> dict[str, Any]:
-    """The run's row in summary.json: the measurements and ``verdict`` (from ``verdict_of``)."""
+                verdict: Verdict, systemd_package: str = "") -> dict[str, Any]:
+    """The run's row in summary.json: the measurements and ``verdict`` (from ``verdict_of``);
+    ``systemd_package`` is the guest's exact systemd package version."""
     s = run.scenario
     row = scenario_record(
         s.id, box, systemd_major, keepalive=s.keepalive, proxy=s.proxy,
         socket_location=s.socket_location, outcome=run.outcome, reattach=run.reattach,
         counter_ok=not counter_consistent(run.outcome, run.final_count),
-        verdict=verdict.label, problems=verdict.problems,
+        verdict=verdict.label, problems=verdict.problems, systemd_package=systemd_package,
     )
     if run.outcome.holders is not None:
         h = run.outcome.holders
@@ -333,6 +389,17 @@ SCENARIOS: tuple[Scenario, ...] = (
              shutdown="fdstore",
              description="the server hands idle connections to the fd store, v2 adopts them: "
                          "no connection breaks, each switches Hello -> Hola in place"),
+    Scenario("host-socket-keepalive-longlived-fdstore-stopstart", expect="characterise",
+             keepalive=True, holders=20, shutdown="fdstore", upgrade="stop-start",
+             description="the same, upgraded by stop + start instead of reattach's restart: "
+                         "the stop drops the fd store, the stored connections are lost (254+)"),
+    Scenario("host-socket-keepalive-longlived-fdstore-stopstart-preserve", keepalive=True,
+             holders=20, shutdown="fdstore", upgrade="stop-start", fdstore_preserve=True,
+             description="stop + start with FileDescriptorStorePreserve=yes (host drop-in): "
+                         "the store outlives the stop, v2 adopts every connection (254+)"),
+    Scenario("host-socket-user-portable", scope="user",
+             description="attached for a user's service manager (portablectl --user, 260+), "
+                         "the socket a user unit; reattach under load, 0 failed"),
 )
 
 
@@ -430,9 +497,16 @@ def validity_problems(run: ScenarioRun) -> list[str]:
     return problems
 
 
+def expected_image(scenario: Scenario, version: int) -> str:
+    """The image ``version``'s unit must run from (RootImage=) in the scenario's scope."""
+    if scenario.scope == "user":
+        return user_portable.image_path(version)
+    return PortableService.image_path(version)
+
+
 def attachment_problems(run: ScenarioRun, version: int) -> list[str]:
     """Like systemd's TEST-29: the image is attached and the unit runs ``version``'s image."""
-    want = PortableService.image_path(version)
+    want = expected_image(run.scenario, version)
     if run.attached_state not in ATTACHED_STATES or run.attached_image != want:
         return [f"afterwards portablectl says {run.attached_state!r} and the unit runs "
                 f"{run.attached_image!r}, not {want!r}"]
@@ -440,8 +514,12 @@ def attachment_problems(run: ScenarioRun, version: int) -> list[str]:
 
 
 def profile_problems(run: ScenarioRun) -> list[str]:
-    """The profile took effect: `trusted` runs as root, `default` as a dynamic user."""
+    """The profile took effect: `trusted` runs as root, `default` as a dynamic user. A user's
+    manager runs the service as that user (its profiles set no DynamicUser=)."""
     profile, user = run.scenario.profile, run.service_user
+    if run.scenario.scope == "user":
+        want = user_portable.USER
+        return [] if user == want else [f"user scope: the service runs as {user!r}, not {want!r}"]
     if profile == "trusted":
         return [] if user == "root" else [f"profile trusted: the service runs as {user!r}, "
                                           "not root"]

@@ -11,7 +11,7 @@ import pytest
 
 from vm.config import Settings
 from vm.portable import PortableService
-from vm.report import plot_timeline
+from vm.report import plot_timeline, skipped_row
 from vm.scenario import (
     VERDICT_KEY,
     Scenario,
@@ -26,22 +26,27 @@ from vm.scenario import (
 @pytest.fixture
 def run_recorded(
     portable: PortableService, settings: Settings, artifacts: Path, record_scenario: Any,
-    record_phase: Any, repeat_index: int, request: pytest.FixtureRequest,
+    record_skip: Any, record_phase: Any, repeat_index: int, systemd_package: str,
+    request: pytest.FixtureRequest,
 ) -> Callable[[Scenario], Verdict]:
     """Run a scenario and return its verdict (hand it to ``conclude``); the summary row and
-    the PNG timeline are written from that same verdict, whatever it is."""
+    the PNG timeline are written from that same verdict, whatever it is. A scenario the guest
+    cannot run is skipped with the reason, which the report and the matrix show too."""
 
     def run(scenario: Scenario) -> Verdict:
         start = time.monotonic()
         try:
             result = run_scenario(portable, settings, scenario)
         except ScenarioUnsupported as e:
+            record_skip(skipped_row(scenario.id, settings.box, portable.systemd_major,
+                                    systemd_package, str(e)))
             pytest.skip(str(e))
         verdict = verdict_of(result)
         request.node.stash[VERDICT_KEY] = verdict
         suffix = f" run{repeat_index}" if repeat_index > 1 else ""
         record_phase(f"scenario {scenario.id}{suffix}", time.monotonic() - start)
-        row = summary_row(result, settings.box, portable.systemd_major, verdict)
+        row = summary_row(result, settings.box, portable.systemd_major, verdict,
+                          systemd_package=systemd_package)
         row["scenario_s"] = round(time.monotonic() - start, 1)
         row["overhead_s"] = round(row["scenario_s"] - row["load_s"], 1)
         row["repeat"] = repeat_index

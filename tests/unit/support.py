@@ -16,11 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+from vm import user_portable
 from vm.ab import AbResult
 from vm.load import LoadOutcome
 from vm.machine import CommandResult, Machine, SshTarget
-from vm.portable import PortableService, Reattach
-from vm.scenario import Scenario, ScenarioRun
+from vm.portable import Reattach
+from vm.scenario import Scenario, ScenarioRun, expected_image
 from vm.timeline import ProbeRecord, Timeline
 from vm.verdict import SocketObservation
 
@@ -314,10 +315,12 @@ def scenario_run(scenario: Scenario, out: LoadOutcome | None = None,
     fields: dict[str, object] = dict(
         scenario=scenario, outcome=out, reattach=rollout, socket=healthy_socket(),
         final_count=100_000, min_complete=200, post_switch_s=10.0, attached_state="running",
-        attached_image=PortableService.image_path(
-            scenario.from_version if refused else scenario.to_version),
-        service_user="root" if scenario.profile == "trusted" else "portable-walkthrough",
-        dynamic_user=scenario.profile != "trusted", rollout_ok=not refused,
+        attached_image=expected_image(
+            scenario, scenario.from_version if refused else scenario.to_version),
+        service_user=("root" if scenario.profile == "trusted" else
+                      user_portable.USER if scenario.scope == "user" else "portable-walkthrough"),
+        dynamic_user=scenario.profile != "trusted" and scenario.scope == "system",
+        rollout_ok=not refused,
     )
     fields.update(changes)
     return ScenarioRun(**fields)  # type: ignore[arg-type]

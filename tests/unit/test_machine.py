@@ -104,6 +104,35 @@ def test_systemd_version() -> None:
     assert m.systemd_version() == 252
 
 
+@pytest.mark.parametrize(("answer", "version"), [
+    ((0, "262.1-1\n"), "262.1-1"),  # dpkg-query on a Debian box
+    ((0, "259.3-1.fc44\n"), "259.3-1.fc44"),  # rpm on a Fedora box (dpkg-query failed first)
+    ((1, "package systemd is not installed\n"), ""),
+    ((0, ""), ""),
+    ((0, "package systemd is not installed\n"), ""),
+])
+def test_systemd_package_version(answer: tuple[int, str], version: str) -> None:
+    m, fake = fake_machine({"dpkg-query -W": answer})
+    assert m.systemd_package_version() == version
+    assert fake.commands == [machine_module.PACKAGE_VERSION_COMMAND]
+
+
+def test_package_version_command_asks_dpkg_then_rpm_for_the_version_only(
+    tmp_path: Path,
+) -> None:
+    """Run the real command line with stand-ins for dpkg-query and rpm that print their
+    arguments: the format strings reach them intact (no shell expansion of ${Version})."""
+    for tool, rc in (("dpkg-query", 1), ("rpm", 0)):
+        script = tmp_path / tool
+        script.write_text(f"#!/bin/sh\nprintf '%s|' \"$@\" >> {tmp_path}/calls\n"
+                          f"echo >> {tmp_path}/calls\nexit {rc}\n")
+        script.chmod(0o755)
+    subprocess.run(["bash", "-c", machine_module.PACKAGE_VERSION_COMMAND], check=False,
+                   env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls == ["-W|-f=${Version}\\n|systemd|", "-q|--qf|%{VERSION}-%{RELEASE}\\n|systemd|"]
+
+
 SHOW = "systemctl show -p ActiveState -p Job"
 
 

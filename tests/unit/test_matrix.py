@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vm.matrix import build_matrix, main, render_markdown
+from vm.matrix import build_matrix, load_summaries, main, render_markdown
 
 
 def row(scenario: str, box: str, systemd: int, verdict: str, failed: int = 0,
@@ -123,7 +123,9 @@ def test_each_box_has_its_own_artifacts_and_one_report_joins_them(tmp_path: Path
     (run_dir,) = tmp_path.glob("matrix-*")
     assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == sorted(BOXES4)
     matrix = json.loads((run_dir / "matrix.json").read_text())
-    assert matrix["columns"] == [f"{b} (systemd 252)" for b in BOXES4]
+    # The fake rows carry no package version: the major stands in; sid says that it moves.
+    assert matrix["columns"] == [f"{b} (systemd 252)" for b in BOXES4[:3]] + [
+        "debian-sid (systemd 252, moving suite)"]
 
 
 def test_boxes_whose_turn_comes_after_the_bound_are_not_started(tmp_path: Path) -> None:
@@ -235,3 +237,53 @@ def test_a_child_that_outlives_its_bound_is_stopped(
     start = time.monotonic()
     assert matrix.pytest_runner([], quiet=True)("debian-sid", tmp_path / "sid", 0.5) == TIMED_OUT
     assert time.monotonic() - start < 10
+
+
+# --- the systemd package in the column, skipped scenarios ------------------------------------
+def test_a_column_names_the_package_read_from_the_guest() -> None:
+    rows = [dict(row("host-socket-no-keepalive", "debian-trixie", 257, "pass"),
+                 systemd_package="257.9-1~deb13u1")]
+    assert build_matrix(rows)["columns"] == ["debian-trixie (systemd 257.9-1~deb13u1)"]
+
+
+def test_a_rebuilt_moving_box_that_changed_a_verdict_gets_its_own_column() -> None:
+    """Two sid builds with different packages: two columns, and the row that changed is bold."""
+    before = dict(row("host-socket-no-keepalive", "debian-sid", 262, "pass"),
+                  systemd_package="262.1-1")
+    after = dict(row("host-socket-no-keepalive", "debian-sid", 262, "FAIL", failed=12),
+                 systemd_package="262.2-1")
+    matrix = build_matrix([before, after])
+    assert matrix["columns"] == ["debian-sid (systemd 262.1-1, moving suite)",
+                                 "debian-sid (systemd 262.2-1, moving suite)"]
+    assert matrix["rows"][0]["differs"]
+    assert "| **host-socket-no-keepalive** |" in render_markdown(matrix)
+
+
+def test_a_skipped_scenario_shows_its_reason_and_does_not_make_a_difference() -> None:
+    ran = row("host-socket-user-portable", "debian-sid", 262, "pass")
+    skipped = {"scenario": "host-socket-user-portable", "box": "debian-trixie",
+               "systemd_version": 257, "systemd_package": "257.9-1~deb13u1",
+               "skipped": "systemd 257 has no user portable services"}
+    matrix = build_matrix([ran, skipped])
+    (only,) = matrix["rows"]
+    assert only["cells"]["debian-trixie (systemd 257.9-1~deb13u1)"] == (
+        "skipped: systemd 257 has no user portable services")
+    assert not only["differs"]
+
+
+def test_a_skip_row_never_hides_a_run_of_the_same_scenario() -> None:
+    ran = row("host-socket-user-portable", "debian-sid", 262, "FAIL", failed=3)
+    skipped = dict(ran, skipped="no bpf LSM")
+    (only,) = build_matrix([ran, skipped])["rows"]
+    assert only["cells"]["debian-sid (systemd 262, moving suite)"].startswith("FAIL")
+
+
+def test_load_summaries_reads_the_skipped_scenarios_too(tmp_path: Path) -> None:
+    skipped = {"scenario": "x", "box": "debian-bookworm", "systemd_version": 252,
+               "systemd_package": "252.39-1~deb12u1", "skipped": "too old"}
+    (tmp_path / "a.json").write_text(json.dumps(
+        {"scenarios": [row("y", "debian-bookworm", 252, "pass")], "skipped": [skipped]}))
+    (tmp_path / "old.json").write_text(json.dumps(
+        {"scenarios": [row("y", "debian-trixie", 257, "pass")]}))  # before "skipped" existed
+    rows = load_summaries([tmp_path / "a.json", tmp_path / "old.json"])
+    assert [r["scenario"] for r in rows] == ["y", "y", "x"]

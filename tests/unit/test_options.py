@@ -137,6 +137,11 @@ EXPECTED_IDS = [
     "tests/integration/test_reattach.py::test_reattach_loses_no_request"
     "[host-socket-trusted-profile]",
     "tests/integration/test_socket_in_image.py::test_socket_in_image_causes_downtime",
+    "tests/integration/test_fdstore_preserve.py::"
+    "test_stop_start_drops_the_stored_connections_without_preserve",
+    "tests/integration/test_fdstore_preserve.py::"
+    "test_stop_start_keeps_every_connection_with_preserve",
+    "tests/integration/test_user_portable.py::test_user_portable_reattach_loses_no_request",
 ]
 
 

@@ -25,6 +25,7 @@ from vm.report import (
     markdown_table,
     plot_timeline,
     scenario_record,
+    skipped_row,
     timeline_figure,
     write_summary,
 )
@@ -129,7 +130,8 @@ def test_write_summary(tmp_path: Path) -> None:
     records = [record("a"), record("b", verdict="FAIL", problems=["p1"])]
     write_summary(directory, records, {"box": 12.04, "boot": 92.31})
     data = json.loads((directory / "summary.json").read_text())
-    assert set(data) == {"scenarios", "phases_s"}
+    assert set(data) == {"scenarios", "skipped", "phases_s"}
+    assert data["skipped"] == []
     assert [s["scenario"] for s in data["scenarios"]] == ["a", "b"]
     assert data["scenarios"][1]["problems"] == ["p1"]
     assert data["phases_s"] == {"box": 12.04, "boot": 92.31}
@@ -139,6 +141,26 @@ def test_write_summary(tmp_path: Path) -> None:
     assert "- box: 12.0 s" in md and "- boot: 92.3 s" in md
     assert "## What the restart did to latency" in md and latency_table(records) in md
     assert data["scenarios"][0]["latency"]["switch"]["from_s"] == 5.0
+
+
+def test_write_summary_lists_the_skipped_scenarios_with_their_reason(tmp_path: Path) -> None:
+    skipped = [skipped_row("host-socket-user-portable", "debian-trixie", 257, "257.9-1~deb13u1",
+                           "systemd 257 has no user portable services")]
+    write_summary(tmp_path, [record("a")], {}, skipped=skipped)
+    data = json.loads((tmp_path / "summary.json").read_text())
+    assert data["skipped"] == [{"scenario": "host-socket-user-portable", "box": "debian-trixie",
+                                "systemd_version": 257, "systemd_package": "257.9-1~deb13u1",
+                                "skipped": "systemd 257 has no user portable services"}]
+    md = (tmp_path / "summary.md").read_text()
+    assert ("## Skipped on this guest\n\n- host-socket-user-portable: systemd 257 has no user "
+            "portable services\n") in md
+
+
+def test_the_summary_row_carries_the_systemd_package() -> None:
+    assert record("a")["systemd_package"] == ""
+    column = [key for _, key in SUMMARY_COLUMNS].index("systemd_package")
+    row = markdown_table([{"scenario": "a", "systemd_package": "262.1-1"}]).splitlines()[2]
+    assert row.strip("|").split(" | ")[column].strip() == "262.1-1"
 
 
 def is_png(path: Path) -> bool:

@@ -1,0 +1,32 @@
+"""What a stop + start does to the connections in the fd store, with and without
+FileDescriptorStorePreserve=yes (systemd 254+; skipped with the reason before).
+
+The upgrade is a reattach without --now, then `systemctl stop` and `systemctl start`
+(vm/stop_start.py), not the restart `reattach --now` queues: a restart keeps the store whatever
+the knob says (test_fdstore.py), a stop drops it unless the knob says yes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from vm.scenario import Scenario, Verdict, conclude, get_scenario
+
+pytestmark = pytest.mark.vm
+
+
+def test_stop_start_drops_the_stored_connections_without_preserve(
+    run_recorded: Callable[[Scenario], Verdict],
+) -> None:
+    """Characterised (an xfail with the count of connections lost); nothing lost is a FAIL."""
+    conclude(run_recorded(get_scenario("host-socket-keepalive-longlived-fdstore-stopstart")))
+
+
+def test_stop_start_keeps_every_connection_with_preserve(
+    run_recorded: Callable[[Scenario], Verdict],
+) -> None:
+    """0 failed, no connection broken or closed, each switched Hello -> Hola in place."""
+    conclude(run_recorded(
+        get_scenario("host-socket-keepalive-longlived-fdstore-stopstart-preserve")))

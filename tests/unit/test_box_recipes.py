@@ -1,0 +1,67 @@
+"""vm/boxes.py and vm/box.py: what a recipe adds to the kernel command line and the packages,
+and that a recipe without extras keeps the cache key (box name, saved guest) it had."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vm.box import KERNEL_CMD_LINE, BuiltBox, kernel_cmd_line
+from vm.boxes import (
+    BASE_PACKAGES,
+    BOXES,
+    BPF_LSM_CMD_LINE,
+    LOCAL_BOXES,
+    USER_PORTABLE_PACKAGES,
+    BoxRecipe,
+    get_box,
+)
+
+
+def test_sid_boots_with_the_bpf_lsm_on_its_own_command_line() -> None:
+    sid = get_box("debian-sid")
+    line = kernel_cmd_line(sid)
+    assert line.startswith(KERNEL_CMD_LINE + " ")
+    (lsm,) = [word for word in line.split() if word.startswith("lsm=")]
+    assert "bpf" in lsm.removeprefix("lsm=").split(",")
+    # The major LSM Debian enables stays in the list: bpf is added, nothing is taken away.
+    assert "apparmor" in lsm.split("=", 1)[1].split(",")
+
+
+@pytest.mark.parametrize("name", [n for n in LOCAL_BOXES if n != "debian-sid"])
+def test_other_boxes_boot_with_the_common_command_line_only(name: str) -> None:
+    assert kernel_cmd_line(get_box(name)) == KERNEL_CMD_LINE
+
+
+def test_the_built_box_hands_its_recipes_command_line_to_libvirt() -> None:
+    sid = get_box("debian-sid")
+    built = BuiltBox(sid, "pwt/debian-sid-x", Path("/k"), Path("/vmlinuz"), Path("/initrd"))
+    assert built.cmd_line == f"{KERNEL_CMD_LINE} {BPF_LSM_CMD_LINE}"
+    downloaded = BuiltBox(get_box("fedora-43"), "pwt/fedora-43", None)
+    assert downloaded.cmd_line is None
+
+
+def test_a_command_line_enters_the_cache_key_only_where_a_recipe_sets_one() -> None:
+    """The boxes without one keep their recipe (nothing is rebuilt for this field); a recipe
+    whose command line changes gets a new key, so no guest saved with the old one is restored."""
+    plain = BoxRecipe(name="x", description="x", systemd_major=257, suite="trixie")
+    assert "KERNEL_CMD_LINE" not in plain.build_env()
+    with_line = BoxRecipe(name="x", description="x", systemd_major=257, suite="trixie",
+                          kernel_cmd_line="lsm=bpf")
+    assert with_line.build_env() == {**plain.build_env(), "KERNEL_CMD_LINE": "lsm=bpf"}
+
+
+def test_sid_installs_what_user_portable_services_need() -> None:
+    sid = get_box("debian-sid")
+    assert sid.moving
+    assert set(sid.packages) == set(BASE_PACKAGES) | set(USER_PORTABLE_PACKAGES)
+    # nsresourced dlopens libbpf; portablectl --user needs the user bus; mountfsd asks polkit.
+    assert {"libbpf1", "dbus-user-session", "polkitd"} <= set(sid.packages)
+    packages = sid.build_env()["PACKAGES"].split(",")
+    assert len(packages) == len(set(packages))
+
+
+@pytest.mark.parametrize("name", [n for n in LOCAL_BOXES if n != "debian-sid"])
+def test_the_stable_boxes_keep_their_package_list(name: str) -> None:
+    assert BOXES[name].packages == BASE_PACKAGES

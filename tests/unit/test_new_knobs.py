@@ -1,0 +1,257 @@
+"""The scenarios of the newer systemd versions without a VM: the stop + start upgrade and
+FileDescriptorStorePreserve= (254+), and user portable services (260+): what they run in the
+guest, when they are skipped (and why), and how verdict_of judges them."""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+from support import fake_machine, scenario_run
+
+from vm.config import Settings
+from vm.holders import HolderSummary
+from vm.portable import SERVICE, SHUTDOWN_DROPIN, SYMLINK, PortableService
+from vm.scenario import (
+    EXPECTED_LOSS,
+    FAIL,
+    PASS,
+    Scenario,
+    ScenarioUnsupported,
+    _prepare_server,
+    get_scenario,
+    run_scenario,
+    verdict_of,
+)
+from vm.stop_start import PRESERVE_LINE, stop_start_command
+from vm.user_portable import (
+    POLKIT_RULE_TEXT,
+    STATE_DROPIN_TEXT,
+    USER,
+    UserPortableService,
+    image_path,
+    missing_pieces,
+    parse_facts,
+)
+
+STOPSTART = get_scenario("host-socket-keepalive-longlived-fdstore-stopstart")
+PRESERVE = get_scenario("host-socket-keepalive-longlived-fdstore-stopstart-preserve")
+USER_SCENARIO = get_scenario("host-socket-user-portable")
+
+
+def service(major: int, answers: dict[str, object] | None = None,
+            ) -> tuple[PortableService, list[str]]:
+    """A PortableService on a fake guest (answers as in support.FakeGuest), and the commands
+    it was sent."""
+    m, fake = fake_machine(answers or {})  # type: ignore[arg-type]
+    no_images = lambda _loc: None  # noqa: E731 - never called: nothing is uploaded here
+    return PortableService(m, major, 240, no_images), fake.commands  # type: ignore[arg-type]
+
+
+# --- the catalogue ---------------------------------------------------------------------------
+def test_the_stop_start_pair_differs_only_in_the_knob_and_what_is_expected() -> None:
+    assert (STOPSTART.upgrade, PRESERVE.upgrade) == ("stop-start", "stop-start")
+    assert (STOPSTART.fdstore_preserve, PRESERVE.fdstore_preserve) == (False, True)
+    assert (STOPSTART.expect, PRESERVE.expect) == ("characterise", "zero-downtime")
+    same = dataclasses.replace(STOPSTART, id=PRESERVE.id, fdstore_preserve=True,
+                               expect="zero-downtime", description=PRESERVE.description)
+    assert same == PRESERVE
+    # The reattach (restart) baseline they are compared with is the same shape otherwise.
+    baseline = get_scenario("host-socket-keepalive-longlived-fdstore")
+    assert dataclasses.replace(STOPSTART, id=baseline.id, upgrade="reattach",
+                               expect=baseline.expect,
+                               description=baseline.description) == baseline
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"fdstore_preserve": True}, "needs shutdown='fdstore'"),
+    ({"upgrade": "stop-start", "proxy": "haproxy"}, "plain portablectl rollout"),
+    ({"scope": "user", "rollout": "sysupdate-dir"}, "plain portablectl rollout"),
+    ({"scope": "user", "socket_location": "image"}, "user unit"),
+    ({"upgrade": "detach-attach"}, "upgrade must be one of"),
+    ({"scope": "session"}, "scope must be one of"),
+])
+def test_shapes_that_would_run_something_else_are_refused(changes: dict[str, object],
+                                                          message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Scenario("host-socket-x", **changes)  # type: ignore[arg-type]
+
+
+# --- skipped with the reason, before anything is touched -------------------------------------
+@pytest.mark.parametrize("scenario", [STOPSTART, PRESERVE], ids=lambda s: s.id)
+def test_stop_start_scenarios_are_skipped_before_254(scenario: Scenario) -> None:
+    svc, commands = service(252)
+    with pytest.raises(ScenarioUnsupported,
+                       match="systemd 252 has no FileDescriptorStorePreserve="):
+        run_scenario(svc, Settings(), scenario)
+    assert commands == []
+
+
+def test_user_scenario_is_skipped_before_260_naming_the_version() -> None:
+    svc, commands = service(257, {"echo mountfsd=": (0, "mountfsd=no\n")})
+    with pytest.raises(ScenarioUnsupported,
+                       match=r"systemd 257 has no user portable services \(portablectl --user"):
+        run_scenario(svc, Settings(), USER_SCENARIO)
+    assert len(commands) == 1 and commands[0].startswith("t() {")  # the preflight only
+
+
+GOOD = {"mountfsd": "yes", "nsresourced": "yes",
+        "lsm": "landlock,lockdown,yama,integrity,apparmor,bpf",
+        "libbpf": "/usr/lib/x86_64-linux-gnu/libbpf.so.1", "kernel": "7.2.13+deb14-amd64",
+        "polkit": "128", "features": "+PAM +AUDIT +BPF_FRAMEWORK +BTF -XKBCOMMON",
+        "userbus": "yes"}
+
+
+def test_a_guest_with_every_piece_misses_nothing() -> None:
+    assert missing_pieces(262, GOOD) == []
+
+
+@pytest.mark.parametrize(("fact", "value", "named"), [
+    ("mountfsd", "no", "systemd-mountfsd"),
+    ("nsresourced", "no", "systemd-nsresourced"),
+    ("lsm", "landlock,lockdown,yama,integrity,apparmor", "the bpf LSM"),
+    ("lsm", "", "the bpf LSM (active: unknown"),
+    ("libbpf", "", "libbpf1"),
+    ("kernel", "6.1.0-28-amd64", "a kernel >= 6.5 (this one is 6.1.0-28-amd64)"),
+    ("kernel", "", "a kernel >= 6.5"),
+    ("polkit", "122", "polkit >= 124 (pkcheck says 122"),
+    ("polkit", "", "polkit >= 124 (pkcheck says nothing"),
+    ("features", "+PAM -BTF", "a systemd built with BTF"),
+    ("userbus", "no", "dbus-user-session"),
+])
+def test_each_missing_piece_is_named(fact: str, value: str, named: str) -> None:
+    (reason,) = missing_pieces(262, {**GOOD, fact: value})
+    assert named in reason
+
+
+def test_a_kernel_of_6_5_or_newer_is_enough() -> None:
+    assert missing_pieces(262, {**GOOD, "kernel": "6.5.0-1-amd64"}) == []
+    assert missing_pieces(262, {**GOOD, "kernel": "6.12.48+deb13-amd64"}) == []
+
+
+def test_a_user_scenario_with_a_piece_missing_is_skipped_with_that_piece() -> None:
+    facts = "\n".join(f"{k}={v}" for k, v in {**GOOD, "lsm": "landlock,apparmor"}.items())
+    svc, commands = service(262, {"echo mountfsd=": (0, facts)})
+    with pytest.raises(ScenarioUnsupported,
+                       match=r"user portable services need: the bpf LSM \(active: landlock"):
+        run_scenario(svc, Settings(), USER_SCENARIO)
+    assert len(commands) == 1
+
+
+def test_the_preflight_answer_is_parsed_with_empty_values() -> None:
+    assert parse_facts("lsm=\nkernel=7.2.13\nnoise\n") == {"lsm": "", "kernel": "7.2.13"}
+
+
+# --- what runs in the guest ------------------------------------------------------------------
+@pytest.mark.parametrize(("major", "target"), [(254, SYMLINK), (262, "portable-walkthrough")])
+def test_stop_start_reattaches_without_restart_then_stops_and_starts(major: int,
+                                                                     target: str) -> None:
+    command = stop_start_command(major)
+    assert command == (f"portablectl reattach {target} && systemctl stop {SERVICE}"
+                       f" && systemctl start {SERVICE}")
+    assert "--now" not in command and "restart" not in command
+
+
+@pytest.mark.parametrize(("scenario", "preserve"), [
+    (get_scenario("host-socket-keepalive-longlived-fdstore"), False), (STOPSTART, False),
+    (PRESERVE, True)])
+def test_the_host_drop_in_sets_preserve_only_where_asked(scenario: Scenario, preserve: bool,
+                                                         tmp_path: Path) -> None:
+    """The drop-in command as the guest runs it (into a temporary path): a valid [Service]
+    section with the shutdown mode, and FileDescriptorStorePreserve=yes only when asked."""
+    svc, commands = service(262, {"": (0, "")})
+    _prepare_server(svc, scenario)
+    target = tmp_path / "portable-walkthrough.service.d" / "50-pwt-shutdown.conf"
+    subprocess.run(["bash", "-c", commands[0].replace(SHUTDOWN_DROPIN, str(target))],
+                   check=True)
+    lines = target.read_text().splitlines()
+    assert lines[:2] == ["[Service]", "Environment=PW_SHUTDOWN=fdstore"]
+    assert (PRESERVE_LINE in lines) == preserve
+    assert commands[-1] == "systemctl daemon-reload"
+
+
+def test_user_commands_run_as_the_user_with_its_runtime_dir_and_bus() -> None:
+    svc, _ = service(262)
+    user = UserPortableService(svc)
+    user.uid = 1001
+    command = "portablectl --user is-attached '/home/x y.raw' | head -n1"
+    words = shlex.split(user.user_command(command))
+    assert words[:4] == ["runuser", "-u", USER, "--"]
+    assert "XDG_RUNTIME_DIR=/run/user/1001" in words
+    assert "DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/1001/bus" in words
+    assert words[-3:] == ["bash", "-c", command]  # one argument: quoted whole
+
+
+def test_the_user_units_state_lands_on_the_images_mount_point() -> None:
+    lines = STATE_DROPIN_TEXT.splitlines()
+    assert "StateDirectory=" in lines  # the image's StateDirectory= reset: no path in ~
+    assert "BindPaths=/home/pwt-user/pwt-state:/var/lib/portable-walkthrough" in lines
+    assert "Environment=STATE_DIRECTORY=/var/lib/portable-walkthrough" in lines
+
+
+def test_the_polkit_rule_is_for_mountfsd_and_the_test_user_only() -> None:
+    assert 'action.id.indexOf("io.systemd.mount-file-system.") == 0' in POLKIT_RULE_TEXT
+    assert f'subject.user == "{USER}"' in POLKIT_RULE_TEXT
+
+
+def test_the_user_side_is_dirty_while_its_socket_listens() -> None:
+    """A user socket left on port 8080 would break every later system scenario."""
+    from vm.errors import GuestError
+
+    answers = "\n".join([f"{image_path(1)} detached", f"{image_path(2)} detached",
+                         "/home/pwt-user/portables/portable-walkthrough.raw detached",
+                         "portable-walkthrough.socket active",
+                         "portable-walkthrough.service inactive"])
+    svc, _ = service(262, {"test -S /run/user/": (0, ""), "runuser": (0, answers)})
+    user = UserPortableService(svc)
+    with pytest.raises(GuestError, match=r"portable-walkthrough\.socket active"):
+        user.check_clean()
+    clean, _ = service(262, {"test -S /run/user/": (1, "")})  # the manager is gone
+    UserPortableService(clean).check_clean()
+
+
+# --- the verdict -----------------------------------------------------------------------------
+def holders(lost: int = 0) -> HolderSummary:
+    return HolderSummary(connections=20, requests=1500, answered=1500 - lost, broken=lost,
+                         server_closed=0, connect_errors=0, switched_in_place=20 - lost)
+
+
+def with_holders(scenario: Scenario, lost: int) -> object:
+    run = scenario_run(scenario)
+    return dataclasses.replace(run, outcome=dataclasses.replace(run.outcome,
+                                                                holders=holders(lost)))
+
+
+def test_preserve_keeps_every_connection_or_fails() -> None:
+    assert verdict_of(with_holders(PRESERVE, 0)).kind == PASS  # type: ignore[arg-type]
+    lost = verdict_of(with_holders(PRESERVE, 20))  # type: ignore[arg-type]
+    assert lost.kind == FAIL
+    assert any("long-lived connections were lost" in p for p in lost.problems)
+
+
+def test_stop_start_without_preserve_is_the_characterised_loss() -> None:
+    lost = verdict_of(with_holders(STOPSTART, 20))  # type: ignore[arg-type]
+    assert lost.kind == EXPECTED_LOSS and "20 broken" in lost.observed
+    kept = verdict_of(with_holders(STOPSTART, 0))  # type: ignore[arg-type]
+    assert kept.kind == FAIL and kept.short == "nothing lost"
+
+
+def test_user_scope_runs_as_the_user_from_the_users_image() -> None:
+    assert verdict_of(scenario_run(USER_SCENARIO)).kind == PASS
+    as_root = verdict_of(scenario_run(USER_SCENARIO, service_user="root"))
+    assert as_root.problems == ("user scope: the service runs as 'root', not 'pwt-user'",)
+    system_image = verdict_of(scenario_run(USER_SCENARIO,
+                                           attached_image=PortableService.image_path(2)))
+    assert system_image.kind == FAIL
+    assert image_path(2) in system_image.problems[0]
+
+
+def test_reset_after_a_broken_setup_never_touches_another_users_manager() -> None:
+    """uid 0 is unknown, not root's: no user@0.service is stopped, no runuser is run."""
+    svc, commands = service(262, {"": (0, "")})
+    UserPortableService(svc).reset()
+    assert not any("user@" in c or "runuser" in c for c in commands)
+    assert any("disable-linger pwt-user" in c for c in commands)

@@ -1,0 +1,49 @@
+"""An upgrade by stop + start instead of the restart ``portablectl reattach --now`` queues.
+
+``reattach`` (without ``--now``) replaces the unit files and leaves the old process running;
+``systemctl stop`` then ends it (with PW_SHUTDOWN=fdstore it hands its idle connections to the
+fd store first) and ``systemctl start`` runs the new image. Whether the stored connections
+reach the new process is what FileDescriptorStorePreserve= decides: a stop drops the store
+unless it is ``yes``; a restart keeps it either way.
+
+Not ``portablectl detach --now`` + ``attach``: between the two the unit file is gone, so the
+host socket, triggered by the clients that keep connecting, refuses to start a unit that does
+not exist and fails; that would measure the socket, not the knob.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from vm.portable import NAME, SERVICE, SYMLINK, PortableService, Reattach
+from vm.quirks import reattach_target
+
+# The drop-in line that keeps the fd store across a stop (254+; vm/quirks.py).
+PRESERVE_LINE = "FileDescriptorStorePreserve=yes"
+
+
+def stop_start_command(systemd_major: int) -> str:
+    """The upgrade as one guest command line (after the symlink points at the new version)."""
+    target = shlex.quote(reattach_target(systemd_major, NAME, SYMLINK))
+    return (f"portablectl reattach {target} && systemctl stop {SERVICE}"
+            f" && systemctl start {SERVICE}")
+
+
+def stop_start_upgrade(service: PortableService, version: int) -> Reattach:
+    """Flip the symlink to ``version``, reattach without restarting, stop, start; timed like
+    ``PortableService.reattach`` (guest epoch seconds)."""
+    service.point_symlink_at(version)
+    command = stop_start_command(service.systemd_major)
+    out = service.machine.succeed(
+        f"s=$(date +%s.%N); {{ {command}; }} 2>&1; rc=$?; e=$(date +%s.%N);"
+        f" echo; echo \"PWT-TIMES $s $e $rc\"; exit $rc",
+        timeout=service.reattach_timeout_s,
+    )
+    marker = out.strip().splitlines()[-1].split()
+    return Reattach(command, float(marker[1]), float(marker[2]), out)
+
+
+def clear_fd_store(service: PortableService) -> None:
+    """Stop the service and drop what its store still holds: with Preserve=yes a stopped
+    unit keeps the store, and the next scenario's server would be handed dead connections."""
+    service.machine.execute(f"systemctl stop {SERVICE}; systemctl clean --what=fdstore {SERVICE}")
