@@ -52,10 +52,6 @@ class LoadOutcome:
         return self.stopped - self.started
 
 
-def guest_now(machine: Machine) -> float:
-    return float(machine.succeed("date +%s.%N"))
-
-
 def dead_since(records: list[ProbeRecord], after: float) -> float:
     """Seconds the probe has seen only failures, counted from ``after`` or the last answer."""
     recent = [r for r in records if r.t >= after]
@@ -63,6 +59,23 @@ def dead_since(records: list[ProbeRecord], after: float) -> float:
         return 0.0
     last_ok = max((r.t for r in recent if r.ok), default=after)
     return recent[-1].t - last_ok
+
+
+POLL_MARK = "PWT-PROBE-LOG"
+SECTION = "PWT-SECTION:"
+
+
+def split_sections(output: str) -> dict[str, str]:
+    """``head`` (before the first marker) and each ``PWT-SECTION:<name>`` part of ``output``."""
+    sections = {"head": ""}
+    name = "head"
+    for line in output.splitlines(keepends=True):
+        if line.startswith(SECTION):
+            name = line[len(SECTION):].strip()
+            sections[name] = ""
+        else:
+            sections[name] += line
+    return sections
 
 
 class LoadRun:
@@ -79,45 +92,64 @@ class LoadRun:
         self.probe_port = probe_port
         self.started = 0.0
         self.ab_started = 0.0
+        self._probe_text = ""  # the probe log read so far (whole lines)
         self.command = shlex.join(ab_command(url, settings.concurrency, settings.max_s, keepalive))
 
     def start(self) -> None:
+        """Start the probe (and the long-lived holders), then ab, in one guest round trip.
+
+        The guest scripts are uploaded once per boot. ``started`` is the guest's clock before
+        the probe starts, ``ab_started`` just before ab does."""
         m = self.machine
         bound = int(self.settings.max_s + 60)
-        m.succeed(f"systemctl stop {AB_UNIT} {PROBE_UNIT} 2>/dev/null; mkdir -p {GUEST_DIR}"
-                  f" && rm -f {GUEST_DIR}/ab.out {GUEST_DIR}/probe.jsonl")
-        m.copy_from_host(PROBE_SOURCE, f"{GUEST_DIR}/probe.py", mode="0755")
-        self.started = guest_now(m)
-        m.succeed(
+        m.copy_from_host(PROBE_SOURCE, f"{GUEST_DIR}/probe.py", mode="0755", once=True)
+        if self.holders:
+            m.copy_from_host(HOLDERS_SOURCE, f"{GUEST_DIR}/holders.py", mode="0755", once=True)
+        steps = [
+            # One by one: newer systemd refuses a whole `stop A B` when one is not loaded.
+            f"for u in {AB_UNIT} {PROBE_UNIT} {HOLDERS_UNIT}; do systemctl stop $u 2>/dev/null;"
+            f" done; mkdir -p {GUEST_DIR} && rm -f {GUEST_DIR}/ab.out {GUEST_DIR}/probe.jsonl"
+            f" {GUEST_DIR}/holders.jsonl",
+            "date +%s.%N",
             f"systemd-run --quiet --collect --unit={PROBE_UNIT} -p RuntimeMaxSec={bound}"
             f" python3 {GUEST_DIR}/probe.py --port {self.probe_port}"
             f" --rate {self.settings.probe_rate:g}"
             f" --max-in-flight {self.settings.probe_max_in_flight}"
-            f" --out {GUEST_DIR}/probe.jsonl --max-seconds {self.settings.max_s:.0f}"
-        )
+            f" --out {GUEST_DIR}/probe.jsonl --max-seconds {self.settings.max_s:.0f}",
+        ]
         if self.holders:
-            m.copy_from_host(HOLDERS_SOURCE, f"{GUEST_DIR}/holders.py", mode="0755")
-            m.succeed(
-                f"rm -f {GUEST_DIR}/holders.jsonl; systemd-run --quiet --collect"
-                f" --unit={HOLDERS_UNIT} -p RuntimeMaxSec={bound} python3 {GUEST_DIR}/holders.py"
-                f" --port {self.probe_port} --connections {self.holders}"
-                f" --out {GUEST_DIR}/holders.jsonl --max-seconds {self.settings.max_s:.0f}"
+            steps.append(
+                f"systemd-run --quiet --collect --unit={HOLDERS_UNIT} -p RuntimeMaxSec={bound}"
+                f" python3 {GUEST_DIR}/holders.py --port {self.probe_port}"
+                f" --connections {self.holders} --out {GUEST_DIR}/holders.jsonl"
+                f" --max-seconds {self.settings.max_s:.0f}"
             )
-        out = m.succeed(
-            f"date +%s.%N; systemd-run --quiet --collect --unit={AB_UNIT} -p RuntimeMaxSec={bound}"
+        steps += [
+            "date +%s.%N",
+            f"systemd-run --quiet --collect --unit={AB_UNIT} -p RuntimeMaxSec={bound}"
             f" -p StandardOutput=file:{GUEST_DIR}/ab.out -p StandardError=journal"
-            f" {self.command}"
-        )
-        self.ab_started = float(out.split()[0])
+            f" {self.command}",
+        ]
+        out = m.succeed(f"{steps[0]}; " + " && ".join(steps[1:]))
+        stamps = [float(line) for line in out.split()]
+        self.started, self.ab_started = stamps[0], stamps[-1]
+        self._probe_text = ""
 
-    def probe_log(self) -> str:
-        return self.machine.succeed(f"cat {GUEST_DIR}/probe.jsonl || true")
-
-    def probe_records(self) -> list[ProbeRecord]:
-        return parse_probe_log(self.probe_log())
-
-    def elapsed(self) -> float:
-        return guest_now(self.machine) - self.started
+    def poll(self) -> tuple[float, bool, str]:
+        """One guest round trip: (guest clock, both clients still running, the probe log so
+        far). Only what the probe wrote since the last poll travels."""
+        offset = len(self._probe_text.encode())
+        out = self.machine.execute(
+            f"date +%s.%N; systemctl is-active {AB_UNIT} {PROBE_UNIT}; echo {POLL_MARK};"
+            f" tail -c +{offset + 1} {GUEST_DIR}/probe.jsonl 2>/dev/null; true"
+        ).stdout
+        head, _, new = out.partition(f"{POLL_MARK}\n")
+        lines = head.split()
+        # Keep whole lines only: the probe may be writing the last one right now.
+        complete = new[: new.rfind("\n") + 1]
+        self._probe_text += complete
+        running = len(lines) >= 3 and all(w in ("active", "activating") for w in lines[1:3])
+        return float(lines[0]), running, self._probe_text
 
     def wait_until_serving(self, greeting: str, for_seconds: float,
                            after: float | None = None) -> Timeline:
@@ -126,37 +158,48 @@ class LoadRun:
         has seen nothing but errors for ``for_seconds``: the port is dead (a socket shipped in
         the image can be left inactive). Returns the timeline seen when the wait ended."""
         while True:
-            records = self.probe_records()
+            now, running, text = self.poll()
+            records = parse_probe_log(text)
             timeline = Timeline.build(records, self.started, "", greeting)
             if timeline.answered_seconds_of(greeting) >= for_seconds:
                 return timeline
             if after is not None and dead_since(records, after) >= for_seconds:
                 return timeline
-            if self.elapsed() >= self.settings.max_s - 2:
+            if now - self.started >= self.settings.max_s - 2:
                 return timeline
-            for unit in (AB_UNIT, PROBE_UNIT):
-                if self.machine.unit_state(unit) not in ("active", "activating"):
-                    return timeline  # a client ended by itself: the verdict says what is missing
-            time.sleep(2)
+            if not running:
+                return timeline  # a client ended by itself: the verdict says what is missing
+            time.sleep(1)
 
     def stop(self, old: str, new: str) -> LoadOutcome:
-        """SIGINT ab (it prints its report and exits), stop the probe, collect both."""
+        """SIGINT ab (it prints its report and exits), stop the probe, collect both: one guest
+        round trip, ab's exit waited for in the guest (bounded)."""
         m = self.machine
-        stopped = guest_now(m)
-        m.execute(f"systemctl kill --signal=SIGINT {AB_UNIT}")
-        m.wait_until_succeeds(f"! systemctl is-active --quiet {AB_UNIT}", timeout=60)
-        m.execute(f"systemctl stop {PROBE_UNIT}")
+        stop_units = PROBE_UNIT + (f" {HOLDERS_UNIT}" if self.holders else "")
+        out = m.execute(
+            f"date +%s.%N; systemctl kill --signal=SIGINT {AB_UNIT};"
+            f" for i in $(seq 600); do systemctl is-active --quiet {AB_UNIT} || break;"
+            f" sleep 0.1; done; systemctl is-active --quiet {AB_UNIT} && echo AB-STILL-RUNNING;"
+            f" for u in {stop_units}; do systemctl stop $u; done;"
+            f" echo {SECTION}ab; cat {GUEST_DIR}/ab.out;"
+            f" echo; echo {SECTION}probe; cat {GUEST_DIR}/probe.jsonl 2>/dev/null;"
+            f" echo {SECTION}holders; cat {GUEST_DIR}/holders.jsonl 2>/dev/null; true",
+            timeout=120,
+        ).stdout
+        sections = split_sections(out)
+        stopped = float(sections["head"].split()[0])
+        if "AB-STILL-RUNNING" in sections["head"]:
+            raise GuestError(f"ab did not exit within 60 s of SIGINT:\n{out[-2000:]}")
         holders = None
         if self.holders:
-            m.execute(f"systemctl stop {HOLDERS_UNIT}")
-            records = parse_holder_log(m.succeed(f"cat {GUEST_DIR}/holders.jsonl || true"))
+            records = parse_holder_log(sections.get("holders", ""))
             holders = summarise(records, self.holders, old, new)
-        output = m.succeed(f"cat {GUEST_DIR}/ab.out")
+        output = sections.get("ab", "")
         try:
             ab = parse_ab_output(output)
         except ValueError as e:
             raise GuestError(f"ab printed no report ({e}):\n{output[-2000:]}") from e
-        text = self.probe_log()
+        text = sections.get("probe", "")
         timeline = Timeline.build(parse_probe_log(text), self.started, old, new,
                                   skipped=parse_probe_skips(text))
         return LoadOutcome(ab, output, timeline, self.started, stopped, self.command, holders,

@@ -6,6 +6,7 @@ the guest (so a stuck ``portablectl`` is killed there) and by the SSH channel's 
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 import time
 from dataclasses import dataclass
@@ -104,6 +105,7 @@ class Machine:
         self.target = target
         self.console_log = console_log
         self._client: paramiko.SSHClient | None = None
+        self.uploaded: dict[str, str] = {}  # guest path -> sha256 of what copy_from_host put
 
     # --- connection -------------------------------------------------------------------
     def connect(self, timeout: float = 60.0) -> None:
@@ -233,8 +235,15 @@ class Machine:
         self.wait_until_succeeds(f"ss -Htln 'sport = :{port}' | grep -q LISTEN", timeout)
 
     # --- files ------------------------------------------------------------------------
-    def copy_from_host(self, source: Path, destination: str, mode: str = "0644") -> None:
-        """Copy a host file into the guest at ``destination`` (owned by root)."""
+    def copy_from_host(self, source: Path, destination: str, mode: str = "0644",
+                       once: bool = False) -> None:
+        """Copy a host file into the guest at ``destination`` (owned by root).
+
+        ``once``: skip the copy when this Machine already put the same bytes there (the load's
+        guest scripts go to /run/pwt once per boot, not once per scenario)."""
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        if once and self.uploaded.get(destination) == digest:
+            return
         staging = f"/tmp/pwt-upload-{source.name}"
         with self.client.open_sftp() as sftp:
             sftp.put(str(source), staging)
@@ -242,6 +251,7 @@ class Machine:
             f"install -D -m {mode} {shlex.quote(staging)} {shlex.quote(destination)}"
             f" && rm -f {shlex.quote(staging)}"
         )
+        self.uploaded[destination] = digest
 
     # --- facts ------------------------------------------------------------------------
     def systemd_version(self) -> int:

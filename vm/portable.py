@@ -12,7 +12,7 @@ from vm import sysupdate
 from vm.errors import GuestError
 from vm.image import VERSIONS, PortableImages
 from vm.log import log
-from vm.machine import Machine
+from vm.machine import CommandResult, Machine
 from vm.quirks import reattach_target
 
 NAME = "portable-walkthrough"
@@ -76,6 +76,32 @@ def unclean(answers: str, names: list[str]) -> list[str]:
 
 
 @dataclass(frozen=True)
+class ServiceFacts:
+    """What a scenario reads of the service before and after its load (one round trip)."""
+
+    main_user: str  # the main process's user, "" when it does not run
+    dynamic_user: bool
+    socket_since: str  # the socket's ActiveEnterTimestampMonotonic
+    socket_state: str
+    counter: int | None  # the visitor count, None before the first visitor
+    attached_state: str  # portablectl is-attached
+    attached_image: str  # the unit's RootImage=
+
+    @classmethod
+    def parse(cls, text: str) -> ServiceFacts:
+        """From ``key=value`` lines; a missing key is an error (a cut-off answer)."""
+        said = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+        missing = [k for k in ("user", "dynamic", "since", "socket", "counter", "attached",
+                               "image") if k not in said]
+        if missing:
+            raise GuestError(f"the service's state came back without {missing}: {text!r}")
+        counter = said["counter"].strip()
+        return cls(said["user"].strip(), said["dynamic"].strip() == "yes", said["since"].strip(),
+                   said["socket"].strip(), int(counter) if counter.isdigit() else None,
+                   said["attached"].strip(), said["image"].strip())
+
+
+@dataclass(frozen=True)
 class Reattach:
     """One ``portablectl reattach --now``: what ran and when (guest epoch seconds)."""
 
@@ -101,6 +127,9 @@ class PortableService:
         self.reattach_timeout_s = reattach_timeout_s
         self.build_images = build_images  # socket location -> images (built/cached on host)
         self.uploaded: set[str] = set()
+        # True from a check that found the guest clean until the next attach: the check at a
+        # test's start is skipped when the previous test's reset has just made it.
+        self.clean_verified = False
 
     def install_images(self, images: PortableImages) -> None:
         """Upload one set of images (host- or image-socket) to the guest's stash."""
@@ -140,18 +169,52 @@ class PortableService:
         )
 
     def attach(self, version: int, profile: str = "default", host_socket: bool = True) -> None:
-        """Attach ``version`` and start the socket (host socket: installed first)."""
-        self.point_symlink_at(version)
-        self.machine.succeed(f"portablectl attach --profile {profile} {SYMLINK}", timeout=180)
-        state = self.attachment_state()
-        if state not in ATTACHED_STATES:
-            raise GuestError(f"after attach, portablectl is-attached says {state!r}")
+        """Attach ``version`` and start the socket, in one guest round trip.
+
+        The host socket's unit file goes in first, but the socket starts only after the attach:
+        it refuses to start without its service. ``portablectl attach`` reloads the manager, so
+        that one reload also picks up the socket file and any host drop-in written before it.
+        """
+        self.clean_verified = False
+        socket_file = ""
         if host_socket:
-            self.machine.copy_from_host(HOST_SOCKET_SOURCE, HOST_SOCKET_PATH)
-            self.machine.succeed("systemctl daemon-reload")
-        # Attach first, then start the socket: the socket refuses to start without its service.
-        self.machine.succeed(f"systemctl start {SOCKET}")
-        self.machine.wait_for_unit(SOCKET, timeout=self.unit_timeout_s)
+            socket_file = (f"mkdir -p {Path(HOST_SOCKET_PATH).parent} && cat > {HOST_SOCKET_PATH}"
+                           f" <<'PWT-EOF'\n{HOST_SOCKET_SOURCE.read_text()}PWT-EOF\n")
+        result = self.machine.execute(
+            f"{socket_file}"
+            f"ln -sfn {NAME}_{version}.raw {SYMLINK}.new && mv -T {SYMLINK}.new {SYMLINK} &&"
+            f" portablectl attach --profile {profile} {SYMLINK} || exit 1;"
+            f" echo \"PWT-ATTACHED $(portablectl is-attached {SYMLINK})\";"
+            # A socket's start job ends when it is listening (or has failed).
+            f" systemctl start {SOCKET}; echo \"PWT-SOCKET $(systemctl is-active {SOCKET})\"",
+            timeout=max(180.0, self.unit_timeout_s + 60),
+        )
+        said = dict(line.split(" ", 1) for line in result.stdout.splitlines()
+                    if line.startswith(("PWT-ATTACHED ", "PWT-SOCKET ")))
+        if not result.succeeded or "PWT-ATTACHED" not in said:
+            words = (result.stdout + result.stderr).strip().splitlines()[-3:]
+            raise GuestError(f"portablectl attach failed (exit {result.rc}): "
+                             + (" / ".join(words) or "no output"))
+        if said["PWT-ATTACHED"] not in ATTACHED_STATES:
+            raise GuestError(f"after attach, portablectl is-attached says "
+                             f"{said['PWT-ATTACHED']!r}")
+        if said.get("PWT-SOCKET") != "active":
+            # wait_for_unit says why (failed, or inactive with nothing queued) with its status.
+            self.machine.wait_for_unit(SOCKET, timeout=self.unit_timeout_s)
+
+    def observe(self) -> ServiceFacts:
+        """The service's state in one guest round trip (see ``ServiceFacts``)."""
+        out = self.machine.execute(
+            f"pid=$(systemctl show -P MainPID {SERVICE});"
+            f" echo \"user=$( [ \"${{pid:-0}}\" != 0 ] && ps -o user= -p $pid)\";"
+            f" echo \"dynamic=$(systemctl show -P DynamicUser {SERVICE})\";"
+            f" echo \"since=$(systemctl show -P ActiveEnterTimestampMonotonic {SOCKET})\";"
+            f" echo \"socket=$(systemctl is-active {SOCKET})\";"
+            f" echo \"counter=$(cat $(ls {COUNTER_GLOB} 2>/dev/null | head -n1) 2>/dev/null)\";"
+            f" echo \"attached=$(portablectl is-attached {SYMLINK})\";"
+            f" echo \"image=$(systemctl show -P RootImage {SERVICE})\""
+        ).stdout
+        return ServiceFacts.parse(out)
 
     def socket_state(self) -> str:
         """``systemctl is-active`` of the socket (the user side asks the user's manager)."""
@@ -212,7 +275,7 @@ class PortableService:
         after a failed run the symlink may point at another version.
         """
         units = " ".join((*CLIENT_UNITS, SOCKET, SERVICE))
-        self.machine.succeed(
+        result = self.machine.execute(
             f"for u in {units}; do systemctl stop $u 2>/dev/null; done;"
             f" img=$(systemctl show -P RootImage {SERVICE} 2>/dev/null);"
             f' if [ -n "$img" ]; then portablectl detach "$img" || exit 1; fi;'
@@ -220,10 +283,13 @@ class PortableService:
             f" {sysupdate.SOURCE_DIR} && systemctl daemon-reload"
             f" && {{ systemctl reset-failed {SOCKET} {SERVICE} {sysupdate.ROLLOUT_UNIT}"
             f" 'pwt-pin@*' 2>/dev/null; true; }}"
-            f" && rm -rf /var/lib/private/{NAME} /var/lib/{NAME}",
+            f" && rm -rf /var/lib/private/{NAME} /var/lib/{NAME} || exit 1;"
+            f" {self._clean_check_command()}",
             timeout=180,
         )
-        self.check_clean()
+        if not result.succeeded:
+            raise GuestError(f"the reset failed: {result.describe()}")
+        self._judge_clean(result)
 
     def check_clean(self) -> None:
         """Raise GuestError unless no image is attached and no socket or client is active.
@@ -231,18 +297,22 @@ class PortableService:
         Every image path and unit must answer with a clean word: a missing or cut-off answer
         (a broken SSH channel, a command that died) is dirty, never taken for clean.
         """
-        paths = self.image_paths()
-        units = [*CLIENT_UNITS, SOCKET, SERVICE]
-        result = self.machine.execute(
-            # No such image file (first test): is-attached prints nothing: that is detached.
-            f"for p in {' '.join(paths)}; do s=$(portablectl is-attached $p 2>/dev/null);"
-            f" echo \"$p ${{s:-detached}}\"; done;"
-            f" for u in {' '.join(units)}; do echo \"$u $(systemctl is-active $u)\"; done"
-        )
-        dirty = unclean(result.stdout, [*paths, *units])
+        self._judge_clean(self.machine.execute(self._clean_check_command()))
+
+    def _clean_check_command(self) -> str:
+        # No such image file (first test): is-attached prints nothing: that is detached.
+        return (f"for p in {' '.join(self.image_paths())}; do"
+                f" s=$(portablectl is-attached $p 2>/dev/null); echo \"$p ${{s:-detached}}\";"
+                f" done; for u in {' '.join([*CLIENT_UNITS, SOCKET, SERVICE])}; do"
+                f" echo \"$u $(systemctl is-active $u)\"; done")
+
+    def _judge_clean(self, result: CommandResult) -> None:
+        dirty = unclean(result.stdout, [*self.image_paths(), *CLIENT_UNITS, SOCKET, SERVICE])
         if dirty:
+            self.clean_verified = False
             raise GuestError(f"the guest is not clean: {dirty}"
                              + ("" if result.succeeded else f"\n{result.describe()}"))
+        self.clean_verified = True
 
     def attached_image(self) -> str:
         """The image the attached service runs from (its RootImage=), or "" when none is.

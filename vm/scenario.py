@@ -22,6 +22,7 @@ import pytest
 
 from vm import user_portable
 from vm.config import Settings
+from vm.errors import GuestError
 from vm.haproxy import PROXY_PORT, HaproxyConfig
 from vm.image import VERSIONS
 from vm.latency import latency_report, stall_problems
@@ -232,11 +233,10 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
     service.attach(scenario.from_version, profile=scenario.profile,
                    host_socket=scenario.socket_location == "host")
     service.wait_for_greeting(scenario.old)
-    service_user, dynamic_user = service.main_process_user(), service.dynamic_user()
+    before = service.observe()
     if scenario.proxy == "haproxy":
         _start_haproxy(service)
     url_port = PROXY_PORT if scenario.proxy == "haproxy" else PORT
-    socket_before = service.socket_active_since()
 
     # Every client takes the same path: behind a proxy, the probe goes through it too (a
     # probe straight to the naive server would see the resets the proxy exists to absorb).
@@ -274,18 +274,20 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
     if scenario.proxy == "haproxy":
         stop_haproxy(service)
 
-    socket = SocketObservation(socket_before, service.socket_active_since(),
-                               service.socket_state())
-    final_count = service.counter()
+    after = service.observe()
+    socket = SocketObservation(before.socket_since, after.socket_since, after.socket_state)
+    if after.counter is None:
+        raise GuestError("the service has no visitor count after the load")
+    final_count = after.counter
     facts: dict[str, Any] = {"rollout_log": reattach.output[-1500:]} if setup is not None else {}
     if scenario.upgrade != "reattach":
         facts["upgrade_log"] = reattach.output[-1500:]
     run = ScenarioRun(
         scenario=scenario, outcome=outcome, reattach=reattach, socket=socket,
         final_count=final_count, min_complete=load_cfg.min_complete,
-        post_switch_s=load_cfg.post_switch_s, attached_state=service.attachment_state(),
-        attached_image=service.attached_image(), service_user=service_user,
-        dynamic_user=dynamic_user, rollout_ok=rollout_ok, max_stall_s=load_cfg.max_stall_s,
+        post_switch_s=load_cfg.post_switch_s, attached_state=after.attached_state,
+        attached_image=after.attached_image, service_user=before.main_user,
+        dynamic_user=before.dynamic_user, rollout_ok=rollout_ok, max_stall_s=load_cfg.max_stall_s,
         facts=facts,
     )
     if scenario.fdstore_preserve:

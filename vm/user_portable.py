@@ -33,6 +33,7 @@ from vm.portable import (
     STASH,
     PortableService,
     Reattach,
+    ServiceFacts,
     unclean,
 )
 from vm.quirks import (
@@ -263,6 +264,14 @@ class UserPortableService(PortableService):
     def attachment_state(self, image: str = USER_SYMLINK) -> str:
         return self.machine.execute(
             self.user_command(f"portablectl --user is-attached {image}")).stdout.strip()
+
+    def observe(self) -> ServiceFacts:
+        """The user side's state, asked of the user's manager (one question at a time)."""
+        counter = self.machine.execute(f"cat {STATE_DIR}/visitors").stdout.strip()
+        return ServiceFacts(self.main_process_user(), self.dynamic_user(),
+                            self.socket_active_since(), self.socket_state(),
+                            int(counter) if counter.isdigit() else None,
+                            self.attachment_state(), self.attached_image())
 
     def reattach(self, version: int) -> Reattach:
         """Flip the user's symlink, ``portablectl --user reattach --now --runtime`` by its path

@@ -4,21 +4,37 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from vm.config import LoadSettings
-from vm.load import PROBE_UNIT, LoadRun
+from vm.errors import GuestError
+from vm.load import AB_UNIT, POLL_MARK, PROBE_UNIT, SECTION, LoadRun, split_sections
+from vm.machine import CommandResult
 
 
 class RecordingMachine:
-    """Answers ``date`` with a fixed epoch and records every command."""
+    """Answers each ``date +%s.%N`` in a command with the next epoch, records every command,
+    and plays back scripted ``execute`` answers."""
 
-    def __init__(self) -> None:
+    def __init__(self, answers: list[str] | None = None) -> None:
         self.commands: list[str] = []
+        self.answers = answers or []
+        self.clock = 1700000000.5
 
     def succeed(self, command: str, timeout: float = 120.0) -> str:
         self.commands.append(command)
-        return "1700000000.5\n" if command.startswith("date") else ""
+        stamps = []
+        for _ in range(command.count("date +%s.%N")):
+            stamps.append(f"{self.clock}\n")
+            self.clock += 0.25
+        return "".join(stamps)
 
-    def copy_from_host(self, source: Path, target: str, mode: str = "0644") -> None:
+    def execute(self, command: str, timeout: float = 120.0) -> CommandResult:
+        self.commands.append(command)
+        return CommandResult(command, 0, self.answers.pop(0), "", 0.3)
+
+    def copy_from_host(self, source: Path, target: str, mode: str = "0644",
+                       once: bool = False) -> None:
         self.commands.append(f"copy {source.name} {target}")
 
 
@@ -45,3 +61,50 @@ def test_probe_unit_outlives_the_probes_own_bound() -> None:
     its 5 s grace for requests in flight."""
     command = probe_command(LoadSettings(max_s=100.0))
     assert "-p RuntimeMaxSec=160 " in command and "--max-seconds 100" in command
+
+
+def test_start_is_one_round_trip_after_the_upload_and_reads_both_clocks() -> None:
+    machine = RecordingMachine()
+    run = LoadRun(machine, LoadSettings(), keepalive=True)  # type: ignore[arg-type]
+    run.start()
+    uploads = [c for c in machine.commands if c.startswith("copy ")]
+    assert len(machine.commands) == len(uploads) + 1
+    command = machine.commands[-1]
+    # The probe before ab, each unit stopped on its own before (newer systemd refuses a
+    # whole `stop A B` when one is not loaded).
+    assert command.index(f"--unit={PROBE_UNIT}") < command.index(f"--unit={AB_UNIT}")
+    assert "do systemctl stop $u" in command
+    assert (run.started, run.ab_started) == (1700000000.5, 1700000000.75)
+
+
+PROBE_LINE = ('{"t": 1700000001.0, "latency_ms": 4.0, "status": 200, "greeting": "Hello",'
+              ' "visitor": 7}')
+
+
+def test_poll_keeps_only_whole_lines_and_asks_only_for_what_is_new() -> None:
+    half = PROBE_LINE[:20]
+    machine = RecordingMachine([
+        f"1700000003.0\nactive\nactive\n{POLL_MARK}\n{PROBE_LINE}\n{half}",
+        f"1700000004.0\nactive\ninactive\n{POLL_MARK}\n{PROBE_LINE}\n",
+    ])
+    run = LoadRun(machine, LoadSettings(), keepalive=False)  # type: ignore[arg-type]
+    now, running, text = run.poll()
+    assert (now, running, text) == (1700000003.0, True, PROBE_LINE + "\n")
+    assert "tail -c +1 " in machine.commands[-1]
+    now, running, text = run.poll()
+    # The second read starts after the first whole line: the half line is read again whole.
+    assert f"tail -c +{len(PROBE_LINE) + 2} " in machine.commands[-1]
+    assert running is False and text == f"{PROBE_LINE}\n{PROBE_LINE}\n"
+
+
+def test_split_sections() -> None:
+    out = f"1700000009.0\n{SECTION}ab\nreport\n{SECTION}probe\n{PROBE_LINE}\n{SECTION}holders\n"
+    assert split_sections(out) == {"head": "1700000009.0\n", "ab": "report\n",
+                                   "probe": PROBE_LINE + "\n", "holders": ""}
+
+
+def test_ab_that_ignores_sigint_is_an_error_naming_it() -> None:
+    machine = RecordingMachine([f"1700000009.0\nAB-STILL-RUNNING\n{SECTION}ab\n"])
+    run = LoadRun(machine, LoadSettings(), keepalive=False)  # type: ignore[arg-type]
+    with pytest.raises(GuestError, match="ab did not exit within 60 s of SIGINT"):
+        run.stop("Hello", "Hola")
