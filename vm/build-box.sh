@@ -80,10 +80,26 @@ step "a small initramfs: the guest boots from one virtio disk with ext4"
 # The kernel is started directly by qemu (no boot loader); its initramfs only needs to find
 # /dev/vda. MODULES=list keeps it to these modules (and what they depend on): a few MB instead
 # of ~30, which TCG unpacks in a fraction of the time.
-printf 'MODULES=list\nCOMPRESS=gzip\n' > "$ROOT/etc/initramfs-tools/conf.d/pwt.conf"
-printf '%s\n' virtio_pci virtio_blk virtio_console ext4 crc32c_generic \
-  >> "$ROOT/etc/initramfs-tools/modules"
-in_root update-initramfs -u -k all
+if [ -d "$ROOT/etc/initramfs-tools" ]; then
+  printf 'MODULES=list\nCOMPRESS=gzip\n' > "$ROOT/etc/initramfs-tools/conf.d/pwt.conf"
+  printf '%s\n' virtio_pci virtio_blk virtio_console ext4 crc32c_generic \
+    >> "$ROOT/etc/initramfs-tools/modules"
+  in_root update-initramfs -u -k all
+elif [ -x "$ROOT/usr/bin/dracut" ]; then
+  # Newer suites (sid) install dracut instead. Not host-only: the chroot would describe the
+  # build host's disks, not the guest's.
+  mkdir -p "$ROOT/etc/dracut.conf.d"
+  printf '%s\n' 'hostonly="no"' 'compress="gzip"' \
+    'add_drivers+=" virtio_pci virtio_blk virtio_console ext4 "' \
+    'omit_dracutmodules+=" plymouth nfs iscsi lvm mdraid dmraid multipath crypt nbd "' \
+    > "$ROOT/etc/dracut.conf.d/50-pwt.conf"
+  for kver in $(ls "$ROOT/lib/modules"); do
+    in_root dracut --force "/boot/initrd.img-$kver" "$kver"
+  done
+else
+  echo "no initramfs generator (initramfs-tools or dracut) in the tree" >&2
+  exit 1
+fi
 
 # The suite starts its own haproxy with its own config when a scenario needs it.
 in_root systemctl disable haproxy.service 2>/dev/null || true
