@@ -110,12 +110,18 @@ def box_key(recipe: BoxRecipe, public_key: Path) -> str:
     return recipe_hash([BUILD_SCRIPT, PACK_SCRIPT], data)
 
 
-def _vagrant_has_box(name: str, env: dict[str, str]) -> bool:
+def vagrant_boxes(env: dict[str, str]) -> set[str]:
+    """The names of the boxes Vagrant has (``vagrant box list --machine-readable``)."""
     out = subprocess.run(
         ["vagrant", "box", "list", "--machine-readable"],
         env=env, capture_output=True, text=True, check=False,
     ).stdout
-    return any(line.split(",")[3:4] == [name] for line in out.splitlines() if ",box-name," in line)
+    return {line.split(",")[3] for line in out.splitlines()
+            if ",box-name," in line and len(line.split(",")) > 3}
+
+
+def _vagrant_has_box(name: str, env: dict[str, str]) -> bool:
+    return name in vagrant_boxes(env)
 
 
 def vagrant_box_image(env: dict[str, str], name: str) -> Path:
@@ -226,11 +232,7 @@ def old_box_files(boxes: Path, recipe_name: str, keep: Path) -> list[Path]:
 
 def prune_old_boxes(recipe_name: str, keep: str, env: dict[str, str]) -> list[str]:
     """Remove boxes of earlier recipes of ``recipe_name`` from Vagrant (disk is finite)."""
-    out = subprocess.run(
-        ["vagrant", "box", "list", "--machine-readable"],
-        env=env, capture_output=True, text=True, check=False,
-    ).stdout
-    names = {line.split(",")[3] for line in out.splitlines() if ",box-name," in line}
+    names = vagrant_boxes(env)
     # Exactly this recipe's name and a digest: debian-bookworm must not take
     # debian-bookworm-backports with it.
     ours = re.compile(rf"pwt/{re.escape(recipe_name)}-[0-9a-f]{{12}}")

@@ -101,10 +101,7 @@ def remove_libvirt_leftovers(uri: str, pool: str, prefix: str) -> list[str]:
             _virsh(uri, "destroy", name)
             _virsh(uri, "undefine", name, "--nvram")
             removed.append(f"domain {name}")
-    volumes = _virsh(uri, "vol-list", pool).stdout.splitlines()[2:]
-    for line in volumes:
-        fields = line.split()
-        if fields and fields[0].startswith(prefix):
-            _virsh(uri, "vol-delete", fields[0], "--pool", pool)
-            removed.append(f"volume {fields[0]}")
+    for volume, _path in pool_volumes(uri, pool, prefix):
+        _virsh(uri, "vol-delete", volume, "--pool", pool)
+        removed.append(f"volume {volume}")
     return removed

@@ -101,6 +101,25 @@ class ServiceFacts:
                    said["attached"].strip(), said["image"].strip())
 
 
+TIMES_MARK = "PWT-TIMES"
+
+
+def timed(command: str, extra: str = "") -> str:
+    """Shell that runs ``command`` between two guest clock readings and ends with one line
+    ``PWT-TIMES start end rc [extra…]`` (read back by ``parse_timed``)."""
+    return (f"s=$(date +%s.%N); {command}; rc=$?; e=$(date +%s.%N);"
+            f" echo; echo \"{TIMES_MARK} $s $e $rc{' ' + extra if extra else ''}\"")
+
+
+def parse_timed(output: str) -> tuple[float, float, int, list[str]]:
+    """(start, end, exit status, the extra fields) from the last ``PWT-TIMES`` line."""
+    marks = [line.split() for line in output.splitlines() if line.startswith(TIMES_MARK + " ")]
+    fields = marks[-1] if marks else []
+    if len(fields) < 4:
+        raise GuestError(f"no {TIMES_MARK} line at the end of: {output[-600:]!r}")
+    return float(fields[1]), float(fields[2]), int(fields[3]), fields[4:]
+
+
 @dataclass(frozen=True)
 class Reattach:
     """One ``portablectl reattach --now``: what ran and when (guest epoch seconds)."""
@@ -258,13 +277,10 @@ class PortableService:
         self.point_symlink_at(version)
         target = reattach_target(self.systemd_major, NAME, SYMLINK)
         command = f"portablectl reattach --now {shlex.quote(target)}"
-        out = self.machine.succeed(
-            f"s=$(date +%s.%N); {command} 2>&1; rc=$?; e=$(date +%s.%N);"
-            f" echo; echo \"PWT-TIMES $s $e $rc\"; exit $rc",
-            timeout=self.reattach_timeout_s,
-        )
-        marker = out.strip().splitlines()[-1].split()
-        return Reattach(command, float(marker[1]), float(marker[2]), out)
+        out = self.machine.succeed(f"{timed(command + ' 2>&1')}; exit $rc",
+                                   timeout=self.reattach_timeout_s)
+        start, end, _rc, _ = parse_timed(out)
+        return Reattach(command, start, end, out)
 
     def reset(self) -> None:
         """Back to a clean guest: clients and units stopped, image detached, state wiped.
@@ -385,13 +401,11 @@ class PortableService:
         makes `systemctl start` succeed while nothing happened.
         """
         result = self.machine.execute(
-            f"s=$(date +%s.%N); systemctl start {unit}; rc=$?; e=$(date +%s.%N);"
-            f" journalctl -q --no-pager -n 30 -u {unit}; echo;"
-            f" echo \"PWT-TIMES $s $e $rc $(readlink {SYMLINK})\"",
+            timed(f"systemctl start {unit}", extra=f"$(readlink {SYMLINK})")
+            + f"; journalctl -q --no-pager -n 30 -u {unit}",
             timeout=self.reattach_timeout_s,
         )
-        marker = result.stdout.strip().splitlines()[-1].split()
-        rollout = Reattach(f"systemctl start {unit}", float(marker[1]), float(marker[2]),
-                           result.stdout)
-        moved = len(marker) > 4 and marker[4].endswith(f"{NAME}_{version}.raw")
-        return rollout, marker[3] == "0" and moved
+        start, end, rc, extra = parse_timed(result.stdout)
+        rollout = Reattach(f"systemctl start {unit}", start, end, result.stdout)
+        moved = bool(extra) and extra[0].endswith(f"{NAME}_{version}.raw")
+        return rollout, rc == 0 and moved

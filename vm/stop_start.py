@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import shlex
 
-from vm.portable import NAME, SERVICE, SYMLINK, PortableService, Reattach
+from vm.portable import NAME, SERVICE, SYMLINK, PortableService, Reattach, parse_timed, timed
 from vm.quirks import reattach_target
 
 # The drop-in line that keeps the fd store across a stop (254+; vm/quirks.py).
@@ -34,13 +34,10 @@ def stop_start_upgrade(service: PortableService, version: int) -> Reattach:
     ``PortableService.reattach`` (guest epoch seconds)."""
     service.point_symlink_at(version)
     command = stop_start_command(service.systemd_major)
-    out = service.machine.succeed(
-        f"s=$(date +%s.%N); {{ {command}; }} 2>&1; rc=$?; e=$(date +%s.%N);"
-        f" echo; echo \"PWT-TIMES $s $e $rc\"; exit $rc",
-        timeout=service.reattach_timeout_s,
-    )
-    marker = out.strip().splitlines()[-1].split()
-    return Reattach(command, float(marker[1]), float(marker[2]), out)
+    out = service.machine.succeed(f"{timed(f'{{ {command}; }} 2>&1')}; exit $rc",
+                                  timeout=service.reattach_timeout_s)
+    start, end, _rc, _ = parse_timed(out)
+    return Reattach(command, start, end, out)
 
 
 def clear_fd_store(service: PortableService) -> None:

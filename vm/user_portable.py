@@ -34,6 +34,8 @@ from vm.portable import (
     PortableService,
     Reattach,
     ServiceFacts,
+    parse_timed,
+    timed,
     unclean,
 )
 from vm.quirks import (
@@ -278,13 +280,10 @@ class UserPortableService(PortableService):
         (the name would be looked up in the user's image search path, not IMAGE_DIR)."""
         self.point_symlink_at(version)
         command = f"portablectl --user reattach --now --runtime {USER_SYMLINK}"
-        out = self.machine.succeed(
-            f"s=$(date +%s.%N); {self.user_command(command + ' 2>&1')}; rc=$?;"
-            f" e=$(date +%s.%N); echo; echo \"PWT-TIMES $s $e $rc\"; exit $rc",
-            timeout=self.reattach_timeout_s,
-        )
-        marker = out.strip().splitlines()[-1].split()
-        return Reattach(command, float(marker[1]), float(marker[2]), out)
+        out = self.machine.succeed(f"{timed(self.user_command(command + ' 2>&1'))}; exit $rc",
+                                   timeout=self.reattach_timeout_s)
+        start, end, _rc, _ = parse_timed(out)
+        return Reattach(command, start, end, out)
 
     def journal(self) -> str:
         """USER's manager and units this boot: the evidence the system journals lack."""

@@ -101,3 +101,13 @@ def test_a_reset_that_leaves_a_socket_active_is_dirty() -> None:
     with pytest.raises(GuestError, match="not clean"):
         svc.reset()
     assert not svc.clean_verified
+
+
+def test_timed_commands_are_read_back_from_their_marker_line() -> None:
+    from vm.portable import parse_timed, timed
+
+    assert "PWT-TIMES $s $e $rc $(readlink x)" in timed("true", extra="$(readlink x)")
+    out = "Queued …\n\nPWT-TIMES 1700.25 1702.5 0 portable-walkthrough_2.raw\njournal line\n"
+    assert parse_timed(out) == (1700.25, 1702.5, 0, ["portable-walkthrough_2.raw"])
+    with pytest.raises(GuestError, match="no PWT-TIMES line"):
+        parse_timed("Failed to connect to bus\n")
