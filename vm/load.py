@@ -69,9 +69,11 @@ class LoadRun:
     """ab -c N (optionally -k) against ``url`` and the probe, in the guest."""
 
     def __init__(self, machine: Machine, settings: LoadSettings, keepalive: bool,
-                 url: str = "http://127.0.0.1:8080/", probe_port: int = 8080,
-                 holders: int = 0) -> None:
+                 url: str, probe_port: int, client_args: list[str], holders: int = 0) -> None:
+        """``client_args``: how the probe and the holders send the subject's request and read
+        its answers (``Subject.client_args``)."""
         self.machine = machine
+        self.client_args = shlex.join(client_args)
         self.holders = holders
         self.settings = settings
         self.keepalive = keepalive
@@ -90,7 +92,7 @@ class LoadRun:
         self.started = guest_now(m)
         m.succeed(
             f"systemd-run --quiet --collect --unit={PROBE_UNIT} -p RuntimeMaxSec={bound}"
-            f" python3 {GUEST_DIR}/probe.py --port {self.probe_port}"
+            f" python3 {GUEST_DIR}/probe.py --port {self.probe_port} {self.client_args}"
             f" --rate {self.settings.probe_rate:g}"
             f" --max-in-flight {self.settings.probe_max_in_flight}"
             f" --out {GUEST_DIR}/probe.jsonl --max-seconds {self.settings.max_s:.0f}"
@@ -100,7 +102,7 @@ class LoadRun:
             m.succeed(
                 f"rm -f {GUEST_DIR}/holders.jsonl; systemd-run --quiet --collect"
                 f" --unit={HOLDERS_UNIT} -p RuntimeMaxSec={bound} python3 {GUEST_DIR}/holders.py"
-                f" --port {self.probe_port} --connections {self.holders}"
+                f" --port {self.probe_port} {self.client_args} --connections {self.holders}"
                 f" --out {GUEST_DIR}/holders.jsonl --max-seconds {self.settings.max_s:.0f}"
             )
         out = m.succeed(

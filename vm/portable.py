@@ -2,58 +2,61 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from vm import sysupdate
-from vm.errors import GuestError
-from vm.image import VERSIONS, PortableImages
+from vm.errors import GuestError, HarnessError
+from vm.image import PortableImages
+from vm.load import GUEST_DIR, PROBE_SOURCE
 from vm.log import log
 from vm.machine import Machine
 from vm.quirks import reattach_target
+from vm.subject import DROPIN_PREFIX, PORTABLES, Subject
 
-NAME = "portable-walkthrough"
-PORTABLES = "/var/lib/portables"
 STASH = "/var/lib/pwt-images"  # every uploaded image set, by socket location
-SYMLINK = f"{PORTABLES}/{NAME}.raw"
-SERVICE = f"{NAME}.service"
-SOCKET = f"{NAME}.socket"
-HOST_SOCKET_PATH = f"/etc/systemd/system/{SOCKET}"
-HOST_SOCKET_SOURCE = Path(__file__).resolve().parent.parent / "images" / SOCKET
-# With DynamicUser (the default profile) the state directory is under /var/lib/private.
-COUNTER_GLOB = f"/var/lib/private/{NAME}/visitors /var/lib/{NAME}/visitors"
-PORT = 8080
-# A host drop-in that sets the server's shutdown mode (drop-ins apply to portable units too).
-SHUTDOWN_DROPIN = f"/etc/systemd/system/{SERVICE}.d/50-pwt-shutdown.conf"
+# A host drop-in that selects a scenario's shutdown mode (drop-ins apply to portable units).
+SHUTDOWN_DROPIN = f"{DROPIN_PREFIX}shutdown.conf"
 # Transient units the scenarios start in the guest (load, probe, proxy).
 CLIENT_UNITS = ("pwt-ab.service", "pwt-probe.service", "pwt-holders.service",
                 "pwt-haproxy.service", sysupdate.HTTP_UNIT)
-# What the sysupdate scenarios install on the host; removed by reset.
-SYSUPDATE_FILES = (f"{sysupdate.TRANSFER_STEM}.transfer", f"{sysupdate.TRANSFER_STEM}.conf",
-                   f"/etc/systemd/system/{sysupdate.ROLLOUT_UNIT}",
-                   f"/etc/systemd/system/{sysupdate.PIN_UNIT}")
-# The evidence saved for a run that did not simply pass: file -> the guest command that wrote
-# it. README's "Reading the report" lists the same commands (a unit test holds them equal).
-EVIDENCE_COMMANDS = {
-    "service-journal.txt": "journalctl -b --no-pager -o short-monotonic "
-                           "-u portable-walkthrough.service -u portable-walkthrough.socket",
-    "portabled-journal.txt": "journalctl -b --no-pager -o short-monotonic "
-                             "-u systemd-portabled.service",
-    "clients-journal.txt": "journalctl -b --no-pager -o short-monotonic -u pwt-ab.service "
-                           "-u pwt-probe.service -u pwt-holders.service -u pwt-haproxy.service",
-    "rollout-journal.txt": "journalctl -b --no-pager -o short-monotonic "
-                           "-u pwt-rollout.service -u 'pwt-pin@*.service' "
-                           "-u pwt-source-http.service",
-    "portablectl-list.txt": "portablectl list; echo; systemctl status --no-pager "
-                            "'portable-walkthrough*'",
-    "ab.out": "cat /run/pwt/ab.out",
-    "probe.jsonl": "cat /run/pwt/probe.jsonl",
-    "holders.jsonl": "cat /run/pwt/holders.jsonl",
-    "journal-tail.txt": "journalctl -b --no-pager -n 300",
-}
+
+
+def sysupdate_files(subject: Subject) -> tuple[str, ...]:
+    """What the sysupdate scenarios install on the host; removed by reset."""
+    stem = sysupdate.transfer_stem(subject.name)
+    return (f"{stem}.transfer", f"{stem}.conf", f"/etc/systemd/system/{sysupdate.ROLLOUT_UNIT}",
+            f"/etc/systemd/system/{sysupdate.PIN_UNIT}")
+
+
+def evidence_commands(subject: Subject) -> dict[str, str]:
+    """The evidence saved for a run that did not simply pass: file -> the guest command that
+    wrote it. README's "Reading the report" lists the same commands for the default subject
+    (a unit test holds them equal)."""
+    units = " ".join(f"-u {u}" for u in (subject.service, *subject.socket_units))
+    return {
+        "service-journal.txt": f"journalctl -b --no-pager -o short-monotonic {units}",
+        "portabled-journal.txt": "journalctl -b --no-pager -o short-monotonic "
+                                 "-u systemd-portabled.service",
+        "clients-journal.txt": "journalctl -b --no-pager -o short-monotonic -u pwt-ab.service "
+                               "-u pwt-probe.service -u pwt-holders.service "
+                               "-u pwt-haproxy.service",
+        "rollout-journal.txt": "journalctl -b --no-pager -o short-monotonic "
+                               "-u pwt-rollout.service -u 'pwt-pin@*.service' "
+                               "-u pwt-source-http.service",
+        "portablectl-list.txt": "portablectl list; echo; systemctl status --no-pager "
+                                f"'{subject.name}*'",
+        "ab.out": f"cat {GUEST_DIR}/ab.out",
+        "probe.jsonl": f"cat {GUEST_DIR}/probe.jsonl",
+        "holders.jsonl": f"cat {GUEST_DIR}/holders.jsonl",
+        "journal-tail.txt": "journalctl -b --no-pager -n 300",
+    }
+
+
 ATTACHED_STATES = ("attached", "attached-runtime", "running", "running-runtime", "enabled",
                    "enabled-runtime", "linked", "linked-runtime")
 
@@ -89,92 +92,161 @@ class Reattach:
         return self.ended - self.started
 
 
+class ImageRefused(HarnessError):
+    """portablectl would not attach (or inspect) an image: its own words end the run."""
+
+
 class PortableService:
-    """Drive ``portable-walkthrough`` on ``machine`` (whose systemd is ``systemd_major``)."""
+    """Drive the subject's portable service on ``machine`` (whose systemd is
+    ``systemd_major``). Guest state is read through testinfra's ``host`` (same SSH
+    connection, see vm/guest_host.py); commands and waits go through ``machine``."""
 
     def __init__(self, machine: Machine, systemd_major: int, reattach_timeout_s: float,
-                 build_images: Callable[[str], PortableImages],
+                 build_images: Callable[[str], PortableImages], subject: Subject, host: Any,
                  unit_timeout_s: float = 60.0) -> None:
         self.machine = machine
+        self.host = host  # testinfra.host.Host
+        self.subject = subject
         self.unit_timeout_s = unit_timeout_s
         self.systemd_major = systemd_major
         self.reattach_timeout_s = reattach_timeout_s
         self.build_images = build_images  # socket location -> images (built/cached on host)
         self.uploaded: set[str] = set()
+        self.probe_copied = False
+
+    @property
+    def symlink(self) -> str:
+        return self.subject.symlink
 
     def install_images(self, images: PortableImages) -> None:
-        """Upload one set of images (host- or image-socket) to the guest's stash."""
-        for v in VERSIONS:
-            src = images.path(v)
-            self.machine.copy_from_host(src, f"{STASH}/{images.socket_location}/{src.name}")
+        """Upload one set of images (host- or image-socket) to the guest's stash, each named
+        ``<name>_<v>.raw`` there (portablectl matches units by that prefix)."""
+        for v in self.subject.versions:
+            self.machine.copy_from_host(
+                images.path(v),
+                f"{STASH}/{images.socket_location}/{self.subject.image_name(v)}")
 
     def use_images(self, socket_location: str) -> None:
         """Put that set's images in /var/lib/portables (a local copy: under a second).
 
-        A set is built on the host and uploaded the first time a scenario needs it.
+        A set is built on the host and uploaded the first time a scenario needs it, and each
+        image is inspected then: one portablectl refuses ends the run with its own words.
         """
         if socket_location not in self.uploaded:
             with log.nested(f"uploading the portable images (socket in {socket_location})"):
                 self.install_images(self.build_images(socket_location))
             self.uploaded.add(socket_location)
+            first = True
+        else:
+            first = False
         self.machine.succeed(
             f"for f in {STASH}/{socket_location}/*.raw; do"
             f" cp --sparse=always \"$f\" {PORTABLES}/$(basename \"$f\").new &&"
             f" mv -f {PORTABLES}/$(basename \"$f\").new {PORTABLES}/$(basename \"$f\"); done"
         )
+        if first:
+            self.inspect_images()
+
+    def inspect_images(self) -> None:
+        """``portablectl inspect`` each version's image: a broken image (no os-release, no
+        unit of the subject's prefix) is the spec's fault, not systemd's: end the run."""
+        for v in self.subject.versions:
+            image = self.subject.image_path(v)
+            result = self.machine.execute(f"portablectl inspect {image}")
+            if not result.succeeded:
+                words = (result.stderr.strip() or result.stdout.strip()).splitlines()
+                raise ImageRefused(f"portablectl inspect {image} ({self.subject.spec}): "
+                                   f"{' / '.join(words[-3:]) or f'exit {result.rc}'}")
+
+    def properties(self, unit: str) -> dict[str, str]:
+        """The unit's ``systemctl show`` properties (testinfra: host.service(...))."""
+        props: dict[str, str] = self.host.service(unit).systemd_properties
+        return props
 
     def main_process_user(self) -> str:
         """The user the service's main process runs as (a dynamic user under `default`)."""
-        pid = self.machine.succeed(f"systemctl show -P MainPID {SERVICE}").strip()
+        pid = self.properties(self.subject.service).get("MainPID", "0")
         if pid in ("", "0"):
             return ""
-        return self.machine.succeed(f"ps -o user= -p {pid}").strip()
+        user: str = self.host.file(f"/proc/{pid}").user
+        return user.strip()
 
     def dynamic_user(self) -> bool:
-        return self.machine.succeed(f"systemctl show -P DynamicUser {SERVICE}").strip() == "yes"
+        return self.properties(self.subject.service).get("DynamicUser") == "yes"
 
     def point_symlink_at(self, version: int) -> None:
         # ln -sfn then mv -T: the symlink is replaced atomically, never missing.
+        link = self.symlink
         self.machine.succeed(
-            f"ln -sfn {NAME}_{version}.raw {SYMLINK}.new && mv -T {SYMLINK}.new {SYMLINK}"
+            f"ln -sfn {self.subject.image_name(version)} {link}.new && mv -T {link}.new {link}"
         )
+
+    def install_dropins(self, shutdown: str) -> None:
+        """The subject's own host drop-ins, and the one of the scenario's shutdown mode
+        (none for "drain": the service's default stop). Named 50-pwt-*: reset removes them."""
+        s = self.subject
+        files = {f"{DROPIN_PREFIX}{name}": text for name, text in s.dropins.items()}
+        if shutdown != "drain":
+            files[SHUTDOWN_DROPIN] = s.shutdown[shutdown]
+        script = [f"rm -f {s.dropin_dir}/{DROPIN_PREFIX}*.conf", f"mkdir -p {s.dropin_dir}"]
+        script += [f"cat > {s.dropin_dir}/{name} <<'PWT_EOF'\n{text}PWT_EOF"
+                   for name, text in files.items()]
+        self.machine.succeed("\n".join([*script, "systemctl daemon-reload"]))
 
     def attach(self, version: int, profile: str = "default", host_socket: bool = True) -> None:
         """Attach ``version`` and start the socket (host socket: installed first)."""
         self.point_symlink_at(version)
-        self.machine.succeed(f"portablectl attach --profile {profile} {SYMLINK}", timeout=180)
+        result = self.machine.execute(f"portablectl attach --profile {profile} {self.symlink}",
+                                      timeout=180)
+        if not result.succeeded:
+            words = (result.stderr.strip() or result.stdout.strip()).splitlines()
+            raise ImageRefused(f"portablectl attach {self.symlink} (v{version}, "
+                               f"{self.subject.spec}): {' / '.join(words[-3:])}")
         state = self.attachment_state()
         if state not in ATTACHED_STATES:
             raise GuestError(f"after attach, portablectl is-attached says {state!r}")
         if host_socket:
-            self.machine.copy_from_host(HOST_SOCKET_SOURCE, HOST_SOCKET_PATH)
+            for source in self.subject.sockets:
+                self.machine.copy_from_host(source, f"/etc/systemd/system/{source.name}")
             self.machine.succeed("systemctl daemon-reload")
         # Attach first, then start the socket: the socket refuses to start without its service.
-        self.machine.succeed(f"systemctl start {SOCKET}")
-        self.machine.wait_for_unit(SOCKET, timeout=self.unit_timeout_s)
+        for unit in self.subject.socket_units:
+            self.machine.succeed(f"systemctl start {unit}")
+            self.machine.wait_for_unit(unit, timeout=self.unit_timeout_s)
+
+    def socket_state(self) -> tuple[str, str]:
+        """(ActiveEnterTimestampMonotonic, ActiveState) of the subject's socket: the first is
+        unchanged as long as the socket was not restarted."""
+        props = self.properties(self.subject.socket)
+        return props.get("ActiveEnterTimestampMonotonic", ""), props.get("ActiveState", "")
 
     def socket_active_since(self) -> str:
-        """The socket's ActiveEnterTimestampMonotonic: unchanged as long as it was not restarted."""
-        return self.machine.succeed(
-            f"systemctl show -P ActiveEnterTimestampMonotonic {SOCKET}"
-        ).strip()
+        return self.socket_state()[0]
+
+    def answer_once(self) -> dict[str, Any]:
+        """One request from inside the guest, read as the probe reads it: its record
+        (``greeting`` = the version's answer, ``visitor`` = the counter, or ``error``)."""
+        if not self.probe_copied:
+            self.machine.copy_from_host(PROBE_SOURCE, f"{GUEST_DIR}/probe.py", mode="0755")
+            self.probe_copied = True
+        args = shlex.join(self.subject.client_args())
+        out = self.machine.succeed(
+            f"python3 {GUEST_DIR}/probe.py --once --port {self.subject.port} {args}")
+        record: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return record
 
     def greeting(self) -> str:
-        """One request from inside the guest; the greeting word of the answer."""
-        out = self.machine.succeed(
-            "python3 -c 'import socket; s=socket.create_connection((\"127.0.0.1\", 8080), 30);"
-            " s.sendall(b\"GET / HTTP/1.0\\r\\n\\r\\n\"); import sys;"
-            " sys.stdout.write(s.makefile(\"rb\").read().decode())'"
-        )
-        body = out.split("\r\n\r\n", 1)[-1]
-        return body.split("!", 1)[0]
+        """The version's answer of one request ("" when the answer names none)."""
+        return str(self.answer_once().get("greeting", ""))
 
     def wait_for_greeting(self, greeting: str, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         seen = ""
         while time.monotonic() < deadline:
             try:
-                seen = self.greeting()
+                record = self.answer_once()
+                seen = str(record.get("greeting") or record.get("error")
+                           or f"status {record.get('status')}, no version in the answer")
             except GuestError as e:
                 seen = str(e).splitlines()[0]
             if seen == greeting:
@@ -182,14 +254,20 @@ class PortableService:
             time.sleep(1)
         raise GuestError(f"service never answered {greeting!r} in {timeout:.0f} s; last: {seen!r}")
 
-    def counter(self) -> int:
-        out = self.machine.succeed(f"cat $(ls {COUNTER_GLOB} 2>/dev/null | head -n1)")
-        return int(out.strip())
+    def counter(self) -> int | None:
+        """The subject's counter after the load (None: it has none): the next answer's count,
+        less the one that request added."""
+        if self.subject.counter_regex is None:
+            return None
+        record = self.answer_once()
+        if record.get("visitor") is None:
+            raise GuestError(f"no counter in the answer after the load: {record}")
+        return int(record["visitor"]) - 1
 
     def reattach(self, version: int) -> Reattach:
         """Flip the symlink to ``version`` and ``portablectl reattach --now`` (see quirks)."""
         self.point_symlink_at(version)
-        target = reattach_target(self.systemd_major, NAME, SYMLINK)
+        target = reattach_target(self.systemd_major, self.subject.name, self.symlink)
         command = f"portablectl reattach --now {shlex.quote(target)}"
         out = self.machine.succeed(
             f"s=$(date +%s.%N); {command} 2>&1; rc=$?; e=$(date +%s.%N);"
@@ -199,6 +277,10 @@ class PortableService:
         marker = out.strip().splitlines()[-1].split()
         return Reattach(command, float(marker[1]), float(marker[2]), out)
 
+    def units(self) -> list[str]:
+        """Every unit a scenario may leave running: clients, the subject's sockets, service."""
+        return [*CLIENT_UNITS, *self.subject.socket_units, self.subject.service]
+
     def reset(self) -> None:
         """Back to a clean guest: clients and units stopped, image detached, state wiped.
 
@@ -207,16 +289,18 @@ class PortableService:
         is not loaded. The image is detached by the path the unit really runs from (RootImage=):
         after a failed run the symlink may point at another version.
         """
-        units = " ".join((*CLIENT_UNITS, SOCKET, SERVICE))
+        s = self.subject
+        sockets = " ".join(f"/etc/systemd/system/{u}" for u in s.socket_units)
+        state = " ".join(f"/var/lib/private/{d} /var/lib/{d}" for d in s.state_directories)
         self.machine.succeed(
-            f"for u in {units}; do systemctl stop $u 2>/dev/null; done;"
-            f" img=$(systemctl show -P RootImage {SERVICE} 2>/dev/null);"
+            f"for u in {' '.join(self.units())}; do systemctl stop $u 2>/dev/null; done;"
+            f" img=$(systemctl show -P RootImage {s.service} 2>/dev/null);"
             f' if [ -n "$img" ]; then portablectl detach "$img" || exit 1; fi;'
-            f" rm -rf {HOST_SOCKET_PATH} {SHUTDOWN_DROPIN} {' '.join(SYSUPDATE_FILES)}"
-            f" {sysupdate.SOURCE_DIR} && systemctl daemon-reload"
-            f" && {{ systemctl reset-failed {SOCKET} {SERVICE} {sysupdate.ROLLOUT_UNIT}"
-            f" 'pwt-pin@*' 2>/dev/null; true; }}"
-            f" && rm -rf /var/lib/private/{NAME} /var/lib/{NAME}",
+            f" rm -rf {sockets} {s.dropin_dir}/{DROPIN_PREFIX}*.conf"
+            f" {' '.join(sysupdate_files(s))} {sysupdate.SOURCE_DIR} && systemctl daemon-reload"
+            f" && {{ systemctl reset-failed {' '.join(s.socket_units)} {s.service}"
+            f" {sysupdate.ROLLOUT_UNIT} 'pwt-pin@*' 2>/dev/null; true; }}"
+            + (f" && rm -rf {state}" if state else ""),
             timeout=180,
         )
         self.check_clean()
@@ -225,50 +309,51 @@ class PortableService:
         """Raise GuestError unless no image is attached and no socket or client is active.
 
         Every image path and unit must answer with a clean word: a missing or cut-off answer
-        (a broken SSH channel, a command that died) is dirty, never taken for clean.
+        (a broken SSH channel, a command that died) is dirty, never taken for clean. Units are
+        read with testinfra (``host.service(u).systemd_properties``); portablectl has no
+        testinfra verb, so the images are asked in one ``host.run``.
         """
-        paths = self.image_paths()
-        units = [*CLIENT_UNITS, SOCKET, SERVICE]
-        result = self.machine.execute(
+        paths = self.subject.image_paths()
+        result = self.host.run(
             # No such image file (first test): is-attached prints nothing: that is detached.
             f"for p in {' '.join(paths)}; do s=$(portablectl is-attached $p 2>/dev/null);"
-            f" echo \"$p ${{s:-detached}}\"; done;"
-            f" for u in {' '.join(units)}; do echo \"$u $(systemctl is-active $u)\"; done"
+            f" echo \"$p ${{s:-detached}}\"; done"
         )
-        dirty = unclean(result.stdout, [*paths, *units])
+        answers = [result.stdout]
+        for unit in self.units():
+            word = self.properties(unit).get("ActiveState")
+            if word is not None:
+                answers.append(f"{unit} {word}")
+        dirty = unclean("\n".join(answers), [*paths, *self.units()])
         if dirty:
-            raise GuestError(f"the guest is not clean: {dirty}"
-                             + ("" if result.succeeded else f"\n{result.describe()}"))
+            failed = "" if result.rc == 0 else f"\n`{result.command!r}` exited {result.rc}"
+            raise GuestError(f"the guest is not clean: {dirty}{failed}")
 
     def attached_image(self) -> str:
         """The image the attached service runs from (its RootImage=), or "" when none is.
 
         This tells the versions apart; ``portablectl is-attached`` does not: on 252 both
-        portable-walkthrough_1.raw and _2.raw say "running" when either is attached.
+        <name>_1.raw and _2.raw say "running" when either is attached.
         """
-        result = self.machine.execute(f"systemctl show -P RootImage {SERVICE}")
-        return result.stdout.strip() if result.succeeded else ""
+        try:
+            return self.properties(self.subject.service).get("RootImage", "")
+        except AssertionError:  # testinfra: systemctl show exited non-zero
+            return ""
 
-    @staticmethod
-    def image_path(version: int) -> str:
-        return f"{PORTABLES}/{NAME}_{version}.raw"
-
-    @staticmethod
-    def image_paths() -> list[str]:
-        return [f"{PORTABLES}/{NAME}_{v}.raw" for v in VERSIONS] + [SYMLINK]
-
-    def attachment_state(self, image: str = SYMLINK) -> str:
+    def attachment_state(self, image: str | None = None) -> str:
         """What ``portablectl is-attached IMAGE`` says: attached, running, detached, ….
 
-        Asked by path: systemd 252 records the symlink's target (portable-walkthrough_1.raw),
-        so asking by the name "portable-walkthrough" says "detached" for an attached image.
-        The exit status is 0 even for "detached": only the word counts.
+        Asked by path: systemd 252 records the symlink's target (<name>_1.raw), so asking by
+        the name says "detached" for an attached image. The exit status is 0 even for
+        "detached": only the word counts.
         """
-        return self.machine.execute(f"portablectl is-attached {image}").stdout.strip()
+        out: str = self.host.run(f"portablectl is-attached {image or self.symlink}").stdout
+        return out.strip()
 
     # --- systemd-sysupdate ------------------------------------------------------------
     def has_sysupdate(self) -> bool:
-        return self.machine.execute(f"test -x {sysupdate.SYSUPDATE}").succeeded
+        exists: bool = self.host.file(sysupdate.SYSUPDATE).exists
+        return exists
 
     def prepare_sysupdate(self, setup: sysupdate.SysupdateSetup, installed: list[int],
                           published: list[int]) -> None:
@@ -280,9 +365,9 @@ class PortableService:
                            (f"/etc/systemd/system/{sysupdate.PIN_UNIT}", setup.pin_unit())):
             m.succeed(f"mkdir -p $(dirname {path}) && cat > {path} <<'EOF'\n{text}EOF")
         m.succeed(f"mkdir -p {sysupdate.SOURCE_DIR} && systemctl daemon-reload")
-        for v in VERSIONS:
+        for v in self.subject.versions:
             if v not in installed:
-                m.succeed(f"rm -f {self.image_path(v)}")
+                m.succeed(f"rm -f {self.subject.image_path(v)}")
         for v in published:
             self.publish(v)
         if setup.source == "http":
@@ -296,11 +381,11 @@ class PortableService:
     def publish(self, version: int, corrupt: bool = False) -> None:
         """Put ``version`` in the source with a fresh SHA256SUMS; ``corrupt`` changes the
         image's bytes after its checksum was written (a tampered download)."""
-        name = f"{NAME}_{version}.raw"
+        name = self.subject.image_name(version)
         m = self.machine
         m.succeed(f"cp {STASH}/host/{name} {sysupdate.SOURCE_DIR}/{name}.tmp"
                   f" && mv {sysupdate.SOURCE_DIR}/{name}.tmp {sysupdate.SOURCE_DIR}/{name}"
-                  f" && {sysupdate.sha256sums_command()}")
+                  f" && {sysupdate.sha256sums_command(self.subject.name)}")
         if corrupt:
             m.succeed(f"printf tampered >> {sysupdate.SOURCE_DIR}/{name}")
 
@@ -313,11 +398,11 @@ class PortableService:
         result = self.machine.execute(
             f"s=$(date +%s.%N); systemctl start {unit}; rc=$?; e=$(date +%s.%N);"
             f" journalctl -q --no-pager -n 30 -u {unit}; echo;"
-            f" echo \"PWT-TIMES $s $e $rc $(readlink {SYMLINK})\"",
+            f" echo \"PWT-TIMES $s $e $rc $(readlink {self.symlink})\"",
             timeout=self.reattach_timeout_s,
         )
         marker = result.stdout.strip().splitlines()[-1].split()
         rollout = Reattach(f"systemctl start {unit}", float(marker[1]), float(marker[2]),
                            result.stdout)
-        moved = len(marker) > 4 and marker[4].endswith(f"{NAME}_{version}.raw")
+        moved = len(marker) > 4 and marker[4].endswith(self.subject.image_name(version))
         return rollout, marker[3] == "0" and moved

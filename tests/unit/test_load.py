@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from support import WALKTHROUGH
+
 from vm.config import LoadSettings
 from vm.load import PROBE_UNIT, LoadRun
 
@@ -24,14 +26,17 @@ class RecordingMachine:
 
 def probe_command(settings: LoadSettings) -> str:
     machine = RecordingMachine()
-    run = LoadRun(machine, settings, keepalive=False)  # type: ignore[arg-type]
+    run = LoadRun(machine, settings, keepalive=False,  # type: ignore[arg-type]
+                  url="http://127.0.0.1:8080/", probe_port=8080,
+                  client_args=WALKTHROUGH.client_args())
     run.start()
     return next(c for c in machine.commands if f"--unit={PROBE_UNIT}" in c)
 
 
 def test_probe_runs_at_the_configured_rate_with_its_bound() -> None:
     command = probe_command(LoadSettings(probe_rate=35.0))
-    assert "probe.py --port 8080 --rate 35 --max-in-flight 350 " in command
+    assert "probe.py --port 8080 --path / --host-header probe --version-regex " in command
+    assert " --rate 35 --max-in-flight 350 " in command
     assert "--max-seconds 240" in command
 
 

@@ -219,7 +219,7 @@ def test_regressing_visitor_numbers_are_a_problem() -> None:
     assert regressions and regressions[0] == (728, 100)
     problems = counter_consistent(out, FINAL_COUNT)
     assert len(problems) == 1
-    assert problems[0].startswith("the visitor count went back or repeated: [(728, 100)")
+    assert problems[0].startswith("the counter went back or repeated: [(728, 100)")
 
 
 def test_every_problem_is_reported_at_once() -> None:
