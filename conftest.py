@@ -1,6 +1,7 @@
 """pytest wiring: options, the fixture ladder (one VM per session), artifacts and the report.
 
-Ladder: settings -> box, images -> vm (booted once) -> guest (systemd facts, images copied in)
+Ladder: settings, subject (the service under test: --service spec) -> box, images -> vm
+(booted once) -> host (testinfra on the vm's SSH) -> guest (systemd facts, images copied in)
 -> portable (per test: clean state, artifacts on failure, reset afterwards).
 Every option has a PWT_* environment variable (e.g. --box / PWT_BOX) that tox passes through.
 """
@@ -22,6 +23,7 @@ import pytest
 from vm.config import ACCEL_CHOICES, KEEP_VM_CHOICES, LoadSettings, Settings
 from vm.errors import HarnessError
 from vm.log import log
+from vm.subject import SpecError, Subject, load_subject
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = pytest.StashKey[list[dict[str, Any]]]()
@@ -30,10 +32,13 @@ RESULTS = pytest.StashKey[list[dict[str, Any]]]()
 SKIPPED = pytest.StashKey[list[dict[str, Any]]]()
 PHASES = pytest.StashKey[dict[str, float]]()
 SETTINGS = pytest.StashKey[Settings]()
+SUBJECT = pytest.StashKey[Subject]()
 BOOT_STARTED = pytest.StashKey[float]()
 
 # option name -> (env var, type, help)
 OPTIONS: dict[str, tuple[str, type, str]] = {
+    "service": ("PWT_SERVICE", str, "subject spec (TOML) of the service under test "
+                "(default images/walkthrough.toml; README: Test your own service)"),
     "box": ("PWT_BOX", str, "guest box to boot (see vm/boxes.py)"),
     "accel": ("PWT_ACCEL", str, f"accelerator: {'|'.join(ACCEL_CHOICES)} (auto probes KVM)"),
     "provider": ("PWT_PROVIDER", str, "Vagrant provider: libvirt (default) or virtualbox"),
@@ -124,6 +129,8 @@ def settings_from(config: pytest.Config) -> Settings:
                         ("artifacts-always", "artifacts_always")):
         if (value := _option(config, name)) is not None:
             kwargs[field] = value
+    if (service := _option(config, "service")) is not None:
+        kwargs["service"] = Path(service)
     if (state := _option(config, "state-dir")) is not None:
         kwargs["state_dir"] = Path(state)
     if (artifacts := _option(config, "artifacts")) is not None:
@@ -154,6 +161,11 @@ def pytest_configure(config: pytest.Config) -> None:
     # Validated here, before collection, so a bad value is one line and nothing boots; the
     # unit tests get the defaults (no fixture of theirs reads the settings).
     config.stash[SETTINGS] = Settings() if only_unit_tests(config) else settings_from(config)
+    if not only_unit_tests(config):
+        try:  # a bad spec is one line naming the file and the key, before anything boots
+            config.stash[SUBJECT] = load_subject(config.stash[SETTINGS].service)
+        except SpecError as e:
+            raise pytest.UsageError(str(e)) from None
     config.stash[RESULTS] = []
     config.stash[SKIPPED] = []
     config.stash[PHASES] = {}
@@ -224,6 +236,12 @@ def settings(pytestconfig: pytest.Config) -> Settings:
 
 
 @pytest.fixture(scope="session")
+def subject(pytestconfig: pytest.Config) -> Subject:
+    """The service under test, from its spec (--service / PWT_SERVICE)."""
+    return pytestconfig.stash[SUBJECT]
+
+
+@pytest.fixture(scope="session")
 def artifacts(settings: Settings) -> Path:
     directory = settings.artifacts_dir
     directory.mkdir(parents=True, exist_ok=True)
@@ -259,13 +277,15 @@ def box(settings: Settings, pytestconfig: pytest.Config, artifacts: Path) -> Any
 
 
 @pytest.fixture(scope="session")
-def images(settings: Settings, pytestconfig: pytest.Config, artifacts: Path) -> Any:
-    """socket location -> the v1/v2 images of that shape, built on the host when first asked."""
+def images(settings: Settings, subject: Subject, pytestconfig: pytest.Config,
+           artifacts: Path) -> Any:
+    """socket location -> the subject's images of that shape (its ready files, or built on
+    the host when first asked)."""
     from vm.image import ensure_images
 
     def build(socket_location: str) -> Any:
         return _harness_step(f"images ({socket_location} socket)", pytestconfig,
-                             ensure_images, settings.state_dir, socket_location)
+                             ensure_images, settings.state_dir, subject, socket_location)
 
     build("host")  # before the VM boots: a broken image build should not cost a boot
     return build
@@ -326,21 +346,40 @@ def vm(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Config,
 
 
 @pytest.fixture(scope="session")
-def guest(vm: Any, images: Any, settings: Settings, pytestconfig: pytest.Config) -> Any:
+def ssh_config(vm: Any, settings: Settings) -> Path:
+    """``vagrant ssh-config`` of the session's VM as a file in its run dir (host alias
+    ``pwt-guest``): what testinfra, the users' checks and a person with ``ssh -F`` use."""
+    from vm.guest_host import write_ssh_config
+
+    return write_ssh_config(vm.target, settings.run_dir / "ssh_config")
+
+
+@pytest.fixture(scope="session")
+def host(vm: Any, ssh_config: Path) -> Any:
+    """testinfra's ``Host`` on the session's VM (paramiko backend, commands as root through
+    the vm's own SSH connection: see vm/guest_host.py)."""
+    from vm.guest_host import guest_host
+
+    return guest_host(vm, ssh_config)
+
+
+@pytest.fixture(scope="session")
+def guest(vm: Any, host: Any, images: Any, subject: Subject, settings: Settings,
+          pytestconfig: pytest.Config) -> Any:
     """The booted guest, its systemd version known; image sets are uploaded on first use."""
     from vm.portable import PortableService
     from vm.quirks import unsupported_reason
 
     # Every box arrives ready: built with everything (Debian) or provisioned once into a
     # derived box (Fedora, see the vm fixture); the guest's network is restricted here.
-    if not vm.execute("command -v portablectl").succeeded:
+    if not host.exists("portablectl"):
         pytest.exit("pwt: the guest has no portablectl (systemd-container missing from the box)",
                     returncode=3)
     major = vm.systemd_version()
     if (reason := unsupported_reason(major)) is not None:
         pytest.exit(f"pwt: {reason}", returncode=3)
     log.info(f"guest runs systemd {major} (package {vm.systemd_package_version() or 'unknown'})")
-    service = PortableService(vm, major, settings.reattach_timeout_s, images,
+    service = PortableService(vm, major, settings.reattach_timeout_s, images, subject, host,
                               unit_timeout_s=settings.unit_timeout_s)
     service.check_clean()
     # From the start of the boot (or restore) to a guest that passes the clean-state check.
@@ -357,11 +396,11 @@ def systemd_package(guest: Any) -> str:
     return str(guest.machine.systemd_package_version())
 
 
-def _collect_evidence(machine: Any, directory: Path) -> None:
-    from vm.portable import EVIDENCE_COMMANDS
+def _collect_evidence(machine: Any, subject: Subject, directory: Path) -> None:
+    from vm.portable import evidence_commands
 
     directory.mkdir(parents=True, exist_ok=True)
-    for name, command in EVIDENCE_COMMANDS.items():
+    for name, command in evidence_commands(subject).items():
         try:
             result = machine.execute(command, timeout=60)
             (directory / name).write_text(result.stdout + result.stderr)
@@ -390,7 +429,7 @@ def portable(guest: Any, artifacts: Path, settings: Settings,
     )
     if why is not None:
         target = artifacts / request.node.name
-        _collect_evidence(guest.machine, target)
+        _collect_evidence(guest.machine, guest.subject, target)
         log.info(f"evidence ({why}): {target}")
     guest.reset()
 

@@ -85,7 +85,7 @@ def parse_ab_output(text: str) -> AbResult:
 
 
 def ab_command(url: str, concurrency: int, max_seconds: float, keepalive: bool) -> list[str]:
-    """ab's argv: -l (answers differ in length: Hello/Hola, #N), -r (go on after receive
+    """ab's argv: -l (answers differ in length: versions, counters), -r (go on after receive
     errors, count them), -t as the upper bound; -n after -t, or -t caps it at 50000.
     -n allows 5000 req/s for the whole bound (ab allocates its stats for -n up front)."""
     cmd = ["ab", "-l", "-r", "-c", str(concurrency), "-t", f"{max_seconds:.0f}",

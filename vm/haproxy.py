@@ -15,12 +15,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PROXY_PORT = 8081
+PROXY_PORT_ALTERNATIVE = 8082  # for a subject that itself listens on PROXY_PORT
+
+
+def proxy_port_for(server_port: int) -> int:
+    return PROXY_PORT if server_port != PROXY_PORT else PROXY_PORT_ALTERNATIVE
 
 
 @dataclass(frozen=True)
 class HaproxyConfig:
+    server_port: int  # the subject's port
     listen_port: int = PROXY_PORT
-    server_port: int = 8080
     retries: int = 3
     timeout_connect_s: int = 5
     timeout_server_s: int = 30

@@ -1,10 +1,11 @@
-"""Build (once, cached) the portable images portable-walkthrough_<V>.raw on the host."""
+"""A subject's portable images <name>_<V>.raw: ready files from its spec, or built once (cached)
+on the host from its ``[build]`` recipe by vm/build-image.sh."""
 
 from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vm.boxes import DEBIAN_MIRROR
@@ -12,60 +13,106 @@ from vm.cache import checksum_ok, locked, recipe_hash, write_checksum
 from vm.errors import PrerequisiteMissing
 from vm.log import log
 from vm.proc import run_logged
+from vm.subject import Subject
 
-IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
-IMAGE_SUITE = "bookworm"
-# version -> greeting: v1 says Hello, v2 says Hola.
-VERSIONS: dict[int, str] = {1: "Hello", 2: "Hola"}
+BUILD_SCRIPT = Path(__file__).resolve().with_name("build-image.sh")
 SOCKET_LOCATIONS = ("host", "image")
+# Where a unit shipped in a portable image lives; the image-socket control puts the subject's
+# host socket there too.
+IMAGE_UNIT_DIR = "/usr/lib/systemd/system"
 
 
 @dataclass(frozen=True)
 class PortableImages:
-    """One set of images: ``path(v)`` is ``portable-walkthrough_<v>.raw``."""
+    """One set of images: ``path(v)`` is version v's image on the host (``<name>_<v>.raw``
+    when built here; a ready image keeps its own file name and is renamed in the guest)."""
 
     directory: Path
     socket_location: str
+    name: str = ""
+    ready: dict[int, Path] = field(default_factory=dict)
 
     def path(self, version: int) -> Path:
-        return self.directory / f"portable-walkthrough_{version}.raw"
+        if version in self.ready:
+            return self.ready[version]
+        return self.directory / f"{self.name}_{version}.raw"
 
 
-def image_recipe_files() -> list[Path]:
-    return sorted(p for p in IMAGES_DIR.iterdir() if p.is_file() and p.suffix != ".pyc")
+def render_file(source: Path, version: int, answer: str) -> bytes:
+    """A recipe file as it goes into version ``version``'s image: ``*.in`` files get
+    ``@VERSION@`` and ``@ANSWER@`` replaced (the unit template says which version it is)."""
+    data = source.read_bytes()
+    if source.suffix == ".in":
+        data = data.replace(b"@VERSION@", str(version).encode())
+        data = data.replace(b"@ANSWER@", answer.encode())
+    return data
 
 
-def ensure_images(state_dir: Path, socket_location: str = "host") -> PortableImages:
-    """Build the v1/v2 images unless a build of the same recipe exists with good checksums.
+def write_overlay(subject: Subject, version: int, socket_location: str, target: Path) -> None:
+    """The files the recipe adds to the base tree for one version, under ``target``."""
+    assert subject.build is not None
+    if target.exists():
+        shutil.rmtree(target)
+    files = list(subject.build.files)
+    if socket_location == "image":
+        files += [(f"{IMAGE_UNIT_DIR}/{s.name}", s) for s in subject.sockets]
+    for image_path, source in files:
+        dest = target / image_path.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(render_file(source, version, subject.answer(version)))
+        # Executable sources stay executable (a server started by path needs it).
+        dest.chmod(0o755 if os.access(source, os.X_OK) else 0o644)
 
-    ``socket_location="image"`` also ships the .socket inside the image (negative control).
+
+def ensure_images(state_dir: Path, subject: Subject, socket_location: str = "host",
+                  ) -> PortableImages:
+    """The subject's images of that shape: its ready files, or a build of its recipe (reused
+    while a build of the same recipe exists with good checksums).
+
+    ``socket_location="image"`` also ships the host socket inside the image (negative control).
     """
     if socket_location not in SOCKET_LOCATIONS:
         raise ValueError(f"socket_location must be one of {SOCKET_LOCATIONS}")
+    build = subject.build
+    if build is None:
+        if socket_location == "image":
+            raise ValueError("ready images cannot carry the socket: the spec needs [build]")
+        ready = {v.number: v.image for v in subject.versions.values() if v.image is not None}
+        return PortableImages(subject.spec.parent, socket_location, subject.name, ready)
     for tool in ("debootstrap", "mksquashfs"):
         if shutil.which(tool) is None:
             raise PrerequisiteMissing(f"{tool} is missing: run ./setup-host")
-    data = {"suite": IMAGE_SUITE, "mirror": DEBIAN_MIRROR, "versions": VERSIONS}
-    digest = recipe_hash(image_recipe_files(), {**data, "socket": socket_location})
+    base = {"suite": build.suite, "mirror": DEBIAN_MIRROR, "packages": list(build.packages)}
+    data = {**base, "name": subject.name, "socket": socket_location,
+            "files": [t for t, _ in build.files],
+            "versions": {str(v.number): v.answer for v in subject.versions.values()},
+            "state": list(subject.state_directories)}
+    sources = [BUILD_SCRIPT, *(s for _, s in build.files), *subject.sockets]
+    digest = recipe_hash(sources, data)
     root = state_dir / "images"
-    images = PortableImages(root / f"{socket_location}-socket-{digest}", socket_location)
+    images = PortableImages(root / f"{subject.name}-{socket_location}-socket-{digest}",
+                            socket_location, subject.name)
     with locked(root / "build.lock"):
-        if all(checksum_ok(images.path(v)) for v in VERSIONS):
+        if all(checksum_ok(images.path(v)) for v in subject.versions):
             log.info(f"portable images ({socket_location} socket): cached in {images.directory}")
             return images
-        with log.nested(f"building portable images v{'/v'.join(map(str, VERSIONS))} "
-                        f"(socket in {socket_location})"):
-            rootfs_key = recipe_hash([IMAGES_DIR / "build-image.sh"], data)
+        numbers = " ".join(str(v) for v in sorted(subject.versions))
+        with log.nested(f"building portable images of {subject.name} v{numbers.replace(' ', '/v')}"
+                        f" (socket in {socket_location})"):
+            for v in subject.versions:
+                write_overlay(subject, v, socket_location, images.directory / f"overlay-{v}")
+            rootfs_key = recipe_hash([BUILD_SCRIPT], base)  # shared by recipes of one base
             env = {
-                **os.environ, "SUITE": IMAGE_SUITE, "MIRROR": DEBIAN_MIRROR,
+                **os.environ, "SUITE": build.suite, "MIRROR": DEBIAN_MIRROR,
                 "ROOTFS": str(root / f"rootfs-{rootfs_key}"), "OUT_DIR": str(images.directory),
-                "VERSIONS": " ".join(f"{v}:{g}" for v, g in VERSIONS.items()),
-                "SOCKET_IN_IMAGE": "1" if socket_location == "image" else "0",
+                "NAME": subject.name, "VERSIONS": numbers,
+                "PACKAGES": ",".join(build.packages),
+                "STATE_DIRS": " ".join(subject.state_directories),
             }
             run_logged(
-                ["bash", str(IMAGES_DIR / "build-image.sh")], images.directory / "build.log",
+                ["bash", str(BUILD_SCRIPT)], images.directory / "build.log",
                 timeout=1200, what="building the portable images", env=env,
             )
-            for v in VERSIONS:
+            for v in subject.versions:
                 write_checksum(images.path(v))
     return images

@@ -82,9 +82,11 @@ class LoadRun:
     """ab -c N (optionally -k) against ``url`` and the probe, in the guest."""
 
     def __init__(self, machine: Machine, settings: LoadSettings, keepalive: bool,
-                 url: str = "http://127.0.0.1:8080/", probe_port: int = 8080,
-                 holders: int = 0) -> None:
+                 url: str, probe_port: int, client_args: list[str], holders: int = 0) -> None:
+        """``client_args``: how the probe and the holders send the subject's request and read
+        its answers (``Subject.client_args``)."""
         self.machine = machine
+        self.client_args = shlex.join(client_args)
         self.holders = holders
         self.settings = settings
         self.keepalive = keepalive
@@ -112,7 +114,7 @@ class LoadRun:
             f" {GUEST_DIR}/holders.jsonl",
             "date +%s.%N",
             f"systemd-run --quiet --collect --unit={PROBE_UNIT} -p RuntimeMaxSec={bound}"
-            f" python3 {GUEST_DIR}/probe.py --port {self.probe_port}"
+            f" python3 {GUEST_DIR}/probe.py --port {self.probe_port} {self.client_args}"
             f" --rate {self.settings.probe_rate:g}"
             f" --max-in-flight {self.settings.probe_max_in_flight}"
             f" --out {GUEST_DIR}/probe.jsonl --max-seconds {self.settings.max_s:.0f}",
@@ -120,7 +122,7 @@ class LoadRun:
         if self.holders:
             steps.append(
                 f"systemd-run --quiet --collect --unit={HOLDERS_UNIT} -p RuntimeMaxSec={bound}"
-                f" python3 {GUEST_DIR}/holders.py --port {self.probe_port}"
+                f" python3 {GUEST_DIR}/holders.py --port {self.probe_port} {self.client_args}"
                 f" --connections {self.holders} --out {GUEST_DIR}/holders.jsonl"
                 f" --max-seconds {self.settings.max_s:.0f}"
             )

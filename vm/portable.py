@@ -2,58 +2,97 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from vm import sysupdate
-from vm.errors import GuestError
-from vm.image import VERSIONS, PortableImages
+from vm.errors import GuestError, HarnessError
+from vm.image import PortableImages
+from vm.load import GUEST_DIR, PROBE_SOURCE
 from vm.log import log
-from vm.machine import CommandResult, Machine
+from vm.machine import Machine
 from vm.quirks import reattach_target
+from vm.subject import DROPIN_PREFIX, PORTABLES, Subject
 
-NAME = "portable-walkthrough"
-PORTABLES = "/var/lib/portables"
 STASH = "/var/lib/pwt-images"  # every uploaded image set, by socket location
-SYMLINK = f"{PORTABLES}/{NAME}.raw"
-SERVICE = f"{NAME}.service"
-SOCKET = f"{NAME}.socket"
-HOST_SOCKET_PATH = f"/etc/systemd/system/{SOCKET}"
-HOST_SOCKET_SOURCE = Path(__file__).resolve().parent.parent / "images" / SOCKET
-# With DynamicUser (the default profile) the state directory is under /var/lib/private.
-COUNTER_GLOB = f"/var/lib/private/{NAME}/visitors /var/lib/{NAME}/visitors"
-PORT = 8080
-# A host drop-in that sets the server's shutdown mode (drop-ins apply to portable units too).
-SHUTDOWN_DROPIN = f"/etc/systemd/system/{SERVICE}.d/50-pwt-shutdown.conf"
+# A host drop-in that selects a scenario's shutdown mode (drop-ins apply to portable units).
+SHUTDOWN_DROPIN = f"{DROPIN_PREFIX}shutdown.conf"
+# The line the shutdown drop-in gains to keep the fd store across a stop (254+; vm/quirks.py,
+# vm/stop_start.py).
+PRESERVE_LINE = "FileDescriptorStorePreserve=yes"
 # Transient units the scenarios start in the guest (load, probe, proxy).
 CLIENT_UNITS = ("pwt-ab.service", "pwt-probe.service", "pwt-holders.service",
                 "pwt-haproxy.service", sysupdate.HTTP_UNIT)
-# What the sysupdate scenarios install on the host; removed by reset.
-SYSUPDATE_FILES = (f"{sysupdate.TRANSFER_STEM}.transfer", f"{sysupdate.TRANSFER_STEM}.conf",
-                   f"/etc/systemd/system/{sysupdate.ROLLOUT_UNIT}",
-                   f"/etc/systemd/system/{sysupdate.PIN_UNIT}")
-# The evidence saved for a run that did not simply pass: file -> the guest command that wrote
-# it. README's "Reading the report" lists the same commands (a unit test holds them equal).
-EVIDENCE_COMMANDS = {
-    "service-journal.txt": "journalctl -b --no-pager -o short-monotonic "
-                           "-u portable-walkthrough.service -u portable-walkthrough.socket",
-    "portabled-journal.txt": "journalctl -b --no-pager -o short-monotonic "
-                             "-u systemd-portabled.service",
-    "clients-journal.txt": "journalctl -b --no-pager -o short-monotonic -u pwt-ab.service "
-                           "-u pwt-probe.service -u pwt-holders.service -u pwt-haproxy.service",
-    "rollout-journal.txt": "journalctl -b --no-pager -o short-monotonic "
-                           "-u pwt-rollout.service -u 'pwt-pin@*.service' "
-                           "-u pwt-source-http.service",
-    "portablectl-list.txt": "portablectl list; echo; systemctl status --no-pager "
-                            "'portable-walkthrough*'",
-    "ab.out": "cat /run/pwt/ab.out",
-    "probe.jsonl": "cat /run/pwt/probe.jsonl",
-    "holders.jsonl": "cat /run/pwt/holders.jsonl",
-    "journal-tail.txt": "journalctl -b --no-pager -n 300",
-}
+# The end of a here-document the harness writes unit files with (never a line of one).
+HEREDOC_END = "PWT-EOF"
+
+
+def sysupdate_files(subject: Subject) -> tuple[str, ...]:
+    """What the sysupdate scenarios install on the host; removed by reset."""
+    stem = sysupdate.transfer_stem(subject.name)
+    return (f"{stem}.transfer", f"{stem}.conf", f"/etc/systemd/system/{sysupdate.ROLLOUT_UNIT}",
+            f"/etc/systemd/system/{sysupdate.PIN_UNIT}")
+
+
+def evidence_commands(subject: Subject) -> dict[str, str]:
+    """The evidence saved for a run that did not simply pass: file -> the guest command that
+    wrote it. README's "Reading the report" lists the same commands for the default subject
+    (a unit test holds them equal)."""
+    units = " ".join(f"-u {u}" for u in (subject.service, *subject.socket_units))
+    return {
+        "service-journal.txt": f"journalctl -b --no-pager -o short-monotonic {units}",
+        "portabled-journal.txt": "journalctl -b --no-pager -o short-monotonic "
+                                 "-u systemd-portabled.service",
+        "clients-journal.txt": "journalctl -b --no-pager -o short-monotonic -u pwt-ab.service "
+                               "-u pwt-probe.service -u pwt-holders.service "
+                               "-u pwt-haproxy.service",
+        "rollout-journal.txt": "journalctl -b --no-pager -o short-monotonic "
+                               "-u pwt-rollout.service -u 'pwt-pin@*.service' "
+                               "-u pwt-source-http.service",
+        "portablectl-list.txt": "portablectl list; echo; systemctl status --no-pager "
+                                f"'{subject.name}*'",
+        "ab.out": f"cat {GUEST_DIR}/ab.out",
+        "probe.jsonl": f"cat {GUEST_DIR}/probe.jsonl",
+        "holders.jsonl": f"cat {GUEST_DIR}/holders.jsonl",
+        "journal-tail.txt": "journalctl -b --no-pager -n 300",
+    }
+
+
+def dropin_files(subject: Subject, shutdown: str, fdstore_preserve: bool = False,
+                 ) -> dict[str, str]:
+    """The host drop-ins a scenario runs with: file name -> text.
+
+    The subject's own (``dropins``, always), and the one of the scenario's shutdown mode (its
+    ``[shutdown]`` text; none for "drain", the service's default stop). ``fdstore_preserve``
+    adds FileDescriptorStorePreserve=yes to the shutdown drop-in (the mode that hands
+    connections to the fd store has one). All are named 50-pwt-*: reset removes them."""
+    files = {f"{DROPIN_PREFIX}{name}": text for name, text in subject.dropins.items()}
+    if shutdown != "drain":
+        files[SHUTDOWN_DROPIN] = subject.shutdown[shutdown]
+    if fdstore_preserve:
+        if SHUTDOWN_DROPIN not in files:
+            raise ValueError("FileDescriptorStorePreserve= goes in the shutdown mode's drop-in:"
+                             " a scenario that keeps the fd store needs a shutdown mode")
+        text = files[SHUTDOWN_DROPIN]
+        if re.findall(r"(?m)^\[(\w+)\]", text)[-1] != "Service":  # the spec's may end in another
+            text += "[Service]\n"
+        files[SHUTDOWN_DROPIN] = text + f"{PRESERVE_LINE}\n"
+    return files
+
+
+def write_files_script(files: dict[str, str]) -> str:
+    """Shell that writes each file (path -> text) with a quoted here-document, its directory
+    made first; one line per step."""
+    return "".join(f"mkdir -p $(dirname {path}) && cat > {path} <<'{HEREDOC_END}'\n"
+                   f"{text if text.endswith(chr(10)) else text + chr(10)}{HEREDOC_END}\n"
+                   for path, text in files.items())
+
+
 ATTACHED_STATES = ("attached", "attached-runtime", "running", "running-runtime", "enabled",
                    "enabled-runtime", "linked", "linked-runtime")
 
@@ -75,6 +114,14 @@ def unclean(answers: str, names: list[str]) -> list[str]:
     return dirty
 
 
+def count_of(record: dict[str, Any]) -> int:
+    """The subject's count before a probe request, from that request's record: the request
+    itself added one. GuestError when the answer carries no count."""
+    if record.get("visitor") is None:
+        raise GuestError(f"no counter in the answer after the load: {record}")
+    return int(record["visitor"]) - 1
+
+
 @dataclass(frozen=True)
 class ServiceFacts:
     """What a scenario reads of the service before and after its load (one round trip)."""
@@ -83,22 +130,33 @@ class ServiceFacts:
     dynamic_user: bool
     socket_since: str  # the socket's ActiveEnterTimestampMonotonic
     socket_state: str
-    counter: int | None  # the visitor count, None before the first visitor
     attached_state: str  # portablectl is-attached
     attached_image: str  # the unit's RootImage=
+    # The subject's counter, read with one probe request (observe(count=True)); None when it
+    # was not asked for, the subject has no counter, or the socket is not active.
+    counter: int | None = None
+
+    KEYS = ("user", "dynamic", "since", "socket", "attached", "image")
 
     @classmethod
-    def parse(cls, text: str) -> ServiceFacts:
-        """From ``key=value`` lines; a missing key is an error (a cut-off answer)."""
+    def parse(cls, text: str, count: bool = False) -> ServiceFacts:
+        """From ``key=value`` lines; a missing key is an error (a cut-off answer). With
+        ``count``, ``answer=`` is the probe's record of one request ("" when the socket was
+        not active: no count)."""
         said = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-        missing = [k for k in ("user", "dynamic", "since", "socket", "counter", "attached",
-                               "image") if k not in said]
+        missing = [k for k in (*cls.KEYS, *(("answer",) if count else ())) if k not in said]
         if missing:
             raise GuestError(f"the service's state came back without {missing}: {text!r}")
-        counter = said["counter"].strip()
+        counter = None
+        if count and said["answer"].strip():
+            try:
+                record = json.loads(said["answer"])
+            except ValueError:
+                raise GuestError(f"the probe's answer is no record: {said['answer']!r}") from None
+            counter = count_of(record)
         return cls(said["user"].strip(), said["dynamic"].strip() == "yes", said["since"].strip(),
-                   said["socket"].strip(), int(counter) if counter.isdigit() else None,
-                   said["attached"].strip(), said["image"].strip())
+                   said["socket"].strip(), said["attached"].strip(), said["image"].strip(),
+                   counter)
 
 
 TIMES_MARK = "PWT-TIMES"
@@ -134,13 +192,26 @@ class Reattach:
         return self.ended - self.started
 
 
+class ImageRefused(HarnessError):
+    """portablectl would not attach (or inspect) an image: its own words end the run."""
+
+
+REFUSED_MARK = "PWT-REFUSED"
+
+
 class PortableService:
-    """Drive ``portable-walkthrough`` on ``machine`` (whose systemd is ``systemd_major``)."""
+    """Drive the subject's portable service on ``machine`` (whose systemd is
+    ``systemd_major``). Guest state is read through testinfra's ``host`` (same SSH
+    connection, see vm/guest_host.py); commands and waits go through ``machine``. The
+    scenario path asks each question once: attach, the facts before and after the load and
+    the reset are one guest round trip each."""
 
     def __init__(self, machine: Machine, systemd_major: int, reattach_timeout_s: float,
-                 build_images: Callable[[str], PortableImages],
+                 build_images: Callable[[str], PortableImages], subject: Subject, host: Any,
                  unit_timeout_s: float = 60.0) -> None:
         self.machine = machine
+        self.host = host  # testinfra.host.Host
+        self.subject = subject
         self.unit_timeout_s = unit_timeout_s
         self.systemd_major = systemd_major
         self.reattach_timeout_s = reattach_timeout_s
@@ -150,18 +221,26 @@ class PortableService:
         # test's start is skipped when the previous test's reset has just made it.
         self.clean_verified = False
 
+    @property
+    def symlink(self) -> str:
+        return self.subject.symlink
+
     def install_images(self, images: PortableImages) -> None:
-        """Upload one set of images (host- or image-socket) to the guest's stash."""
-        for v in VERSIONS:
-            src = images.path(v)
-            self.machine.copy_from_host(src, f"{STASH}/{images.socket_location}/{src.name}")
+        """Upload one set of images (host- or image-socket) to the guest's stash, each named
+        ``<name>_<v>.raw`` there (portablectl matches units by that prefix)."""
+        for v in self.subject.versions:
+            self.machine.copy_from_host(
+                images.path(v),
+                f"{STASH}/{images.socket_location}/{self.subject.image_name(v)}")
 
     def use_images(self, socket_location: str) -> None:
         """Put that set's images in /var/lib/portables (a local copy: under a second).
 
-        A set is built on the host and uploaded the first time a scenario needs it.
+        A set is built on the host and uploaded the first time a scenario needs it, and each
+        image is inspected then: one portablectl refuses ends the run with its own words.
         """
-        if socket_location not in self.uploaded:
+        first = socket_location not in self.uploaded
+        if first:
             with log.nested(f"uploading the portable images (socket in {socket_location})"):
                 self.install_images(self.build_images(socket_location))
             self.uploaded.add(socket_location)
@@ -170,97 +249,151 @@ class PortableService:
             f" cp --sparse=always \"$f\" {PORTABLES}/$(basename \"$f\").new &&"
             f" mv -f {PORTABLES}/$(basename \"$f\").new {PORTABLES}/$(basename \"$f\"); done"
         )
+        if first:
+            self.inspect_images()
+
+    def inspect_images(self) -> None:
+        """``portablectl inspect`` each version's image: a broken image (no os-release, no
+        unit of the subject's prefix) is the spec's fault, not systemd's: end the run."""
+        for v in self.subject.versions:
+            image = self.subject.image_path(v)
+            result = self.machine.execute(f"portablectl inspect {image}")
+            if not result.succeeded:
+                words = (result.stderr.strip() or result.stdout.strip()).splitlines()
+                raise ImageRefused(f"portablectl inspect {image} ({self.subject.spec}): "
+                                   f"{' / '.join(words[-3:]) or f'exit {result.rc}'}")
+
+    def properties(self, unit: str) -> dict[str, str]:
+        """The unit's ``systemctl show`` properties (testinfra: host.service(...))."""
+        props: dict[str, str] = self.host.service(unit).systemd_properties
+        return props
 
     def main_process_user(self) -> str:
         """The user the service's main process runs as (a dynamic user under `default`)."""
-        pid = self.machine.succeed(f"systemctl show -P MainPID {SERVICE}").strip()
+        pid = self.properties(self.subject.service).get("MainPID", "0")
         if pid in ("", "0"):
             return ""
-        return self.machine.succeed(f"ps -o user= -p {pid}").strip()
+        user: str = self.host.file(f"/proc/{pid}").user
+        return user.strip()
 
     def dynamic_user(self) -> bool:
-        return self.machine.succeed(f"systemctl show -P DynamicUser {SERVICE}").strip() == "yes"
+        return self.properties(self.subject.service).get("DynamicUser") == "yes"
 
     def point_symlink_at(self, version: int) -> None:
+        self.machine.succeed(self._symlink_command(version))
+
+    def _symlink_command(self, version: int) -> str:
         # ln -sfn then mv -T: the symlink is replaced atomically, never missing.
-        self.machine.succeed(
-            f"ln -sfn {NAME}_{version}.raw {SYMLINK}.new && mv -T {SYMLINK}.new {SYMLINK}"
-        )
+        link = self.symlink
+        return f"ln -sfn {self.subject.image_name(version)} {link}.new && mv -T {link}.new {link}"
+
+    def install_dropins(self, shutdown: str, fdstore_preserve: bool = False) -> None:
+        """The subject's own host drop-ins and the one of the scenario's shutdown mode
+        (``dropin_files``), in one round trip. No reload here: the attach that follows
+        reloads the manager (portablectl does), which picks them up."""
+        d = self.subject.dropin_dir
+        files = {f"{d}/{name}": text
+                 for name, text in dropin_files(self.subject, shutdown, fdstore_preserve).items()}
+        self.machine.succeed(f"rm -f {d}/{DROPIN_PREFIX}*.conf\n{write_files_script(files)}")
 
     def attach(self, version: int, profile: str = "default", host_socket: bool = True) -> None:
-        """Attach ``version`` and start the socket, in one guest round trip.
+        """Attach ``version`` and start the socket(s), in one guest round trip.
 
-        The host socket's unit file goes in first, but the socket starts only after the attach:
-        it refuses to start without its service. ``portablectl attach`` reloads the manager, so
-        that one reload also picks up the socket file and any host drop-in written before it.
+        The host sockets' unit files go in first, but the sockets start only after the
+        attach: a socket refuses to start without its service. ``portablectl attach`` reloads
+        the manager, so that one reload also picks up the socket files and any host drop-in
+        written before it. An image portablectl refuses raises ImageRefused with its words.
         """
         self.clean_verified = False
-        socket_file = ""
-        if host_socket:
-            socket_file = (f"mkdir -p {Path(HOST_SOCKET_PATH).parent} && cat > {HOST_SOCKET_PATH}"
-                           f" <<'PWT-EOF'\n{HOST_SOCKET_SOURCE.read_text()}PWT-EOF\n")
+        s = self.subject
+        socket_files = (write_files_script({f"/etc/systemd/system/{p.name}": p.read_text()
+                                            for p in s.sockets}) if host_socket else "")
         result = self.machine.execute(
-            f"{socket_file}"
-            f"ln -sfn {NAME}_{version}.raw {SYMLINK}.new && mv -T {SYMLINK}.new {SYMLINK} &&"
-            f" portablectl attach --profile {profile} {SYMLINK} || exit 1;"
-            f" echo \"PWT-ATTACHED $(portablectl is-attached {SYMLINK})\";"
+            f"{socket_files}{self._symlink_command(version)} || exit 1;"
+            f" portablectl attach --profile {profile} {self.symlink}"
+            f" || {{ echo \"{REFUSED_MARK} $?\"; exit 1; }};"
+            f" echo \"PWT-ATTACHED $(portablectl is-attached {self.symlink})\";"
             # A socket's start job ends when it is listening (or has failed).
-            f" systemctl start {SOCKET}; echo \"PWT-SOCKET $(systemctl is-active {SOCKET})\"",
+            f" for u in {' '.join(s.socket_units)}; do systemctl start $u;"
+            f" echo \"PWT-SOCKET $u $(systemctl is-active $u)\"; done",
             timeout=max(180.0, self.unit_timeout_s + 60),
         )
         said = dict(line.split(" ", 1) for line in result.stdout.splitlines()
-                    if line.startswith(("PWT-ATTACHED ", "PWT-SOCKET ")))
+                    if line.startswith(("PWT-ATTACHED ", f"{REFUSED_MARK} ")))
         if not result.succeeded or "PWT-ATTACHED" not in said:
-            words = (result.stdout + result.stderr).strip().splitlines()[-3:]
-            raise GuestError(f"portablectl attach failed (exit {result.rc}): "
+            words = [line for line in (result.stdout + result.stderr).strip().splitlines()
+                     if not line.startswith(REFUSED_MARK)][-3:]
+            if REFUSED_MARK in said:
+                raise ImageRefused(f"portablectl attach {self.symlink} (v{version}, {s.spec}): "
+                                   + (" / ".join(words) or f"exit {said[REFUSED_MARK]}"))
+            raise GuestError(f"the attach of v{version} failed (exit {result.rc}): "
                              + (" / ".join(words) or "no output"))
         if said["PWT-ATTACHED"] not in ATTACHED_STATES:
             raise GuestError(f"after attach, portablectl is-attached says "
                              f"{said['PWT-ATTACHED']!r}")
-        if said.get("PWT-SOCKET") != "active":
-            # wait_for_unit says why (failed, or inactive with nothing queued) with its status.
-            self.machine.wait_for_unit(SOCKET, timeout=self.unit_timeout_s)
+        sockets = dict(line.split(" ", 2)[1:] for line in result.stdout.splitlines()
+                       if line.startswith("PWT-SOCKET ") and len(line.split(" ", 2)) == 3)
+        for unit in s.socket_units:
+            if sockets.get(unit, "").strip() != "active":
+                # wait_for_unit says why (failed, or inactive with nothing queued), with status.
+                self.machine.wait_for_unit(unit, timeout=self.unit_timeout_s)
 
-    def observe(self) -> ServiceFacts:
-        """The service's state in one guest round trip (see ``ServiceFacts``)."""
+    def observe(self, count: bool = False) -> ServiceFacts:
+        """The service's state in one guest round trip (see ``ServiceFacts``).
+
+        ``count``: also the subject's counter, read with one probe request in the same round
+        trip, when the subject has a counter and its socket is active (None otherwise)."""
+        s = self.subject
+        probe = ""
+        if count and s.counter_regex is not None:
+            self.machine.copy_from_host(PROBE_SOURCE, f"{GUEST_DIR}/probe.py", mode="0755",
+                                        once=True)
+            probe = (f" answer=; [ \"$socket\" = active ] && answer=$(python3"
+                     f" {GUEST_DIR}/probe.py --once --port {s.port}"
+                     f" {shlex.join(s.client_args())} | tail -n1); echo \"answer=$answer\";")
         out = self.machine.execute(
-            f"pid=$(systemctl show -P MainPID {SERVICE});"
+            f"pid=$(systemctl show -P MainPID {s.service});"
             f" echo \"user=$( [ \"${{pid:-0}}\" != 0 ] && ps -o user= -p $pid)\";"
-            f" echo \"dynamic=$(systemctl show -P DynamicUser {SERVICE})\";"
-            f" echo \"since=$(systemctl show -P ActiveEnterTimestampMonotonic {SOCKET})\";"
-            f" echo \"socket=$(systemctl is-active {SOCKET})\";"
-            f" echo \"counter=$(cat $(ls {COUNTER_GLOB} 2>/dev/null | head -n1) 2>/dev/null)\";"
-            f" echo \"attached=$(portablectl is-attached {SYMLINK})\";"
-            f" echo \"image=$(systemctl show -P RootImage {SERVICE})\""
+            f" echo \"dynamic=$(systemctl show -P DynamicUser {s.service})\";"
+            f" echo \"since=$(systemctl show -P ActiveEnterTimestampMonotonic {s.socket})\";"
+            f" socket=$(systemctl is-active {s.socket}); echo \"socket=$socket\";"
+            f" echo \"attached=$(portablectl is-attached {self.symlink})\";"
+            f" echo \"image=$(systemctl show -P RootImage {s.service})\";{probe}"
         ).stdout
-        return ServiceFacts.parse(out)
+        return ServiceFacts.parse(out, count=bool(probe))
 
-    def socket_state(self) -> str:
-        """``systemctl is-active`` of the socket (the user side asks the user's manager)."""
-        return self.machine.unit_state(SOCKET)
+    def socket_state(self) -> tuple[str, str]:
+        """(ActiveEnterTimestampMonotonic, ActiveState) of the subject's socket: the first is
+        unchanged as long as the socket was not restarted."""
+        props = self.properties(self.subject.socket)
+        return props.get("ActiveEnterTimestampMonotonic", ""), props.get("ActiveState", "")
 
     def socket_active_since(self) -> str:
-        """The socket's ActiveEnterTimestampMonotonic: unchanged as long as it was not restarted."""
-        return self.machine.succeed(
-            f"systemctl show -P ActiveEnterTimestampMonotonic {SOCKET}"
-        ).strip()
+        return self.socket_state()[0]
+
+    def answer_once(self) -> dict[str, Any]:
+        """One request from inside the guest, read as the probe reads it: its record
+        (``greeting`` = the version's answer, ``visitor`` = the counter, or ``error``)."""
+        self.machine.copy_from_host(PROBE_SOURCE, f"{GUEST_DIR}/probe.py", mode="0755",
+                                    once=True)
+        args = shlex.join(self.subject.client_args())
+        out = self.machine.succeed(
+            f"python3 {GUEST_DIR}/probe.py --once --port {self.subject.port} {args}")
+        record: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return record
 
     def greeting(self) -> str:
-        """One request from inside the guest; the greeting word of the answer."""
-        out = self.machine.succeed(
-            "python3 -c 'import socket; s=socket.create_connection((\"127.0.0.1\", 8080), 30);"
-            " s.sendall(b\"GET / HTTP/1.0\\r\\n\\r\\n\"); import sys;"
-            " sys.stdout.write(s.makefile(\"rb\").read().decode())'"
-        )
-        body = out.split("\r\n\r\n", 1)[-1]
-        return body.split("!", 1)[0]
+        """The version's answer of one request ("" when the answer names none)."""
+        return str(self.answer_once().get("greeting", ""))
 
     def wait_for_greeting(self, greeting: str, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         seen = ""
         while time.monotonic() < deadline:
             try:
-                seen = self.greeting()
+                record = self.answer_once()
+                seen = str(record.get("greeting") or record.get("error")
+                           or f"status {record.get('status')}, no version in the answer")
             except GuestError as e:
                 seen = str(e).splitlines()[0]
             if seen == greeting:
@@ -268,97 +401,110 @@ class PortableService:
             time.sleep(1)
         raise GuestError(f"service never answered {greeting!r} in {timeout:.0f} s; last: {seen!r}")
 
-    def counter(self) -> int:
-        out = self.machine.succeed(f"cat $(ls {COUNTER_GLOB} 2>/dev/null | head -n1)")
-        return int(out.strip())
+    def counter(self) -> int | None:
+        """The subject's counter (None: it has none): the next answer's count, less the one
+        that request added."""
+        if self.subject.counter_regex is None:
+            return None
+        return count_of(self.answer_once())
 
     def reattach(self, version: int) -> Reattach:
         """Flip the symlink to ``version`` and ``portablectl reattach --now`` (see quirks)."""
         self.point_symlink_at(version)
-        target = reattach_target(self.systemd_major, NAME, SYMLINK)
+        target = reattach_target(self.systemd_major, self.subject.name, self.symlink)
         command = f"portablectl reattach --now {shlex.quote(target)}"
         out = self.machine.succeed(f"{timed(command + ' 2>&1')}; exit $rc",
                                    timeout=self.reattach_timeout_s)
         start, end, _rc, _ = parse_timed(out)
         return Reattach(command, start, end, out)
 
+    def units(self) -> list[str]:
+        """Every unit a scenario may leave running: clients, the subject's sockets, service."""
+        return [*CLIENT_UNITS, *self.subject.socket_units, self.subject.service]
+
     def reset(self) -> None:
-        """Back to a clean guest: clients and units stopped, image detached, state wiped.
+        """Back to a clean guest: clients and units stopped, image detached, state wiped, and
+        the clean check (``check_clean``'s) in the same round trip.
 
         One guest script (each SSH round trip costs ~0.3 s under TCG). Units are stopped one by
         one: one `systemctl stop A B` refuses the whole call on newer systemd when one of them
         is not loaded. The image is detached by the path the unit really runs from (RootImage=):
-        after a failed run the symlink may point at another version.
+        after a failed run the symlink may point at another version. The script runs through
+        ``machine`` rather than testinfra's ``host.run``: a detach can outlast a plain
+        command's bound, and only ``machine`` takes a longer one.
         """
-        units = " ".join((*CLIENT_UNITS, SOCKET, SERVICE))
+        s = self.subject
+        sockets = " ".join(f"/etc/systemd/system/{u}" for u in s.socket_units)
+        state = " ".join(f"/var/lib/private/{d} /var/lib/{d}" for d in s.state_directories)
         result = self.machine.execute(
-            f"for u in {units}; do systemctl stop $u 2>/dev/null; done;"
-            f" img=$(systemctl show -P RootImage {SERVICE} 2>/dev/null);"
+            f"for u in {' '.join(self.units())}; do systemctl stop $u 2>/dev/null; done;"
+            f" img=$(systemctl show -P RootImage {s.service} 2>/dev/null);"
             f' if [ -n "$img" ]; then portablectl detach "$img" || exit 1; fi;'
-            f" rm -rf {HOST_SOCKET_PATH} {SHUTDOWN_DROPIN} {' '.join(SYSUPDATE_FILES)}"
-            f" {sysupdate.SOURCE_DIR} && systemctl daemon-reload"
-            f" && {{ systemctl reset-failed {SOCKET} {SERVICE} {sysupdate.ROLLOUT_UNIT}"
-            f" 'pwt-pin@*' 2>/dev/null; true; }}"
-            f" && rm -rf /var/lib/private/{NAME} /var/lib/{NAME} || exit 1;"
-            f" {self._clean_check_command()}",
+            f" rm -rf {sockets} {s.dropin_dir}/{DROPIN_PREFIX}*.conf"
+            f" {' '.join(sysupdate_files(s))} {sysupdate.SOURCE_DIR} && systemctl daemon-reload"
+            f" && {{ systemctl reset-failed {' '.join(s.socket_units)} {s.service}"
+            f" {sysupdate.ROLLOUT_UNIT} 'pwt-pin@*' 2>/dev/null; true; }}"
+            + (f" && rm -rf {state}" if state else "")
+            + f" || exit 1; {self._clean_check_command()}",
             timeout=180,
         )
         if not result.succeeded:
             raise GuestError(f"the reset failed: {result.describe()}")
-        self._judge_clean(result)
+        self._judge_clean(result.stdout, "")
 
     def check_clean(self) -> None:
         """Raise GuestError unless no image is attached and no socket or client is active.
 
         Every image path and unit must answer with a clean word: a missing or cut-off answer
-        (a broken SSH channel, a command that died) is dirty, never taken for clean.
+        (a broken SSH channel, a command that died) is dirty, never taken for clean. One
+        round trip through testinfra (``host.run``): portablectl has no testinfra verb, and
+        one ``host.service(u)`` per unit would cost a round trip each; ``systemctl
+        is-active`` gives the state word (testinfra's ``is_running`` takes "activating" for
+        not running, which is not clean either).
         """
-        self._judge_clean(self.machine.execute(self._clean_check_command()))
+        result = self.host.run(self._clean_check_command())
+        self._judge_clean(result.stdout, "" if result.rc == 0
+                          else f"\n`{self._clean_check_command()}` exited {result.rc}")
 
     def _clean_check_command(self) -> str:
         # No such image file (first test): is-attached prints nothing: that is detached.
-        return (f"for p in {' '.join(self.image_paths())}; do"
+        return (f"for p in {' '.join(self.subject.image_paths())}; do"
                 f" s=$(portablectl is-attached $p 2>/dev/null); echo \"$p ${{s:-detached}}\";"
-                f" done; for u in {' '.join([*CLIENT_UNITS, SOCKET, SERVICE])}; do"
+                f" done; for u in {' '.join(self.units())}; do"
                 f" echo \"$u $(systemctl is-active $u)\"; done")
 
-    def _judge_clean(self, result: CommandResult) -> None:
-        dirty = unclean(result.stdout, [*self.image_paths(), *CLIENT_UNITS, SOCKET, SERVICE])
+    def _judge_clean(self, answers: str, failed: str) -> None:
+        dirty = unclean(answers, [*self.subject.image_paths(), *self.units()])
         if dirty:
             self.clean_verified = False
-            raise GuestError(f"the guest is not clean: {dirty}"
-                             + ("" if result.succeeded else f"\n{result.describe()}"))
+            raise GuestError(f"the guest is not clean: {dirty}{failed}")
         self.clean_verified = True
 
     def attached_image(self) -> str:
         """The image the attached service runs from (its RootImage=), or "" when none is.
 
         This tells the versions apart; ``portablectl is-attached`` does not: on 252 both
-        portable-walkthrough_1.raw and _2.raw say "running" when either is attached.
+        <name>_1.raw and _2.raw say "running" when either is attached.
         """
-        result = self.machine.execute(f"systemctl show -P RootImage {SERVICE}")
-        return result.stdout.strip() if result.succeeded else ""
+        try:
+            return self.properties(self.subject.service).get("RootImage", "")
+        except AssertionError:  # testinfra: systemctl show exited non-zero
+            return ""
 
-    @staticmethod
-    def image_path(version: int) -> str:
-        return f"{PORTABLES}/{NAME}_{version}.raw"
-
-    @staticmethod
-    def image_paths() -> list[str]:
-        return [f"{PORTABLES}/{NAME}_{v}.raw" for v in VERSIONS] + [SYMLINK]
-
-    def attachment_state(self, image: str = SYMLINK) -> str:
+    def attachment_state(self, image: str | None = None) -> str:
         """What ``portablectl is-attached IMAGE`` says: attached, running, detached, ….
 
-        Asked by path: systemd 252 records the symlink's target (portable-walkthrough_1.raw),
-        so asking by the name "portable-walkthrough" says "detached" for an attached image.
-        The exit status is 0 even for "detached": only the word counts.
+        Asked by path: systemd 252 records the symlink's target (<name>_1.raw), so asking by
+        the name says "detached" for an attached image. The exit status is 0 even for
+        "detached": only the word counts.
         """
-        return self.machine.execute(f"portablectl is-attached {image}").stdout.strip()
+        out: str = self.host.run(f"portablectl is-attached {image or self.symlink}").stdout
+        return out.strip()
 
     # --- systemd-sysupdate ------------------------------------------------------------
     def has_sysupdate(self) -> bool:
-        return self.machine.execute(f"test -x {sysupdate.SYSUPDATE}").succeeded
+        exists: bool = self.host.file(sysupdate.SYSUPDATE).exists
+        return exists
 
     def prepare_sysupdate(self, setup: sysupdate.SysupdateSetup, installed: list[int],
                           published: list[int]) -> None:
@@ -370,9 +516,9 @@ class PortableService:
                            (f"/etc/systemd/system/{sysupdate.PIN_UNIT}", setup.pin_unit())):
             m.succeed(f"mkdir -p $(dirname {path}) && cat > {path} <<'EOF'\n{text}EOF")
         m.succeed(f"mkdir -p {sysupdate.SOURCE_DIR} && systemctl daemon-reload")
-        for v in VERSIONS:
+        for v in self.subject.versions:
             if v not in installed:
-                m.succeed(f"rm -f {self.image_path(v)}")
+                m.succeed(f"rm -f {self.subject.image_path(v)}")
         for v in published:
             self.publish(v)
         if setup.source == "http":
@@ -386,11 +532,11 @@ class PortableService:
     def publish(self, version: int, corrupt: bool = False) -> None:
         """Put ``version`` in the source with a fresh SHA256SUMS; ``corrupt`` changes the
         image's bytes after its checksum was written (a tampered download)."""
-        name = f"{NAME}_{version}.raw"
+        name = self.subject.image_name(version)
         m = self.machine
         m.succeed(f"cp {STASH}/host/{name} {sysupdate.SOURCE_DIR}/{name}.tmp"
                   f" && mv {sysupdate.SOURCE_DIR}/{name}.tmp {sysupdate.SOURCE_DIR}/{name}"
-                  f" && {sysupdate.sha256sums_command()}")
+                  f" && {sysupdate.sha256sums_command(self.subject.name)}")
         if corrupt:
             m.succeed(f"printf tampered >> {sysupdate.SOURCE_DIR}/{name}")
 
@@ -401,11 +547,11 @@ class PortableService:
         makes `systemctl start` succeed while nothing happened.
         """
         result = self.machine.execute(
-            timed(f"systemctl start {unit}", extra=f"$(readlink {SYMLINK})")
+            timed(f"systemctl start {unit}", extra=f"$(readlink {self.symlink})")
             + f"; journalctl -q --no-pager -n 30 -u {unit}",
             timeout=self.reattach_timeout_s,
         )
         start, end, rc, extra = parse_timed(result.stdout)
         rollout = Reattach(f"systemctl start {unit}", start, end, result.stdout)
-        moved = bool(extra) and extra[0].endswith(f"{NAME}_{version}.raw")
+        moved = bool(extra) and extra[0].endswith(self.subject.image_name(version))
         return rollout, rc == 0 and moved

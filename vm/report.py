@@ -24,7 +24,7 @@ SUMMARY_COLUMNS = (
 
 def scenario_record(
     scenario: str, box: str, systemd_version: int, keepalive: bool, proxy: str | None,
-    socket_location: str, outcome: LoadOutcome, reattach: Reattach, counter_ok: bool,
+    socket_location: str, outcome: LoadOutcome, reattach: Reattach, counter_ok: bool | None,
     verdict: str, problems: Sequence[str], systemd_package: str = "",
 ) -> dict[str, Any]:
     """One row of summary.json (the schema is documented in the README).

@@ -22,29 +22,21 @@ import pytest
 
 from vm import user_portable
 from vm.config import Settings
-from vm.errors import GuestError
-from vm.haproxy import PROXY_PORT, HaproxyConfig
-from vm.image import VERSIONS
+from vm.haproxy import HaproxyConfig, proxy_port_for
 from vm.latency import latency_report, stall_problems
 from vm.load import GUEST_DIR, LoadOutcome, LoadRun
 from vm.log import log
-from vm.portable import (
-    ATTACHED_STATES,
-    NAME,
-    PORT,
-    SHUTDOWN_DROPIN,
-    SYMLINK,
-    PortableService,
-    Reattach,
-)
+from vm.portable import ATTACHED_STATES, PortableService, Reattach
 from vm.quirks import fdstore_preserve_missing, reattach_target, sysupdate_transfer_suffix
 from vm.report import scenario_record
-from vm.stop_start import PRESERVE_LINE, clear_fd_store, stop_start_upgrade
+from vm.stop_start import clear_fd_store, stop_start_upgrade
+from vm.subject import Subject
 from vm.sysupdate import PIN_UNIT, ROLLOUT_UNIT, SysupdateSetup
 from vm.verdict import (
     SocketObservation,
     counter_consistent,
     enough_load,
+    explain_losses,
     failed_requests,
     load_reached_new,
     load_reached_old,
@@ -59,9 +51,10 @@ EXPECTATIONS = ("zero-downtime", "downtime", "characterise", "refused")
 ROLLOUTS = ("portablectl", "sysupdate-dir", "sysupdate-http")
 PROXIES = (None, "haproxy")
 SOCKET_LOCATIONS = ("host", "image")
-# PW_SHUTDOWN of images/server.py: drain (default), immediate (naive), fdstore.
+# How the server stops: drain (its default stop), or a mode the subject's spec maps to a host
+# drop-in ([shutdown]): immediate (naive: drops open connections), fdstore (hands them over).
 SHUTDOWNS = ("drain", "immediate", "fdstore")
-# The portablectl profiles whose main-process user the verdict knows how to check.
+# The portablectl profiles a scenario asks for; "default" means the subject's own profile.
 PROFILES = ("default", "trusted")
 # How the new version replaces the old: `portablectl reattach --now` (a restart), or a
 # reattach without --now followed by `systemctl stop` + `systemctl start` (vm/stop_start.py).
@@ -120,10 +113,10 @@ class Scenario:
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, "
                                  f"not {value!r}")
-        if {self.from_version, self.to_version} - set(VERSIONS) or (
+        if min(self.from_version, self.to_version) < 1 or (
             self.from_version == self.to_version
         ):
-            raise ValueError("from/to versions must be two different known versions")
+            raise ValueError("from/to versions must be two different versions (1, 2, ...)")
         if self.fdstore_preserve and self.shutdown != "fdstore":
             raise ValueError("fdstore_preserve keeps the fd store: it needs shutdown='fdstore'")
         if (self.upgrade != "reattach" or self.scope != "system") and (
@@ -134,58 +127,41 @@ class Scenario:
         if self.scope == "user" and self.socket_location != "host":
             raise ValueError("the user scope has its socket as a user unit, outside the image")
 
-    @property
-    def old(self) -> str:
-        return VERSIONS[self.from_version]
-
-    @property
-    def new(self) -> str:
-        return VERSIONS[self.to_version]
-
 
 @dataclass(frozen=True, kw_only=True)
 class ScenarioRun:
     """Everything one run measured, and the bar it is held to: ``verdict_of`` needs nothing else."""
 
     scenario: Scenario
+    subject: Subject  # the service under test (its spec)
     outcome: LoadOutcome
     reattach: Reattach  # the reattach, or the sysupdate rollout unit that ran it
     socket: SocketObservation
-    final_count: int
+    final_count: int | None  # the subject's counter afterwards; None: it has no counter
     min_complete: int
     post_switch_s: float
     attached_state: str  # portablectl is-attached afterwards
     attached_image: str  # the unit's RootImage= afterwards
     service_user: str  # the main process's user under the scenario's profile, before the load
     dynamic_user: bool
+    profile: str = "default"  # the profile it was attached with (Subject.profile_for)
     rollout_ok: bool = True  # sysupdate: the unit succeeded and the symlink moved
     max_stall_s: float | None = None  # --max-stall: a bound of its own on the longest gap
+    # The user's own checks (the spec's `checks` directory), run after the upgrade: how many
+    # ran, and one line per failure. A failure fails the run (validity_problems).
+    user_checks_run: int = 0
+    user_check_failures: tuple[str, ...] = ()
     facts: dict[str, Any] = field(default_factory=dict)  # more for the report (rollout log)
 
 
-def _prepare_server(service: PortableService, scenario: Scenario) -> None:
-    """A host drop-in selects the server's shutdown mode (drop-ins apply to portable units)."""
+def _start_haproxy(service: PortableService, port: int) -> None:
     m = service.machine
-    if scenario.shutdown == "drain":
-        m.succeed(f"rm -f {SHUTDOWN_DROPIN}")
-    else:
-        # The same drop-in carries FileDescriptorStorePreserve=: reset removes it with the rest.
-        preserve = f"{PRESERVE_LINE}\\n" if scenario.fdstore_preserve else ""
-        m.succeed(
-            f"mkdir -p $(dirname {SHUTDOWN_DROPIN}) && printf '[Service]\\n"
-            f"Environment=PW_SHUTDOWN={scenario.shutdown}\\n{preserve}' > {SHUTDOWN_DROPIN}"
-        )
-    m.succeed("systemctl daemon-reload")
-
-
-def _start_haproxy(service: PortableService) -> None:
-    m = service.machine
-    config = HaproxyConfig().render()
+    config = HaproxyConfig(server_port=service.subject.port, listen_port=port).render()
     m.succeed(f"mkdir -p {GUEST_DIR} && cat > {GUEST_DIR}/haproxy.cfg <<'EOF'\n{config}EOF")
     m.succeed(f"haproxy -c -q -f {GUEST_DIR}/haproxy.cfg")
     m.succeed(f"systemctl stop {HAPROXY_UNIT} 2>/dev/null; systemd-run --quiet --collect"
               f" --unit={HAPROXY_UNIT} haproxy -db -f {GUEST_DIR}/haproxy.cfg")
-    m.wait_for_open_port(PROXY_PORT, timeout=30)
+    m.wait_for_open_port(port, timeout=30)
 
 
 def stop_haproxy(service: PortableService) -> None:
@@ -195,9 +171,12 @@ def stop_haproxy(service: PortableService) -> None:
 def run_scenario(service: PortableService, settings: Settings, scenario: Scenario) -> ScenarioRun:
     """Attach ``from_version``, load, reattach to ``to_version`` under load, collect.
 
-    ScenarioUnsupported (a skip, with the reason) before anything is touched when the guest
-    lacks what the scenario needs. A user-scope scenario runs on ``service``'s user side and
-    always resets it afterwards (the system side is reset by the caller)."""
+    Raises ScenarioUnsupported (a skip, with the reason) before anything is touched when the
+    subject cannot run ``scenario`` (Subject.cannot_run) or the guest lacks what it needs. A
+    user-scope scenario runs on ``service``'s user side and always resets it afterwards (the
+    system side is reset by the caller)."""
+    if (why := service.subject.cannot_run(scenario)) is not None:
+        raise ScenarioUnsupported(why)
     needs_preserve = scenario.upgrade == "stop-start" or scenario.fdstore_preserve
     if needs_preserve and (reason := fdstore_preserve_missing(service.systemd_major)):
         raise ScenarioUnsupported(reason)
@@ -219,10 +198,13 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
 
 
 def _run(service: PortableService, settings: Settings, scenario: Scenario) -> ScenarioRun:
+    subject = service.subject
+    old, new = subject.answer(scenario.from_version), subject.answer(scenario.to_version)
+    profile = subject.profile_for(scenario)
     load_cfg = settings.load
     m = service.machine
     setup = _sysupdate_setup(service, scenario)
-    _prepare_server(service, scenario)
+    service.install_dropins(scenario.shutdown, scenario.fdstore_preserve)
     service.use_images(scenario.socket_location)
     if setup is not None:
         low, high = sorted((scenario.from_version, scenario.to_version))
@@ -230,19 +212,20 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
         # Rollback: the new (older) one published but not installed: `update VERSION` pins it.
         service.prepare_sysupdate(setup, installed=[scenario.from_version],
                                   published=[low] if scenario.to_version == high else [low, high])
-    service.attach(scenario.from_version, profile=scenario.profile,
+    service.attach(scenario.from_version, profile=profile,
                    host_socket=scenario.socket_location == "host")
-    service.wait_for_greeting(scenario.old)
+    service.wait_for_greeting(old)
     before = service.observe()
+    url_port = subject.port
     if scenario.proxy == "haproxy":
-        _start_haproxy(service)
-    url_port = PROXY_PORT if scenario.proxy == "haproxy" else PORT
+        url_port = proxy_port_for(subject.port)
+        _start_haproxy(service, url_port)
 
     # Every client takes the same path: behind a proxy, the probe goes through it too (a
     # probe straight to the naive server would see the resets the proxy exists to absorb).
     load = LoadRun(m, load_cfg, keepalive=scenario.keepalive,
-                   url=f"http://127.0.0.1:{url_port}/", probe_port=url_port,
-                   holders=scenario.holders)
+                   url=f"http://127.0.0.1:{url_port}{subject.request_path}", probe_port=url_port,
+                   client_args=subject.client_args(), holders=scenario.holders)
     title = f"{scenario.id}: load, reattach v{scenario.from_version} -> v{scenario.to_version}"
     with log.nested(title):
         load.start()
@@ -268,27 +251,26 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
             # bring the new one either: no point waiting for it until the load's bound.
             time.sleep(load_cfg.post_switch_s)
         else:
-            load.wait_until_serving(scenario.new, load_cfg.post_switch_s, after=reattach.ended)
-        outcome = load.stop(old=scenario.old, new=scenario.new)
+            load.wait_until_serving(new, load_cfg.post_switch_s, after=reattach.ended)
+        outcome = load.stop(old=old, new=new)
     log.info(f"ab: {outcome.ab.describe()}; probe errors: {outcome.timeline.errors or 'none'}")
     if scenario.proxy == "haproxy":
         stop_haproxy(service)
 
-    after = service.observe()
+    # The facts afterwards and the count in one round trip; no count from a subject without
+    # a counter, or through a socket the reattach left dead (the verdict names that instead).
+    after = service.observe(count=True)
     socket = SocketObservation(before.socket_since, after.socket_since, after.socket_state)
-    if after.counter is None:
-        raise GuestError("the service has no visitor count after the load")
-    final_count = after.counter
     facts: dict[str, Any] = {"rollout_log": reattach.output[-1500:]} if setup is not None else {}
     if scenario.upgrade != "reattach":
         facts["upgrade_log"] = reattach.output[-1500:]
     run = ScenarioRun(
-        scenario=scenario, outcome=outcome, reattach=reattach, socket=socket,
-        final_count=final_count, min_complete=load_cfg.min_complete,
+        scenario=scenario, subject=subject, outcome=outcome, reattach=reattach, socket=socket,
+        final_count=after.counter, min_complete=load_cfg.min_complete,
         post_switch_s=load_cfg.post_switch_s, attached_state=after.attached_state,
         attached_image=after.attached_image, service_user=before.main_user,
-        dynamic_user=before.dynamic_user, rollout_ok=rollout_ok, max_stall_s=load_cfg.max_stall_s,
-        facts=facts,
+        dynamic_user=before.dynamic_user, profile=profile, rollout_ok=rollout_ok,
+        max_stall_s=load_cfg.max_stall_s, facts=facts,
     )
     if scenario.fdstore_preserve:
         clear_fd_store(service)  # after every measurement: the next scenario starts empty
@@ -310,8 +292,10 @@ def _sysupdate_setup(service: PortableService, scenario: Scenario) -> SysupdateS
         )
     return SysupdateSetup(
         source=scenario.rollout.removeprefix("sysupdate-"),
-        reattach_arg=reattach_target(service.systemd_major, NAME, SYMLINK),
+        reattach_arg=reattach_target(service.systemd_major, service.subject.name,
+                                     service.symlink),
         transfer_suffix=sysupdate_transfer_suffix(service.systemd_major),
+        name=service.subject.name,
     )
 
 
@@ -338,7 +322,8 @@ def summary_row(run: ScenarioRun, box: str, systemd_major: int,
     row = scenario_record(
         s.id, box, systemd_major, keepalive=s.keepalive, proxy=s.proxy,
         socket_location=s.socket_location, outcome=run.outcome, reattach=run.reattach,
-        counter_ok=not counter_consistent(run.outcome, run.final_count),
+        counter_ok=(None if run.final_count is None
+                    else not counter_consistent(run.outcome, run.final_count)),
         verdict=verdict.label, problems=verdict.problems, systemd_package=systemd_package,
     )
     if run.outcome.holders is not None:
@@ -347,7 +332,10 @@ def summary_row(run: ScenarioRun, box: str, systemd_major: int,
                    holders_server_closed=h.server_closed,
                    holders_switched_in_place=h.switched_in_place, holders_intact=h.intact)
     row.update(verdict_kind=verdict.kind, observed=verdict.observed, expect=s.expect,
-               shutdown=s.shutdown, profile=s.profile, from_version=s.from_version,
+               subject=run.subject.name, spec=str(run.subject.spec),
+               user_checks_run=run.user_checks_run,
+               user_check_failures=list(run.user_check_failures),
+               shutdown=s.shutdown, profile=run.profile, from_version=s.from_version,
                to_version=s.to_version, socket_state_after=run.socket.state_after,
                attached_state=run.attached_state, attached_image=run.attached_image,
                service_user=run.service_user, dynamic_user=run.dynamic_user,
@@ -390,7 +378,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("host-socket-keepalive-longlived-fdstore", keepalive=True, holders=20,
              shutdown="fdstore",
              description="the server hands idle connections to the fd store, v2 adopts them: "
-                         "no connection breaks, each switches Hello -> Hola in place"),
+                         "no connection breaks, each switches v1 -> v2 in place"),
     Scenario("host-socket-keepalive-longlived-fdstore-stopstart", expect="characterise",
              keepalive=True, holders=20, shutdown="fdstore", upgrade="stop-start",
              description="the same, upgraded by stop + start instead of reattach's restart: "
@@ -468,6 +456,11 @@ def losses_of(run: ScenarioRun) -> list[str]:
     h = out.holders
     if h is not None and (h.broken or h.server_closed or h.connect_errors):
         losses.append(f"long-lived connections were lost: {h.describe()}")
+    if losses:
+        # Not only how many: why, in words, with what to check (see explain_losses).
+        losses += explain_losses(out, run.reattach, keepalive=run.scenario.keepalive,
+                                 proxy=run.scenario.proxy is not None,
+                                 socket_in_image=run.scenario.socket_location == "image")
     return losses
 
 
@@ -488,7 +481,8 @@ def validity_problems(run: ScenarioRun) -> list[str]:
     if s.socket_location == "host":
         # The host socket must outlive the reattach; one in the image is restarted by design.
         problems += socket_untouched(run.socket)
-    problems += counter_consistent(out, run.final_count)
+    if run.final_count is not None:  # only a subject with a counter has this check
+        problems += counter_consistent(out, run.final_count)
     if s.holders and (out.holders is None or out.holders.requests == 0):
         problems.append(f"the {s.holders} long-lived clients never sent a request")
     if not run.rollout_ok:
@@ -496,19 +490,25 @@ def validity_problems(run: ScenarioRun) -> list[str]:
                         f"{run.reattach.output[-600:]!r}")
     problems += attachment_problems(run, s.to_version)
     problems += profile_problems(run)
+    problems += user_check_problems(run)
     return problems
 
 
-def expected_image(scenario: Scenario, version: int) -> str:
+def user_check_problems(run: ScenarioRun) -> list[str]:
+    """The user's own checks (the spec's `checks`): each failure is a problem of the run."""
+    return [f"user check failed: {line}" for line in run.user_check_failures]
+
+
+def expected_image(subject: Subject, scenario: Scenario, version: int) -> str:
     """The image ``version``'s unit must run from (RootImage=) in the scenario's scope."""
     if scenario.scope == "user":
-        return user_portable.image_path(version)
-    return PortableService.image_path(version)
+        return user_portable.image_path(subject, version)
+    return subject.image_path(version)
 
 
 def attachment_problems(run: ScenarioRun, version: int) -> list[str]:
     """Like systemd's TEST-29: the image is attached and the unit runs ``version``'s image."""
-    want = expected_image(run.scenario, version)
+    want = expected_image(run.subject, run.scenario, version)
     if run.attached_state not in ATTACHED_STATES or run.attached_image != want:
         return [f"afterwards portablectl says {run.attached_state!r} and the unit runs "
                 f"{run.attached_image!r}, not {want!r}"]
@@ -518,7 +518,7 @@ def attachment_problems(run: ScenarioRun, version: int) -> list[str]:
 def profile_problems(run: ScenarioRun) -> list[str]:
     """The profile took effect: `trusted` runs as root, `default` as a dynamic user. A user's
     manager runs the service as that user (its profiles set no DynamicUser=)."""
-    profile, user = run.scenario.profile, run.service_user
+    profile, user = run.profile, run.service_user
     if run.scenario.scope == "user":
         want = user_portable.USER
         return [] if user == want else [f"user scope: the service runs as {user!r}, not {want!r}"]
@@ -541,9 +541,11 @@ def refusal_problems(run: ScenarioRun) -> list[str]:
     if not run.rollout_ok and not REFUSAL_REASON.search(run.reattach.output):
         problems.append("the rollout failed, but not with a checksum refusal: "
                         f"{run.reattach.output[-600:]!r}")
-    problems += counter_consistent(run.outcome, run.final_count)
+    if run.final_count is not None:
+        problems += counter_consistent(run.outcome, run.final_count)
     problems += attachment_problems(run, run.scenario.from_version)
     problems += profile_problems(run)
+    problems += user_check_problems(run)
     return problems
 
 

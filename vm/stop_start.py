@@ -1,7 +1,7 @@
 """An upgrade by stop + start instead of the restart ``portablectl reattach --now`` queues.
 
 ``reattach`` (without ``--now``) replaces the unit files and leaves the old process running;
-``systemctl stop`` then ends it (with PW_SHUTDOWN=fdstore it hands its idle connections to the
+``systemctl stop`` then ends it (in the fdstore shutdown mode it hands its idle connections to the
 fd store first) and ``systemctl start`` runs the new image. Whether the stored connections
 reach the new process is what FileDescriptorStorePreserve= decides: a stop drops the store
 unless it is ``yes``; a restart keeps it either way.
@@ -15,25 +15,28 @@ from __future__ import annotations
 
 import shlex
 
-from vm.portable import NAME, SERVICE, SYMLINK, PortableService, Reattach, parse_timed, timed
+from vm.portable import PRESERVE_LINE, PortableService, Reattach, parse_timed, timed
 from vm.quirks import reattach_target
+from vm.subject import Subject
 
-# The drop-in line that keeps the fd store across a stop (254+; vm/quirks.py).
-PRESERVE_LINE = "FileDescriptorStorePreserve=yes"
+# PRESERVE_LINE, the drop-in line that keeps the fd store across a stop (254+; vm/quirks.py),
+# is written by vm/portable.py's dropin_files into the shutdown mode's drop-in; named here too,
+# beside the upgrade it is for.
+__all__ = ["PRESERVE_LINE", "clear_fd_store", "stop_start_command", "stop_start_upgrade"]
 
 
-def stop_start_command(systemd_major: int) -> str:
+def stop_start_command(systemd_major: int, subject: Subject) -> str:
     """The upgrade as one guest command line (after the symlink points at the new version)."""
-    target = shlex.quote(reattach_target(systemd_major, NAME, SYMLINK))
-    return (f"portablectl reattach {target} && systemctl stop {SERVICE}"
-            f" && systemctl start {SERVICE}")
+    target = shlex.quote(reattach_target(systemd_major, subject.name, subject.symlink))
+    return (f"portablectl reattach {target} && systemctl stop {subject.service}"
+            f" && systemctl start {subject.service}")
 
 
 def stop_start_upgrade(service: PortableService, version: int) -> Reattach:
     """Flip the symlink to ``version``, reattach without restarting, stop, start; timed like
     ``PortableService.reattach`` (guest epoch seconds)."""
     service.point_symlink_at(version)
-    command = stop_start_command(service.systemd_major)
+    command = stop_start_command(service.systemd_major, service.subject)
     out = service.machine.succeed(f"{timed(f'{{ {command}; }} 2>&1')}; exit $rc",
                                   timeout=service.reattach_timeout_s)
     start, end, _rc, _ = parse_timed(out)
@@ -43,4 +46,5 @@ def stop_start_upgrade(service: PortableService, version: int) -> Reattach:
 def clear_fd_store(service: PortableService) -> None:
     """Stop the service and drop what its store still holds: with Preserve=yes a stopped
     unit keeps the store, and the next scenario's server would be handed dead connections."""
-    service.machine.execute(f"systemctl stop {SERVICE}; systemctl clean --what=fdstore {SERVICE}")
+    unit = service.subject.service
+    service.machine.execute(f"systemctl stop {unit}; systemctl clean --what=fdstore {unit}")

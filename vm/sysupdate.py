@@ -1,9 +1,9 @@
 """Automatic rollout with systemd-sysupdate: from "new version published" to "new version
 running" without the test calling portablectl.
 
-- A transfer (``/etc/sysupdate.d/50-portable-walkthrough.transfer``, ``.conf`` before 257) takes
-  ``portable-walkthrough_@v.raw`` from a source into ``/var/lib/portables``, keeps at most
-  ``InstancesMax=`` versions and moves the ``portable-walkthrough.raw`` symlink
+- A transfer (``/etc/sysupdate.d/50-<name>.transfer``, ``.conf`` before 257) takes
+  ``<name>_@v.raw`` (the subject's portable prefix) from a source into ``/var/lib/portables``,
+  keeps at most ``InstancesMax=`` versions and moves the ``<name>.raw`` symlink
   (``CurrentSymlink=``). Two sources: a local directory (``regular-file``) and an HTTP server on
   the guest's loopback (``url-file``, with the ``SHA256SUMS`` manifest sysupdate expects).
 - ``pwt-rollout.service`` (oneshot): ``check-new`` as ExecCondition, ``update``, then
@@ -14,13 +14,13 @@ running" without the test calling portablectl.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SYSUPDATE = "/usr/lib/systemd/systemd-sysupdate"
 SOURCE_DIR = "/var/lib/pwt-source"
 HTTP_PORT = 8090
 HTTP_UNIT = "pwt-source-http.service"
-TRANSFER_STEM = "/etc/sysupdate.d/50-portable-walkthrough"  # + .transfer or .conf (quirks)
+TRANSFER_DIR = "/etc/sysupdate.d"  # 50-<name> + .transfer or .conf (quirks)
 ROLLOUT_UNIT = "pwt-rollout.service"
 PIN_UNIT = "pwt-pin@.service"
 SOURCES = ("dir", "http")
@@ -32,10 +32,11 @@ class SysupdateSetup:
     reattach_arg: str  # image name or path, per vm/quirks.py
     transfer_suffix: str = ".transfer"  # ".conf" before 257, per vm/quirks.py
     instances_max: int = 2
+    name: str = field(kw_only=True)  # the subject's portable prefix
 
     @property
     def transfer_path(self) -> str:
-        return TRANSFER_STEM + self.transfer_suffix
+        return transfer_stem(self.name) + self.transfer_suffix
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -47,27 +48,27 @@ class SysupdateSetup:
         else:
             source = f"Type=url-file\nPath=http://127.0.0.1:{HTTP_PORT}/"
         return f"""\
-# Rendered by vm/sysupdate.py: portable-walkthrough images from {self.source} source.
+# Rendered by vm/sysupdate.py: {self.name} images from {self.source} source.
 [Transfer]
 # The HTTP source publishes SHA256SUMS (checked) but no signature: no gpg verification.
 Verify=no
 
 [Source]
 {source}
-MatchPattern=portable-walkthrough_@v.raw
+MatchPattern={self.name}_@v.raw
 
 [Target]
 Type=regular-file
 Path=/var/lib/portables
-MatchPattern=portable-walkthrough_@v.raw
-CurrentSymlink=/var/lib/portables/portable-walkthrough.raw
+MatchPattern={self.name}_@v.raw
+CurrentSymlink=/var/lib/portables/{self.name}.raw
 InstancesMax={self.instances_max}
 """
 
     def rollout_unit(self) -> str:
         return f"""\
 [Unit]
-Description=Roll out the newest portable-walkthrough: sysupdate, then reattach
+Description=Roll out the newest {self.name}: sysupdate, then reattach
 
 [Service]
 Type=oneshot
@@ -80,7 +81,7 @@ ExecStart=/usr/bin/portablectl reattach --now {self.reattach_arg}
     def pin_unit(self) -> str:
         return f"""\
 [Unit]
-Description=Install portable-walkthrough version %i with sysupdate and run it
+Description=Install {self.name} version %i with sysupdate and run it
 
 [Service]
 Type=oneshot
@@ -89,7 +90,11 @@ ExecStart=/usr/bin/portablectl reattach --now {self.reattach_arg}
 """
 
 
-def sha256sums_command(directory: str = SOURCE_DIR) -> str:
+def transfer_stem(name: str) -> str:
+    return f"{TRANSFER_DIR}/50-{name}"
+
+
+def sha256sums_command(name: str, directory: str = SOURCE_DIR) -> str:
     """Shell: (re)write the SHA256SUMS manifest (sha256sum's own format) of the images."""
-    return (f"cd {directory} && sha256sum portable-walkthrough_*.raw > SHA256SUMS.tmp"
+    return (f"cd {directory} && sha256sum {name}_*.raw > SHA256SUMS.tmp"
             " && mv SHA256SUMS.tmp SHA256SUMS")

@@ -27,12 +27,14 @@ class ProbeRecord:
     latency_ms: float
     status: int | None = None
     error: str | None = None
-    greeting: str | None = None
-    visitor: int | None = None
+    greeting: str | None = None  # the version's answer (the subject's version regex/header)
+    visitor: int | None = None  # the subject's counter, when it has one
 
     @property
     def ok(self) -> bool:
-        return self.status == 200 and self.visitor is not None
+        # The probe records no greeting for an answer that names no version, or that lacks
+        # the counter its subject promises: such a 200 is not an answer the verdict can use.
+        return self.status == 200 and self.greeting is not None
 
     @property
     def done_at(self) -> float:
@@ -94,8 +96,8 @@ class Timeline:
 
     records: list[ProbeRecord]
     t0: float
-    old: str = "Hello"
-    new: str = "Hola"
+    old: str = ""  # the old version's answer
+    new: str = ""
     errors: dict[str, int] = field(default_factory=dict)
     skipped: list[float] = field(default_factory=list)  # see parse_probe_skips
 

@@ -2,7 +2,7 @@
 
 The same images as the system scenarios, but everything belongs to one unprivileged user with
 lingering (so its manager runs with nobody logged in): the images sit in the user's home, the
-socket is a user unit (``~/.config/systemd/user/portable-walkthrough.socket``) and portabled is
+subject's sockets are user units (``~/.config/systemd/user/<name>.socket``) and portabled is
 the user's own (``systemd-portabled.service`` in the user manager). Commands run as that user
 the way systemd's TEST-29-PORTABLE does: ``runuser -u USER -- env XDG_RUNTIME_DIR=… CMD``.
 
@@ -26,45 +26,55 @@ from vm.machine import Machine
 from vm.portable import (
     ATTACHED_STATES,
     CLEAN_WORDS,
-    HOST_SOCKET_SOURCE,
-    NAME,
-    SERVICE,
-    SOCKET,
     STASH,
     PortableService,
     Reattach,
     ServiceFacts,
+    dropin_files,
     parse_timed,
     timed,
     unclean,
+    write_files_script,
 )
 from vm.quirks import (
     USER_PORTABLE_MIN_KERNEL,
     USER_PORTABLE_MIN_POLKIT,
     user_portables_missing,
 )
+from vm.subject import DROPIN_PREFIX, Subject
 
 USER = "pwt-user"
 HOME = f"/home/{USER}"
 IMAGE_DIR = f"{HOME}/portables"  # the user's copies of the images; attached by path
-USER_SYMLINK = f"{IMAGE_DIR}/{NAME}.raw"
 UNIT_DIR = f"{HOME}/.config/systemd/user"
-USER_SOCKET_PATH = f"{UNIT_DIR}/{SOCKET}"
-STATE_DIR = f"{HOME}/pwt-state"
-STATE_DROPIN = f"{UNIT_DIR}/{SERVICE}.d/50-pwt-state.conf"
+STATE_DIR = f"{HOME}/pwt-state"  # one directory per state directory of the subject
+STATE_DROPIN_NAME = f"{DROPIN_PREFIX}state.conf"
 POLKIT_RULE = "/etc/polkit-1/rules.d/50-pwt-user-portable.rules"
 
-# The image has an empty /var/lib/portable-walkthrough to mount the state on (it is read-only:
-# a mount point that is not there cannot be made). A user manager would put StateDirectory= at
-# the same path as on the host (under ~/.local/state), which the image has no directory for;
-# so the drop-in binds a directory of the user's onto the image's mount point instead.
-STATE_DROPIN_TEXT = (
-    "# portable-walkthrough tests: the visitor count on the image's own mount point\n"
-    "[Service]\n"
-    "StateDirectory=\n"
-    f"BindPaths={STATE_DIR}:/var/lib/{NAME}\n"
-    f"Environment=STATE_DIRECTORY=/var/lib/{NAME}\n"
-)
+
+def user_symlink(subject: Subject) -> str:
+    """The user's symlink to the version that runs (``<name>.raw`` in IMAGE_DIR)."""
+    return f"{IMAGE_DIR}/{subject.name}.raw"
+
+
+def user_dropin_dir(subject: Subject) -> str:
+    return f"{UNIT_DIR}/{subject.service}.d"
+
+
+def state_dropin_text(subject: Subject) -> str:
+    """The drop-in that puts the subject's state directories where its image expects them.
+
+    The image has an empty /var/lib/<dir> to mount each one on (it is read-only: a mount
+    point that is not there cannot be made). A user manager would put StateDirectory= at the
+    same path as on the host (under ~/.local/state), which the image has no directory for;
+    so the drop-in binds a directory of the user's onto the image's mount point instead."""
+    dirs = subject.state_directories
+    lines = ["# pwt tests: the service's state on the image's own mount points", "[Service]",
+             "StateDirectory="]
+    lines += [f"BindPaths={STATE_DIR}/{d}:/var/lib/{d}" for d in dirs]
+    if dirs:
+        lines.append("Environment=STATE_DIRECTORY=" + ":".join(f"/var/lib/{d}" for d in dirs))
+    return "\n".join(lines) + "\n"
 
 POLKIT_RULE_TEXT = (
     "// portable-walkthrough tests: the test user may have systemd-mountfsd mount the\n"
@@ -150,20 +160,25 @@ def missing_pieces(systemd_major: int, facts: dict[str, str]) -> list[str]:
     return missing
 
 
-def image_path(version: int) -> str:
+def image_path(subject: Subject, version: int) -> str:
     """The user's copy of ``version``'s image: what the unit's RootImage= must name."""
-    return f"{IMAGE_DIR}/{NAME}_{version}.raw"
+    return f"{IMAGE_DIR}/{subject.image_name(version)}"
 
 
 class UserPortableService(PortableService):
-    """The walkthrough attached for USER's service manager; the verbs of PortableService with
+    """The subject attached for USER's service manager; the verbs of PortableService with
     the user's units, images and portabled. ``setup`` makes the user and its manager first."""
 
     def __init__(self, system: PortableService) -> None:
         super().__init__(system.machine, system.systemd_major, system.reattach_timeout_s,
-                         system.build_images, unit_timeout_s=system.unit_timeout_s)
+                         system.build_images, system.subject, system.host,
+                         unit_timeout_s=system.unit_timeout_s)
         self.uploaded = system.uploaded  # one upload per session, shared with the system side
         self.uid = 0
+
+    @property
+    def symlink(self) -> str:
+        return user_symlink(self.subject)
 
     # --- the user and its manager -------------------------------------------------------
     def setup(self) -> None:
@@ -208,78 +223,85 @@ class UserPortableService(PortableService):
             f" && chown {USER}:{USER} {IMAGE_DIR}/*.raw"
         )
 
-    def point_symlink_at(self, version: int) -> None:
-        self.machine.succeed(
-            f"ln -sfn {NAME}_{version}.raw {USER_SYMLINK}.new && mv -T {USER_SYMLINK}.new"
-            f" {USER_SYMLINK}"
-        )
+    def install_dropins(self, shutdown: str, fdstore_preserve: bool = False) -> None:
+        """The subject's drop-ins for the user's manager (in USER's unit directory: the
+        system's /etc/systemd/system does not apply to it); ``attach`` reloads it."""
+        d = user_dropin_dir(self.subject)
+        files = {f"{d}/{name}": text
+                 for name, text in dropin_files(self.subject, shutdown, fdstore_preserve).items()}
+        self.machine.succeed(f"rm -f {d}/{DROPIN_PREFIX}*.conf\n{write_files_script(files)}")
 
     def attach(self, version: int, profile: str = "default", host_socket: bool = True) -> None:
-        """Attach ``version`` for USER (--runtime, like TEST-29), then the user socket."""
+        """Attach ``version`` for USER (--runtime, like TEST-29), then the user socket(s)."""
+        self.clean_verified = False
         self.point_symlink_at(version)
+        s = self.subject
         m = self.machine
-        m.succeed(f"install -d -o {USER} -g {USER} {STATE_DIR} {UNIT_DIR}"
-                  f" {UNIT_DIR}/{SERVICE}.d"
-                  f" && cat > {STATE_DROPIN} <<'EOF'\n{STATE_DROPIN_TEXT}EOF")
+        files = {f"{user_dropin_dir(s)}/{STATE_DROPIN_NAME}": state_dropin_text(s)}
         if host_socket:
-            m.copy_from_host(HOST_SOCKET_SOURCE, USER_SOCKET_PATH)
-        m.succeed(f"chown -R {USER}:{USER} {HOME}/.config")
+            files.update({f"{UNIT_DIR}/{p.name}": p.read_text() for p in s.sockets})
+        state_dirs = " ".join(f"{STATE_DIR}/{d}" for d in s.state_directories)
+        m.succeed(f"install -d -o {USER} -g {USER} {STATE_DIR} {state_dirs} {UNIT_DIR}"
+                  f" {user_dropin_dir(s)}\n{write_files_script(files)}"
+                  f"chown -R {USER}:{USER} {HOME}/.config")
         self.as_user("systemctl --user daemon-reload")
-        self.as_user(f"portablectl --user attach --runtime --profile {profile} {USER_SYMLINK}",
+        self.as_user(f"portablectl --user attach --runtime --profile {profile} {self.symlink}",
                      timeout=180)
         state = self.attachment_state()
         if state not in ATTACHED_STATES:
             raise GuestError(f"after portablectl --user attach, is-attached says {state!r}")
-        self.as_user(f"systemctl --user start {SOCKET}")
-        deadline = time.monotonic() + self.unit_timeout_s
-        while self.socket_state() != "active":
-            if time.monotonic() > deadline:
-                raise GuestError(f"the user's {SOCKET} is {self.socket_state()!r}, not active")
-            time.sleep(1)
+        for unit in s.socket_units:
+            self.as_user(f"systemctl --user start {unit}")
+            deadline = time.monotonic() + self.unit_timeout_s
+            while (word := self._is_active(unit)) != "active":
+                if time.monotonic() > deadline:
+                    raise GuestError(f"the user's {unit} is {word!r}, not active")
+                time.sleep(1)
 
     def _user_show(self, prop: str, unit: str) -> str:
         result = self.machine.execute(self.user_command(f"systemctl --user show -P {prop} {unit}"))
         return result.stdout.strip() if result.succeeded else ""
 
+    def _is_active(self, unit: str) -> str:
+        return self.machine.execute(
+            self.user_command(f"systemctl --user is-active {unit}"), 30).stdout.strip()
+
     def main_process_user(self) -> str:
-        pid = self._user_show("MainPID", SERVICE)
+        pid = self._user_show("MainPID", self.subject.service)
         if pid in ("", "0"):
             return ""
         return self.machine.succeed(f"ps -o user= -p {pid}").strip()
 
     def dynamic_user(self) -> bool:
-        return self._user_show("DynamicUser", SERVICE) == "yes"
+        return self._user_show("DynamicUser", self.subject.service) == "yes"
 
-    def socket_active_since(self) -> str:
-        return self._user_show("ActiveEnterTimestampMonotonic", SOCKET)
-
-    def socket_state(self) -> str:
-        return self.machine.execute(
-            self.user_command(f"systemctl --user is-active {SOCKET}"), 30).stdout.strip()
-
-    def counter(self) -> int:
-        return int(self.machine.succeed(f"cat {STATE_DIR}/visitors").strip())
+    def socket_state(self) -> tuple[str, str]:
+        """(ActiveEnterTimestampMonotonic, is-active) of the subject's socket, as the user's
+        manager knows it."""
+        socket = self.subject.socket
+        return self._user_show("ActiveEnterTimestampMonotonic", socket), self._is_active(socket)
 
     def attached_image(self) -> str:
-        return self._user_show("RootImage", SERVICE)
+        return self._user_show("RootImage", self.subject.service)
 
-    def attachment_state(self, image: str = USER_SYMLINK) -> str:
-        return self.machine.execute(
-            self.user_command(f"portablectl --user is-attached {image}")).stdout.strip()
+    def attachment_state(self, image: str | None = None) -> str:
+        return self.machine.execute(self.user_command(
+            f"portablectl --user is-attached {image or self.symlink}")).stdout.strip()
 
-    def observe(self) -> ServiceFacts:
-        """The user side's state, asked of the user's manager (one question at a time)."""
-        counter = self.machine.execute(f"cat {STATE_DIR}/visitors").stdout.strip()
-        return ServiceFacts(self.main_process_user(), self.dynamic_user(),
-                            self.socket_active_since(), self.socket_state(),
-                            int(counter) if counter.isdigit() else None,
-                            self.attachment_state(), self.attached_image())
+    def observe(self, count: bool = False) -> ServiceFacts:
+        """The user side's state, asked of the user's manager (one question at a time); the
+        count (``count``) by a probe request as on the system side: the user's socket listens
+        on the subject's port too."""
+        since, socket = self.socket_state()
+        counter = self.counter() if count and socket == "active" else None
+        return ServiceFacts(self.main_process_user(), self.dynamic_user(), since, socket,
+                            self.attachment_state(), self.attached_image(), counter)
 
     def reattach(self, version: int) -> Reattach:
         """Flip the user's symlink, ``portablectl --user reattach --now --runtime`` by its path
         (the name would be looked up in the user's image search path, not IMAGE_DIR)."""
         self.point_symlink_at(version)
-        command = f"portablectl --user reattach --now --runtime {USER_SYMLINK}"
+        command = f"portablectl --user reattach --now --runtime {self.symlink}"
         out = self.machine.succeed(f"{timed(self.user_command(command + ' 2>&1'))}; exit $rc",
                                    timeout=self.reattach_timeout_s)
         start, end, _rc, _ = parse_timed(out)
@@ -298,26 +320,32 @@ class UserPortableService(PortableService):
         if not self.uid:  # setup broke before the user existed: only files to remove
             m.succeed(f"rm -rf {POLKIT_RULE}; loginctl disable-linger {USER} 2>/dev/null; true")
             return
-        stop = "; ".join(f"systemctl --user stop {u} 2>/dev/null" for u in (SOCKET, SERVICE))
-        detach = (f"img=$(systemctl --user show -P RootImage {SERVICE} 2>/dev/null);"
+        s = self.subject
+        stop = "; ".join(f"systemctl --user stop {u} 2>/dev/null" for u in self._user_units())
+        detach = (f"img=$(systemctl --user show -P RootImage {s.service} 2>/dev/null);"
                   ' if [ -n "$img" ]; then portablectl --user detach --runtime "$img"; fi')
         m.execute(self.user_command(f"{stop}; {detach}; true"), timeout=180)
-        m.succeed(f"rm -rf {USER_SOCKET_PATH} {UNIT_DIR}/{SERVICE}.d {STATE_DIR} {IMAGE_DIR}"
+        sockets = " ".join(f"{UNIT_DIR}/{u}" for u in s.socket_units)
+        m.succeed(f"rm -rf {sockets} {user_dropin_dir(s)} {STATE_DIR} {IMAGE_DIR}"
                   f" {POLKIT_RULE}; loginctl disable-linger {USER};"
                   f" systemctl stop user@{self.uid}.service; true", timeout=120)
         self.check_clean()
+
+    def _user_units(self) -> list[str]:
+        return [*self.subject.socket_units, self.subject.service]
 
     def check_clean(self) -> None:
         """GuestError unless USER's manager is gone or has nothing attached or listening."""
         if not self.machine.execute(f"test -S /run/user/{self.uid}/bus").succeeded:
             return  # the manager is stopped: nothing of the user's can be running
-        paths = [image_path(1), image_path(2), USER_SYMLINK]
+        paths = [*(image_path(self.subject, v) for v in self.subject.versions), self.symlink]
+        units = self._user_units()
         answers = self.machine.execute(self.user_command(
             f"for p in {' '.join(paths)}; do s=$(portablectl --user is-attached $p 2>/dev/null);"
             f" echo \"$p ${{s:-detached}}\"; done;"
-            f" for u in {SOCKET} {SERVICE}; do echo \"$u $(systemctl --user is-active $u)\";"
+            f" for u in {' '.join(units)}; do echo \"$u $(systemctl --user is-active $u)\";"
             " done"))
-        dirty = unclean(answers.stdout, [*paths, SOCKET, SERVICE])
+        dirty = unclean(answers.stdout, [*paths, *units])
         if dirty:
             raise GuestError(f"the user's side is not clean ({' '.join(CLEAN_WORDS)} expected):"
                              f" {dirty}")

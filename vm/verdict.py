@@ -5,10 +5,12 @@ Each check returns a sentence with the numbers when it fails, so a red test read
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from vm.load import LoadOutcome
 from vm.portable import Reattach
+from vm.timeline import ProbeRecord
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,69 @@ def failed_requests(outcome: LoadOutcome) -> list[str]:
     return problems
 
 
+def _span(records: list[ProbeRecord], outcome: LoadOutcome, reattach: Reattach) -> str:
+    first, last = (min(r.t for r in records) - outcome.started,
+                   max(r.t for r in records) - outcome.started)
+    start, end = reattach.started - outcome.started, reattach.ended - outcome.started
+    return f"sent +{first:.1f} to +{last:.1f} s; the reattach ran +{start:.1f} to +{end:.1f} s"
+
+
+def explain_losses(outcome: LoadOutcome, reattach: Reattach, keepalive: bool, proxy: bool,
+                   socket_in_image: bool) -> list[str]:
+    """Why requests were lost, in words, with what to check: the probe's failures by how they
+    failed (and when), and ab's where the probe saw nothing. One sentence per cause, each
+    starting with "why:"; empty when nothing was lost."""
+    failed = [r for r in outcome.timeline.records if not r.ok]
+    kinds: dict[str, list[ProbeRecord]] = {}
+    for r in failed:
+        # A request still unanswered when the load stopped waited as long as it could.
+        key = "timeout" if r.error == "abandoned" else (r.failure_class or "other")
+        kinds.setdefault(key, []).append(r)
+    why = []
+    if cut := kinds.get("reset", []) + kinds.get("eof", []):
+        why.append(
+            f"why: {len(cut)} requests were cut off without an answer "
+            f"({_span(cut, outcome, reattach)}): lost on the old process's connections at its "
+            "stop: it closed connections it had accepted before answering them; check the "
+            "service's graceful-stop signal (KillSignal=, a host drop-in) and TimeoutStopSec=")
+    if refused := kinds.get("refused", []):
+        where = ("it ships inside the image, so the reattach stops and restarts it"
+                 if socket_in_image else
+                 "check that the .socket unit is installed on the host, not in the image")
+        why.append(f"why: {len(refused)} connections were refused "
+                   f"({_span(refused, outcome, reattach)}): nothing listened on the port while "
+                   f"the socket was down; {where}")
+    if timeouts := kinds.get("timeout", []):
+        why.append(f"why: {len(timeouts)} requests got no answer in time "
+                   f"({_span(timeouts, outcome, reattach)}): the queued connections were not "
+                   "served: the new version started too slowly or never took the socket over")
+    if errors := kinds.get("non-2xx", []):
+        statuses = Counter(r.status for r in errors)
+        why.append(f"why: {len(errors)} answers had an error status {dict(statuses)} "
+                   f"({_span(errors, outcome, reattach)}): the service answered before it was "
+                   "ready, or a proxy gave up; check its readiness (Type=notify) and retries")
+    if other := kinds.get("other", []):
+        why.append(f"why: {len(other)} requests failed otherwise "
+                   f"({Counter(r.error or f'status {r.status}, no version' for r in other)}); "
+                   "a 2xx that names no version means the spec's [answer] does not match what "
+                   "the service sends")
+    ab = outcome.ab
+    broken = ab.failed_receive + ab.failed_exceptions + ab.failed_length
+    if broken and keepalive and not proxy:
+        why.append(f"why: ab lost {broken} requests on kept-alive connections: a host socket "
+                   "only queues new connections; a kept-alive one belongs to the old process "
+                   "and dies with it: drain keep-alive connections on stop, hand them to the "
+                   "fd store, or put a proxy in front (the HAProxy scenario)")
+    elif broken and not cut:
+        why.append(f"why: ab saw {broken} requests broken after they were sent: lost on the old "
+                   "process's connections at its stop; check the graceful-stop signal "
+                   "(KillSignal=)")
+    if ab.failed_connect and not refused:
+        why.append(f"why: ab could not connect {ab.failed_connect} times: the port was closed "
+                   "for a moment (the socket restarted?)")
+    return why
+
+
 def enough_load(outcome: LoadOutcome, min_complete: int) -> list[str]:
     """ab completed at least ``min_complete`` requests: the load was real load."""
     if outcome.ab.complete < min_complete:
@@ -123,7 +188,7 @@ def counter_consistent(outcome: LoadOutcome, final_count: int) -> list[str]:
     problems = []
     regressions = outcome.timeline.counter_regressions()
     if regressions:
-        problems.append(f"the visitor count went back or repeated: {regressions[:5]}")
+        problems.append(f"the counter went back or repeated: {regressions[:5]}")
     answered = outcome.ab.successful + len(outcome.timeline.answered)
     if final_count < answered:
         problems.append(

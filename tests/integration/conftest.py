@@ -1,7 +1,9 @@
-"""Shared by the scenario tests: run one scenario, judge it once, record its row and timeline."""
+"""Shared by the scenario tests: run one scenario, run the user's own checks on it, judge it
+once, record its row and timeline."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +12,8 @@ from typing import Any
 import pytest
 
 from vm.config import Settings
-from vm.portable import PortableService
+from vm.guest_host import SSH_CONFIG_HOST
+from vm.portable import ImageRefused, PortableService
 from vm.report import plot_timeline, skipped_row
 from vm.scenario import (
     VERDICT_KEY,
@@ -27,11 +30,14 @@ from vm.scenario import (
 def run_recorded(
     portable: PortableService, settings: Settings, artifacts: Path, record_scenario: Any,
     record_skip: Any, record_phase: Any, repeat_index: int, systemd_package: str,
-    request: pytest.FixtureRequest,
+    request: pytest.FixtureRequest, ssh_config: Path,
 ) -> Callable[[Scenario], Verdict]:
     """Run a scenario and return its verdict (hand it to ``conclude``); the summary row and
     the PNG timeline are written from that same verdict, whatever it is. A scenario the guest
-    cannot run is skipped with the reason, which the report and the matrix show too."""
+    or the subject cannot run is skipped with the reason, which the report and the matrix
+    show too; an image portablectl refuses ends the run with portablectl's words. The spec's
+    own checks run after the upgrade and their failures become problems of the run
+    (verdict_of)."""
 
     def run(scenario: Scenario) -> Verdict:
         start = time.monotonic()
@@ -41,6 +47,19 @@ def run_recorded(
             record_skip(skipped_row(scenario.id, settings.box, portable.systemd_major,
                                     systemd_package, str(e)))
             pytest.skip(str(e))
+        except ImageRefused as e:
+            pytest.exit(f"pwt: {e}", returncode=3)
+        checks = portable.subject.checks
+        if checks is not None:
+            from vm.user_checks import run_user_checks
+
+            # Their run record is the row as the harness judged it before their checks.
+            before = summary_row(result, settings.box, portable.systemd_major,
+                                 verdict_of(result), systemd_package=systemd_package)
+            outcome = run_user_checks(checks, f"paramiko://{SSH_CONFIG_HOST}", ssh_config,
+                                      before, artifacts / request.node.name / "user-checks")
+            result = dataclasses.replace(result, user_checks_run=outcome.run,
+                                         user_check_failures=outcome.failures)
         verdict = verdict_of(result)
         request.node.stash[VERDICT_KEY] = verdict
         suffix = f" run{repeat_index}" if repeat_index > 1 else ""

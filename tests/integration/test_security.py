@@ -1,6 +1,7 @@
 """Security basics of the booted guest and of what the run opened on the host.
 
-Runs on the session's VM in seconds: no scenario, no load.
+Runs on the session's VM in seconds: no scenario, no load. The guest is inspected with
+testinfra's ``host`` (vm/guest_host.py).
 """
 
 from __future__ import annotations
@@ -30,15 +31,25 @@ def test_no_management_bridge_on_the_host() -> None:
     assert "192.168.121." not in out, out
 
 
-def test_password_login_is_off(vm: Any) -> None:
-    config = vm.succeed("sshd -T 2>/dev/null").lower().splitlines()
+def test_password_login_is_off(host: Any) -> None:
+    config = host.check_output("sshd -T 2>/dev/null").lower().splitlines()
     assert "passwordauthentication no" in config
     assert "kbdinteractiveauthentication no" in config
     assert "permitrootlogin no" in config
 
 
-def test_login_key_is_this_hosts_own(vm: Any, box: Any) -> None:
-    keys = vm.succeed("cat ~vagrant/.ssh/authorized_keys")
+def test_sshd_runs_and_listens_in_the_guest(host: Any) -> None:
+    assert host.service("ssh.service").is_running or host.service("sshd.service").is_running
+    assert host.socket("tcp://22").is_listening
+
+
+def test_login_key_is_this_hosts_own(host: Any, box: Any) -> None:
+    vagrant = host.user("vagrant")
+    assert vagrant.exists
+    keys_file = host.file(f"{vagrant.home}/.ssh/authorized_keys")
+    assert keys_file.exists and keys_file.user == "vagrant"
+    assert keys_file.mode & 0o022 == 0, oct(keys_file.mode)  # sshd refuses writable keys
+    keys = keys_file.content_string
     assert VAGRANT_INSECURE_KEY_COMMENT not in keys
     if box.private_key is not None:  # built here: our per-host key, nothing else
         ours = box.private_key.with_suffix(".pub").read_text().split()[1]

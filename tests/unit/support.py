@@ -18,10 +18,12 @@ from types import ModuleType
 
 from vm import user_portable
 from vm.ab import AbResult
+from vm.guest_host import guest_host
 from vm.load import LoadOutcome
 from vm.machine import CommandResult, Machine, SshTarget
 from vm.portable import Reattach
 from vm.scenario import Scenario, ScenarioRun, expected_image
+from vm.subject import DEFAULT_SPEC, Subject, load_subject
 from vm.timeline import ProbeRecord, Timeline
 from vm.verdict import SocketObservation
 
@@ -29,6 +31,17 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVER_PY = ROOT / "images" / "server.py"
 PROBE_PY = ROOT / "vm" / "guest" / "probe.py"
 DATA = Path(__file__).resolve().parent / "data"
+# The default subject (images/walkthrough.toml): v1 answers Hello, v2 Hola.
+WALKTHROUGH: Subject = load_subject(DEFAULT_SPEC)
+
+
+def old_of(scenario: Scenario, subject: Subject = WALKTHROUGH) -> str:
+    """What the scenario's old version answers (Hello for the walkthrough's v1)."""
+    return subject.answer(scenario.from_version)
+
+
+def new_of(scenario: Scenario, subject: Subject = WALKTHROUGH) -> str:
+    return subject.answer(scenario.to_version)
 
 
 def load_module(name: str, path: Path) -> ModuleType:
@@ -225,6 +238,21 @@ def fake_machine(answers: dict[str, Answer | list[Answer]]) -> tuple[Machine, Fa
     return m, fake
 
 
+# What testinfra asks a Linux guest with systemd before its first service/file verb.
+LINUX_WITH_SYSTEMD: dict[str, Answer | list[Answer]] = {
+    "uname -s": (0, "Linux\n"), "uname -m": (0, "x86_64\n"),
+    "cat /etc/os-release": (0, "ID=debian\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\n"),
+    "test -d /run/systemd/system/": (0, ""),
+}
+
+
+def fake_host(answers: dict[str, Answer | list[Answer]]) -> tuple[Machine, object, FakeGuest]:
+    """A fake Machine and testinfra's ``host`` on it (vm/guest_host.py: every testinfra
+    command goes through Machine.execute, so the FakeGuest answers them too)."""
+    m, fake = fake_machine({**answers, **LINUX_WITH_SYSTEMD})
+    return m, guest_host(m, Path("/nonexistent/ssh_config")), fake
+
+
 # --- builders of measured runs ---------------------------------------------------------------
 T0 = 1_700_000_000.0  # guest epoch seconds at load start
 
@@ -307,16 +335,17 @@ def scenario_run(scenario: Scenario, out: LoadOutcome | None = None,
     if out is None:
         records = (probe_series(T0 + 0.2, T0 + 30.0, "Hello", first_visitor=3) if refused
                    else clean_records())
-        out = outcome(greeted(records, scenario.old, scenario.new), old=scenario.old,
-                      new=scenario.new)
+        old, new = old_of(scenario), new_of(scenario)
+        out = outcome(greeted(records, old, new), old=old, new=new)
     rollout = (dataclasses.replace(reattach(), command="systemctl start pwt-rollout.service",
                                    output=f"{REFUSAL_LINE}\nPWT-TIMES") if refused
                else reattach())
     fields: dict[str, object] = dict(
-        scenario=scenario, outcome=out, reattach=rollout, socket=healthy_socket(),
-        final_count=100_000, min_complete=200, post_switch_s=10.0, attached_state="running",
+        scenario=scenario, subject=WALKTHROUGH, outcome=out, reattach=rollout,
+        socket=healthy_socket(), final_count=100_000, min_complete=200, post_switch_s=10.0,
+        attached_state="running", profile=WALKTHROUGH.profile_for(scenario),
         attached_image=expected_image(
-            scenario, scenario.from_version if refused else scenario.to_version),
+            WALKTHROUGH, scenario, scenario.from_version if refused else scenario.to_version),
         service_user=("root" if scenario.profile == "trusted" else
                       user_portable.USER if scenario.scope == "user" else "portable-walkthrough"),
         dynamic_user=scenario.profile != "trusted" and scenario.scope == "system",

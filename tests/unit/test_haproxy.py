@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vm.haproxy import PROXY_PORT, HaproxyConfig
+from vm.haproxy import PROXY_PORT, HaproxyConfig, proxy_port_for
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
 needs_haproxy = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed on the host")
@@ -25,7 +25,7 @@ def directives(config: str, keyword: str) -> list[str]:
 
 
 def test_render_has_the_retry_and_reuse_settings() -> None:
-    config = HaproxyConfig().render()
+    config = HaproxyConfig(8080).render()
     assert "retry-on all-retryable-errors" in lines(config)
     assert "http-reuse safe" in lines(config)
     assert directives(config, "retries") == ["retries 3"]
@@ -33,7 +33,7 @@ def test_render_has_the_retry_and_reuse_settings() -> None:
 
 
 def test_render_binds_loopback_only() -> None:
-    config = HaproxyConfig().render()
+    config = HaproxyConfig(8080).render()
     assert directives(config, "bind") == [f"bind 127.0.0.1:{PROXY_PORT}"]
     assert PROXY_PORT == 8081
     assert "*:" not in config
@@ -43,10 +43,15 @@ def test_render_binds_loopback_only() -> None:
 
 
 def test_render_forwards_to_the_service() -> None:
-    config = HaproxyConfig().render()
+    config = HaproxyConfig(8080).render()
     assert directives(config, "server") == ["server portable 127.0.0.1:8080"]
     assert directives(config, "default_backend") == ["default_backend service"]
     assert directives(config, "mode") == ["mode http"]
+
+
+def test_proxy_port_steps_aside_for_a_subject_on_it() -> None:
+    assert proxy_port_for(8080) == PROXY_PORT
+    assert proxy_port_for(PROXY_PORT) != PROXY_PORT
 
 
 def test_render_uses_its_fields() -> None:
@@ -61,7 +66,7 @@ def test_render_uses_its_fields() -> None:
 
 def test_render_ends_with_a_newline() -> None:
     # scenario.py writes it with a heredoc whose EOF must start a line.
-    assert HaproxyConfig().render().endswith("\n")
+    assert HaproxyConfig(8080).render().endswith("\n")
 
 
 def haproxy_check(path: Path) -> subprocess.CompletedProcess[str]:
@@ -73,7 +78,7 @@ def haproxy_check(path: Path) -> subprocess.CompletedProcess[str]:
 @needs_haproxy
 def test_real_haproxy_accepts_the_config(tmp_path: Path) -> None:
     path = tmp_path / "haproxy.cfg"
-    path.write_text(HaproxyConfig().render())
+    path.write_text(HaproxyConfig(8080).render())
     result = haproxy_check(path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Configuration file is valid" in result.stdout + result.stderr
@@ -82,7 +87,7 @@ def test_real_haproxy_accepts_the_config(tmp_path: Path) -> None:
 @needs_haproxy
 def test_real_haproxy_rejects_a_broken_config(tmp_path: Path) -> None:
     """The validation above can fail: an unknown retry-on keyword is a fatal error."""
-    config = HaproxyConfig().render()
+    config = HaproxyConfig(8080).render()
     broken = config.replace("retry-on all-retryable-errors", "retry-on bogus-error")
     assert broken != config
     path = tmp_path / "haproxy.cfg"

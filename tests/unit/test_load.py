@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import WALKTHROUGH
 
 from vm.config import LoadSettings
 from vm.errors import GuestError
@@ -38,16 +39,25 @@ class RecordingMachine:
         self.commands.append(f"copy {source.name} {target}")
 
 
+def load_run(machine: RecordingMachine, settings: LoadSettings | None = None,
+             keepalive: bool = False) -> LoadRun:
+    """A LoadRun against the walkthrough's port, with its client arguments."""
+    return LoadRun(machine, settings or LoadSettings(),  # type: ignore[arg-type]
+                   keepalive=keepalive, url="http://127.0.0.1:8080/", probe_port=8080,
+                   client_args=WALKTHROUGH.client_args())
+
+
 def probe_command(settings: LoadSettings) -> str:
     machine = RecordingMachine()
-    run = LoadRun(machine, settings, keepalive=False)  # type: ignore[arg-type]
+    run = load_run(machine, settings)
     run.start()
     return next(c for c in machine.commands if f"--unit={PROBE_UNIT}" in c)
 
 
 def test_probe_runs_at_the_configured_rate_with_its_bound() -> None:
     command = probe_command(LoadSettings(probe_rate=35.0))
-    assert "probe.py --port 8080 --rate 35 --max-in-flight 350 " in command
+    assert "probe.py --port 8080 --path / --host-header probe --version-regex " in command
+    assert " --rate 35 --max-in-flight 350 " in command
     assert "--max-seconds 240" in command
 
 
@@ -65,7 +75,7 @@ def test_probe_unit_outlives_the_probes_own_bound() -> None:
 
 def test_start_is_one_round_trip_after_the_upload_and_reads_both_clocks() -> None:
     machine = RecordingMachine()
-    run = LoadRun(machine, LoadSettings(), keepalive=True)  # type: ignore[arg-type]
+    run = load_run(machine, keepalive=True)
     run.start()
     uploads = [c for c in machine.commands if c.startswith("copy ")]
     assert len(machine.commands) == len(uploads) + 1
@@ -87,7 +97,7 @@ def test_poll_keeps_only_whole_lines_and_asks_only_for_what_is_new() -> None:
         f"1700000003.0\nactive\nactive\n{POLL_MARK}\n{PROBE_LINE}\n{half}",
         f"1700000004.0\nactive\ninactive\n{POLL_MARK}\n{PROBE_LINE}\n",
     ])
-    run = LoadRun(machine, LoadSettings(), keepalive=False)  # type: ignore[arg-type]
+    run = load_run(machine)
     now, running, text = run.poll()
     assert (now, running, text) == (1700000003.0, True, PROBE_LINE + "\n")
     assert "tail -c +1 " in machine.commands[-1]
@@ -105,6 +115,6 @@ def test_split_sections() -> None:
 
 def test_ab_that_ignores_sigint_is_an_error_naming_it() -> None:
     machine = RecordingMachine([f"1700000009.0\nAB-STILL-RUNNING\n{SECTION}ab\n"])
-    run = LoadRun(machine, LoadSettings(), keepalive=False)  # type: ignore[arg-type]
+    run = load_run(machine)
     with pytest.raises(GuestError, match="ab did not exit within 60 s of SIGINT"):
         run.stop("Hello", "Hola")

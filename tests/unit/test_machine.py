@@ -8,13 +8,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import fake_machine
+from support import WALKTHROUGH, FakeGuest, fake_host, fake_machine
 
 from vm import machine as machine_module
 from vm.errors import GuestError, HarnessError
 from vm.log import StepLogger
 from vm.machine import CommandResult, Machine, SshTarget, one_line, parse_ssh_config
-from vm.portable import CLIENT_UNITS, SERVICE, SOCKET, PortableService
+from vm.portable import CLIENT_UNITS, PortableService
 
 SSH_CONFIG = """\
 Host default
@@ -180,48 +180,84 @@ def test_wait_for_unit_active() -> None:
     assert m.unit_state("x.socket") == "active"
 
 
-# --- check_clean -------------------------------------------------------------------------------
-NAMES = [*PortableService.image_paths(), *CLIENT_UNITS, SOCKET, SERVICE]
+# --- check_clean (testinfra verbs through the fake machine) -----------------------------------
+IMAGES = WALKTHROUGH.image_paths()
+UNITS = [*CLIENT_UNITS, WALKTHROUGH.socket, WALKTHROUGH.service]
 
 
-def clean_answer(**words: str) -> str:
-    return "".join(f"{n} {words.get(n, 'detached' if n.startswith('/') else 'inactive')}\n"
-                   for n in NAMES)
+def images_answer(**words: str) -> str:
+    return "".join(f"{p} {words.get(p, 'detached')}\n" for p in IMAGES)
 
 
-def service_on(answer: tuple[int, str]) -> PortableService:
-    m, _ = fake_machine({"portablectl is-attached": answer})
-    return PortableService(m, 252, 240, lambda _loc: None)  # type: ignore[arg-type,return-value]
+def service_on(images: tuple[int, str], states: dict[str, str] | None = None,
+               cut_off: tuple[str, ...] = ()) -> PortableService:
+    """A PortableService on a fake guest whose one clean-check answer is ``images`` (the
+    portablectl loop's exit status and lines), then "UNIT WORD" for each unit: its word in
+    ``states`` (inactive), or no line at all (``cut_off``). A non-zero status (the command was
+    cut off) ends the answer after the images' part."""
+    rc, text = images
+    if rc == 0:
+        text += "".join(f"{u} {(states or {}).get(u, 'inactive')}\n" for u in UNITS
+                        if u not in cut_off)
+    m, host, _ = fake_host({"portablectl is-attached": (rc, text)})
+    return PortableService(m, 252, 240, lambda _loc: None,  # type: ignore[arg-type,return-value]
+                           WALKTHROUGH, host)
 
 
 def test_check_clean_of_a_clean_guest() -> None:
-    service_on((0, clean_answer(**{SOCKET: "failed", SERVICE: "unknown"}))).check_clean()
+    service = service_on((0, images_answer()), {WALKTHROUGH.socket: "failed"})
+    service.check_clean()
+    assert service.clean_verified
 
 
 def test_check_clean_sees_an_attached_image_and_an_active_unit() -> None:
-    answer = clean_answer(**{NAMES[0]: "running", "pwt-ab.service": "active"})
+    service = service_on((0, images_answer(**{IMAGES[0]: "running"})),
+                         {"pwt-ab.service": "active"})
     with pytest.raises(GuestError, match="not clean") as e:
-        service_on((0, answer)).check_clean()
-    assert f"{NAMES[0]} running" in str(e.value) and "pwt-ab.service active" in str(e.value)
+        service.check_clean()
+    assert f"{IMAGES[0]} running" in str(e.value) and "pwt-ab.service active" in str(e.value)
+    assert not service.clean_verified
 
 
-@pytest.mark.parametrize(("answer", "missing"), [
-    ((0, ""), NAMES),
-    ((124, clean_answer()[:200]), [n for n in NAMES if f"{n} " not in clean_answer()[:200]]),
-    ((0, clean_answer().replace(f"{SERVICE} inactive\n", "")), [SERVICE]),
+def test_check_clean_is_one_testinfra_run_asking_every_image_and_unit() -> None:
+    """The clean check goes through testinfra (``host.run``) and costs one round trip: one
+    ``host.service(u)`` per unit would cost one each, before every scenario."""
+    service = service_on((0, images_answer()))
+    runs: list[str] = []
+    real_run = service.host.run
+
+    def spy(command: str, *args: str) -> object:
+        runs.append(command)
+        return real_run(command, *args)
+
+    service.host.run = spy
+    service.check_clean()
+    fake = service.machine.execute
+    assert isinstance(fake, FakeGuest)
+    (command,) = runs
+    assert fake.commands == [command]  # testinfra asked nothing else of the guest
+    assert all(f" {u}" in command for u in UNITS) and all(p in command for p in IMAGES)
+    assert "systemctl is-active $u" in command
+
+
+@pytest.mark.parametrize(("images", "cut_off", "missing"), [
+    ((0, ""), (), IMAGES),
+    ((124, images_answer()[:40]), (), [*IMAGES[1:], *UNITS]),
+    ((0, images_answer()), (WALKTHROUGH.service,), [WALKTHROUGH.service]),
 ], ids=["no-output", "cut-off", "one-unit-missing"])
-def test_check_clean_takes_missing_answers_for_dirty(answer: tuple[int, str],
+def test_check_clean_takes_missing_answers_for_dirty(images: tuple[int, str],
+                                                     cut_off: tuple[str, ...],
                                                      missing: list[str]) -> None:
     with pytest.raises(GuestError, match="not clean") as e:
-        service_on(answer).check_clean()
+        service_on(images, cut_off=cut_off).check_clean()
     for name in missing:
         assert f"{name}: no answer" in str(e.value)
 
 
-def test_check_clean_takes_an_empty_word_for_dirty() -> None:
-    answer = clean_answer().replace(f"{SOCKET} inactive", SOCKET)
-    with pytest.raises(GuestError, match="not clean"):
-        service_on((0, answer)).check_clean()
+def test_check_clean_takes_an_activating_unit_for_dirty() -> None:
+    """"activating" is not clean (testinfra's is_running would say False: not running)."""
+    with pytest.raises(GuestError, match=r"portable-walkthrough\.socket activating"):
+        service_on((0, images_answer()), {WALKTHROUGH.socket: "activating"}).check_clean()
 
 
 # --- every guest command in run.log ------------------------------------------------------------

@@ -10,18 +10,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import fake_machine, scenario_run
+from support import WALKTHROUGH, fake_host, scenario_run
 
 from vm.config import Settings
 from vm.holders import HolderSummary
-from vm.portable import SERVICE, SHUTDOWN_DROPIN, SYMLINK, PortableService
+from vm.portable import PortableService, dropin_files
 from vm.scenario import (
     EXPECTED_LOSS,
     FAIL,
     PASS,
     Scenario,
     ScenarioUnsupported,
-    _prepare_server,
     get_scenario,
     run_scenario,
     verdict_of,
@@ -29,12 +28,12 @@ from vm.scenario import (
 from vm.stop_start import PRESERVE_LINE, stop_start_command
 from vm.user_portable import (
     POLKIT_RULE_TEXT,
-    STATE_DROPIN_TEXT,
     USER,
     UserPortableService,
     image_path,
     missing_pieces,
     parse_facts,
+    state_dropin_text,
 )
 
 STOPSTART = get_scenario("host-socket-keepalive-longlived-fdstore-stopstart")
@@ -46,9 +45,10 @@ def service(major: int, answers: dict[str, object] | None = None,
             ) -> tuple[PortableService, list[str]]:
     """A PortableService on a fake guest (answers as in support.FakeGuest), and the commands
     it was sent."""
-    m, fake = fake_machine(answers or {})  # type: ignore[arg-type]
+    m, host, fake = fake_host(answers or {})  # type: ignore[arg-type]
     no_images = lambda _loc: None  # noqa: E731 - never called: nothing is uploaded here
-    return PortableService(m, major, 240, no_images), fake.commands  # type: ignore[arg-type]
+    return (PortableService(m, major, 240, no_images, WALKTHROUGH, host),  # type: ignore[arg-type]
+            fake.commands)
 
 
 # --- the catalogue ---------------------------------------------------------------------------
@@ -146,12 +146,14 @@ def test_the_preflight_answer_is_parsed_with_empty_values() -> None:
 
 
 # --- what runs in the guest ------------------------------------------------------------------
-@pytest.mark.parametrize(("major", "target"), [(254, SYMLINK), (262, "portable-walkthrough")])
+@pytest.mark.parametrize(("major", "target"), [(254, WALKTHROUGH.symlink),
+                                                (262, "portable-walkthrough")])
 def test_stop_start_reattaches_without_restart_then_stops_and_starts(major: int,
                                                                      target: str) -> None:
-    command = stop_start_command(major)
-    assert command == (f"portablectl reattach {target} && systemctl stop {SERVICE}"
-                       f" && systemctl start {SERVICE}")
+    command = stop_start_command(major, WALKTHROUGH)
+    service = WALKTHROUGH.service
+    assert command == (f"portablectl reattach {target} && systemctl stop {service}"
+                       f" && systemctl start {service}")
     assert "--now" not in command and "restart" not in command
 
 
@@ -160,17 +162,34 @@ def test_stop_start_reattaches_without_restart_then_stops_and_starts(major: int,
     (PRESERVE, True)])
 def test_the_host_drop_in_sets_preserve_only_where_asked(scenario: Scenario, preserve: bool,
                                                          tmp_path: Path) -> None:
-    """The drop-in command as the guest runs it (into a temporary path): a valid [Service]
-    section with the shutdown mode, and FileDescriptorStorePreserve=yes only when asked."""
+    """The drop-in command as the guest runs it (into a temporary path): the subject's
+    [shutdown] text for the mode in a valid [Service] section, and
+    FileDescriptorStorePreserve=yes only when asked; one round trip, no reload of its own
+    (the attach that follows reloads: portablectl attach does)."""
     svc, commands = service(262, {"": (0, "")})
-    _prepare_server(svc, scenario)
-    target = tmp_path / "portable-walkthrough.service.d" / "50-pwt-shutdown.conf"
-    subprocess.run(["bash", "-c", commands[0].replace(SHUTDOWN_DROPIN, str(target))],
+    svc.install_dropins(scenario.shutdown, scenario.fdstore_preserve)
+    (command,) = commands
+    target = tmp_path / "portable-walkthrough.service.d"
+    subprocess.run(["bash", "-c", command.replace(WALKTHROUGH.dropin_dir, str(target))],
                    check=True)
-    lines = target.read_text().splitlines()
+    assert [p.name for p in target.iterdir()] == ["50-pwt-shutdown.conf"]
+    lines = (target / "50-pwt-shutdown.conf").read_text().splitlines()
     assert lines[:2] == ["[Service]", "Environment=PW_SHUTDOWN=fdstore"]
     assert (PRESERVE_LINE in lines) == preserve
-    assert commands[-1] == "systemctl daemon-reload"
+    assert lines.count("[Service]") == 1  # the knob joins the mode's own section
+    assert "daemon-reload" not in command
+
+
+def test_preserve_gets_a_service_section_after_a_spec_text_ending_in_another() -> None:
+    subject = dataclasses.replace(WALKTHROUGH, shutdown={
+        "fdstore": "[Service]\nEnvironment=PW_SHUTDOWN=fdstore\n[Unit]\nX-Note=yes\n"})
+    text = dropin_files(subject, "fdstore", fdstore_preserve=True)["50-pwt-shutdown.conf"]
+    assert text.endswith(f"[Unit]\nX-Note=yes\n[Service]\n{PRESERVE_LINE}\n")
+
+
+def test_preserve_without_a_shutdown_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="needs a shutdown mode"):
+        dropin_files(WALKTHROUGH, "drain", fdstore_preserve=True)
 
 
 def test_user_commands_run_as_the_user_with_its_runtime_dir_and_bus() -> None:
@@ -186,10 +205,45 @@ def test_user_commands_run_as_the_user_with_its_runtime_dir_and_bus() -> None:
 
 
 def test_the_user_units_state_lands_on_the_images_mount_point() -> None:
-    lines = STATE_DROPIN_TEXT.splitlines()
+    lines = state_dropin_text(WALKTHROUGH).splitlines()
     assert "StateDirectory=" in lines  # the image's StateDirectory= reset: no path in ~
-    assert "BindPaths=/home/pwt-user/pwt-state:/var/lib/portable-walkthrough" in lines
+    assert ("BindPaths=/home/pwt-user/pwt-state/portable-walkthrough"
+            ":/var/lib/portable-walkthrough") in lines
     assert "Environment=STATE_DIRECTORY=/var/lib/portable-walkthrough" in lines
+
+
+def test_a_subject_that_does_not_list_the_user_scope_is_skipped_before_the_preflight(
+) -> None:
+    from support import ROOT
+
+    from vm.subject import load_subject
+
+    svc, commands = service(262)
+    svc.subject = load_subject(ROOT / "examples" / "gunicorn" / "spec.toml")
+    with pytest.raises(ScenarioUnsupported, match=r"does not list host-socket-user-portable"):
+        run_scenario(svc, Settings(), USER_SCENARIO)
+    assert commands == []
+
+
+def test_the_user_attach_installs_the_subjects_socket_and_state_for_the_user() -> None:
+    """The subject's values, in the user's unit directory and image directory."""
+    svc, commands = service(262, {"is-attached": (0, "running-runtime\n"),
+                                  "is-active": (0, "active\n"), "": (0, "")})
+    user = UserPortableService(svc)
+    user.uid = 1001
+    user.attach(2)
+    script = "\n".join(commands)
+    units = "/home/pwt-user/.config/systemd/user"
+    assert (f"cat > {units}/portable-walkthrough.socket <<'PWT-EOF'\n"
+            f"{WALKTHROUGH.sockets[0].read_text()}PWT-EOF") in script
+    assert f"cat > {units}/portable-walkthrough.service.d/50-pwt-state.conf" in script
+    assert "/home/pwt-user/pwt-state/portable-walkthrough" in script  # made for the user
+    assert ("ln -sfn portable-walkthrough_2.raw /home/pwt-user/portables/"
+            "portable-walkthrough.raw.new") in script
+    assert ("portablectl --user attach --runtime --profile default "
+            "/home/pwt-user/portables/portable-walkthrough.raw") in script
+    assert "systemctl --user start portable-walkthrough.socket" in script
+    assert "> /etc/systemd/system" not in script  # nothing written to the system's units
 
 
 def test_the_polkit_rule_is_for_mountfsd_and_the_test_user_only() -> None:
@@ -201,7 +255,8 @@ def test_the_user_side_is_dirty_while_its_socket_listens() -> None:
     """A user socket left on port 8080 would break every later system scenario."""
     from vm.errors import GuestError
 
-    answers = "\n".join([f"{image_path(1)} detached", f"{image_path(2)} detached",
+    answers = "\n".join([f"{image_path(WALKTHROUGH, 1)} detached",
+                         f"{image_path(WALKTHROUGH, 2)} detached",
                          "/home/pwt-user/portables/portable-walkthrough.raw detached",
                          "portable-walkthrough.socket active",
                          "portable-walkthrough.service inactive"])
@@ -244,9 +299,9 @@ def test_user_scope_runs_as_the_user_from_the_users_image() -> None:
     as_root = verdict_of(scenario_run(USER_SCENARIO, service_user="root"))
     assert as_root.problems == ("user scope: the service runs as 'root', not 'pwt-user'",)
     system_image = verdict_of(scenario_run(USER_SCENARIO,
-                                           attached_image=PortableService.image_path(2)))
+                                           attached_image=WALKTHROUGH.image_path(2)))
     assert system_image.kind == FAIL
-    assert image_path(2) in system_image.problems[0]
+    assert image_path(WALKTHROUGH, 2) in system_image.problems[0]
 
 
 def test_reset_after_a_broken_setup_never_touches_another_users_manager() -> None:

@@ -16,20 +16,34 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
-from support import PROBE_PY, StartServer
+from support import PROBE_PY, WALKTHROUGH, StartServer
 
 from vm.host import free_port
 from vm.timeline import Timeline, parse_probe_log, parse_probe_skips
+
+
+def how_to_ask(probe_module: ModuleType) -> tuple[bytes, Any]:
+    """The walkthrough's request and answer reader, as the harness passes them."""
+    return (probe_module.build_request(WALKTHROUGH.request_path, WALKTHROUGH.request_host),
+            probe_module.AnswerReader(WALKTHROUGH.version_regex, WALKTHROUGH.version_header,
+                                      WALKTHROUGH.counter_regex))
+
+
+def ask(probe_module: ModuleType, port: int, timeout: float) -> dict[str, Any]:
+    record: dict[str, Any] = probe_module.one_request("127.0.0.1", port, timeout,
+                                                      *how_to_ask(probe_module))
+    return record
 
 
 def test_one_request_records_greeting_visitor_and_status(start_server: StartServer,
                                                          probe_module: ModuleType) -> None:
     server = start_server(greeting="Hola")
     before = time.time()
-    first = probe_module.one_request("127.0.0.1", server.port, 5.0)
-    second = probe_module.one_request("127.0.0.1", server.port, 5.0)
+    first = ask(probe_module, server.port, 5.0)
+    second = ask(probe_module, server.port, 5.0)
     assert {k: first[k] for k in ("status", "greeting", "visitor")} == {
         "status": 200, "greeting": "Hola", "visitor": 1}
     assert second["visitor"] == 2
@@ -41,7 +55,7 @@ def test_one_request_records_greeting_visitor_and_status(start_server: StartServ
 def test_records_round_trip_through_the_log(start_server: StartServer,
                                             probe_module: ModuleType) -> None:
     server = start_server(greeting="Hello")
-    lines = [json.dumps(probe_module.one_request("127.0.0.1", server.port, 5.0))
+    lines = [json.dumps(ask(probe_module, server.port, 5.0))
              for _ in range(3)]
     records = parse_probe_log("\n".join(lines) + "\n")
     assert [r.visitor for r in records] == [1, 2, 3]
@@ -52,7 +66,7 @@ def test_records_round_trip_through_the_log(start_server: StartServer,
 
 def test_closed_port_is_refused(probe_module: ModuleType) -> None:
     port = free_port()  # nothing listens there
-    record = probe_module.one_request("127.0.0.1", port, 2.0)
+    record = ask(probe_module, port, 2.0)
     assert record["error"] == "refused"
     assert parse_probe_log(json.dumps(record))[0].failure_class == "refused"
     assert "status" not in record and "visitor" not in record
@@ -93,21 +107,21 @@ def fake_peer() -> Iterator[Callable[[Callable[[socket.socket], None]], int]]:
 def test_close_before_any_answer_is_eof(probe_module: ModuleType,
                                         fake_peer: Callable[..., int]) -> None:
     port = fake_peer(lambda conn: None)  # reads the request, closes cleanly (FIN)
-    record = probe_module.one_request("127.0.0.1", port, 5.0)
+    record = ask(probe_module, port, 5.0)
     assert record["error"] == "eof"
     assert parse_probe_log(json.dumps(record))[0].failure_class == "eof"
 
 
 def test_garbage_is_garbled(probe_module: ModuleType, fake_peer: Callable[..., int]) -> None:
     port = fake_peer(lambda conn: conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n"))
-    assert probe_module.one_request("127.0.0.1", port, 5.0)["error"] == "garbled"
+    assert ask(probe_module, port, 5.0)["error"] == "garbled"
 
 
 def test_error_status_is_recorded_without_visitor(probe_module: ModuleType,
                                                   fake_peer: Callable[..., int]) -> None:
     port = fake_peer(lambda conn: conn.sendall(
         b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy"))
-    record = probe_module.one_request("127.0.0.1", port, 5.0)
+    record = ask(probe_module, port, 5.0)
     assert record["status"] == 503
     assert "visitor" not in record and "error" not in record
     tl = Timeline.build(parse_probe_log(json.dumps(record)), 0.0, "Hello", "Hola")
@@ -120,7 +134,7 @@ def test_reset_is_reset(probe_module: ModuleType, fake_peer: Callable[..., int])
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
     port = fake_peer(reset)
-    record = probe_module.one_request("127.0.0.1", port, 5.0)
+    record = ask(probe_module, port, 5.0)
     assert record["error"] == "reset"
     assert parse_probe_log(json.dumps(record))[0].failure_class == "reset"
 
@@ -130,7 +144,7 @@ def test_silent_peer_is_a_timeout(probe_module: ModuleType, fake_peer: Callable[
     release = threading.Event()
     port = fake_peer(lambda conn: release.wait(5))
     try:
-        record = probe_module.one_request("127.0.0.1", port, 0.3)
+        record = ask(probe_module, port, 0.3)
     finally:
         release.set()
     assert record["error"] == "timeout"
@@ -151,7 +165,7 @@ def test_timeout_bounds_the_whole_request_not_each_read(probe_module: ModuleType
             time.sleep(0.1)
 
     port = fake_peer(trickle)
-    record = probe_module.one_request("127.0.0.1", port, 0.5)
+    record = ask(probe_module, port, 0.5)
     assert record["error"] == "timeout"
     assert 450 <= record["latency_ms"] < 1500
 
@@ -210,7 +224,8 @@ def stalling_server() -> Iterator[Callable[..., StallingServer]]:
 def run_probe(probe_module: ModuleType, port: int, rate: float, seconds: float,
               max_in_flight: int = 200, grace: float = 3.0, timeout: float = 10.0) -> str:
     out = io.StringIO()
-    probe = probe_module.OpenLoopProbe("127.0.0.1", port, rate, timeout, max_in_flight, out)
+    probe = probe_module.OpenLoopProbe("127.0.0.1", port, rate, timeout, max_in_flight, out,
+                                       *how_to_ask(probe_module))
     probe.run(threading.Event(), seconds, grace)
     return out.getvalue()
 
@@ -267,6 +282,7 @@ def test_probe_script_runs_with_plain_python_and_stops_on_sigterm(
     server = start_server(greeting="Hola")
     out = tmp_path / "probe.jsonl"
     proc = subprocess.Popen([sys.executable, str(PROBE_PY), "--port", str(server.port),
+                             *WALKTHROUGH.client_args(),
                              "--rate", "40", "--max-seconds", "60", "--out", str(out)],
                             stderr=subprocess.PIPE)
     try:
@@ -289,7 +305,8 @@ def test_probe_script_runs_with_plain_python_and_stops_on_sigterm(
 
 
 def test_probe_script_refuses_a_rate_of_zero(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, str(PROBE_PY), "--rate", "0", "--out",
+    result = subprocess.run([sys.executable, str(PROBE_PY), "--port", "1",
+                             *WALKTHROUGH.client_args(), "--rate", "0", "--out",
                              str(tmp_path / "p.jsonl")], capture_output=True, text=True,
                             timeout=30)
     assert result.returncode == 2 and "--rate must be positive" in result.stderr

@@ -219,11 +219,14 @@ def test_stability_table_counts_expected_verdicts_per_scenario() -> None:
 
 
 def test_readme_names_the_command_behind_every_evidence_file() -> None:
-    """README's "Reading the report" gives the exact guest command of each saved file."""
-    from vm.portable import EVIDENCE_COMMANDS
+    """README's "Reading the report" gives the exact guest command of each saved file (for
+    the default subject, the walkthrough)."""
+    from support import WALKTHROUGH
+
+    from vm.portable import evidence_commands
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    for name, command in EVIDENCE_COMMANDS.items():
+    for name, command in evidence_commands(WALKTHROUGH).items():
         assert f"| `{name}` | `{command}`" in readme, name
 def window_labels(out: Any) -> list[str]:
     import matplotlib.pyplot as plt

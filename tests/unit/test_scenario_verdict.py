@@ -14,11 +14,14 @@ from typing import Any
 import pytest
 from support import (
     T0,
+    WALKTHROUGH,
     ab_result,
     answer,
     clean_records,
     failure,
     greeted,
+    new_of,
+    old_of,
     outcome,
     probe_series,
     reattach,
@@ -28,7 +31,6 @@ from support import (
 from vm.holders import HolderSummary
 from vm.load import LoadOutcome
 from vm.matrix import build_matrix
-from vm.portable import PortableService
 from vm.report import stability_table
 from vm.scenario import (
     DOWNTIME_SEEN,
@@ -67,18 +69,18 @@ def holders(connections: int = 20, broken: int = 0, closed: int = 0,
 
 
 def records_of(s: Scenario, extra: tuple[Any, ...] = ()) -> list[Any]:
-    return greeted([*clean_records(), *extra], s.old, s.new)
+    return greeted([*clean_records(), *extra], old_of(s), new_of(s))
 
 
 def lossy(s: Scenario, ab: Any = None) -> LoadOutcome:
     """The loss the scenario is about: 7 ab failures, a refused probe request."""
     records = records_of(s, (failure(T0 + 6.1, "connect-refused"),))
     ab = ab or ab_result(complete=6990, failed=7, connect=2, receive=5)
-    return outcome(records, ab=ab, old=s.old, new=s.new)
+    return outcome(records, ab=ab, old=old_of(s), new=new_of(s))
 
 
 def clean(s: Scenario) -> LoadOutcome:
-    return outcome(records_of(s), old=s.old, new=s.new)
+    return outcome(records_of(s), old=old_of(s), new=new_of(s))
 
 
 def with_holders(s: Scenario, out: LoadOutcome, lost: bool) -> LoadOutcome:
@@ -91,7 +93,7 @@ def lossy_run(s: Scenario, **changes: Any) -> ScenarioRun:
     """The run in which the scenario's expected loss happened (for the image socket: the
     reattach restarted it, requests failed meanwhile)."""
     if s.expect == "refused":
-        return scenario_run(s, outcome(probe_series(T0 + 0.2, T0 + 30.0, s.old, 3),
+        return scenario_run(s, outcome(probe_series(T0 + 0.2, T0 + 30.0, old_of(s), 3),
                                        ab=ab_result(complete=6990, failed=3, receive=3)),
                             **changes)
     changes.setdefault("socket", SocketObservation("1", "2", "active")
@@ -113,7 +115,7 @@ def load_started_late(run: ScenarioRun) -> ScenarioRun:
 
 def new_version_never_answered(run: ScenarioRun) -> ScenarioRun:
     s = run.scenario
-    old_only = [r for r in run.outcome.timeline.records if r.greeting != s.new]
+    old_only = [r for r in run.outcome.timeline.records if r.greeting != new_of(s)]
     out = dataclasses.replace(run.outcome, timeline=dataclasses.replace(
         run.outcome.timeline, records=old_only))
     return dataclasses.replace(run, outcome=out)
@@ -121,7 +123,7 @@ def new_version_never_answered(run: ScenarioRun) -> ScenarioRun:
 
 def counter_went_backwards(run: ScenarioRun) -> ScenarioRun:
     s, tl = run.scenario, run.outcome.timeline
-    back = answer(T0 + 29.95, s.new if s.expect != "refused" else s.old, visitor=2)
+    back = answer(T0 + 29.95, new_of(s) if s.expect != "refused" else old_of(s), visitor=2)
     records = sorted([*tl.records, back], key=lambda r: r.t)
     out = dataclasses.replace(run.outcome, timeline=dataclasses.replace(tl, records=records))
     return dataclasses.replace(run, outcome=out)
@@ -135,7 +137,7 @@ def too_few_requests(run: ScenarioRun) -> ScenarioRun:
 def wrong_image_attached(run: ScenarioRun) -> ScenarioRun:
     s = run.scenario
     other = s.to_version if s.expect == "refused" else s.from_version
-    return dataclasses.replace(run, attached_image=PortableService.image_path(other))
+    return dataclasses.replace(run, attached_image=WALKTHROUGH.image_path(other))
 
 
 def profile_ignored(run: ScenarioRun) -> ScenarioRun:
@@ -146,7 +148,7 @@ def profile_ignored(run: ScenarioRun) -> ScenarioRun:
 FAULTS: dict[str, tuple[Callable[[ScenarioRun], ScenarioRun], str]] = {
     "load-started-late": (load_started_late, "the load started only after the reattach began"),
     "v2-never-answered": (new_version_never_answered, "the run tested nothing"),
-    "counter-went-backwards": (counter_went_backwards, "the visitor count went back"),
+    "counter-went-backwards": (counter_went_backwards, "the counter went back"),
     "too-few-requests": (too_few_requests, "ab completed only 150 requests (< 200)"),
     "wrong-image": (wrong_image_attached, "afterwards portablectl says 'running' and the unit "
                                           "runs '/var/lib/portables/portable-walkthrough_"),
@@ -254,9 +256,9 @@ def test_negative_control_with_a_dead_port_is_downtime_without_v2() -> None:
     """systemd 257 leaves an image's socket inactive: v2 never answers, and that is the
     downtime itself; the checks of v2's answers under load do not apply."""
     s = IMAGE_SOCKET
-    records = [r for r in records_of(s) if r.greeting == s.old]
+    records = [r for r in records_of(s) if r.greeting == old_of(s)]
     records += [failure(T0 + 7.0 + i, "connect-refused") for i in range(20)]
-    out = outcome(records, old=s.old, new=s.new,
+    out = outcome(records, old=old_of(s), new=new_of(s),
                   ab=ab_result(complete=30000, failed=40000, connect=40000))
     dead = SocketObservation("1", "2", "inactive")
     verdict = verdict_of(scenario_run(s, out, socket=dead))
@@ -378,3 +380,77 @@ def test_lossy_helper_is_really_lossy() -> None:
     assert losses_of(lossy_run(NAIVE)) and not losses_of(clean_run(NAIVE))
     assert verdict_of(clean_run(get_scenario("host-socket-rollback"))).kind == PASS
     assert reattach().started > T0 and probe_series(T0, T0 + 1, "Hello", 1)
+
+
+# --- why requests were lost, in words -------------------------------------------------------
+NO_KEEPALIVE = get_scenario("host-socket-no-keepalive")
+
+
+def cut_off_run() -> ScenarioRun:
+    """No keep-alive, yet requests lost: the old process dropped the ones it had accepted
+    (a server whose stop signal is not its graceful one)."""
+    records = records_of(NO_KEEPALIVE, (failure(T0 + 5.2, "reset"), failure(T0 + 5.3, "eof")))
+    out = outcome(records, ab=ab_result(complete=6990, failed=4, receive=4),
+                  old=old_of(NO_KEEPALIVE), new=new_of(NO_KEEPALIVE))
+    return scenario_run(NO_KEEPALIVE, out)
+
+
+def test_loss_without_keepalive_says_why_and_what_to_check() -> None:
+    verdict = verdict_of(cut_off_run())
+    assert verdict.kind == FAIL
+    why = [p for p in verdict.problems if p.startswith("why:")]
+    assert len(why) == 1, verdict.problems
+    assert "2 requests were cut off without an answer (sent +5.2 to +5.3 s; the reattach ran " \
+           "+5.0 to +6.5 s)" in why[0]
+    assert "lost on the old process's connections at its stop" in why[0]
+    assert "graceful-stop signal (KillSignal=" in why[0]
+
+
+def test_keepalive_loss_points_at_the_proxy_or_a_drain() -> None:
+    run = lossy_run(NAIVE)
+    verdict = verdict_of(run)
+    assert verdict.kind == EXPECTED_LOSS
+    why = [p for p in losses_of(run) if p.startswith("why:")]
+    assert any("connections were refused" in w for w in why), why
+    assert any("kept-alive connections" in w and "HAProxy" in w for w in why), why
+
+
+def test_a_refused_connection_with_the_socket_in_the_image_names_the_socket() -> None:
+    why = [p for p in losses_of(lossy_run(IMAGE_SOCKET)) if p.startswith("why:")]
+    assert any("inside the image, so the reattach stops and restarts it" in w for w in why)
+
+
+def test_nothing_lost_needs_no_explanation() -> None:
+    assert not any(p.startswith("why:") for p in losses_of(clean_run(NAIVE)))
+
+
+# --- the user's own checks go through the one verdict -----------------------------------------
+def test_a_failing_user_check_fails_the_run_and_the_report_shows_it() -> None:
+    run = dataclasses.replace(scenario_run(NO_KEEPALIVE), user_checks_run=3,
+                              user_check_failures=("test_db.py::test_state_kept: assert False",))
+    verdict = verdict_of(run)
+    assert verdict.kind == FAIL
+    assert verdict.problems == ("user check failed: test_db.py::test_state_kept: assert False",)
+    row = summary_row(run, "debian-bookworm", 252, verdict)
+    assert row["verdict"] == "FAIL" and row["user_checks_run"] == 3
+    assert row["problems"] == list(verdict.problems)
+    assert row["user_check_failures"] == ["test_db.py::test_state_kept: assert False"]
+
+
+def test_a_failing_user_check_fails_an_expected_loss_too() -> None:
+    run = dataclasses.replace(lossy_run(NAIVE), user_check_failures=("t.py::t: boom",))
+    assert verdict_of(run).kind == FAIL
+
+
+def test_passing_user_checks_leave_a_pass() -> None:
+    run = dataclasses.replace(scenario_run(NO_KEEPALIVE), user_checks_run=3)
+    assert verdict_of(run).kind == PASS
+
+
+def test_a_subject_without_a_counter_skips_the_counter_check() -> None:
+    """final_count None (no counter_regex): a count that would fail the check is not read."""
+    broken = dataclasses.replace(scenario_run(NO_KEEPALIVE), final_count=1)
+    assert any("counter" in p for p in verdict_of(broken).problems)
+    assert verdict_of(dataclasses.replace(broken, final_count=None)).kind == PASS
+    row = summary_row(dataclasses.replace(broken, final_count=None), "b", 252, Verdict(PASS))
+    assert row["counter_ok"] is None

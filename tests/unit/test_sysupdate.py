@@ -52,7 +52,7 @@ NOT_A_REFUSAL = [
 
 
 def test_directory_transfer() -> None:
-    text = SysupdateSetup("dir", "portable-walkthrough").transfer()
+    text = SysupdateSetup("dir", "portable-walkthrough", name="portable-walkthrough").transfer()
     assert "Type=regular-file\nPath=/var/lib/pwt-source" in text
     assert text.count("MatchPattern=portable-walkthrough_@v.raw") == 2
     assert "CurrentSymlink=/var/lib/portables/portable-walkthrough.raw" in text
@@ -60,7 +60,7 @@ def test_directory_transfer() -> None:
 
 
 def test_http_transfer_stays_on_loopback() -> None:
-    text = SysupdateSetup("http", "portable-walkthrough").transfer()
+    text = SysupdateSetup("http", "portable-walkthrough", name="portable-walkthrough").transfer()
     assert "Type=url-file\nPath=http://127.0.0.1:8090/" in text
     assert "Verify=no" in text
     assert not re.search(r"https?://(?!127\.0\.0\.1)", text)
@@ -70,7 +70,8 @@ def test_units_reattach_as_the_systemd_version_needs() -> None:
     for major, arg in ((252, "/var/lib/portables/portable-walkthrough.raw"),
                        (257, "portable-walkthrough")):
         setup = SysupdateSetup("dir", reattach_target(major, "portable-walkthrough",
-                                                      "/var/lib/portables/portable-walkthrough.raw"))
+                                                      "/var/lib/portables/portable-walkthrough.raw"),
+                               name="portable-walkthrough")
         rollout = setup.rollout_unit()
         assert "ExecCondition=/usr/lib/systemd/systemd-sysupdate check-new" in rollout
         assert rollout.index("sysupdate update") < rollout.index("reattach --now")
@@ -80,13 +81,14 @@ def test_units_reattach_as_the_systemd_version_needs() -> None:
 
 def test_unknown_source_is_refused() -> None:
     with pytest.raises(ValueError, match="source must be one of"):
-        SysupdateSetup("ftp", "x")
+        SysupdateSetup("ftp", "x", name="x")
 
 
 def test_manifest_is_sha256sums_format(tmp_path: Path) -> None:
     (tmp_path / "portable-walkthrough_2.raw").write_bytes(b"image two")
     (tmp_path / "other.txt").write_text("not an image")
-    subprocess.run(["bash", "-c", sha256sums_command(str(tmp_path))], check=True)
+    command = sha256sums_command("portable-walkthrough", str(tmp_path))
+    subprocess.run(["bash", "-c", command], check=True)
     lines = (tmp_path / "SHA256SUMS").read_text().splitlines()
     assert len(lines) == 1
     assert re.fullmatch(r"[0-9a-f]{64}  portable-walkthrough_2\.raw", lines[0])
@@ -115,7 +117,8 @@ def test_refused_verdict_catches_a_tampered_version_going_live() -> None:
 def test_transfer_file_suffix_follows_the_systemd_version(major: int, suffix: str) -> None:
     from vm.quirks import sysupdate_transfer_suffix
 
-    setup = SysupdateSetup("dir", "x", transfer_suffix=sysupdate_transfer_suffix(major))
+    setup = SysupdateSetup("dir", "x", transfer_suffix=sysupdate_transfer_suffix(major),
+                           name="portable-walkthrough")
     assert setup.transfer_path == f"/etc/sysupdate.d/50-portable-walkthrough{suffix}"
 
 

@@ -219,7 +219,7 @@ def test_regressing_visitor_numbers_are_a_problem() -> None:
     assert regressions and regressions[0][1] == 100 and regressions[0][0] > 100
     problems = counter_consistent(out, FINAL_COUNT)
     assert len(problems) == 1
-    first = f"the visitor count went back or repeated: {regressions[:1]}"[:-1]
+    first = f"the counter went back or repeated: {regressions[:1]}"[:-1]
     assert problems[0].startswith(first)
 
 

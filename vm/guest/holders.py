@@ -6,6 +6,10 @@ connection, one JSON line per request: connection id, its generation (how many t
 reconnect), send time, latency, greeting and visitor number, or what went wrong. A server that
 answers ``Connection: close`` makes the client reconnect ("server-closed"); a connection that
 dies without an answer is "broken" (reset, EOF, timeout) and is reconnected too.
+
+Like probe.py it knows no service: the request path, Host header and how to read the version
+and counter come as arguments (the same ones), and the answers are read by probe.py's
+AnswerReader (copied beside this file in the guest).
 """
 
 from __future__ import annotations
@@ -14,10 +18,16 @@ import argparse
 import json
 import re
 import socket
+import sys
 import threading
 import time
+from pathlib import Path
 
-ANSWER = re.compile(rb"(\w+)! You are visitor #(\d+)!")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from probe import (  # type: ignore[import-not-found]
+    AnswerReader,
+    build_request,
+)
 
 
 def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
@@ -40,7 +50,7 @@ def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
 
 
 def holder(index: int, args: argparse.Namespace, out: list[str], lock: threading.Lock,
-           stop: threading.Event) -> None:
+           stop: threading.Event, reader: AnswerReader) -> None:
     generation = 0
     sock: socket.socket | None = None
     while not stop.is_set():
@@ -55,14 +65,15 @@ def holder(index: int, args: argparse.Namespace, out: list[str], lock: threading
         sent = time.time()
         rec: dict[str, object] = {"conn": index, "gen": generation, "t": round(sent, 4)}
         try:
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: holder\r\n\r\n")
+            sock.sendall(build_request(args.path, args.host_header, "1.1"))
             head, body = read_response(sock)
             rec["latency_ms"] = round((time.time() - sent) * 1000, 2)
             rec["status"] = int(head.split(b" ", 2)[1])
-            answer = ANSWER.search(body)
-            if answer:
-                rec["greeting"] = answer.group(1).decode()
-                rec["visitor"] = int(answer.group(2))
+            version, visitor = reader.read(head, body)
+            if version is not None:
+                rec["greeting"] = version
+            if visitor is not None:
+                rec["visitor"] = visitor
             if re.search(rb"(?im)^connection:\s*close", head):
                 rec["event"] = "server-closed"
         except (OSError, ConnectionError, ValueError) as e:
@@ -87,17 +98,25 @@ def record(out: list[str], lock: threading.Lock, rec: dict[str, object]) -> None
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--path", default="/")
+    parser.add_argument("--host-header", default="holder")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version-regex")
+    which.add_argument("--version-header")
+    parser.add_argument("--counter-regex")
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--interval", type=float, default=0.2)
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--max-seconds", type=float, default=300.0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    reader = AnswerReader(args.version_regex, args.version_header, args.counter_regex)
     stop = threading.Event()
     lock = threading.Lock()
     lines: list[str] = []
-    threads = [threading.Thread(target=holder, args=(i, args, lines, lock, stop), daemon=True)
+    threads = [threading.Thread(target=holder, args=(i, args, lines, lock, stop, reader),
+                                daemon=True)
                for i in range(args.connections)]
     for t in threads:
         t.start()

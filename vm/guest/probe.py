@@ -7,11 +7,17 @@ in the host socket's queue shows up as latency instead of as a pause in sending 
 probe stands in the queue and sends nothing meanwhile).
 
 It writes one JSON line per request when the request ends:
-``{"t": send time (epoch s), "latency_ms": ..., "status": 200, "greeting": "Hola",
+``{"t": send time (epoch s), "latency_ms": ..., "status": 200, "greeting": "<version>",
 "visitor": 17}``, or on failure ``"error"`` with its class: ``refused``, ``reset``, ``eof``
 (the connection closed before any byte of a response), ``timeout``, ``garbled``,
 ``oserror-<errno>``; a non-2xx answer has its ``status`` and no greeting. Lines are written as
 requests end, so the file is not in send order (readers sort by ``t``).
+
+It knows no service: the harness passes the request path and Host header, and how an answer
+names its version (``--version-regex`` on the body, group 1 or the whole match, or
+``--version-header``) and, optionally, its counter (``--counter-regex``, group 1). A 2xx
+answer that names no version, or lacks the counter a subject promises, has no ``greeting``
+(a failure of class ``other``). ``--once`` sends one request and prints its record.
 
 At most ``--max-in-flight`` requests are outstanding. A send slot that finds the bound full is
 not sent and is written as ``{"t": ..., "skipped": "in-flight-bound", "in_flight": N}``, so a
@@ -33,16 +39,47 @@ import threading
 import time
 from typing import Any, TextIO
 
-ANSWER = re.compile(rb"\r\n\r\n(\w+)! You are visitor #(\d+)!")
 STATUS = re.compile(rb"^HTTP/1\.[01] (\d{3})")
-REQUEST = b"GET / HTTP/1.0\r\nHost: probe\r\n\r\n"
 SKIPPED = "in-flight-bound"
 # Each request thread only connects, sends and reads: a small stack keeps hundreds of queued
 # requests cheap in a 2 GiB guest (the default reserves 8 MiB each).
 THREAD_STACK = 512 * 1024
 
 
-def one_request(host: str, port: int, timeout: float) -> dict[str, object]:
+class AnswerReader:
+    """Reads the version (and the counter, if the subject has one) from a response."""
+
+    def __init__(self, version_regex: str | None, version_header: str | None,
+                 counter_regex: str | None) -> None:
+        self.version = re.compile(version_regex.encode()) if version_regex else None
+        self.header = (re.compile(rb"(?im)^" + re.escape(version_header.encode())
+                                  + rb":[ \t]*([^\r\n]*?)[ \t]*$")
+                       if version_header else None)
+        self.counter = re.compile(counter_regex.encode()) if counter_regex else None
+
+    def read(self, head: bytes, body: bytes) -> tuple[str | None, int | None]:
+        """(version, counter); version None when the answer names none, or lacks the
+        counter the subject promises."""
+        match = (self.header.search(head) if self.header is not None
+                 else self.version.search(body) if self.version is not None else None)
+        if match is None:
+            return None, None
+        version = (match.group(1) if match.re.groups else match.group(0)).decode(
+            errors="replace")
+        if self.counter is None:
+            return version, None
+        count = self.counter.search(body)
+        if count is None:
+            return None, None
+        return version, int(count.group(1))
+
+
+def build_request(path: str, host_header: str, version: str = "1.0") -> bytes:
+    return f"GET {path} HTTP/{version}\r\nHost: {host_header}\r\n\r\n".encode()
+
+
+def one_request(host: str, port: int, timeout: float, request: bytes,
+                reader: AnswerReader) -> dict[str, object]:
     """One request on a fresh connection; ``timeout`` bounds the whole request, connect
     (including the kernel's SYN retransmits) to the last byte."""
     sent = time.time()
@@ -52,7 +89,7 @@ def one_request(host: str, port: int, timeout: float) -> dict[str, object]:
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.settimeout(max(0.001, deadline - time.monotonic()))
-            s.sendall(REQUEST)
+            s.sendall(request)
             while True:
                 s.settimeout(max(0.001, deadline - time.monotonic()))
                 chunk = s.recv(4096)
@@ -71,14 +108,16 @@ def one_request(host: str, port: int, timeout: float) -> dict[str, object]:
     record["latency_ms"] = round((time.time() - sent) * 1000, 2)
     if "error" not in record:
         status = STATUS.match(data)
-        answer = ANSWER.search(data)
         if status is None:
             record["error"] = "eof" if not data else "garbled"
         else:
             record["status"] = int(status.group(1))
-            if answer is not None:
-                record["greeting"] = answer.group(1).decode()
-                record["visitor"] = int(answer.group(2))
+            head, _, body = data.partition(b"\r\n\r\n")
+            version, visitor = reader.read(head, body)
+            if version is not None:
+                record["greeting"] = version
+            if visitor is not None:
+                record["visitor"] = visitor
     return record
 
 
@@ -86,8 +125,9 @@ class OpenLoopProbe:
     """Sends at a fixed rate on threads, writes each request's record as it ends."""
 
     def __init__(self, host: str, port: int, rate: float, timeout: float, max_in_flight: int,
-                 out: TextIO) -> None:
+                 out: TextIO, request: bytes, reader: AnswerReader) -> None:
         self.host, self.port, self.timeout = host, port, timeout
+        self.request, self.reader = request, reader
         self.interval = 1.0 / rate
         self.max_in_flight = max_in_flight
         self.out = out
@@ -102,7 +142,7 @@ class OpenLoopProbe:
         self.out.flush()
 
     def _request(self, number: int) -> None:
-        record = one_request(self.host, self.port, self.timeout)
+        record = one_request(self.host, self.port, self.timeout, self.request, self.reader)
         with self.lock:
             if self.in_flight.pop(number, None) is not None:  # else: written as abandoned
                 self._write(record)
@@ -156,15 +196,29 @@ class OpenLoopProbe:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--path", default="/")
+    parser.add_argument("--host-header", default="probe")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version-regex", help="on the body; group 1 (or the match) names it")
+    which.add_argument("--version-header", help="this response header's value names it")
+    parser.add_argument("--counter-regex", help="on the body; group 1 must only go up")
+    parser.add_argument("--once", action="store_true", help="one request, its record to stdout")
     parser.add_argument("--rate", type=float, default=20.0, help="requests per second")
     parser.add_argument("--timeout", type=float, default=30.0, help="bound of one request (s)")
     parser.add_argument("--max-in-flight", type=int, default=200)
     parser.add_argument("--max-seconds", type=float, default=300.0)
     parser.add_argument("--grace", type=float, default=5.0,
                         help="seconds requests in flight get after sending stops")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out")
     args = parser.parse_args()
+    reader = AnswerReader(args.version_regex, args.version_header, args.counter_regex)
+    request = build_request(args.path, args.host_header)
+    if args.once:
+        print(json.dumps(one_request(args.host, args.port, args.timeout, request, reader)))
+        return
+    if not args.out:
+        parser.error("--out is required (unless --once)")
     if not args.rate > 0 or args.max_in_flight < 1:
         parser.error("--rate must be positive and --max-in-flight at least 1")
     stop = threading.Event()
@@ -177,7 +231,7 @@ def main() -> None:
     threading.stack_size(THREAD_STACK)
     with open(args.out, "a", encoding="utf-8") as out:
         probe = OpenLoopProbe(args.host, args.port, args.rate, args.timeout, args.max_in_flight,
-                              out)
+                              out, request, reader)
         probe.run(stop, args.max_seconds, args.grace)
 
 

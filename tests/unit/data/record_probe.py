@@ -26,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from support import LAUNCHER, PROBE_PY, SERVER_PY, clean_env  # noqa: E402
+from support import LAUNCHER, PROBE_PY, SERVER_PY, WALKTHROUGH, clean_env  # noqa: E402
 
 SHAPES = {  # name -> (listen backlog, seconds of load before, seconds nothing serves, after)
     "restart": (128, 3.0, 1.5, 4.0),
@@ -58,6 +58,7 @@ def record(shape: str, prefix: Path) -> None:
         out.unlink(missing_ok=True)
         t0 = time.time()
         probe = subprocess.Popen([sys.executable, str(PROBE_PY), "--port", str(port),
+                                  *WALKTHROUGH.client_args(),
                                   "--rate", "20", "--timeout", "10", "--out", str(out),
                                   "--max-seconds", "60"])
         time.sleep(before)

@@ -1,0 +1,138 @@
+"""vm/subject.py: the subject spec. The default one (the walkthrough) and the example one
+load; every kind of bad input ends with one line naming the file and the key."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from support import ROOT, WALKTHROUGH
+
+from vm.scenario import SCENARIOS, get_scenario
+from vm.subject import DEFAULT_SPEC, SpecError, load_subject
+
+GUNICORN = ROOT / "examples" / "gunicorn" / "spec.toml"
+
+
+def test_the_walkthrough_is_the_default_subject_and_runs_every_scenario() -> None:
+    assert WALKTHROUGH.spec == DEFAULT_SPEC
+    assert (WALKTHROUGH.name, WALKTHROUGH.port, WALKTHROUGH.socket) == (
+        "portable-walkthrough", 8080, "portable-walkthrough.socket")
+    assert {v: WALKTHROUGH.answer(v) for v in WALKTHROUGH.versions} == {1: "Hello", 2: "Hola"}
+    assert [s.id for s in SCENARIOS if WALKTHROUGH.cannot_run(s)] == []
+
+
+def test_no_harness_module_knows_the_walkthrough() -> None:
+    """Its name's greetings and port live in its spec and images/ only (issue 10)."""
+    offenders = [f"{p.relative_to(ROOT)}:{n}" for p in (ROOT / "vm").rglob("*")
+                 if p.is_file() and p.suffix in (".py", ".sh")
+                 for n, line in enumerate(p.read_text().splitlines(), 1)
+                 if re.search(r"Hello|Hola|8080", line)]
+    assert offenders == []
+
+
+def test_the_gunicorn_example_says_which_scenarios_apply() -> None:
+    subject = load_subject(GUNICORN)
+    runnable = [s.id for s in SCENARIOS if subject.cannot_run(s) is None]
+    assert runnable == ["host-socket-no-keepalive", "host-socket-keepalive-haproxy",
+                        "host-socket-rollback"]
+    why = subject.cannot_run(get_scenario("host-socket-keepalive-longlived-fdstore"))
+    assert why is not None and "does not list" in why
+    assert subject.version_header == "X-App-Release" and subject.counter_regex is None
+    assert subject.client_args() == ["--path", "/", "--host-header", "probe",
+                                     "--version-header", "X-App-Release"]
+
+
+@pytest.fixture
+def spec_dir(tmp_path: Path) -> Path:
+    """A copy of the gunicorn example to spoil."""
+    target = tmp_path / "example"
+    shutil.copytree(GUNICORN.parent, target)
+    return target
+
+
+def spoil(spec_dir: Path, old: str, new: str) -> Path:
+    path = spec_dir / "spec.toml"
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+@pytest.mark.parametrize(("old", "new", "key", "words"), [
+    ('"gunicorn-demo.socket"]', '"nosuch.socket"]', "sockets", "no such file"),
+    ('"app.py"', '"missing.py"', 'build.files./usr/lib/gunicorn-demo/app.py', "no such file"),
+    ('checks = "checks"', 'checks = "nochecks"', "checks", "no such directory"),
+    ("port = 8000", "port = 8000\ncolour = \"red\"", "colour", "unknown key"),
+    ('[request]\npath = "/"', '[request]\npath = "/"\nmethod = "POST"', "request.method",
+     "unknown key"),
+    ('version_header = "X-App-Release"', "version_regex = '(unclosed'",
+     "answer.version_regex", "does not compile"),
+    ('version_header = "X-App-Release"',
+     "version_header = \"X-App-Release\"\ncounter_regex = '#(\\d+'",
+     "answer.counter_regex", "does not compile"),
+    ('answer = "beta"', 'answer = "alpha"', "versions.2.answer", "cannot be told apart"),
+    ('answer = "beta"', 'answer = "beta"\nimage = "x.raw"', "versions.2.image", "no such file"),
+    ("port = 8000", "port = 80000", "port", "TCP port"),
+    ('profile = "default"', 'profile = "wide-open"', "profile", "must be one of"),
+    ('scenarios = ["host-socket-no-keepalive",', 'scenarios = ["no-such-scenario",',
+     "scenarios", "names no scenario"),
+    ('scenarios = ["host-socket-no-keepalive",',
+     'scenarios = ["host-socket-keepalive-longlived-fdstore",', "scenarios",
+     "no way to shut down 'fdstore'"),
+    ('"graceful-stop.conf" = "[Service]', '"graceful-stop" = "[Service]', "dropins.graceful-stop",
+     "ends in .conf"),
+    ('name = "gunicorn-demo"', 'name = "gunicorn_demo"', "name", "no portable prefix"),
+    ("port = 8000", "port = 9000", "sockets", "no ListenStream=9000"),
+])
+def test_bad_spec_is_one_line_naming_file_and_key(spec_dir: Path, old: str, new: str, key: str,
+                                                   words: str) -> None:
+    path = spoil(spec_dir, old, new)
+    with pytest.raises(SpecError) as e:
+        load_subject(path)
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: {key}: "), message
+    assert words in message, message
+
+
+def test_a_missing_spec_names_the_option(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"no such subject spec \(--service / PWT_SERVICE\)"):
+        load_subject(tmp_path / "nope.toml")
+
+
+def test_a_spec_that_is_not_toml_says_so(spec_dir: Path) -> None:
+    path = spoil(spec_dir, "port = 8000", "port = = 8000")
+    with pytest.raises(SpecError, match=r"spec\.toml: not valid TOML"):
+        load_subject(path)
+
+
+def test_a_missing_required_key(spec_dir: Path) -> None:
+    path = spoil(spec_dir, "port = 8000\n", "")
+    with pytest.raises(SpecError, match=r"spec\.toml: port: missing$"):
+        load_subject(path)
+
+
+def test_ready_images_cannot_carry_the_socket(spec_dir: Path) -> None:
+    """A subject with ready images runs the host-socket scenarios; the socket-in-image control
+    is skipped with the reason (its image would have to be rebuilt)."""
+    (spec_dir / "a_1.raw").write_bytes(b"one")
+    (spec_dir / "a_2.raw").write_bytes(b"two")
+    spoil(spec_dir, 'answer = "alpha"', 'answer = "alpha"\nimage = "a_1.raw"')
+    spoil(spec_dir, 'answer = "beta"', 'answer = "beta"\nimage = "a_2.raw"')
+    path = spoil(spec_dir, 'scenarios = ["host-socket-no-keepalive",',
+                 'scenarios = ["*-socket-no-keepalive", "host-socket-no-keepalive",')
+    text = path.read_text()
+    path.write_text(text[:text.index("[build]")] + text[text.index("[versions.1]"):])
+    subject = load_subject(path)
+    assert subject.build is None and subject.versions[2].image == spec_dir / "a_2.raw"
+    why = subject.cannot_run(get_scenario("image-socket-no-keepalive"))
+    assert why is not None and "[build]" in why
+
+
+def test_profile_default_means_the_subjects_own(spec_dir: Path) -> None:
+    subject = load_subject(spoil(spec_dir, 'profile = "default"', 'profile = "strict"'))
+    assert subject.profile_for(get_scenario("host-socket-no-keepalive")) == "strict"
+    assert subject.profile_for(get_scenario("host-socket-trusted-profile")) == "trusted"

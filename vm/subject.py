@@ -1,0 +1,372 @@
+"""The service under test, read from a subject spec (TOML): everything the suite knows of it.
+
+The suite proves one thing about any socket-activated portable service: that
+``portablectl reattach --now`` swaps its versions behind a host socket without losing a
+request. What it has to know about the service is here and nowhere else: its portable prefix,
+its images, its host socket, its port and request, how an answer names its version (and,
+optionally, a counter that must only go up), its profile, the host drop-ins it needs and which
+scenarios apply. ``images/walkthrough.toml`` is the default subject; README "Test your own
+service" documents every key.
+
+A bad spec ends the run before anything boots with one line naming the file and the key
+(``SpecError``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vm.errors import HarnessError
+
+if TYPE_CHECKING:
+    from vm.scenario import Scenario
+
+PORTABLES = "/var/lib/portables"
+DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "images" / "walkthrough.toml"
+PROFILES = ("default", "nonetwork", "strict", "trusted")
+# Drop-ins the suite installs for the service are named 50-pwt-*.conf: reset removes them all.
+DROPIN_PREFIX = "50-pwt-"
+# A portable prefix: what portablectl accepts as an image name before _<version>.raw.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
+UNIT_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._-]*\.socket$")
+TOP_KEYS = frozenset({"name", "service", "port", "profile", "sockets", "scenarios",
+                      "state_directories", "checks", "request", "answer", "dropins",
+                      "shutdown", "build", "versions"})
+REQUEST_KEYS = frozenset({"path", "host"})
+ANSWER_KEYS = frozenset({"version_regex", "version_header", "counter_regex"})
+BUILD_KEYS = frozenset({"suite", "packages", "files"})
+VERSION_KEYS = frozenset({"answer", "image"})
+
+
+class SpecError(HarnessError):
+    """A subject spec the suite cannot use; the message is one line: file, key, what to fix."""
+
+
+@dataclass(frozen=True)
+class Version:
+    number: int
+    answer: str  # what the version regex (or header) reads from this version's answers
+    image: Path | None = None  # a ready image; None: the suite builds it from [build]
+
+
+@dataclass(frozen=True)
+class Build:
+    """A recipe for the suite's image builder (vm/build-image.sh): a Debian minbase with
+    ``packages``, plus ``files`` (path in the image -> file beside the spec)."""
+
+    suite: str
+    packages: tuple[str, ...]
+    files: tuple[tuple[str, Path], ...]
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One service under test; see the module docstring and README for the keys."""
+
+    spec: Path
+    name: str
+    service: str
+    port: int
+    profile: str
+    sockets: tuple[Path, ...]
+    scenarios: tuple[str, ...]  # scenario ids or fnmatch patterns ("*": every scenario)
+    versions: dict[int, Version]
+    request_path: str = "/"
+    request_host: str = "probe"
+    version_regex: str | None = None  # searched in the body; group 1 (or the match) names it
+    version_header: str | None = None  # or: this response header's value names it
+    counter_regex: str | None = None  # group 1: a number that must only go up
+    state_directories: tuple[str, ...] = ()
+    dropins: dict[str, str] = field(default_factory=dict)  # file name -> text, always
+    shutdown: dict[str, str] = field(default_factory=dict)  # scenario shutdown mode -> text
+    build: Build | None = None
+    checks: Path | None = None  # a directory of the user's own pytest files
+
+    # --- names in the guest ---------------------------------------------------------------
+    @property
+    def socket_units(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.sockets)
+
+    @property
+    def socket(self) -> str:
+        """The socket whose life the verdict watches (the first one named)."""
+        return self.socket_units[0]
+
+    @property
+    def symlink(self) -> str:
+        return f"{PORTABLES}/{self.name}.raw"
+
+    def image_name(self, version: int) -> str:
+        return f"{self.name}_{version}.raw"
+
+    def image_path(self, version: int) -> str:
+        return f"{PORTABLES}/{self.image_name(version)}"
+
+    def image_paths(self) -> list[str]:
+        return [self.image_path(v) for v in self.versions] + [self.symlink]
+
+    @property
+    def dropin_dir(self) -> str:
+        return f"/etc/systemd/system/{self.service}.d"
+
+    def answer(self, version: int) -> str:
+        return self.versions[version].answer
+
+    # --- how the guest clients read an answer --------------------------------------------
+    def client_args(self) -> list[str]:
+        """The arguments vm/guest/probe.py and holders.py take to send the subject's request
+        and read its answers (they know nothing of any service by themselves)."""
+        args = ["--path", self.request_path, "--host-header", self.request_host]
+        if self.version_header is not None:
+            args += ["--version-header", self.version_header]
+        else:
+            assert self.version_regex is not None
+            args += ["--version-regex", self.version_regex]
+        if self.counter_regex is not None:
+            args += ["--counter-regex", self.counter_regex]
+        return args
+
+    # --- scenarios ------------------------------------------------------------------------
+    def lists(self, scenario_id: str) -> bool:
+        return any(fnmatch.fnmatchcase(scenario_id, p) for p in self.scenarios)
+
+    def cannot_run(self, scenario: Scenario) -> str | None:
+        """Why this subject cannot run ``scenario`` (a skip reason), or None when it can."""
+        where = f"{self.name} ({self.spec})"
+        if not self.lists(scenario.id):
+            return f"{where} does not list {scenario.id} in its scenarios"
+        missing = {scenario.from_version, scenario.to_version} - set(self.versions)
+        if missing:
+            return f"{where} has no version {', '.join(map(str, sorted(missing)))}"
+        if scenario.socket_location == "image" and self.build is None:
+            return (f"{where}: a socket inside the image needs images built by the suite "
+                    "([build]); ready images cannot be changed")
+        if scenario.shutdown != "drain" and scenario.shutdown not in self.shutdown:
+            return (f"{where} has no way to shut down {scenario.shutdown!r} "
+                    f"([shutdown] {scenario.shutdown} = drop-in text)")
+        return None
+
+    def profile_for(self, scenario: Scenario) -> str:
+        """The profile a scenario attaches with: its own unless it just says "default"."""
+        return self.profile if scenario.profile == "default" else scenario.profile
+
+
+# --- reading a spec ------------------------------------------------------------------------
+def _fail(spec: Path, key: str, what: str) -> SpecError:
+    return SpecError(f"{spec}: {key}: {what}")
+
+
+def _table(spec: Path, raw: dict[str, Any], key: str, allowed: frozenset[str] | None,
+           ) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise _fail(spec, key, "must be a table")
+    if allowed is not None:
+        for k in value:
+            if k not in allowed:
+                known = ", ".join(sorted(allowed))
+                raise _fail(spec, f"{key}.{k}", f"unknown key (known: {known})")
+    return value
+
+
+def _str(spec: Path, value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(spec, key, "must be a non-empty string")
+    return value
+
+
+def _strings(spec: Path, value: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _fail(spec, key, "must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _file(spec: Path, value: Any, key: str, directory: bool = False) -> Path:
+    path = (spec.parent / _str(spec, value, key)).resolve()
+    if not (path.is_dir() if directory else path.is_file()):
+        raise _fail(spec, key, f"no such {'directory' if directory else 'file'}: {path}")
+    return path
+
+
+def _regex(spec: Path, value: Any, key: str) -> str:
+    text = _str(spec, value, key)
+    try:
+        compiled = re.compile(text)
+    except re.error as e:
+        raise _fail(spec, key, f"does not compile: {e}") from None
+    if compiled.groups > 1:
+        raise _fail(spec, key, f"has {compiled.groups} groups; at most one (what it reads)")
+    return text
+
+
+def _dropins(spec: Path, raw: dict[str, Any], key: str, names: bool) -> dict[str, str]:
+    out = {}
+    for name, text in _table(spec, raw, key, None).items():
+        where = f"{key}.{name}"
+        if names and not re.fullmatch(r"[A-Za-z0-9_.-]+\.conf", name):
+            raise _fail(spec, where, "a drop-in file name ends in .conf (e.g. \"stop.conf\")")
+        if not isinstance(text, str) or not re.search(r"(?m)^\[\w+\]", text):
+            raise _fail(spec, where, "must be unit-file text with a section, "
+                                     "e.g. \"[Service]\\nKillSignal=SIGQUIT\\n\"")
+        out[name] = text if text.endswith("\n") else text + "\n"
+    return out
+
+
+def load_subject(spec: Path) -> Subject:
+    """Read and check ``spec``; every fault is a SpecError naming the file and the key."""
+    spec = spec.resolve()
+    try:
+        raw = tomllib.loads(spec.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{spec}: no such subject spec (--service / PWT_SERVICE)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{spec}: cannot read: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{spec}: not valid TOML: {e}") from None
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise _fail(spec, key, f"unknown key (known: {', '.join(sorted(TOP_KEYS))})")
+    for key in ("name", "port", "sockets", "scenarios", "answer", "versions"):
+        if key not in raw:
+            raise _fail(spec, key, "missing")
+
+    name = _str(spec, raw["name"], "name")
+    if not NAME_RE.match(name) or "_" in name:
+        raise _fail(spec, "name", f"{name!r} is no portable prefix (letters, digits, '-', '.')")
+    service = _str(spec, raw.get("service", f"{name}.service"), "service")
+    if not (service.startswith(name) and service.endswith(".service")):
+        raise _fail(spec, "service", f"portablectl only attaches units named {name}*.service")
+    port = raw["port"]
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise _fail(spec, "port", f"must be a TCP port number, not {port!r}")
+    profile = raw.get("profile", "default")
+    if profile not in PROFILES:
+        raise _fail(spec, "profile", f"must be one of {', '.join(PROFILES)}, not {profile!r}")
+
+    sockets = tuple(_file(spec, s, "sockets") for s in _strings(spec, raw["sockets"], "sockets"))
+    if not sockets:
+        raise _fail(spec, "sockets", "name at least one host .socket unit file")
+    for s in sockets:
+        if not UNIT_FILE_RE.match(s.name) or not s.name.startswith(name):
+            raise _fail(spec, "sockets", f"{s.name}: a host socket is named {name}*.socket")
+        if f"ListenStream={port}" not in s.read_text().replace(" ", ""):
+            raise _fail(spec, "sockets", f"{s.name} has no ListenStream={port} (the port)")
+
+    request = _table(spec, raw, "request", REQUEST_KEYS)
+    path = _str(spec, request.get("path", "/"), "request.path")
+    if not path.startswith("/") or any(c.isspace() for c in path):
+        raise _fail(spec, "request.path", f"an absolute path without spaces, not {path!r}")
+    host = _str(spec, request.get("host", "probe"), "request.host")
+
+    answer = _table(spec, raw, "answer", ANSWER_KEYS)
+    body_re = answer.get("version_regex")
+    header = answer.get("version_header")
+    if (body_re is None) == (header is None):
+        raise _fail(spec, "answer", "give exactly one of version_regex (on the body) and "
+                                    "version_header (a header's value)")
+    if body_re is not None:
+        body_re = _regex(spec, body_re, "answer.version_regex")
+    if header is not None and not re.fullmatch(r"[A-Za-z0-9-]+", _str(spec, header,
+                                                                       "answer.version_header")):
+        raise _fail(spec, "answer.version_header", f"{header!r} is no header name")
+    counter = answer.get("counter_regex")
+    if counter is not None:
+        counter = _regex(spec, counter, "answer.counter_regex")
+        if re.compile(counter).groups != 1:
+            raise _fail(spec, "answer.counter_regex", "needs one group around the number")
+
+    versions = _versions(spec, _table(spec, raw, "versions", None))
+    build = _build(spec, _table(spec, raw, "build", BUILD_KEYS)) if "build" in raw else None
+    for v in versions.values():
+        if v.image is None and build is None:
+            raise _fail(spec, f"versions.{v.number}.image",
+                        "missing: give a ready image, or a [build] recipe for all versions")
+
+    state_dirs = _strings(spec, raw.get("state_directories", []), "state_directories")
+    for d in state_dirs:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", d):
+            raise _fail(spec, "state_directories", f"{d!r}: a name under /var/lib, no slashes")
+    checks = _file(spec, raw["checks"], "checks", directory=True) if "checks" in raw else None
+    subject = Subject(
+        spec=spec, name=name, service=service, port=port, profile=profile, sockets=sockets,
+        scenarios=_strings(spec, raw["scenarios"], "scenarios"), versions=versions,
+        request_path=path, request_host=host, version_regex=body_re, version_header=header,
+        counter_regex=counter, state_directories=state_dirs,
+        dropins=_dropins(spec, raw, "dropins", names=True),
+        shutdown=_dropins(spec, raw, "shutdown", names=False), build=build, checks=checks,
+    )
+    _check_scenarios(subject)
+    return subject
+
+
+def _versions(spec: Path, table: dict[str, Any]) -> dict[int, Version]:
+    versions: dict[int, Version] = {}
+    for key, value in table.items():
+        where = f"versions.{key}"
+        if not key.isdigit() or int(key) < 1:
+            raise _fail(spec, where, "versions are numbered 1, 2, ... ([versions.1])")
+        if not isinstance(value, dict):
+            raise _fail(spec, where, "must be a table")
+        for k in value:
+            if k not in VERSION_KEYS:
+                raise _fail(spec, f"{where}.{k}", f"unknown key (known: "
+                                                  f"{', '.join(sorted(VERSION_KEYS))})")
+        if "answer" not in value:
+            raise _fail(spec, f"{where}.answer", "missing: what the version's answers say")
+        image = _file(spec, value["image"], f"{where}.image") if "image" in value else None
+        versions[int(key)] = Version(int(key), _str(spec, value["answer"], f"{where}.answer"),
+                                     image)
+    if len(versions) < 2:
+        raise _fail(spec, "versions", "an upgrade needs at least two versions")
+    seen: dict[str, int] = {}
+    images: dict[Path, int] = {}
+    for v in sorted(versions.values(), key=lambda v: v.number):
+        if v.answer in seen:
+            raise _fail(spec, f"versions.{v.number}.answer",
+                        f"{v.answer!r} is also version {seen[v.answer]}'s: the versions "
+                        "cannot be told apart")
+        seen[v.answer] = v.number
+        if v.image is not None:
+            if v.image in images:
+                raise _fail(spec, f"versions.{v.number}.image", f"the same file as version "
+                                                                f"{images[v.image]}'s")
+            images[v.image] = v.number
+    return versions
+
+
+def _build(spec: Path, table: dict[str, Any]) -> Build:
+    files = _table(spec, table, "files", None) if "files" in table else {}
+    if not files:
+        raise _fail(spec, "build.files", "missing: what to put in the image "
+                                         "(\"/usr/lib/x/app.py\" = \"app.py\")")
+    out = []
+    for target, source in files.items():
+        if not target.startswith("/") or ".." in target.split("/"):
+            raise _fail(spec, f"build.files.{target}", "an absolute path inside the image")
+        out.append((target, _file(spec, source, f"build.files.{target}")))
+    packages = _strings(spec, table.get("packages", []), "build.packages")
+    for p in packages:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", p):
+            raise _fail(spec, "build.packages", f"{p!r} is no Debian package name")
+    return Build(suite=_str(spec, table.get("suite", "bookworm"), "build.suite"),
+                 packages=packages, files=tuple(out))
+
+
+def _check_scenarios(subject: Subject) -> None:
+    """Every pattern names a scenario; one named outright must be one the subject can run."""
+    from vm.scenario import SCENARIOS
+
+    ids = [s.id for s in SCENARIOS]
+    for pattern in subject.scenarios:
+        if not fnmatch.filter(ids, pattern):
+            raise _fail(subject.spec, "scenarios", f"{pattern!r} names no scenario "
+                                                   f"(known: {', '.join(ids)})")
+        if pattern in ids:
+            scenario = next(s for s in SCENARIOS if s.id == pattern)
+            if (why := subject.cannot_run(scenario)) is not None:
+                raise _fail(subject.spec, "scenarios", why)
