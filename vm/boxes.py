@@ -26,6 +26,10 @@ BASE_PACKAGES = (
 # user's D-Bus (dbus-user-session, which pulls libpam-systemd); mountfsd asks polkit whether an
 # unsigned image may be mounted for an unprivileged user (polkitd; TEST-29-PORTABLE wants >= 124).
 USER_PORTABLE_PACKAGES = ("libbpf1", "dbus-user-session", "libpam-systemd", "polkitd")
+# systemd 262 (sid) loads libcurl with dlopen: without it systemd-pull, and so sysupdate's HTTP
+# source, fails with "Failed to allocate puller: Operation not supported" (seen on 262.1-1;
+# 257 links it). Debian's systemd-container only recommends it, which debootstrap skips.
+HTTP_PULL_PACKAGES = ("libcurl4t64",)
 
 # systemd-nsresourced needs the bpf LSM active. Debian's kernels list it in CONFIG_LSM (sid's
 # 7.2.13: "landlock,lockdown,yama,loadpin,safesetid,integrity,apparmor,selinux,smack,tomoyo,bpf,
@@ -107,7 +111,7 @@ BOXES: dict[str, BoxRecipe] = {
             systemd_major=262,
             suite="sid",
             moving=True,
-            packages=BASE_PACKAGES + USER_PORTABLE_PACKAGES,
+            packages=BASE_PACKAGES + USER_PORTABLE_PACKAGES + HTTP_PULL_PACKAGES,
             kernel_cmd_line=BPF_LSM_CMD_LINE,
         ),
         # Online users only: Fedora's own Cloud Vagrant boxes from its download servers

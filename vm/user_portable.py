@@ -189,6 +189,11 @@ class UserPortableService(PortableService):
             f"id -u {USER} >/dev/null 2>&1 || useradd --create-home --shell /usr/sbin/nologin"
             f" {USER}; uid=$(id -u {USER}); loginctl enable-linger {USER}"
             " && systemctl start systemd-mountfsd.socket systemd-nsresourced.socket"
+            # The services themselves, and polkit, before the first attach: activated by
+            # that call instead, under TCG they took 28 s together (nsresourced loads its BPF
+            # programs for 10 s) and portablectl's D-Bus call timed out (seen on 262).
+            " && systemctl start systemd-nsresourced.service systemd-mountfsd.service"
+            " polkit.service"
             " && systemctl start user@$uid.service"
             " && for i in $(seq 1 60); do test -S /run/user/$uid/bus && break; sleep 1; done;"
             f" test -S /run/user/$uid/bus && mkdir -p $(dirname {POLKIT_RULE})"
@@ -203,8 +208,11 @@ class UserPortableService(PortableService):
     def user_command(self, command: str) -> str:
         """``command`` as a root shell runs it as USER, talking to USER's manager and bus."""
         runtime = f"/run/user/{self.uid}"
+        # SYSTEMD_BUS_TIMEOUT: sd-bus's method call timeout (25 s by default) is short for a
+        # first attach under TCG, which waits for mountfsd, nsresourced and polkit.
         return (f"runuser -u {USER} -- env XDG_RUNTIME_DIR={runtime}"
-                f" DBUS_SESSION_BUS_ADDRESS=unix:path={runtime}/bus bash -c"
+                f" DBUS_SESSION_BUS_ADDRESS=unix:path={runtime}/bus SYSTEMD_BUS_TIMEOUT=120"
+                f" bash -c"
                 f" {shlex.quote(command)}")
 
     def as_user(self, command: str, timeout: float = 120.0) -> str:

@@ -12,6 +12,7 @@ from vm.boxes import (
     BASE_PACKAGES,
     BOXES,
     BPF_LSM_CMD_LINE,
+    HTTP_PULL_PACKAGES,
     LOCAL_BOXES,
     USER_PORTABLE_PACKAGES,
     BoxRecipe,
@@ -55,7 +56,10 @@ def test_a_command_line_enters_the_cache_key_only_where_a_recipe_sets_one() -> N
 def test_sid_installs_what_user_portable_services_need() -> None:
     sid = get_box("debian-sid")
     assert sid.moving
-    assert set(sid.packages) == set(BASE_PACKAGES) | set(USER_PORTABLE_PACKAGES)
+    assert set(sid.packages) == (set(BASE_PACKAGES) | set(USER_PORTABLE_PACKAGES)
+                                 | set(HTTP_PULL_PACKAGES))
+    # 262's systemd-pull dlopens libcurl: sysupdate's HTTP source needs it installed.
+    assert "libcurl4t64" in sid.packages
     # nsresourced dlopens libbpf; portablectl --user needs the user bus; mountfsd asks polkit.
     assert {"libbpf1", "dbus-user-session", "polkitd"} <= set(sid.packages)
     packages = sid.build_env()["PACKAGES"].split(",")
