@@ -83,10 +83,11 @@ def saved_guest_for(state_dir: Path, box: str, key: str) -> SavedGuest:
     return SavedGuest(state_dir / "saved" / f"{slug}-{key}")
 
 
-def stale_saved_guests(state_dir: Path, box: str, keep: SavedGuest) -> list[Path]:
-    """Saved guests of the same box under another key (older qemu, libvirt, recipe)."""
-    slug = box.replace("/", "-")
-    ours = re.compile(rf"{re.escape(slug)}-[0-9a-f]{{12}}")
+def stale_saved_guests(state_dir: Path, recipe: str, keep: SavedGuest) -> list[Path]:
+    """Saved guests of the same box recipe under another key: an earlier build of the box
+    (``pwt/<recipe>-<digest>``), or older qemu, libvirt or saving recipe. Not those of a recipe
+    whose name extends this one (debian-bookworm keeps debian-bookworm-backports')."""
+    ours = re.compile(rf"pwt-{re.escape(recipe)}-[0-9a-f]{{12}}-[0-9a-f]{{12}}")
     root = state_dir / "saved"
     if not root.is_dir():
         return []

@@ -179,9 +179,9 @@ class VagrantVM:
         qemu, libvirt = host_versions(s.libvirt_uri)
         key = saved_key(self.box.vagrant_name, self.accel, s.memory_mb, s.cpus, qemu, libvirt)
         saved = saved_guest_for(s.state_dir, self.box.vagrant_name, key)
-        for stale in stale_saved_guests(s.state_dir, self.box.vagrant_name, saved):
-            log.info(f"removing the saved guest {stale.name}: made with another qemu, libvirt "
-                     "or recipe")
+        for stale in stale_saved_guests(s.state_dir, self.box.recipe.name, saved):
+            log.info(f"removing the saved guest {stale.name}: made from another build of the "
+                     "box, or with another qemu, libvirt or recipe")
             shutil.rmtree(stale, ignore_errors=True)
         return saved
 

@@ -64,10 +64,12 @@ def test_stale_saved_guests_are_the_same_box_under_other_keys(tmp_path: Path) ->
     keep = saved_guest_for(tmp_path, box, "aaaaaaaaaaaa")
     for name in ("pwt-debian-bookworm-0123456789ab-aaaaaaaaaaaa",
                  "pwt-debian-bookworm-0123456789ab-bbbbbbbbbbbb",
+                 "pwt-debian-bookworm-ffffffffffff-aaaaaaaaaaaa",  # an earlier box build
                  "pwt-debian-bookworm-backports-0123456789ab-cccccccccccc"):
         (tmp_path / "saved" / name).mkdir(parents=True)
-    assert [p.name for p in stale_saved_guests(tmp_path, box, keep)] == [
-        "pwt-debian-bookworm-0123456789ab-bbbbbbbbbbbb"]
+    assert [p.name for p in stale_saved_guests(tmp_path, "debian-bookworm", keep)] == [
+        "pwt-debian-bookworm-0123456789ab-bbbbbbbbbbbb",
+        "pwt-debian-bookworm-ffffffffffff-aaaaaaaaaaaa"]
 
 
 def _save_image(path: Path, xml: str, stream: bytes = b"QEVM\x00migration-stream") -> None:
