@@ -42,13 +42,7 @@ def exec_start() -> list[str]:
     return [str(EXAMPLE) if a == "/usr/lib/gunicorn-demo" else a for a in args]
 
 
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    yield sock
-    sock.close()
+# `listener` (the socket unit's stand-in) comes from tests/unit/conftest.py.
 
 
 @pytest.fixture
