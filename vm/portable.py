@@ -548,7 +548,8 @@ class PortableService:
         """
         result = self.machine.execute(
             timed(f"systemctl start {unit}", extra=f"$(readlink {self.symlink})")
-            + f"; journalctl -q --no-pager -n 30 -u {unit}",
+            # Enough lines that systemd-pull's refusal is among them (262 logs more after it).
+            + f"; journalctl -q --no-pager -n 60 -u {unit}",
             timeout=self.reattach_timeout_s,
         )
         start, end, rc, extra = parse_timed(result.stdout)

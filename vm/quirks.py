@@ -74,3 +74,16 @@ def unsupported_reason(systemd_major: int) -> str | None:
             "it has no `portablectl reattach`"
         )
     return None
+
+
+# How systemd-pull refuses a download whose bytes do not match the digest sysupdate gave it
+# (`--verify=<sha256>`), by the first systemd version that says it that way:
+# - 254 and 257: pull_verify() in src/import/pull-common.c, the same format string in Debian's
+#   254.26-1~bpo12+1 and 257.13-1~deb13u1 (read from the binaries), %s being the URL;
+# - 262 (Debian 262.1-1, seen in the guest's journal on 2026-11-27): the raw puller checks the
+#   digest itself and says so in other words, then sysupdate reports "Bad message".
+CHECKSUM_REFUSALS = {
+    254: r"DOWNLOAD INVALID: Checksum of \S+ file did not check out, file has been tampered "
+         r"with\.",
+    262: r"Checksum of downloaded resource does not match expected checksum, yikes\.",
+}

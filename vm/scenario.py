@@ -27,7 +27,12 @@ from vm.latency import latency_report, stall_problems
 from vm.load import GUEST_DIR, LoadOutcome, LoadRun
 from vm.log import log
 from vm.portable import ATTACHED_STATES, PortableService, Reattach
-from vm.quirks import fdstore_preserve_missing, reattach_target, sysupdate_transfer_suffix
+from vm.quirks import (
+    CHECKSUM_REFUSALS,
+    fdstore_preserve_missing,
+    reattach_target,
+    sysupdate_transfer_suffix,
+)
 from vm.report import scenario_record
 from vm.stop_start import clear_fd_store, stop_start_upgrade
 from vm.subject import Subject
@@ -63,15 +68,10 @@ UPGRADES = ("reattach", "stop-start")
 SCOPES = ("system", "user")
 
 
-# How a url-file download whose bytes do not match SHA256SUMS is refused. systemd-sysupdate
-# runs systemd-pull with the manifest's digest (`--verify=<sha256>`); systemd-pull's
-# pull_verify() (src/import/pull-common.c) then logs this format string, with the URL for %s.
-# The string is the same in the systemd-pull of Debian's 254.26-1~bpo12+1 and 257.13-1~deb13u1
-# (read from the binaries; tests/unit/test_sysupdate.py holds the lines). Anything else
+# How a url-file download whose bytes do not match SHA256SUMS is refused: the exact words of
+# systemd-pull, which differ between versions (vm/quirks.py CHECKSUM_REFUSALS). Anything else
 # failing the rollout (an "Invalid argument", a 404) is not the refusal this scenario is about.
-REFUSAL_REASON = re.compile(
-    r"DOWNLOAD INVALID: Checksum of \S+ file did not check out, file has been tampered with\."
-)
+REFUSAL_REASON = re.compile("|".join(f"(?:{p})" for p in CHECKSUM_REFUSALS.values()))
 
 
 class ScenarioUnsupported(Exception):

@@ -35,6 +35,9 @@ REFUSAL_LINES = {
          "http://127.0.0.1:8090/portable-walkthrough_2.raw file did not check out, file has "
          "been tampered with.",
     257: REFUSAL_LINE,
+    # 262.1-1 (sid), from the rollout journal of a run on 2026-11-27 (time prefix as printed).
+    262: "Nov 27 10:19:53 pwt-guest systemd-pull[12652]: Checksum of downloaded resource does "
+         "not match expected checksum, yikes.",
 }
 # Lines of a rollout that failed for another reason: none of them is a checksum refusal. The
 # old pattern (invalid|tamper|checksum|hash anywhere) took the first, third and fourth for one.
@@ -147,7 +150,9 @@ def test_refused_verdict_with_the_real_refusal(major: int) -> None:
         run.reattach, output=rollout_output(REFUSAL_LINES[major])))
     verdict = verdict_of(run)
     assert verdict.kind == REFUSED, verdict.explain()
-    assert verdict.observed.startswith("DOWNLOAD INVALID: Checksum of http://127.0.0.1:8090/")
+    # The report quotes systemd-pull's own words, whichever version said them.
+    words = REFUSAL_LINES[major].split("]: ", 1)[1]
+    assert verdict.observed.startswith(words)
 
 
 @pytest.mark.parametrize("line", NOT_A_REFUSAL)
