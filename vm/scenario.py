@@ -22,6 +22,7 @@ import pytest
 
 from vm import user_portable
 from vm.config import Settings
+from vm.errors import GuestError
 from vm.haproxy import HaproxyConfig, proxy_port_for
 from vm.latency import latency_report, stall_problems
 from vm.load import GUEST_DIR, LoadOutcome, LoadRun
@@ -190,6 +191,12 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
         user.setup()
         run = _run(user, settings, scenario)
         return dataclasses.replace(run, facts={**run.facts, "user_journal": user.journal()[-3000:]})
+    except GuestError as e:
+        journal = user.journal()
+        log.info(f"the user's journal (last lines):\n{journal[-3000:]}")
+        if (why := user_portable.attach_refusal(str(e), journal, service.systemd_major)):
+            raise ScenarioUnsupported(why) from e
+        raise
     except BaseException:
         log.info(f"the user's journal (last lines):\n{user.journal()[-3000:]}")
         raise
