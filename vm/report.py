@@ -19,7 +19,20 @@ SUMMARY_COLUMNS = (
     ("req/s", "requests_per_second"), ("reattach s", "reattach_s"),
     ("switch at s", "switch_at_s"), ("longest gap ms", "longest_gap_ms"),
     ("max latency ms", "max_latency_ms"), ("counter ok", "counter_ok"),
+    ("load s", "load_s"), ("overhead s", "overhead_s"),
 )
+
+
+def overhead_line(records: Sequence[dict[str, Any]]) -> str:
+    """The median of the scenarios' overhead (wall time beyond the load window), or ""."""
+    values = sorted(r["overhead_s"] for r in records if isinstance(r.get("overhead_s"),
+                                                                   (int, float)))
+    if not values:
+        return ""
+    mid = len(values) // 2
+    median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    return (f"Overhead per scenario (wall time beyond the load window): median {median:.1f} s, "
+            f"{values[0]:.1f} to {values[-1]:.1f} s over {len(values)} scenarios.\n\n")
 
 
 def scenario_record(
@@ -143,7 +156,7 @@ def write_summary(directory: Path, records: Sequence[dict[str, Any]],
     )
     (directory / "summary.md").write_text(
         f"# Zero-downtime reattach: results\n\n{markdown_table(records)}\n\n"
-        f"{skipped_md}{latency_md}{stability_md}## Phases\n{phase_lines}\n"
+        f"{overhead_line(records)}{skipped_md}{latency_md}{stability_md}## Phases\n{phase_lines}\n"
     )
 
 

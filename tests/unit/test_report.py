@@ -260,3 +260,13 @@ def test_timeline_without_a_switch_has_no_after_window() -> None:
     labels = window_labels(outcome(probe_series(T0 + 0.2, T0 + 30.0, "Hello", 3)))
     assert [label.split("\n")[0] for label in labels] == ["before reattach",
                                                           "reattach to v2 + 2 s"]
+
+
+def test_summary_gives_the_median_overhead() -> None:
+    from vm.report import overhead_line
+
+    rows = [{"overhead_s": v} for v in (8.0, 21.7, 8.5, 8.4)]
+    assert overhead_line(rows).startswith(
+        "Overhead per scenario (wall time beyond the load window): median 8.4 s, 8.0 to 21.7 s "
+        "over 4 scenarios.")
+    assert overhead_line([{"scenario": "x"}]) == ""
