@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from vm.config import ACCEL_CHOICES, KEEP_VM_CHOICES, LoadSettings, Settings
-from vm.errors import HarnessError
-from vm.log import log
+from vm.core.config import ACCEL_CHOICES, KEEP_VM_CHOICES, LoadSettings, Settings
+from vm.core.errors import HarnessError
+from vm.core.log import log
 from vm.subject import SpecError, Subject, load_subject
 
 ROOT = Path(__file__).resolve().parent

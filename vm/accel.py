@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from vm.errors import PrerequisiteMissing
-from vm.log import log
+from vm.core.errors import PrerequisiteMissing
+from vm.core.log import log
 
 PROBE_SECONDS = 20.0
 BANNER = b"Linux version"

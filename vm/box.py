@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vm.boxes import DEBIAN_MIRROR, BoxRecipe
-from vm.cache import checksum_ok, file_sha256, locked, recipe_hash, write_checksum
-from vm.errors import HarnessError, PrerequisiteMissing
-from vm.host import pool_volumes, remove_libvirt_leftovers
-from vm.log import log
-from vm.proc import run_logged
+from vm.core.cache import checksum_ok, file_sha256, locked, recipe_hash, write_checksum
+from vm.core.errors import HarnessError, PrerequisiteMissing
+from vm.core.host import pool_volumes, remove_libvirt_leftovers
+from vm.core.log import log
+from vm.core.proc import run_logged
 
 BUILD_SCRIPT = Path(__file__).with_name("build-box.sh")
 # The disk step, apart so a test can run it where /dev has no loop device.

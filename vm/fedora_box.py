@@ -32,13 +32,13 @@ from vm.box import (
     vagrant_env,
 )
 from vm.boxes import BoxRecipe
-from vm.cache import recipe_hash
-from vm.config import Settings
-from vm.errors import HarnessError
+from vm.core.cache import recipe_hash
+from vm.core.config import Settings
+from vm.core.errors import HarnessError
+from vm.core.host import pool_volumes, remove_libvirt_leftovers
+from vm.core.log import log
+from vm.core.proc import run_logged
 from vm.fedora import FEDORA_RELEASES, Downloader, fetch_verified_box, urllib_download
-from vm.host import pool_volumes, remove_libvirt_leftovers
-from vm.log import log
-from vm.proc import run_logged
 from vm.provision import provision_commands
 from vm.vagrant_backend import VagrantVM
 from vm.vagrantfile import VagrantfileSpec, render

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vm.boxes import DEBIAN_MIRROR
-from vm.cache import checksum_ok, locked, recipe_hash, write_checksum
-from vm.errors import PrerequisiteMissing
-from vm.log import log
-from vm.proc import run_logged
+from vm.core.cache import checksum_ok, locked, recipe_hash, write_checksum
+from vm.core.errors import PrerequisiteMissing
+from vm.core.log import log
+from vm.core.proc import run_logged
 from vm.subject import Subject
 
 BUILD_SCRIPT = Path(__file__).resolve().with_name("build-image.sh")

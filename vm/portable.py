@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from vm import sysupdate
-from vm.errors import GuestError, HarnessError
+from vm.core.errors import GuestError, HarnessError
+from vm.core.log import log
 from vm.image import PortableImages
 from vm.load import GUEST_DIR, PROBE_SOURCE
-from vm.log import log
 from vm.machine import Machine
 from vm.quirks import reattach_target
 from vm.subject import DROPIN_PREFIX, PORTABLES, Subject

@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 
 from vm import user_portable
-from vm.config import Settings
-from vm.errors import GuestError
+from vm.core.config import Settings
+from vm.core.errors import GuestError
+from vm.core.log import log
 from vm.haproxy import HaproxyConfig, proxy_port_for
 from vm.latency import latency_report, stall_problems
 from vm.load import GUEST_DIR, LoadOutcome, LoadRun
-from vm.log import log
 from vm.portable import ATTACHED_STATES, PortableService, Reattach
 from vm.quirks import (
     CHECKSUM_REFUSALS,

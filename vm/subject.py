@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vm.errors import HarnessError
+from vm.core.errors import HarnessError
 
 if TYPE_CHECKING:
     from vm.scenario import Scenario

@@ -21,7 +21,7 @@ from __future__ import annotations
 import shlex
 import time
 
-from vm.errors import GuestError
+from vm.core.errors import GuestError
 from vm.machine import Machine
 from vm.portable import (
     ATTACHED_STATES,

@@ -14,17 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from vm.box import BuiltBox, vagrant_env
-from vm.config import Settings
-from vm.errors import HarnessError
-from vm.host import (
+from vm.core.config import Settings
+from vm.core.errors import HarnessError
+from vm.core.host import (
     check_vagrant_prerequisites,
     free_port,
     random_mac,
     remove_libvirt_leftovers,
 )
-from vm.log import log
+from vm.core.log import log
+from vm.core.proc import heartbeat, signals_deferred
 from vm.machine import Machine, SshTarget, parse_ssh_config
-from vm.proc import heartbeat, signals_deferred
 from vm.saved_guest import (
     RunDomain,
     SavedGuest,

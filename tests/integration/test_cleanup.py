@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from vm.config import Settings
-from vm.host import list_domains, pool_volumes
+from vm.core.config import Settings
+from vm.core.host import list_domains, pool_volumes
 
 ROOT = Path(__file__).resolve().parents[2]
 LOAD_MARKER = "  load: ab "  # run.log: the scenario's load has started

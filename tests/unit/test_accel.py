@@ -9,7 +9,7 @@ import pytest
 
 import vm.accel
 from vm.accel import choose_accel, kvm_device_problem
-from vm.errors import PrerequisiteMissing
+from vm.core.errors import PrerequisiteMissing
 
 
 def test_a_missing_device_is_named(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ import pytest
 
 import vm.box as box
 from vm.box import explain_build_failure, require_free_space
-from vm.cache import write_checksum
-from vm.errors import PrerequisiteMissing
+from vm.core.cache import write_checksum
+from vm.core.errors import PrerequisiteMissing
 
 Usage = namedtuple("Usage", "total used free")
 

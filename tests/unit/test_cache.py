@@ -1,4 +1,4 @@
-"""vm/cache.py: recipe hashes, checksums and the builder lock."""
+"""vm/core/cache.py: recipe hashes, checksums and the builder lock."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vm.cache import checksum_ok, file_sha256, locked, recipe_hash, write_checksum
+from vm.core.cache import checksum_ok, file_sha256, locked, recipe_hash, write_checksum
 
 
 def recipe(directory: Path, script: str = "#!/bin/sh\ndebootstrap \"$SUITE\"\n",

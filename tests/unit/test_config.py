@@ -1,4 +1,4 @@
-"""vm/config.py (run settings and their validation) and vm/boxes.py (box recipes)."""
+"""vm/core/config.py (run settings and their validation) and vm/boxes.py (box recipes)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vm.boxes import BASE_PACKAGES, BOXES, DEBIAN_MIRROR, DEFAULT_BOX, BoxRecipe, get_box
-from vm.config import LoadSettings, Settings
+from vm.core.config import LoadSettings, Settings
 
 
 def test_defaults_are_valid() -> None:

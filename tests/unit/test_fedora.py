@@ -12,7 +12,7 @@ import pytest
 from support import DATA
 
 from vm import fedora
-from vm.errors import HarnessError, PrerequisiteMissing
+from vm.core.errors import HarnessError, PrerequisiteMissing
 from vm.fedora import (
     FEDORA_RELEASES,
     FedoraRelease,

@@ -1,4 +1,4 @@
-"""vm/host.py: loopback ports, MAC addresses, prerequisite checks (vagrant is never run)."""
+"""vm/core/host.py: loopback ports, MAC addresses, prerequisite checks (vagrant is never run)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-import vm.host
-from vm.errors import HarnessError, PrerequisiteMissing
-from vm.host import check_vagrant_prerequisites, free_port, random_mac
+from vm.core import host as host
+from vm.core.errors import HarnessError, PrerequisiteMissing
+from vm.core.host import check_vagrant_prerequisites, free_port, random_mac
 
 
 @pytest.mark.parametrize("kind", [socket.SOCK_STREAM, socket.SOCK_DGRAM])
@@ -54,23 +54,23 @@ def fake_run(plugins: str, virsh_rc: int = 0, virsh_err: str = "") -> Any:
 
 
 def test_missing_vagrant(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vm.host.shutil, "which", which(set()))
-    monkeypatch.setattr(vm.host.subprocess, "run", fake_run(""))
+    monkeypatch.setattr(host.shutil, "which", which(set()))
+    monkeypatch.setattr(host.subprocess, "run", fake_run(""))
     with pytest.raises(PrerequisiteMissing, match=r"vagrant is not installed: run \./setup-host"):
         check_vagrant_prerequisites("qemu:///system", {})
     assert issubclass(PrerequisiteMissing, HarnessError)
 
 
 def test_missing_virsh(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vm.host.shutil, "which", which({"vagrant"}))
-    monkeypatch.setattr(vm.host.subprocess, "run", fake_run(""))
+    monkeypatch.setattr(host.shutil, "which", which({"vagrant"}))
+    monkeypatch.setattr(host.subprocess, "run", fake_run(""))
     with pytest.raises(PrerequisiteMissing, match="virsh"):
         check_vagrant_prerequisites("qemu:///system", {})
 
 
 def test_missing_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vm.host.shutil, "which", which({"vagrant", "virsh"}))
-    monkeypatch.setattr(vm.host.subprocess, "run", fake_run("vagrant-share (2.0.0, global)\n"))
+    monkeypatch.setattr(host.shutil, "which", which({"vagrant", "virsh"}))
+    monkeypatch.setattr(host.subprocess, "run", fake_run("vagrant-share (2.0.0, global)\n"))
     with pytest.raises(PrerequisiteMissing, match="vagrant-libvirt plugin is missing"):
         check_vagrant_prerequisites("qemu:///system", {})
 
@@ -79,8 +79,8 @@ def test_libvirtd_not_answering(monkeypatch: pytest.MonkeyPatch) -> None:
     run = fake_run("vagrant-libvirt (0.12.2, global)\n", virsh_rc=1,
                    virsh_err="error: failed to connect to the hypervisor\n"
                              "error: Failed to connect socket: No such file or directory\n")
-    monkeypatch.setattr(vm.host.shutil, "which", which({"vagrant", "virsh"}))
-    monkeypatch.setattr(vm.host.subprocess, "run", run)
+    monkeypatch.setattr(host.shutil, "which", which({"vagrant", "virsh"}))
+    monkeypatch.setattr(host.subprocess, "run", run)
     with pytest.raises(PrerequisiteMissing) as info:
         check_vagrant_prerequisites("qemu:///system", {"VAGRANT_HOME": "/x"})
     assert str(info.value) == ("libvirtd does not answer at qemu:///system (error: Failed to "
@@ -90,8 +90,8 @@ def test_libvirtd_not_answering(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_all_prerequisites_present(monkeypatch: pytest.MonkeyPatch) -> None:
     run = fake_run("vagrant-libvirt (0.12.2, global)\n")
-    monkeypatch.setattr(vm.host.shutil, "which", which({"vagrant", "virsh"}))
-    monkeypatch.setattr(vm.host.subprocess, "run", run)
+    monkeypatch.setattr(host.shutil, "which", which({"vagrant", "virsh"}))
+    monkeypatch.setattr(host.subprocess, "run", run)
     check_vagrant_prerequisites("qemu:///system", {})
     assert [c[0] for c in run.calls] == ["vagrant", "virsh"]
 
@@ -106,11 +106,11 @@ VOL_LIST = """ Name                                                             
 
 
 def test_pool_volumes_parses_virsh_vol_list(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vm.host, "_virsh", lambda *a: subprocess.CompletedProcess(a, 0, VOL_LIST))
-    assert vm.host.pool_volumes("qemu:///system", "pwt", "pwt-VAGRANTSLASH-debian-trixie-") == [
+    monkeypatch.setattr(host, "_virsh", lambda *a: subprocess.CompletedProcess(a, 0, VOL_LIST))
+    assert host.pool_volumes("qemu:///system", "pwt", "pwt-VAGRANTSLASH-debian-trixie-") == [
         ("pwt-VAGRANTSLASH-debian-trixie-a45bfd2d04f3_vagrant_box_image_0_1795700088_box.img",
-         vm.host.Path("/p/pool/with space/t.img"))]
-    assert [n for n, _ in vm.host.pool_volumes("u", "pwt", "pwt-2026")] == [
+         host.Path("/p/pool/with space/t.img"))]
+    assert [n for n, _ in host.pool_volumes("u", "pwt", "pwt-2026")] == [
         "pwt-20261126-153700-b4dc26-default.img"]
 
 
@@ -118,8 +118,8 @@ def test_pool_volumes_is_empty_when_libvirt_does_not_answer(
         monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*a: Any) -> Any:
         raise subprocess.TimeoutExpired("virsh", 30)
-    monkeypatch.setattr(vm.host, "_virsh", fail)
-    assert vm.host.pool_volumes("u", "pwt", "") == []
+    monkeypatch.setattr(host, "_virsh", fail)
+    assert host.pool_volumes("u", "pwt", "") == []
 
 
 @pytest.mark.parametrize("stderr", [
@@ -130,8 +130,8 @@ def test_pool_volumes_is_empty_when_libvirt_does_not_answer(
 ])
 def test_no_permission_for_libvirt_says_so(monkeypatch: pytest.MonkeyPatch, stderr: str) -> None:
     run = fake_run("vagrant-libvirt (0.12.2, global)\n", virsh_rc=1, virsh_err=stderr)
-    monkeypatch.setattr(vm.host.shutil, "which", which({"vagrant", "virsh"}))
-    monkeypatch.setattr(vm.host.subprocess, "run", run)
+    monkeypatch.setattr(host.shutil, "which", which({"vagrant", "virsh"}))
+    monkeypatch.setattr(host.subprocess, "run", run)
     with pytest.raises(PrerequisiteMissing) as info:
         check_vagrant_prerequisites("qemu:///system", {})
     message = str(info.value)
@@ -145,11 +145,11 @@ def test_a_user_without_polkit_gets_the_permission_line(monkeypatch: pytest.Monk
                    virsh_err="error: failed to connect to the hypervisor\nerror: internal error: "
                              "Unable to get system bus connection: Could not connect: No such "
                              "file or directory\n")
-    monkeypatch.setattr(vm.host.shutil, "which", which({"vagrant", "virsh"}))
-    monkeypatch.setattr(vm.host.subprocess, "run", run)
-    monkeypatch.setattr(vm.host.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(host.shutil, "which", which({"vagrant", "virsh"}))
+    monkeypatch.setattr(host.subprocess, "run", run)
+    monkeypatch.setattr(host.os, "geteuid", lambda: 1000)
     with pytest.raises(PrerequisiteMissing, match=r"^no permission to manage libvirt"):
         check_vagrant_prerequisites("qemu:///system", {})
-    monkeypatch.setattr(vm.host.os, "geteuid", lambda: 0)  # root: libvirtd itself is missing
+    monkeypatch.setattr(host.os, "geteuid", lambda: 0)  # root: libvirtd itself is missing
     with pytest.raises(PrerequisiteMissing, match=r"^libvirtd does not answer"):
         check_vagrant_prerequisites("qemu:///system", {})

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from support import WALKTHROUGH
 
-from vm.config import LoadSettings
-from vm.errors import GuestError
+from vm.core.config import LoadSettings
+from vm.core.errors import GuestError
 from vm.load import AB_UNIT, POLL_MARK, PROBE_UNIT, SECTION, LoadRun, split_sections
 from vm.machine import CommandResult
 

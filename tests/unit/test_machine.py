@@ -11,8 +11,8 @@ import pytest
 from support import WALKTHROUGH, FakeGuest, fake_host, fake_machine
 
 from vm import machine as machine_module
-from vm.errors import GuestError, HarnessError
-from vm.log import StepLogger
+from vm.core.errors import GuestError, HarnessError
+from vm.core.log import StepLogger
 from vm.machine import CommandResult, Machine, SshTarget, one_line, parse_ssh_config
 from vm.portable import CLIENT_UNITS, PortableService
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from support import WALKTHROUGH, fake_host, scenario_run
 
-from vm.config import Settings
+from vm.core.config import Settings
 from vm.holders import HolderSummary
 from vm.portable import PortableService, dropin_files
 from vm.scenario import (
@@ -253,7 +253,7 @@ def test_the_polkit_rule_is_for_mountfsd_and_the_test_user_only() -> None:
 
 def test_the_user_side_is_dirty_while_its_socket_listens() -> None:
     """A user socket left on port 8080 would break every later system scenario."""
-    from vm.errors import GuestError
+    from vm.core.errors import GuestError
 
     answers = "\n".join([f"{image_path(WALKTHROUGH, 1)} detached",
                          f"{image_path(WALKTHROUGH, 2)} detached",

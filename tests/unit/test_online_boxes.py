@@ -17,8 +17,8 @@ from support import DATA
 from vm import fedora, fedora_box
 from vm.box import BuiltBox, ensure_box
 from vm.boxes import BOXES, LOCAL_BOXES, get_box
-from vm.config import Settings
-from vm.errors import HarnessError
+from vm.core.config import Settings
+from vm.core.errors import HarnessError
 from vm.fedora import FEDORA_RELEASES, FedoraRelease
 from vm.provision import DNF_PACKAGES, NO_EGRESS_RULES, portabled_package, provision_commands
 from vm.vagrantfile import VagrantfileSpec, render

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from support import WALKTHROUGH
 
-from vm.errors import GuestError
+from vm.core.errors import GuestError
 from vm.machine import CommandResult
 from vm.portable import ImageRefused, PortableService, ServiceFacts
 

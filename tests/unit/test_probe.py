@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from support import PROBE_PY, WALKTHROUGH, StartServer
 
-from vm.host import free_port
+from vm.core.host import free_port
 from vm.timeline import Timeline, parse_probe_log, parse_probe_skips
 
 

@@ -1,4 +1,4 @@
-"""vm/retry.py: the one wait helper."""
+"""vm/core/retry.py: the one wait helper."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from vm.errors import GuestError, WaitTimeout
-from vm.retry import retry
+from vm.core.errors import GuestError, WaitTimeout
+from vm.core.retry import retry
 
 
 def test_returns_once_the_predicate_holds() -> None:

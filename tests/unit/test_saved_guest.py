@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vm.errors import HarnessError
+from vm.core.errors import HarnessError
 from vm.saved_guest import (
     HEADER,
     SAVE_MAGIC,

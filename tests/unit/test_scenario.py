@@ -269,7 +269,7 @@ def test_summary_row_of_a_lossy_rollback() -> None:
 def test_a_scenario_the_subject_does_not_list_is_skipped_with_the_reason() -> None:
     from support import ROOT, fake_host
 
-    from vm.config import Settings
+    from vm.core.config import Settings
     from vm.portable import PortableService
     from vm.scenario import ScenarioUnsupported, run_scenario
     from vm.subject import load_subject

@@ -13,8 +13,8 @@ import pytest
 from vm import vagrant_backend
 from vm.box import BuiltBox
 from vm.boxes import get_box
-from vm.config import Settings
-from vm.errors import HarnessError
+from vm.core.config import Settings
+from vm.core.errors import HarnessError
 from vm.vagrant_backend import PORT_ATTEMPTS, VagrantVM, port_clash
 
 QEMU = shutil.which("qemu-system-x86_64")

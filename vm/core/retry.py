@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from vm.errors import WaitTimeout
+from vm.core.errors import WaitTimeout
 
 
 def retry(

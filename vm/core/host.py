@@ -9,7 +9,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from vm.errors import PrerequisiteMissing
+from vm.core.errors import PrerequisiteMissing
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

@@ -10,8 +10,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from vm.errors import HarnessError
-from vm.log import log
+from vm.core.errors import HarnessError
+from vm.core.log import log
 
 
 def _last_line(path: Path) -> str:
