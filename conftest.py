@@ -39,7 +39,7 @@ BOOT_STARTED = pytest.StashKey[float]()
 OPTIONS: dict[str, tuple[str, type, str]] = {
     "service": ("PWT_SERVICE", str, "subject spec (TOML) of the service under test "
                 "(default images/walkthrough.toml; README: Test your own service)"),
-    "box": ("PWT_BOX", str, "guest box to boot (see vm/boxes.py)"),
+    "box": ("PWT_BOX", str, "guest box to boot (see vm/boxes/recipes.py)"),
     "accel": ("PWT_ACCEL", str, f"accelerator: {'|'.join(ACCEL_CHOICES)} (auto probes KVM)"),
     "provider": ("PWT_PROVIDER", str, "Vagrant provider: libvirt (default) or virtualbox"),
     "restore": ("PWT_RESTORE", str, "on: restore the box's saved booted guest (made by the "
@@ -268,8 +268,8 @@ def _harness_step(phase: str, config: pytest.Config, fn: Any, *args: Any) -> Any
 
 @pytest.fixture(scope="session")
 def box(settings: Settings, pytestconfig: pytest.Config, artifacts: Path) -> Any:
-    from vm.box import ensure_box
-    from vm.boxes import get_box
+    from vm.boxes.builder import ensure_box
+    from vm.boxes.recipes import get_box
 
     return _harness_step("box", pytestconfig, ensure_box, get_box(settings.box),
                          settings.state_dir, settings.box_build_timeout_s,
@@ -298,7 +298,7 @@ def vm(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Config,
 
     Asks for ``images`` so a broken image build ends the run before a boot is paid for."""
     from vm.accel import choose_accel
-    from vm.fedora_box import needs_provisioning, provision_box
+    from vm.boxes.fedora_box import needs_provisioning, provision_box
     from vm.runs import RunLock, reap_stale_runs
     from vm.vagrant_backend import VagrantVM
 

@@ -8,7 +8,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vm.boxes import DEBIAN_MIRROR
+from vm.boxes.recipes import DEBIAN_MIRROR
 from vm.core.cache import checksum_ok, locked, recipe_hash, write_checksum
 from vm.core.errors import PrerequisiteMissing
 from vm.core.log import log

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vm.boxes import LOCAL_BOXES, get_box
+from vm.boxes.recipes import LOCAL_BOXES, get_box
 
 
 def load_summaries(paths: Sequence[Path]) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ the way systemd's TEST-29-PORTABLE does: ``runuser -u USER -- env XDG_RUNTIME_DI
 An unprivileged manager cannot mount an image itself: systemd-mountfsd mounts it, and
 systemd-nsresourced hands out the user namespace, which needs the bpf LSM, libbpf and a kernel
 >= 6.5. ``missing_pieces`` names what a guest lacks (the scenario is then skipped with that
-list); the box recipe (vm/boxes.py, debian-sid) provides them.
+list); the box recipe (vm/boxes/recipes.py, debian-sid) provides them.
 
 Our images carry no verity signature, so mountfsd asks polkit before mounting one for a user
 (``io.systemd.mount-file-system.mount-untrusted-image``, auth_admin by default): a polkit rule

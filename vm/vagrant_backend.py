@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vm.box import BuiltBox, vagrant_env
+from vm.boxes.builder import BuiltBox, vagrant_env
 from vm.core.config import Settings
 from vm.core.errors import HarnessError
 from vm.core.host import (

@@ -7,7 +7,7 @@ match against the guest agent's interface list; that NIC is a UDP tunnel between
 ports with the same MAC as the user-mode NIC, so it carries nothing anywhere.
 
 The one exception is ``network="provision"``: the VM that provisions a downloaded box once
-(vm/fedora_box.py) needs dnf's mirrors, so its user-mode NIC is not restricted. Every run then
+(vm/boxes/fedora_box.py) needs dnf's mirrors, so its user-mode NIC is not restricted. Every run then
 boots the packaged result with ``network="restricted"``.
 """
 
@@ -140,7 +140,7 @@ def _render_virtualbox(spec: VagrantfileSpec) -> str:
     """VirtualBox: NAT with SSH forwarded to 127.0.0.1 only; the console goes to a file.
 
     NAT cannot refuse what the guest starts, so "restricted" is enforced inside the derived
-    box (vm/provision.py NO_EGRESS_RULES); the provisioning VM has not got those rules yet."""
+    box (vm/boxes/provision.py NO_EGRESS_RULES); the provisioning VM has not got those rules yet."""
     key = _ssh_key_lines(spec)
     return f"""\
 # Rendered by vm/vagrantfile.py for one test run; edits are lost.

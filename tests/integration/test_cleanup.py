@@ -108,7 +108,7 @@ def test_ctrl_c_to_the_process_group_of_tox_leaves_nothing(
 @pytest.mark.vm
 def test_vagrant_ssh_and_destroy_know_the_sessions_machine(vm: Any, settings: Settings) -> None:
     """Whether the guest was restored or booted cold, Vagrant sees it as its machine."""
-    from vm.box import vagrant_env
+    from vm.boxes.builder import vagrant_env
 
     result = subprocess.run(["vagrant", "ssh", "-c", "cat /etc/hostname"], cwd=settings.run_dir,
                             env=vagrant_env(settings.state_dir), capture_output=True, text=True,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import vm.box as box
-from vm.box import explain_build_failure, require_free_space
+import vm.boxes.builder as box
+from vm.boxes.builder import explain_build_failure, require_free_space
 from vm.core.cache import write_checksum
 from vm.core.errors import PrerequisiteMissing
 

@@ -1,5 +1,6 @@
-"""vm/boxes.py and vm/box.py: what a recipe adds to the kernel command line and the packages,
-and that a recipe without extras keeps the cache key (box name, saved guest) it had."""
+"""vm/boxes/recipes.py and vm/boxes/builder.py: what a recipe adds to the kernel command line
+and the packages, and that a recipe without extras keeps the cache key (box name, saved guest)
+it had."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from vm.box import KERNEL_CMD_LINE, BuiltBox, kernel_cmd_line
-from vm.boxes import (
+from vm.boxes.builder import KERNEL_CMD_LINE, BuiltBox, kernel_cmd_line
+from vm.boxes.recipes import (
     BASE_PACKAGES,
     BOXES,
     BPF_LSM_CMD_LINE,

@@ -1,4 +1,4 @@
-"""vm/core/config.py (run settings and their validation) and vm/boxes.py (box recipes)."""
+"""vm/core/config.py (run settings and their validation) and vm/boxes/recipes.py (box recipes)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vm.boxes import BASE_PACKAGES, BOXES, DEBIAN_MIRROR, DEFAULT_BOX, BoxRecipe, get_box
+from vm.boxes.recipes import BASE_PACKAGES, BOXES, DEBIAN_MIRROR, DEFAULT_BOX, BoxRecipe, get_box
 from vm.core.config import LoadSettings, Settings
 
 

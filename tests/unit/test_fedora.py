@@ -1,4 +1,4 @@
-"""vm/fedora.py: names, the signed CHECKSUM, the SHA-256 check and the download path (no
+"""vm/boxes/fedora.py: names, the signed CHECKSUM, the SHA-256 check and the download path (no
 network: a fake downloader serves files from a dict)."""
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from support import DATA
 
-from vm import fedora
-from vm.core.errors import HarnessError, PrerequisiteMissing
-from vm.fedora import (
+from vm.boxes import fedora
+from vm.boxes.fedora import (
     FEDORA_RELEASES,
     FedoraRelease,
     box_name,
@@ -24,6 +23,7 @@ from vm.fedora import (
     parse_checksums,
     verify_signed_checksums,
 )
+from vm.core.errors import HarnessError, PrerequisiteMissing
 
 SAMPLES = DATA / "fedora"
 SIGNED = SAMPLES / "Fedora-Cloud-43-1.6-x86_64-CHECKSUM"
@@ -193,7 +193,7 @@ def test_missing_key_is_one_line_naming_the_fix(monkeypatch: pytest.MonkeyPatch,
     with pytest.raises(HarnessError) as err:
         verify_signed_checksums(SIGNED, FEDORA_RELEASES[43], tmp_path)
     assert "RPM-GPG-KEY-fedora-43-primary is missing: add it as described in " \
-           "vm/keys/README.md" in str(err.value)
+           "vm/boxes/keys/README.md" in str(err.value)
     assert "\n" not in str(err.value)
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from support import DATA
 
-from vm import fedora, fedora_box
-from vm.box import BuiltBox, ensure_box
-from vm.boxes import BOXES, LOCAL_BOXES, get_box
+from vm.boxes import fedora, fedora_box
+from vm.boxes.builder import BuiltBox, ensure_box
+from vm.boxes.fedora import FEDORA_RELEASES, FedoraRelease
+from vm.boxes.provision import DNF_PACKAGES, NO_EGRESS_RULES, portabled_package, provision_commands
+from vm.boxes.recipes import BOXES, LOCAL_BOXES, get_box
 from vm.core.config import Settings
 from vm.core.errors import HarnessError
-from vm.fedora import FEDORA_RELEASES, FedoraRelease
-from vm.provision import DNF_PACKAGES, NO_EGRESS_RULES, portabled_package, provision_commands
 from vm.vagrantfile import VagrantfileSpec, render
 
 FEDORA = [name for name in BOXES if name.startswith("fedora-")]

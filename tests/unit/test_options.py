@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vm.boxes import BOXES
+from vm.boxes.recipes import BOXES
 from vm.scenario import SCENARIOS
 
 pytest_plugins = ["pytester"]

@@ -1,7 +1,7 @@
 """The box's disk step runs where there is no loop device and no losetup (issue: kernel 6.18
 answers HDIO_GETGEO with ENOTTY on loop partitions, and containers never see partition nodes).
 
-The real vm/pack-box.sh runs on a tiny tree inside a private mount namespace whose /dev is a
+The real vm/boxes/pack-box.sh runs on a tiny tree inside a private mount namespace whose /dev is a
 fresh tmpfs with only null/zero/urandom in it, with a PATH that has no losetup, mount or
 grub-install. The result is then read back: a tar with a qcow2 of one ext4 file system
 labelled pwt-root that holds the tree's files, and the kernel and initramfs beside it.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from vm.box import PACK_SCRIPT
+from vm.boxes.builder import PACK_SCRIPT
 
 # Exactly what pack-box.sh may use; losetup, mount, partx and grub-install are not among them.
 TOOLS = ("bash", "ls", "sort", "tail", "cp", "du", "cut", "truncate", "mkfs.ext4", "mke2fs",

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from vm import vagrant_backend
-from vm.box import BuiltBox
-from vm.boxes import get_box
+from vm.boxes.builder import BuiltBox
+from vm.boxes.recipes import get_box
 from vm.core.config import Settings
 from vm.core.errors import HarnessError
 from vm.vagrant_backend import PORT_ATTEMPTS, VagrantVM, port_clash

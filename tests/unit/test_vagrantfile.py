@@ -161,7 +161,7 @@ def test_ruby_accepts_the_syntax(tmp_path: Path, accel: str) -> None:
 
 
 def test_a_box_built_here_boots_its_own_kernel_directly() -> None:
-    from vm.box import KERNEL_CMD_LINE
+    from vm.boxes.builder import KERNEL_CMD_LINE
 
     text = render(spec(kernel=Path("/s/boxes/b.box.vmlinuz"), initrd=Path("/s/boxes/b.box.initrd"),
                        cmd_line=KERNEL_CMD_LINE))

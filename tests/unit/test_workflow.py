@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vm.boxes import BOXES, get_box
-from vm.fedora import FEDORA_RELEASES
-from vm.provision import provision_commands
+from vm.boxes.fedora import FEDORA_RELEASES
+from vm.boxes.provision import provision_commands
+from vm.boxes.recipes import BOXES, get_box
 
 WORKFLOW = Path(__file__).resolve().parents[2] / ".github" / "workflows" / "nightly.yml"
 CHECKER = shutil.which("check-jsonschema")
@@ -27,7 +27,7 @@ def test_matrix_lists_exactly_the_boxes_in_code() -> None:
     jobs = workflow()["jobs"]
     assert isinstance(jobs, dict)
     boxes = jobs["integration"]["strategy"]["matrix"]["box"]
-    assert boxes == list(BOXES), "add a box in vm/boxes.py and in nightly.yml together"
+    assert boxes == list(BOXES), "add a box in vm/boxes/recipes.py and in nightly.yml together"
 
 
 def test_no_box_job_is_doomed_by_design() -> None:

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vm.boxes import DEFAULT_BOX, get_box
+from vm.boxes.recipes import DEFAULT_BOX, get_box
 from vm.subject import DEFAULT_SPEC
 
 KEEP_VM_CHOICES = ("never", "on-error", "always")

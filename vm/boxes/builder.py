@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from vm.boxes import DEBIAN_MIRROR, BoxRecipe
+from vm.boxes.recipes import DEBIAN_MIRROR, BoxRecipe
 from vm.core.cache import checksum_ok, file_sha256, locked, recipe_hash, write_checksum
 from vm.core.errors import HarnessError, PrerequisiteMissing
 from vm.core.host import pool_volumes, remove_libvirt_leftovers
@@ -246,8 +246,8 @@ def prune_old_boxes(recipe_name: str, keep: str, env: dict[str, str]) -> list[st
 
 
 def fetch_box(recipe: BoxRecipe, state_dir: Path, provider: str) -> BuiltBox:
-    """A downloaded box (Fedora, from its own servers, verified): vm/fedora_box.py."""
-    from vm.fedora_box import fetch  # imports this module
+    """A downloaded box (Fedora, from its own servers, verified): vm/boxes/fedora_box.py."""
+    from vm.boxes.fedora_box import fetch  # imports this module
 
     if provider not in recipe.providers:
         raise HarnessError(

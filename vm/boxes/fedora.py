@@ -4,14 +4,14 @@ A box comes from a pinned URL on Fedora's download servers (never a Vagrant Clou
 resolution was unreliable). It is trusted only when
 
 1. the release's ``CHECKSUM`` file (clear-signed) has a good signature by that release's key,
-   kept in ``vm/keys/`` and pinned here by fingerprint (checked with ``gpgv``), and
+   kept in ``vm/boxes/keys/`` and pinned here by fingerprint (checked with ``gpgv``), and
 2. the ``.box`` file's SHA-256 is the one that signed text lists for it.
 
 The checksum is read from the text gpgv verified (its ``--output``), never from the file as
 downloaded: the armour around a clear-signed message is not covered by the signature.
 
-Names (see vm/keys/README.md for the keys): ``releases/43`` compose ``1.6`` and ``releases/44``
-compose ``1.7`` were seen in many public Vagrantfiles and scripts pointing at
+Names (see vm/boxes/keys/README.md for the keys): ``releases/43`` compose ``1.6`` and
+``releases/44`` compose ``1.7`` were seen in many public Vagrantfiles and scripts pointing at
 download.fedoraproject.org (``Fedora-Cloud-Base-Vagrant-libvirt-43-1.6.x86_64.vagrant.libvirt
 .box``, ``Fedora-Cloud-43-1.6-x86_64-CHECKSUM``, ``...-44-1.7...``). The VirtualBox file name
 follows the one public reference found for 43 (``Fedora-Cloud-Base-Vagrant-VirtualBox-43-1.6
@@ -104,7 +104,7 @@ def compose_from_listing(html: str, release: int) -> str:
         seen = ", ".join(sorted(found)) or "none"
         raise HarnessError(
             f"cannot tell the Fedora {release} Cloud compose from its image directory "
-            f"(CHECKSUM files seen: {seen}): pin it in FEDORA_RELEASES in vm/fedora.py"
+            f"(CHECKSUM files seen: {seen}): pin it in FEDORA_RELEASES in vm/boxes/fedora.py"
         )
     return found.pop()
 
@@ -142,7 +142,7 @@ def verify_signed_checksums(checksum_file: Path, fedora: FedoraRelease, work: Pa
     if not fedora.key_file.exists():
         raise HarnessError(
             f"the Fedora {fedora.release} release key {fedora.key_file} is missing: add it "
-            "as described in vm/keys/README.md"
+            "as described in vm/boxes/keys/README.md"
         )
     work.mkdir(parents=True, exist_ok=True)
     keyring = work / f"fedora-{fedora.release}.gpg"

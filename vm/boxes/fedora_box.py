@@ -5,9 +5,9 @@ A downloaded Fedora box lacks ab, haproxy and portabled, and installing them nee
 mirrors. So, once per (release, provider, provisioning recipe, host key):
 
 1. ``fetch``: download the ``.box``, check it against the release's signed CHECKSUM
-   (vm/fedora.py), ``vagrant box add`` it as ``pwt/fedora-N-<compose>-base``;
+   (vm/boxes/fedora.py), ``vagrant box add`` it as ``pwt/fedora-N-<compose>-base``;
 2. ``provision_box``: boot it in a provisioning VM whose user-mode network is *open*
-   (``network="provision"`` in vm/vagrantfile.py), run vm/provision.py's commands, install the
+   (``network="provision"`` in vm/vagrantfile.py), run vm/boxes/provision.py's commands, install the
    per-host SSH key, and package the disk as the derived box ``pwt/fedora-N-<digest>``;
 3. every run, this one included, boots the derived box with ``restrict=on`` and our own key.
 
@@ -24,22 +24,22 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from vm.box import (
+from vm.boxes.builder import (
     BuiltBox,
     _vagrant_has_box,
     ensure_ssh_key,
     pool_base_prefix,
     vagrant_env,
 )
-from vm.boxes import BoxRecipe
+from vm.boxes.fedora import FEDORA_RELEASES, Downloader, fetch_verified_box, urllib_download
+from vm.boxes.provision import provision_commands
+from vm.boxes.recipes import BoxRecipe
 from vm.core.cache import recipe_hash
 from vm.core.config import Settings
 from vm.core.errors import HarnessError
 from vm.core.host import pool_volumes, remove_libvirt_leftovers
 from vm.core.log import log
 from vm.core.proc import run_logged
-from vm.fedora import FEDORA_RELEASES, Downloader, fetch_verified_box, urllib_download
-from vm.provision import provision_commands
 from vm.vagrant_backend import VagrantVM
 from vm.vagrantfile import VagrantfileSpec, render
 

@@ -50,15 +50,15 @@ class BoxRecipe:
     packages: tuple[str, ...] = BASE_PACKAGES
     extra_suite: str | None = None  # e.g. bookworm-backports
     extra_packages: tuple[str, ...] = ()
-    # Downloaded boxes: the Fedora release whose Cloud Vagrant box is fetched (vm/fedora.py).
+    # Downloaded boxes: the Fedora release whose Cloud Vagrant box is fetched (vm/boxes/fedora.py).
     fedora_release: int | None = None
     providers: tuple[str, ...] = field(default=("libvirt",))
     # A suite that keeps moving (Debian unstable): two builds of the same recipe can carry
     # different systemd packages, so a report must show the package version read from the
     # guest, not systemd_major, before a verdict change is blamed on the suite.
     moving: bool = False
-    # Appended to the kernel command line of a box built here (vm/box.py KERNEL_CMD_LINE), for
-    # this recipe only: e.g. the LSM list a scenario needs.
+    # Appended to the kernel command line of a box built here (vm/boxes/builder.py
+    # KERNEL_CMD_LINE), for this recipe only: e.g. the LSM list a scenario needs.
     kernel_cmd_line: str = ""
 
     @property

@@ -1,8 +1,9 @@
 """What a downloaded box (Fedora) needs installed before the scenarios, by release and provider.
 
-Locally built Debian boxes have everything baked in (see vm/boxes.py BASE_PACKAGES). A Fedora
-box is provisioned once, in a VM whose network is open for that (see vm/fedora_box.py), and the
-result is packaged as a derived box that every run then boots restricted like a Debian box.
+Locally built Debian boxes have everything baked in (see vm/boxes/recipes.py BASE_PACKAGES). A
+Fedora box is provisioned once, in a VM whose network is open for that (see
+vm/boxes/fedora_box.py), and the result is packaged as a derived box that every run then boots
+restricted like a Debian box.
 
 Where portabled lives: `portablectl` is in `systemd` on every Fedora; `systemd-portabled` is in
 `systemd-udev` up to Fedora 44 (measured on 42, PLATFORM.md; not re-checked for 43/44 here) and
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import shlex
 
-from vm.boxes import BoxRecipe
+from vm.boxes.recipes import BoxRecipe
 
 DNF_PACKAGES = ("httpd-tools", "haproxy", "python3", "procps-ng")
 # The first release whose systemd-portabled is in systemd-container, not systemd-udev.
