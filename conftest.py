@@ -23,7 +23,7 @@ import pytest
 from vm.core.config import ACCEL_CHOICES, KEEP_VM_CHOICES, LoadSettings, Settings
 from vm.core.errors import HarnessError
 from vm.core.log import log
-from vm.subject import SpecError, Subject, load_subject
+from vm.subject.spec import SpecError, Subject, load_subject
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = pytest.StashKey[list[dict[str, Any]]]()
@@ -281,7 +281,7 @@ def images(settings: Settings, subject: Subject, pytestconfig: pytest.Config,
            artifacts: Path) -> Any:
     """socket location -> the subject's images of that shape (its ready files, or built on
     the host when first asked)."""
-    from vm.image import ensure_images
+    from vm.subject.image import ensure_images
 
     def build(socket_location: str) -> Any:
         return _harness_step(f"images ({socket_location} socket)", pytestconfig,

@@ -9,7 +9,7 @@ through ``Machine.execute``: testinfra's verbs (``host.service``, ``host.socket`
 connection, one bound per command and one log. testinfra's own client would be a second
 connection with no command timeout, whose commands run.log would not show.
 
-The users' own checks run in a pytest process of their own (vm/user_checks.py) with
+The users' own checks run in a pytest process of their own (vm/subject/user_checks.py) with
 testinfra's stock backend on the same ``ssh_config`` file, exactly as a user runs them by hand.
 """
 

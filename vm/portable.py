@@ -13,11 +13,11 @@ from typing import Any
 from vm import sysupdate
 from vm.core.errors import GuestError, HarnessError
 from vm.core.log import log
-from vm.image import PortableImages
 from vm.load import GUEST_DIR, PROBE_SOURCE
 from vm.machine import Machine
 from vm.quirks import reattach_target
-from vm.subject import DROPIN_PREFIX, PORTABLES, Subject
+from vm.subject.image import PortableImages
+from vm.subject.spec import DROPIN_PREFIX, PORTABLES, Subject
 
 STASH = "/var/lib/pwt-images"  # every uploaded image set, by socket location
 # A host drop-in that selects a scenario's shutdown mode (drop-ins apply to portable units).

@@ -36,7 +36,7 @@ from vm.quirks import (
 )
 from vm.report import scenario_record
 from vm.stop_start import clear_fd_store, stop_start_upgrade
-from vm.subject import Subject
+from vm.subject.spec import Subject
 from vm.sysupdate import PIN_UNIT, ROLLOUT_UNIT, SysupdateSetup
 from vm.verdict import (
     SocketObservation,

@@ -17,7 +17,7 @@ import shlex
 
 from vm.portable import PRESERVE_LINE, PortableService, Reattach, parse_timed, timed
 from vm.quirks import reattach_target
-from vm.subject import Subject
+from vm.subject.spec import Subject
 
 # PRESERVE_LINE, the drop-in line that keeps the fd store across a stop (254+; vm/quirks.py),
 # is written by vm/portable.py's dropin_files into the shutdown mode's drop-in; named here too,

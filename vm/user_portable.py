@@ -41,7 +41,7 @@ from vm.quirks import (
     USER_PORTABLE_MIN_POLKIT,
     user_portables_missing,
 )
-from vm.subject import DROPIN_PREFIX, Subject
+from vm.subject.spec import DROPIN_PREFIX, Subject
 
 USER = "pwt-user"
 HOME = f"/home/{USER}"

@@ -51,7 +51,7 @@ def run_recorded(
             pytest.exit(f"pwt: {e}", returncode=3)
         checks = portable.subject.checks
         if checks is not None:
-            from vm.user_checks import run_user_checks
+            from vm.subject.user_checks import run_user_checks
 
             # Their run record is the row as the harness judged it before their checks.
             before = summary_row(result, settings.box, portable.systemd_major,

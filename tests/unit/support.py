@@ -23,7 +23,7 @@ from vm.load import LoadOutcome
 from vm.machine import CommandResult, Machine, SshTarget
 from vm.portable import Reattach
 from vm.scenario import Scenario, ScenarioRun, expected_image
-from vm.subject import DEFAULT_SPEC, Subject, load_subject
+from vm.subject.spec import DEFAULT_SPEC, Subject, load_subject
 from vm.timeline import ProbeRecord, Timeline
 from vm.verdict import SocketObservation
 

@@ -216,7 +216,7 @@ def test_a_subject_that_does_not_list_the_user_scope_is_skipped_before_the_prefl
 ) -> None:
     from support import ROOT
 
-    from vm.subject import load_subject
+    from vm.subject.spec import load_subject
 
     svc, commands = service(262)
     svc.subject = load_subject(ROOT / "examples" / "gunicorn" / "spec.toml")

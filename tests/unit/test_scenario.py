@@ -272,7 +272,7 @@ def test_a_scenario_the_subject_does_not_list_is_skipped_with_the_reason() -> No
     from vm.core.config import Settings
     from vm.portable import PortableService
     from vm.scenario import ScenarioUnsupported, run_scenario
-    from vm.subject import load_subject
+    from vm.subject.spec import load_subject
 
     gunicorn = load_subject(ROOT / "examples" / "gunicorn" / "spec.toml")
     machine, host, fake = fake_host({})

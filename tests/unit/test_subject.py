@@ -1,4 +1,4 @@
-"""vm/subject.py: the subject spec. The default one (the walkthrough) and the example one
+"""vm/subject/spec.py: the subject spec. The default one (the walkthrough) and the example one
 load; every kind of bad input ends with one line naming the file and the key."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from support import ROOT, WALKTHROUGH
 
 from vm.scenario import SCENARIOS, get_scenario
-from vm.subject import DEFAULT_SPEC, SpecError, load_subject
+from vm.subject.spec import DEFAULT_SPEC, SpecError, load_subject
 
 GUNICORN = ROOT / "examples" / "gunicorn" / "spec.toml"
 

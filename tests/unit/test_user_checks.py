@@ -1,4 +1,4 @@
-"""vm/user_checks.py: a spec's own pytest files run in their own pytest process with
+"""vm/subject/user_checks.py: a spec's own pytest files run in their own pytest process with
 testinfra's ``host`` and the scenario's ``run_record``; each failure becomes one line.
 
 Here the host is testinfra's ``local://`` backend (no VM): the same plugin, fixtures and
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vm.user_checks import run_user_checks
+from vm.subject.user_checks import run_user_checks
 
 CHECKS = '''
 def test_passes(host, run_record):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vm.boxes.recipes import DEFAULT_BOX, get_box
-from vm.subject import DEFAULT_SPEC
+from vm.subject.spec import DEFAULT_SPEC
 
 KEEP_VM_CHOICES = ("never", "on-error", "always")
 PROVIDER_CHOICES = ("libvirt", "virtualbox")
@@ -102,7 +102,7 @@ class Settings:
     # boot cold and save nothing.
     restore: str = "on"
     load: LoadSettings = field(default_factory=LoadSettings)
-    # The subject spec of the service under test (--service; vm/subject.py reads it).
+    # The subject spec of the service under test (--service; vm/subject/spec.py reads it).
     service: Path = DEFAULT_SPEC
 
     def validate(self) -> None:

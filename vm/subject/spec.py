@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from vm.scenario import Scenario
 
 PORTABLES = "/var/lib/portables"
-DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "images" / "walkthrough.toml"
+DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "images" / "walkthrough.toml"
 PROFILES = ("default", "nonetwork", "strict", "trusted")
 # Drop-ins the suite installs for the service are named 50-pwt-*.conf: reset removes them all.
 DROPIN_PREFIX = "50-pwt-"
@@ -56,7 +56,7 @@ class Version:
 
 @dataclass(frozen=True)
 class Build:
-    """A recipe for the suite's image builder (vm/build-image.sh): a Debian minbase with
+    """A recipe for the suite's image builder (vm/subject/build-image.sh): a Debian minbase with
     ``packages``, plus ``files`` (path in the image -> file beside the spec)."""
 
     suite: str

@@ -1,5 +1,5 @@
 """A subject's portable images <name>_<V>.raw: ready files from its spec, or built once (cached)
-on the host from its ``[build]`` recipe by vm/build-image.sh."""
+on the host from its ``[build]`` recipe by vm/subject/build-image.sh."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from vm.core.cache import checksum_ok, locked, recipe_hash, write_checksum
 from vm.core.errors import PrerequisiteMissing
 from vm.core.log import log
 from vm.core.proc import run_logged
-from vm.subject import Subject
+from vm.subject.spec import Subject
 
 BUILD_SCRIPT = Path(__file__).resolve().with_name("build-image.sh")
 SOCKET_LOCATIONS = ("host", "image")
