@@ -297,10 +297,10 @@ def vm(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Config,
     """The session's one VM: booted once, destroyed at the end (see --keep-vm).
 
     Asks for ``images`` so a broken image build ends the run before a boot is paid for."""
-    from vm.accel import choose_accel
     from vm.boxes.fedora_box import needs_provisioning, provision_box
-    from vm.runs import RunLock, reap_stale_runs
-    from vm.vagrant_backend import VagrantVM
+    from vm.machine.accel import choose_accel
+    from vm.machine.runs import RunLock, reap_stale_runs
+    from vm.machine.vagrant_backend import VagrantVM
 
     lock = RunLock(settings.run_dir)
     reap_stale_runs(settings.state_dir, settings.run_id, settings.libvirt_uri, settings.pool)
@@ -349,7 +349,7 @@ def vm(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Config,
 def ssh_config(vm: Any, settings: Settings) -> Path:
     """``vagrant ssh-config`` of the session's VM as a file in its run dir (host alias
     ``pwt-guest``): what testinfra, the users' checks and a person with ``ssh -F`` use."""
-    from vm.guest_host import write_ssh_config
+    from vm.machine.guest_host import write_ssh_config
 
     return write_ssh_config(vm.target, settings.run_dir / "ssh_config")
 
@@ -357,8 +357,8 @@ def ssh_config(vm: Any, settings: Settings) -> Path:
 @pytest.fixture(scope="session")
 def host(vm: Any, ssh_config: Path) -> Any:
     """testinfra's ``Host`` on the session's VM (paramiko backend, commands as root through
-    the vm's own SSH connection: see vm/guest_host.py)."""
-    from vm.guest_host import guest_host
+    the vm's own SSH connection: see vm/machine/guest_host.py)."""
+    from vm.machine.guest_host import guest_host
 
     return guest_host(vm, ssh_config)
 

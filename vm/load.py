@@ -17,7 +17,7 @@ from vm.ab import AbResult, ab_command, parse_ab_output
 from vm.core.config import LoadSettings
 from vm.core.errors import GuestError
 from vm.holders import HolderSummary, parse_holder_log, summarise
-from vm.machine import Machine
+from vm.machine.machine import Machine
 from vm.timeline import ProbeRecord, Timeline, parse_probe_log, parse_probe_skips
 
 GUEST_DIR = "/run/pwt"

@@ -14,7 +14,7 @@ from vm import sysupdate
 from vm.core.errors import GuestError, HarnessError
 from vm.core.log import log
 from vm.load import GUEST_DIR, PROBE_SOURCE
-from vm.machine import Machine
+from vm.machine.machine import Machine
 from vm.quirks import reattach_target
 from vm.subject.image import PortableImages
 from vm.subject.spec import DROPIN_PREFIX, PORTABLES, Subject
@@ -202,7 +202,7 @@ REFUSED_MARK = "PWT-REFUSED"
 class PortableService:
     """Drive the subject's portable service on ``machine`` (whose systemd is
     ``systemd_major``). Guest state is read through testinfra's ``host`` (same SSH
-    connection, see vm/guest_host.py); commands and waits go through ``machine``. The
+    connection, see vm/machine/guest_host.py); commands and waits go through ``machine``. The
     scenario path asks each question once: attach, the facts before and after the load and
     the reset are one guest round trip each."""
 

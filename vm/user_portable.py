@@ -22,7 +22,7 @@ import shlex
 import time
 
 from vm.core.errors import GuestError
-from vm.machine import Machine
+from vm.machine.machine import Machine
 from vm.portable import (
     ATTACHED_STATES,
     CLEAN_WORDS,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from vm.core.config import Settings
-from vm.guest_host import SSH_CONFIG_HOST
+from vm.machine.guest_host import SSH_CONFIG_HOST
 from vm.portable import ImageRefused, PortableService
 from vm.report import plot_timeline, skipped_row
 from vm.scenario import (

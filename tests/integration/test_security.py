@@ -1,7 +1,7 @@
 """Security basics of the booted guest and of what the run opened on the host.
 
 Runs on the session's VM in seconds: no scenario, no load. The guest is inspected with
-testinfra's ``host`` (vm/guest_host.py).
+testinfra's ``host`` (vm/machine/guest_host.py).
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ from types import ModuleType
 
 from vm import user_portable
 from vm.ab import AbResult
-from vm.guest_host import guest_host
 from vm.load import LoadOutcome
-from vm.machine import CommandResult, Machine, SshTarget
+from vm.machine.guest_host import guest_host
+from vm.machine.machine import CommandResult, Machine, SshTarget
 from vm.portable import Reattach
 from vm.scenario import Scenario, ScenarioRun, expected_image
 from vm.subject.spec import DEFAULT_SPEC, Subject, load_subject
@@ -247,7 +247,7 @@ LINUX_WITH_SYSTEMD: dict[str, Answer | list[Answer]] = {
 
 
 def fake_host(answers: dict[str, Answer | list[Answer]]) -> tuple[Machine, object, FakeGuest]:
-    """A fake Machine and testinfra's ``host`` on it (vm/guest_host.py: every testinfra
+    """A fake Machine and testinfra's ``host`` on it (vm/machine/guest_host.py: every testinfra
     command goes through Machine.execute, so the FakeGuest answers them too)."""
     m, fake = fake_machine({**answers, **LINUX_WITH_SYSTEMD})
     return m, guest_host(m, Path("/nonexistent/ssh_config")), fake

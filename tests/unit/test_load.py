@@ -10,7 +10,7 @@ from support import WALKTHROUGH
 from vm.core.config import LoadSettings
 from vm.core.errors import GuestError
 from vm.load import AB_UNIT, POLL_MARK, PROBE_UNIT, SECTION, LoadRun, split_sections
-from vm.machine import CommandResult
+from vm.machine.machine import CommandResult
 
 
 class RecordingMachine:

@@ -1,4 +1,4 @@
-"""vm/machine.py without SSH: ssh-config parsing, CommandResult, and the verbs over a fake
+"""vm/machine/machine.py without SSH: ssh-config parsing, CommandResult, and the verbs over a fake
 ``execute``."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from support import WALKTHROUGH, FakeGuest, fake_host, fake_machine
 
-from vm import machine as machine_module
 from vm.core.errors import GuestError, HarnessError
 from vm.core.log import StepLogger
-from vm.machine import CommandResult, Machine, SshTarget, one_line, parse_ssh_config
+from vm.machine import machine as machine_module
+from vm.machine.machine import CommandResult, Machine, SshTarget, one_line, parse_ssh_config
 from vm.portable import CLIENT_UNITS, PortableService
 
 SSH_CONFIG = """\
@@ -288,8 +288,8 @@ class FakeClient:
 
 @pytest.fixture
 def step_log(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[StepLogger, list[str]]:
-    """A fresh step logger for vm.machine, writing run.log under tmp_path; the terminal lines
-    it emitted are collected in the list."""
+    """A fresh step logger for vm.machine.machine, writing run.log under tmp_path; the terminal
+    lines it emitted are collected in the list."""
     shown: list[str] = []
     logger = StepLogger()
     logger.emit = shown.append

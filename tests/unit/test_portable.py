@@ -9,7 +9,7 @@ import pytest
 from support import WALKTHROUGH
 
 from vm.core.errors import GuestError
-from vm.machine import CommandResult
+from vm.machine.machine import CommandResult
 from vm.portable import ImageRefused, PortableService, ServiceFacts
 
 SOCKET = WALKTHROUGH.socket

@@ -1,4 +1,4 @@
-"""vm/saved_guest.py: the saved guest's key, its image header patch and its domain XML."""
+"""vm/machine/saved_guest.py: the saved guest's key, its image header patch and its domain XML."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vm.core.errors import HarnessError
-from vm.saved_guest import (
+from vm.machine.saved_guest import (
     HEADER,
     SAVE_MAGIC,
     RunDomain,

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from vm import vagrant_backend
 from vm.boxes.builder import BuiltBox
 from vm.boxes.recipes import get_box
 from vm.core.config import Settings
 from vm.core.errors import HarnessError
-from vm.vagrant_backend import PORT_ATTEMPTS, VagrantVM, port_clash
+from vm.machine import vagrant_backend
+from vm.machine.vagrant_backend import PORT_ATTEMPTS, VagrantVM, port_clash
 
 QEMU = shutil.which("qemu-system-x86_64")
 

@@ -1,4 +1,5 @@
-"""vm/vagrantfile.py: the rendered Vagrantfile obeys the networking rule and is valid Ruby."""
+"""vm/machine/vagrantfile.py: the rendered Vagrantfile obeys the networking rule and is valid
+Ruby."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vm.vagrantfile import VagrantfileSpec, render
+from vm.machine.vagrantfile import VagrantfileSpec, render
 
 KEY = Path("/var/lib/portable-walkthrough-tests/keys/id_ed25519")
 

@@ -7,8 +7,9 @@ mirrors. So, once per (release, provider, provisioning recipe, host key):
 1. ``fetch``: download the ``.box``, check it against the release's signed CHECKSUM
    (vm/boxes/fedora.py), ``vagrant box add`` it as ``pwt/fedora-N-<compose>-base``;
 2. ``provision_box``: boot it in a provisioning VM whose user-mode network is *open*
-   (``network="provision"`` in vm/vagrantfile.py), run vm/boxes/provision.py's commands, install the
-   per-host SSH key, and package the disk as the derived box ``pwt/fedora-N-<digest>``;
+   (``network="provision"`` in vm/machine/vagrantfile.py), run vm/boxes/provision.py's
+   commands, install the per-host SSH key, and package the disk as the derived box
+   ``pwt/fedora-N-<digest>``;
 3. every run, this one included, boots the derived box with ``restrict=on`` and our own key.
 
 The provisioning VM lives inside the run's own run dir and domain prefix, so the run's lock
@@ -40,8 +41,8 @@ from vm.core.errors import HarnessError
 from vm.core.host import pool_volumes, remove_libvirt_leftovers
 from vm.core.log import log
 from vm.core.proc import run_logged
-from vm.vagrant_backend import VagrantVM
-from vm.vagrantfile import VagrantfileSpec, render
+from vm.machine.vagrant_backend import VagrantVM
+from vm.machine.vagrantfile import VagrantfileSpec, render
 
 PROVISION_TIMEOUT_S = 1800.0
 

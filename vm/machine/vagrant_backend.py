@@ -24,8 +24,8 @@ from vm.core.host import (
 )
 from vm.core.log import log
 from vm.core.proc import heartbeat, signals_deferred
-from vm.machine import Machine, SshTarget, parse_ssh_config
-from vm.saved_guest import (
+from vm.machine.machine import Machine, SshTarget, parse_ssh_config
+from vm.machine.saved_guest import (
     RunDomain,
     SavedGuest,
     domain_uuid,
@@ -42,7 +42,7 @@ from vm.saved_guest import (
     virsh,
     write_vagrant_machine_id,
 )
-from vm.vagrantfile import VagrantfileSpec, render
+from vm.machine.vagrantfile import VagrantfileSpec, render
 
 # What qemu says when a port it was given is taken by the time it binds it (seen here with
 # qemu 7.2: the SSH forward of user networking, and the UDP tunnel's local address).

@@ -99,7 +99,7 @@ def render(spec: VagrantfileSpec) -> str:
     netdev = f"user,id=pwtnet,restrict={restrict},hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"
     device = f"virtio-net-pci,netdev=pwtnet,mac={spec.mac},bus=pci.0,addr=0x1f"
     return f"""\
-# Rendered by vm/vagrantfile.py for one test run; edits are lost.
+# Rendered by vm/machine/vagrantfile.py for one test run; edits are lost.
 Vagrant.configure("2") do |config|
   config.vm.box = {_rb(spec.box)}
   config.vm.synced_folder ".", "/vagrant", disabled: true
@@ -143,7 +143,7 @@ def _render_virtualbox(spec: VagrantfileSpec) -> str:
     box (vm/boxes/provision.py NO_EGRESS_RULES); the provisioning VM has not got those rules yet."""
     key = _ssh_key_lines(spec)
     return f"""\
-# Rendered by vm/vagrantfile.py for one test run; edits are lost.
+# Rendered by vm/machine/vagrantfile.py for one test run; edits are lost.
 # Guest network: {spec.network} (restricted: the box's own rules drop guest-started traffic).
 Vagrant.configure("2") do |config|
   config.vm.box = {_rb(spec.box)}
