@@ -13,7 +13,7 @@ from typing import Any
 from vm import sysupdate
 from vm.core.errors import GuestError, HarnessError
 from vm.core.log import log
-from vm.load import GUEST_DIR, PROBE_SOURCE
+from vm.load.load import GUEST_DIR, PROBE_SOURCE
 from vm.machine.machine import Machine
 from vm.quirks import reattach_target
 from vm.subject.image import PortableImages

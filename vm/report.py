@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vm.latency import WINDOWS, LatencyReport, latency_report
-from vm.load import LoadOutcome
+from vm.load.latency import WINDOWS, LatencyReport, latency_report
+from vm.load.load import LoadOutcome
+from vm.load.timeline import FAILURE_CLASSES
 from vm.portable import Reattach
-from vm.timeline import FAILURE_CLASSES
 
 SUMMARY_COLUMNS = (
     ("scenario", "scenario"), ("systemd", "systemd_version"),

@@ -24,9 +24,9 @@ from vm import user_portable
 from vm.core.config import Settings
 from vm.core.errors import GuestError
 from vm.core.log import log
-from vm.haproxy import HaproxyConfig, proxy_port_for
-from vm.latency import latency_report, stall_problems
-from vm.load import GUEST_DIR, LoadOutcome, LoadRun
+from vm.load.haproxy import HaproxyConfig, proxy_port_for
+from vm.load.latency import latency_report, stall_problems
+from vm.load.load import GUEST_DIR, LoadOutcome, LoadRun
 from vm.portable import ATTACHED_STATES, PortableService, Reattach
 from vm.quirks import (
     CHECKSUM_REFUSALS,

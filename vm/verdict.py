@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from vm.load import LoadOutcome
+from vm.load.load import LoadOutcome
+from vm.load.timeline import ProbeRecord
 from vm.portable import Reattach
-from vm.timeline import ProbeRecord
 
 
 @dataclass(frozen=True)

@@ -17,19 +17,19 @@ from pathlib import Path
 from types import ModuleType
 
 from vm import user_portable
-from vm.ab import AbResult
-from vm.load import LoadOutcome
+from vm.load.ab import AbResult
+from vm.load.load import LoadOutcome
+from vm.load.timeline import ProbeRecord, Timeline
 from vm.machine.guest_host import guest_host
 from vm.machine.machine import CommandResult, Machine, SshTarget
 from vm.portable import Reattach
 from vm.scenario import Scenario, ScenarioRun, expected_image
 from vm.subject.spec import DEFAULT_SPEC, Subject, load_subject
-from vm.timeline import ProbeRecord, Timeline
 from vm.verdict import SocketObservation
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_PY = ROOT / "images" / "server.py"
-PROBE_PY = ROOT / "vm" / "guest" / "probe.py"
+PROBE_PY = ROOT / "vm" / "load" / "guest" / "probe.py"
 DATA = Path(__file__).resolve().parent / "data"
 # The default subject (images/walkthrough.toml): v1 answers Hello, v2 Hola.
 WALKTHROUGH: Subject = load_subject(DEFAULT_SPEC)

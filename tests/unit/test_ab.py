@@ -1,11 +1,11 @@
-"""vm/ab.py: ab's argv and the parser of its report (real ab 2.3 reports in data/)."""
+"""vm/load/ab.py: ab's argv and the parser of its report (real ab 2.3 reports in data/)."""
 
 from __future__ import annotations
 
 import pytest
 from support import DATA
 
-from vm.ab import AbParseError, AbResult, ab_command, parse_ab_output
+from vm.load.ab import AbParseError, AbResult, ab_command, parse_ab_output
 
 
 def report(name: str) -> str:

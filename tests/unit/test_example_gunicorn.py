@@ -73,7 +73,7 @@ def logs(tmp_path: Path) -> str:
 
 
 def probe_record(probe_module: ModuleType, port: int) -> dict[str, Any]:
-    """One request, as vm/guest/probe.py sends and reads it with the example's spec."""
+    """One request, as vm/load/guest/probe.py sends and reads it with the example's spec."""
     reader = probe_module.AnswerReader(SPEC.version_regex, SPEC.version_header,
                                        SPEC.counter_regex)
     request = probe_module.build_request(SPEC.request_path, SPEC.request_host)

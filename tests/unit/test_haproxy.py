@@ -1,4 +1,4 @@
-"""vm/haproxy.py: the rendered config says what the keep-alive scenario relies on, and the real
+"""vm/load/haproxy.py: the rendered config says what the keep-alive scenario relies on, and the real
 ``haproxy -c`` accepts it (and rejects a broken one, so the check can fail)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vm.haproxy import PROXY_PORT, HaproxyConfig, proxy_port_for
+from vm.load.haproxy import PROXY_PORT, HaproxyConfig, proxy_port_for
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
 needs_haproxy = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed on the host")

@@ -1,4 +1,4 @@
-"""vm/latency.py over recorded probe logs (tests/unit/data/probe_*.jsonl, see README.md there).
+"""vm/load/latency.py over recorded probe logs (tests/unit/data/probe_*.jsonl, see README.md there).
 
 probe_restart and probe_syn_step were recorded with the real probe and the real server on
 127.0.0.1; probe_classes is hand-written to hold every failure class (and two older names).
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from support import DATA, T0, answer, failure, outcome, reattach
 
-from vm.latency import (
+from vm.load.latency import (
     SWITCH_TAIL_S,
     WINDOWS,
     LatencyReport,
@@ -22,8 +22,8 @@ from vm.latency import (
     stall_problems,
     syn_steps,
 )
+from vm.load.timeline import FAILURE_CLASSES, Timeline, parse_probe_log, parse_probe_skips
 from vm.scenario import _stall
-from vm.timeline import FAILURE_CLASSES, Timeline, parse_probe_log, parse_probe_skips
 
 
 def recorded(name: str) -> tuple[LatencyReport, Timeline, dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""vm/load.py: the commands LoadRun sends to the guest (a recording fake, no VM)."""
+"""vm/load/load.py: the commands LoadRun sends to the guest (a recording fake, no VM)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,18 @@ from support import WALKTHROUGH
 
 from vm.core.config import LoadSettings
 from vm.core.errors import GuestError
-from vm.load import AB_UNIT, POLL_MARK, PROBE_UNIT, SECTION, LoadRun, split_sections
+from vm.load.load import (
+    AB_UNIT,
+    GUEST_DIR,
+    HOLD_CONNECTIONS_SOURCE,
+    HOLDERS_UNIT,
+    POLL_MARK,
+    PROBE_SOURCE,
+    PROBE_UNIT,
+    SECTION,
+    LoadRun,
+    split_sections,
+)
 from vm.machine.machine import CommandResult
 
 
@@ -85,6 +96,22 @@ def test_start_is_one_round_trip_after_the_upload_and_reads_both_clocks() -> Non
     assert command.index(f"--unit={PROBE_UNIT}") < command.index(f"--unit={AB_UNIT}")
     assert "do systemctl stop $u" in command
     assert (run.started, run.ab_started) == (1700000000.5, 1700000000.75)
+
+
+def test_the_guest_scripts_are_uploaded_from_beside_load_py_and_run_by_that_name() -> None:
+    """Each guest script goes to GUEST_DIR under its own name, and the unit runs that file."""
+    machine = RecordingMachine()
+    run = LoadRun(machine, LoadSettings(), keepalive=True,  # type: ignore[arg-type]
+                  url="http://127.0.0.1:8080/", probe_port=8080,
+                  client_args=WALKTHROUGH.client_args(), holders=2)
+    run.start()
+    assert PROBE_SOURCE.is_file() and HOLD_CONNECTIONS_SOURCE.is_file()
+    assert machine.commands[:2] == [f"copy probe.py {GUEST_DIR}/probe.py",
+                                    f"copy hold_connections.py {GUEST_DIR}/hold_connections.py"]
+    command = machine.commands[-1]
+    assert f"python3 {GUEST_DIR}/probe.py --port 8080" in command
+    assert f"--unit={HOLDERS_UNIT}" in command
+    assert f"python3 {GUEST_DIR}/hold_connections.py --port 8080" in command
 
 
 PROBE_LINE = ('{"t": 1700000001.0, "latency_ms": 4.0, "status": 200, "greeting": "Hello",'

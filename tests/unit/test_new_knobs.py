@@ -13,7 +13,7 @@ import pytest
 from support import WALKTHROUGH, fake_host, scenario_run
 
 from vm.core.config import Settings
-from vm.holders import HolderSummary
+from vm.load.long_lived import HolderSummary
 from vm.portable import PortableService, dropin_files
 from vm.scenario import (
     EXPECTED_LOSS,

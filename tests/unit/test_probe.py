@@ -1,4 +1,4 @@
-"""vm/guest/probe.py: one_request against the real server and broken peers (one test per
+"""vm/load/guest/probe.py: one_request against the real server and broken peers (one test per
 failure class), and the open-loop sender against a server that stalls. All on 127.0.0.1."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 from support import PROBE_PY, WALKTHROUGH, StartServer
 
 from vm.core.host import free_port
-from vm.timeline import Timeline, parse_probe_log, parse_probe_skips
+from vm.load.timeline import Timeline, parse_probe_log, parse_probe_skips
 
 
 def how_to_ask(probe_module: ModuleType) -> tuple[bytes, Any]:

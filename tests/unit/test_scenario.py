@@ -22,7 +22,7 @@ from support import (
     scenario_run,
 )
 
-from vm.load import LoadOutcome
+from vm.load.load import LoadOutcome
 from vm.scenario import (
     EXPECTATIONS,
     SCENARIOS,

@@ -28,8 +28,8 @@ from support import (
     scenario_run,
 )
 
-from vm.holders import HolderSummary
-from vm.load import LoadOutcome
+from vm.load.load import LoadOutcome
+from vm.load.long_lived import HolderSummary
 from vm.matrix import build_matrix
 from vm.report import stability_table
 from vm.scenario import (

@@ -21,7 +21,7 @@ from support import (
     reattach,
 )
 
-from vm.load import LoadOutcome
+from vm.load.load import LoadOutcome
 from vm.verdict import (
     SocketObservation,
     counter_consistent,

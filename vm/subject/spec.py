@@ -119,8 +119,9 @@ class Subject:
 
     # --- how the guest clients read an answer --------------------------------------------
     def client_args(self) -> list[str]:
-        """The arguments vm/guest/probe.py and holders.py take to send the subject's request
-        and read its answers (they know nothing of any service by themselves)."""
+        """The arguments vm/load/guest/probe.py and hold_connections.py take to send the
+        subject's request and read its answers (they know nothing of any service by
+        themselves)."""
         args = ["--path", self.request_path, "--host-header", self.request_host]
         if self.version_header is not None:
             args += ["--version-header", self.version_header]

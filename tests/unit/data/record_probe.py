@@ -3,7 +3,7 @@
     python3 tests/unit/data/record_probe.py restart  tests/unit/data/probe_restart
     python3 tests/unit/data/record_probe.py syn-step tests/unit/data/probe_syn_step
 
-Both run the real ``vm/guest/probe.py`` (open loop, 20 requests/s) against the real
+Both run the real ``vm/load/guest/probe.py`` (open loop, 20 requests/s) against the real
 ``images/server.py`` behind one listening socket that outlives it, like a host socket unit:
 v1 ("Hello") serves, gets SIGTERM (the "reattach" starts), nothing serves for a while (the
 Python start-up that takes seconds under TCG), then v2 ("Hola") is started on the same socket.

@@ -1,6 +1,6 @@
 """What the restart did to latency: the probe's requests in three windows around the switch.
 
-Pure functions over the probe's records (``vm.timeline``), the moment the reattach started
+Pure functions over the probe's records (``vm.load.timeline``), the moment the reattach started
 and v2's first answer. A request belongs to the window its *send time* falls in:
 
 - ``before``: from the load start to the reattach start;
@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from vm.timeline import FAILURE_CLASSES, ProbeRecord, Timeline
+from vm.load.timeline import FAILURE_CLASSES, ProbeRecord, Timeline
 
 WINDOWS = ("before", "switch", "after")
 SWITCH_TAIL_S = 2.0

@@ -13,16 +13,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vm.ab import AbResult, ab_command, parse_ab_output
 from vm.core.config import LoadSettings
 from vm.core.errors import GuestError
-from vm.holders import HolderSummary, parse_holder_log, summarise
+from vm.load.ab import AbResult, ab_command, parse_ab_output
+from vm.load.long_lived import HolderSummary, parse_holder_log, summarise
+from vm.load.timeline import ProbeRecord, Timeline, parse_probe_log, parse_probe_skips
 from vm.machine.machine import Machine
-from vm.timeline import ProbeRecord, Timeline, parse_probe_log, parse_probe_skips
 
 GUEST_DIR = "/run/pwt"
 PROBE_SOURCE = Path(__file__).with_name("guest") / "probe.py"
-HOLDERS_SOURCE = Path(__file__).with_name("guest") / "holders.py"
+# The long-lived keep-alive clients (their host-side summary: long_lived.py).
+HOLD_CONNECTIONS_SOURCE = Path(__file__).with_name("guest") / "hold_connections.py"
 AB_UNIT = "pwt-ab.service"
 PROBE_UNIT = "pwt-probe.service"
 HOLDERS_UNIT = "pwt-holders.service"
@@ -106,7 +107,8 @@ class LoadRun:
         bound = int(self.settings.max_s + 60)
         m.copy_from_host(PROBE_SOURCE, f"{GUEST_DIR}/probe.py", mode="0755", once=True)
         if self.holders:
-            m.copy_from_host(HOLDERS_SOURCE, f"{GUEST_DIR}/holders.py", mode="0755", once=True)
+            m.copy_from_host(HOLD_CONNECTIONS_SOURCE, f"{GUEST_DIR}/hold_connections.py",
+                             mode="0755", once=True)
         steps = [
             # One by one: newer systemd refuses a whole `stop A B` when one is not loaded.
             f"for u in {AB_UNIT} {PROBE_UNIT} {HOLDERS_UNIT}; do systemctl stop $u 2>/dev/null;"
@@ -122,8 +124,8 @@ class LoadRun:
         if self.holders:
             steps.append(
                 f"systemd-run --quiet --collect --unit={HOLDERS_UNIT} -p RuntimeMaxSec={bound}"
-                f" python3 {GUEST_DIR}/holders.py --port {self.probe_port} {self.client_args}"
-                f" --connections {self.holders} --out {GUEST_DIR}/holders.jsonl"
+                f" python3 {GUEST_DIR}/hold_connections.py --port {self.probe_port}"
+                f" {self.client_args} --connections {self.holders} --out {GUEST_DIR}/holders.jsonl"
                 f" --max-seconds {self.settings.max_s:.0f}"
             )
         steps += [

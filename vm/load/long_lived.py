@@ -1,4 +1,5 @@
-"""What the long-lived keep-alive clients (vm/guest/holders.py) saw across a reattach."""
+"""Host side of the long-lived keep-alive clients: what the guest script
+(vm/load/guest/hold_connections.py) logged, read and summed up across a reattach."""
 
 from __future__ import annotations
 

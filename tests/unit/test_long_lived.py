@@ -1,10 +1,11 @@
-"""The long-lived clients' summary: what counts as intact, broken or reconnected."""
+"""vm/load/long_lived.py: the long-lived clients' summary: what counts as intact, broken or
+reconnected."""
 
 from __future__ import annotations
 
 import json
 
-from vm.holders import HolderRecord, parse_holder_log, summarise
+from vm.load.long_lived import HolderRecord, parse_holder_log, summarise
 
 
 def answered(conn: int, t: float, greeting: str, gen: int = 0, **extra: object) -> HolderRecord:

@@ -33,7 +33,7 @@ class HaproxyConfig:
 
     def render(self) -> str:
         return f"""\
-# Rendered by vm/haproxy.py for one scenario.
+# Rendered by vm/load/haproxy.py for one scenario.
 global
     maxconn 2000
     log stdout format raw local0
