@@ -367,8 +367,8 @@ def host(vm: Any, ssh_config: Path) -> Any:
 def guest(vm: Any, host: Any, images: Any, subject: Subject, settings: Settings,
           pytestconfig: pytest.Config) -> Any:
     """The booted guest, its systemd version known; image sets are uploaded on first use."""
-    from vm.portable import PortableService
-    from vm.quirks import unsupported_reason
+    from vm.systemd.portable import PortableService
+    from vm.systemd.quirks import unsupported_reason
 
     # Every box arrives ready: built with everything (Debian) or provisioned once into a
     # derived box (Fedora, see the vm fixture); the guest's network is restricted here.
@@ -397,7 +397,7 @@ def systemd_package(guest: Any) -> str:
 
 
 def _collect_evidence(machine: Any, subject: Subject, directory: Path) -> None:
-    from vm.portable import evidence_commands
+    from vm.systemd.portable import evidence_commands
 
     directory.mkdir(parents=True, exist_ok=True)
     for name, command in evidence_commands(subject).items():

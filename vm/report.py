@@ -10,7 +10,7 @@ from typing import Any
 from vm.load.latency import WINDOWS, LatencyReport, latency_report
 from vm.load.load import LoadOutcome
 from vm.load.timeline import FAILURE_CLASSES
-from vm.portable import Reattach
+from vm.systemd.portable import Reattach
 
 SUMMARY_COLUMNS = (
     ("scenario", "scenario"), ("systemd", "systemd_version"),

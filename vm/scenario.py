@@ -20,24 +20,24 @@ from typing import Any
 
 import pytest
 
-from vm import user_portable
 from vm.core.config import Settings
 from vm.core.errors import GuestError
 from vm.core.log import log
 from vm.load.haproxy import HaproxyConfig, proxy_port_for
 from vm.load.latency import latency_report, stall_problems
 from vm.load.load import GUEST_DIR, LoadOutcome, LoadRun
-from vm.portable import ATTACHED_STATES, PortableService, Reattach
-from vm.quirks import (
+from vm.report import scenario_record
+from vm.subject.spec import Subject
+from vm.systemd import user_portable
+from vm.systemd.portable import ATTACHED_STATES, PortableService, Reattach
+from vm.systemd.quirks import (
     CHECKSUM_REFUSALS,
     fdstore_preserve_missing,
     reattach_target,
     sysupdate_transfer_suffix,
 )
-from vm.report import scenario_record
-from vm.stop_start import clear_fd_store, stop_start_upgrade
-from vm.subject.spec import Subject
-from vm.sysupdate import PIN_UNIT, ROLLOUT_UNIT, SysupdateSetup
+from vm.systemd.stop_start import clear_fd_store, stop_start_upgrade
+from vm.systemd.sysupdate import PIN_UNIT, ROLLOUT_UNIT, SysupdateSetup
 from vm.verdict import (
     SocketObservation,
     counter_consistent,
@@ -63,15 +63,17 @@ SHUTDOWNS = ("drain", "immediate", "fdstore")
 # The portablectl profiles a scenario asks for; "default" means the subject's own profile.
 PROFILES = ("default", "trusted")
 # How the new version replaces the old: `portablectl reattach --now` (a restart), or a
-# reattach without --now followed by `systemctl stop` + `systemctl start` (vm/stop_start.py).
+# reattach without --now followed by `systemctl stop` + `systemctl start`
+# (vm/systemd/stop_start.py).
 UPGRADES = ("reattach", "stop-start")
 # Whose service manager runs the service: the system's, or a user's (`portablectl --user`).
 SCOPES = ("system", "user")
 
 
 # How a url-file download whose bytes do not match SHA256SUMS is refused: the exact words of
-# systemd-pull, which differ between versions (vm/quirks.py CHECKSUM_REFUSALS). Anything else
-# failing the rollout (an "Invalid argument", a 404) is not the refusal this scenario is about.
+# systemd-pull, which differ between versions (vm/systemd/quirks.py CHECKSUM_REFUSALS).
+# Anything else failing the rollout (an "Invalid argument", a 404) is not the refusal this
+# scenario is about.
 REFUSAL_REASON = re.compile("|".join(f"(?:{p})" for p in CHECKSUM_REFUSALS.values()))
 
 

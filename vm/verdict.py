@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from vm.load.load import LoadOutcome
 from vm.load.timeline import ProbeRecord
-from vm.portable import Reattach
+from vm.systemd.portable import Reattach
 
 
 @dataclass(frozen=True)

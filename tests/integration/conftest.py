@@ -13,7 +13,6 @@ import pytest
 
 from vm.core.config import Settings
 from vm.machine.guest_host import SSH_CONFIG_HOST
-from vm.portable import ImageRefused, PortableService
 from vm.report import plot_timeline, skipped_row
 from vm.scenario import (
     VERDICT_KEY,
@@ -24,6 +23,7 @@ from vm.scenario import (
     summary_row,
     verdict_of,
 )
+from vm.systemd.portable import ImageRefused, PortableService
 
 
 @pytest.fixture

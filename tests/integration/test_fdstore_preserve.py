@@ -2,8 +2,8 @@
 FileDescriptorStorePreserve=yes (systemd 254+; skipped with the reason before).
 
 The upgrade is a reattach without --now, then `systemctl stop` and `systemctl start`
-(vm/stop_start.py), not the restart `reattach --now` queues: a restart keeps the store whatever
-the knob says (test_fdstore.py), a stop drops it unless the knob says yes.
+(vm/systemd/stop_start.py), not the restart `reattach --now` queues: a restart keeps the store
+whatever the knob says (test_fdstore.py), a stop drops it unless the knob says yes.
 """
 
 from __future__ import annotations

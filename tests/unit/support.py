@@ -16,15 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from vm import user_portable
 from vm.load.ab import AbResult
 from vm.load.load import LoadOutcome
 from vm.load.timeline import ProbeRecord, Timeline
 from vm.machine.guest_host import guest_host
 from vm.machine.machine import CommandResult, Machine, SshTarget
-from vm.portable import Reattach
 from vm.scenario import Scenario, ScenarioRun, expected_image
 from vm.subject.spec import DEFAULT_SPEC, Subject, load_subject
+from vm.systemd import user_portable
+from vm.systemd.portable import Reattach
 from vm.verdict import SocketObservation
 
 ROOT = Path(__file__).resolve().parents[2]

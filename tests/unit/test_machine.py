@@ -14,7 +14,7 @@ from vm.core.errors import GuestError, HarnessError
 from vm.core.log import StepLogger
 from vm.machine import machine as machine_module
 from vm.machine.machine import CommandResult, Machine, SshTarget, one_line, parse_ssh_config
-from vm.portable import CLIENT_UNITS, PortableService
+from vm.systemd.portable import CLIENT_UNITS, PortableService
 
 SSH_CONFIG = """\
 Host default

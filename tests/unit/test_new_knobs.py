@@ -14,7 +14,6 @@ from support import WALKTHROUGH, fake_host, scenario_run
 
 from vm.core.config import Settings
 from vm.load.long_lived import HolderSummary
-from vm.portable import PortableService, dropin_files
 from vm.scenario import (
     EXPECTED_LOSS,
     FAIL,
@@ -25,8 +24,9 @@ from vm.scenario import (
     run_scenario,
     verdict_of,
 )
-from vm.stop_start import PRESERVE_LINE, stop_start_command
-from vm.user_portable import (
+from vm.systemd.portable import PortableService, dropin_files
+from vm.systemd.stop_start import PRESERVE_LINE, stop_start_command
+from vm.systemd.user_portable import (
     POLKIT_RULE_TEXT,
     USER,
     UserPortableService,
@@ -313,7 +313,7 @@ def test_reset_after_a_broken_setup_never_touches_another_users_manager() -> Non
 
 
 def test_a_refused_user_attach_is_characterised_with_portableds_own_words() -> None:
-    from vm.user_portable import attach_refusal
+    from vm.systemd.user_portable import attach_refusal
 
     error = ("command failed: `runuser … portablectl --user attach …` exited 1\n--- stderr\n"
              "AttachImage failed: Access denied")

@@ -1,4 +1,5 @@
-"""vm/portable.py: the service's state in one answer, attach in one round trip, reset + check."""
+"""vm/systemd/portable.py: the service's state in one answer, attach in one round trip, reset +
+check."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from support import WALKTHROUGH
 
 from vm.core.errors import GuestError
 from vm.machine.machine import CommandResult
-from vm.portable import ImageRefused, PortableService, ServiceFacts
+from vm.systemd.portable import ImageRefused, PortableService, ServiceFacts
 
 SOCKET = WALKTHROUGH.socket
 FACTS = ("user=_du1234\ndynamic=yes\nsince=123456789\nsocket=active\n"
@@ -174,7 +175,7 @@ def test_a_reset_that_leaves_a_socket_active_is_dirty() -> None:
 
 
 def test_timed_commands_are_read_back_from_their_marker_line() -> None:
-    from vm.portable import parse_timed, timed
+    from vm.systemd.portable import parse_timed, timed
 
     assert "PWT-TIMES $s $e $rc $(readlink x)" in timed("true", extra="$(readlink x)")
     out = "Queued …\n\nPWT-TIMES 1700.25 1702.5 0 portable-walkthrough_2.raw\njournal line\n"

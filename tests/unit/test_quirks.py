@@ -1,10 +1,10 @@
-"""vm/quirks.py: what portablectl reattach is handed, and which systemd is too old."""
+"""vm/systemd/quirks.py: what portablectl reattach is handed, and which systemd is too old."""
 
 from __future__ import annotations
 
 import pytest
 
-from vm.quirks import (
+from vm.systemd.quirks import (
     fdstore_preserve_missing,
     reattach_by_name_broken,
     reattach_target,

@@ -223,7 +223,7 @@ def test_readme_names_the_command_behind_every_evidence_file() -> None:
     the default subject, the walkthrough)."""
     from support import WALKTHROUGH
 
-    from vm.portable import evidence_commands
+    from vm.systemd.portable import evidence_commands
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for name, command in evidence_commands(WALKTHROUGH).items():

@@ -270,9 +270,9 @@ def test_a_scenario_the_subject_does_not_list_is_skipped_with_the_reason() -> No
     from support import ROOT, fake_host
 
     from vm.core.config import Settings
-    from vm.portable import PortableService
     from vm.scenario import ScenarioUnsupported, run_scenario
     from vm.subject.spec import load_subject
+    from vm.systemd.portable import PortableService
 
     gunicorn = load_subject(ROOT / "examples" / "gunicorn" / "spec.toml")
     machine, host, fake = fake_host({})

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from support import REFUSAL_LINE, T0, healthy_socket, outcome, probe_series, reattach, scenario_run
 
-from vm.quirks import reattach_target
 from vm.scenario import (
     FAIL,
     REFUSAL_REASON,
@@ -19,7 +18,8 @@ from vm.scenario import (
     refused_problems,
     verdict_of,
 )
-from vm.sysupdate import SysupdateSetup, sha256sums_command
+from vm.systemd.quirks import reattach_target
+from vm.systemd.sysupdate import SysupdateSetup, sha256sums_command
 
 # What systemd-sysupdate's download helper prints when a url-file download does not match the
 # digest in SHA256SUMS. sysupdate runs `systemd-pull raw --direct --verify=<sha256> URL PATH`;
@@ -118,7 +118,7 @@ def test_refused_verdict_catches_a_tampered_version_going_live() -> None:
 
 @pytest.mark.parametrize(("major", "suffix"), [(254, ".conf"), (256, ".conf"), (257, ".transfer")])
 def test_transfer_file_suffix_follows_the_systemd_version(major: int, suffix: str) -> None:
-    from vm.quirks import sysupdate_transfer_suffix
+    from vm.systemd.quirks import sysupdate_transfer_suffix
 
     setup = SysupdateSetup("dir", "x", transfer_suffix=sysupdate_transfer_suffix(major),
                            name="portable-walkthrough")

@@ -7,7 +7,7 @@ running" without the test calling portablectl.
   (``CurrentSymlink=``). Two sources: a local directory (``regular-file``) and an HTTP server on
   the guest's loopback (``url-file``, with the ``SHA256SUMS`` manifest sysupdate expects).
 - ``pwt-rollout.service`` (oneshot): ``check-new`` as ExecCondition, ``update``, then
-  ``portablectl reattach --now`` with the argument the systemd version needs (vm/quirks.py).
+  ``portablectl reattach --now`` with the argument the systemd version needs (vm/systemd/quirks.py).
   ``pwt-pin@VERSION.service`` installs a given version (sysupdate's own pinning: ``update
   VERSION``) and reattaches: the rollback.
 """
@@ -29,8 +29,8 @@ SOURCES = ("dir", "http")
 @dataclass(frozen=True)
 class SysupdateSetup:
     source: str  # "dir" or "http"
-    reattach_arg: str  # image name or path, per vm/quirks.py
-    transfer_suffix: str = ".transfer"  # ".conf" before 257, per vm/quirks.py
+    reattach_arg: str  # image name or path, per vm/systemd/quirks.py
+    transfer_suffix: str = ".transfer"  # ".conf" before 257, per vm/systemd/quirks.py
     instances_max: int = 2
     name: str = field(kw_only=True)  # the subject's portable prefix
 
@@ -48,7 +48,7 @@ class SysupdateSetup:
         else:
             source = f"Type=url-file\nPath=http://127.0.0.1:{HTTP_PORT}/"
         return f"""\
-# Rendered by vm/sysupdate.py: {self.name} images from {self.source} source.
+# Rendered by vm/systemd/sysupdate.py: {self.name} images from {self.source} source.
 [Transfer]
 # The HTTP source publishes SHA256SUMS (checked) but no signature: no gpg verification.
 Verify=no

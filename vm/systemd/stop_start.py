@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import shlex
 
-from vm.portable import PRESERVE_LINE, PortableService, Reattach, parse_timed, timed
-from vm.quirks import reattach_target
 from vm.subject.spec import Subject
+from vm.systemd.portable import PRESERVE_LINE, PortableService, Reattach, parse_timed, timed
+from vm.systemd.quirks import reattach_target
 
-# PRESERVE_LINE, the drop-in line that keeps the fd store across a stop (254+; vm/quirks.py),
-# is written by vm/portable.py's dropin_files into the shutdown mode's drop-in; named here too,
+# PRESERVE_LINE, the drop-in line that keeps the fd store across a stop (254+; quirks.py), is
+# written by portable.py's dropin_files into the shutdown mode's drop-in; named here too,
 # beside the upgrade it is for.
 __all__ = ["PRESERVE_LINE", "clear_fd_store", "stop_start_command", "stop_start_upgrade"]
 

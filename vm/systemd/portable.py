@@ -10,20 +10,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vm import sysupdate
 from vm.core.errors import GuestError, HarnessError
 from vm.core.log import log
 from vm.load.load import GUEST_DIR, PROBE_SOURCE
 from vm.machine.machine import Machine
-from vm.quirks import reattach_target
 from vm.subject.image import PortableImages
 from vm.subject.spec import DROPIN_PREFIX, PORTABLES, Subject
+from vm.systemd import sysupdate
+from vm.systemd.quirks import reattach_target
 
 STASH = "/var/lib/pwt-images"  # every uploaded image set, by socket location
 # A host drop-in that selects a scenario's shutdown mode (drop-ins apply to portable units).
 SHUTDOWN_DROPIN = f"{DROPIN_PREFIX}shutdown.conf"
-# The line the shutdown drop-in gains to keep the fd store across a stop (254+; vm/quirks.py,
-# vm/stop_start.py).
+# The line the shutdown drop-in gains to keep the fd store across a stop (254+; quirks.py,
+# stop_start.py).
 PRESERVE_LINE = "FileDescriptorStorePreserve=yes"
 # Transient units the scenarios start in the guest (load, probe, proxy).
 CLIENT_UNITS = ("pwt-ab.service", "pwt-probe.service", "pwt-holders.service",

@@ -23,7 +23,8 @@ import time
 
 from vm.core.errors import GuestError
 from vm.machine.machine import Machine
-from vm.portable import (
+from vm.subject.spec import DROPIN_PREFIX, Subject
+from vm.systemd.portable import (
     ATTACHED_STATES,
     CLEAN_WORDS,
     STASH,
@@ -36,12 +37,11 @@ from vm.portable import (
     unclean,
     write_files_script,
 )
-from vm.quirks import (
+from vm.systemd.quirks import (
     USER_PORTABLE_MIN_KERNEL,
     USER_PORTABLE_MIN_POLKIT,
     user_portables_missing,
 )
-from vm.subject.spec import DROPIN_PREFIX, Subject
 
 USER = "pwt-user"
 HOME = f"/home/{USER}"
