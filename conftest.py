@@ -463,7 +463,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     records, skipped = config.stash[RESULTS], config.stash[SKIPPED]
     if not records and not skipped:
         return
-    from vm.report import write_summary
+    from vm.report.report import write_summary
 
     write_summary(config.stash[SETTINGS].artifacts_dir, records, config.stash[PHASES],
                   skipped=skipped)
@@ -473,7 +473,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     records = config.stash[RESULTS]
     if not records:
         return
-    from vm.report import markdown_table
+    from vm.report.report import markdown_table
 
     directory = config.stash[SETTINGS].artifacts_dir
     terminalreporter.section("zero-downtime verdicts")

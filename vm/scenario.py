@@ -26,7 +26,7 @@ from vm.core.log import log
 from vm.load.haproxy import HaproxyConfig, proxy_port_for
 from vm.load.latency import latency_report, stall_problems
 from vm.load.load import GUEST_DIR, LoadOutcome, LoadRun
-from vm.report import scenario_record
+from vm.report.report import scenario_record
 from vm.subject.spec import Subject
 from vm.systemd import user_portable
 from vm.systemd.portable import ATTACHED_STATES, PortableService, Reattach

@@ -13,7 +13,7 @@ import pytest
 
 from vm.core.config import Settings
 from vm.machine.guest_host import SSH_CONFIG_HOST
-from vm.report import plot_timeline, skipped_row
+from vm.report.report import plot_timeline, skipped_row
 from vm.scenario import (
     VERDICT_KEY,
     Scenario,

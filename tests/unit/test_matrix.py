@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
-from vm.matrix import build_matrix, load_summaries, main, render_markdown
+from vm.report.matrix import build_matrix, load_summaries, main, render_markdown
 
 
 def row(scenario: str, box: str, systemd: int, verdict: str, failed: int = 0,
@@ -58,6 +60,18 @@ def test_join_cli_writes_both_files(tmp_path: Path) -> None:
     assert (out / "matrix.md").read_text().startswith("# Zero-downtime reattach")
 
 
+def test_the_workflows_join_runs_on_the_standard_library_alone(tmp_path: Path) -> None:
+    """The nightly report job has a bare Python: `python -m vm.report.matrix join` must not pull
+    in anything beyond the standard library (no site-packages here: -S)."""
+    (tmp_path / "summary.json").write_text(json.dumps({"scenarios": ROWS}))
+    result = subprocess.run(
+        [sys.executable, "-S", "-m", "vm.report.matrix", "join", str(tmp_path / "out"),
+         str(tmp_path / "summary.json")],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "matrix.md").exists()
+
+
 def test_unknown_box_fails_before_anything_runs(tmp_path: Path) -> None:
     import pytest
 
@@ -73,7 +87,7 @@ import threading  # noqa: E402
 
 import pytest  # noqa: E402
 
-from vm.matrix import TIMED_OUT, run_boxes, schedule  # noqa: E402
+from vm.report.matrix import TIMED_OUT, run_boxes, schedule  # noqa: E402
 
 
 class FakeRuns:
@@ -191,7 +205,7 @@ def test_cli_takes_jobs_and_timeout_from_the_environment(
         seen.update(boxes=boxes, jobs=jobs, timeout_s=timeout_s, args=pytest_args)
         return 0
 
-    monkeypatch.setattr("vm.matrix.run_boxes", fake_run_boxes)
+    monkeypatch.setattr("vm.report.matrix.run_boxes", fake_run_boxes)
     monkeypatch.setenv("PWT_MATRIX_JOBS", "3")
     monkeypatch.setenv("PWT_MATRIX_TIMEOUT", "5400")
     assert main(["run", "--boxes", "debian-sid,debian-trixie", "-k", "rollback"]) == 0
@@ -212,7 +226,7 @@ def fake_python(tmp_path: Path, body: str) -> Path:
 
 def test_the_real_runner_bounds_the_child_and_keeps_its_output(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vm import matrix
+    from vm.report import matrix
 
     monkeypatch.setattr(matrix.sys, "executable", str(fake_python(tmp_path, "exit 3")))
     run = matrix.pytest_runner(["-k", "rollback"], quiet=True)
@@ -229,7 +243,7 @@ def test_a_child_that_outlives_its_bound_is_stopped(
     """The child's own --run-timeout should end it; if it hangs, SIGTERM after the grace."""
     import time
 
-    from vm import matrix
+    from vm.report import matrix
 
     monkeypatch.setattr(matrix, "TERM_GRACE_S", 0.5)
     monkeypatch.setattr(matrix.sys, "executable",

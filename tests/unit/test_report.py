@@ -1,4 +1,4 @@
-"""vm/report.py: summary.json, summary.md and the timeline PNG."""
+"""vm/report/report.py: summary.json, summary.md and the timeline PNG."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from support import (
     reattach,
 )
 
-from vm.report import (
+from vm.report.report import (
     SUMMARY_COLUMNS,
     latency_table,
     markdown_table,
@@ -206,7 +206,7 @@ def test_plot_timeline_with_a_single_zero_latency_answer(tmp_path: Path) -> None
 
 
 def test_stability_table_counts_expected_verdicts_per_scenario() -> None:
-    from vm.report import stability_table
+    from vm.report.report import stability_table
 
     rows = [{"scenario": "a", "verdict": "pass"}, {"scenario": "a", "verdict": "FAIL"},
             {"scenario": "a", "verdict": "pass"},
@@ -263,7 +263,7 @@ def test_timeline_without_a_switch_has_no_after_window() -> None:
 
 
 def test_summary_gives_the_median_overhead() -> None:
-    from vm.report import overhead_line
+    from vm.report.report import overhead_line
 
     rows = [{"overhead_s": v} for v in (8.0, 21.7, 8.5, 8.4)]
     assert overhead_line(rows).startswith(

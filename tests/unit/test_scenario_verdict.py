@@ -30,8 +30,8 @@ from support import (
 
 from vm.load.load import LoadOutcome
 from vm.load.long_lived import HolderSummary
-from vm.matrix import build_matrix
-from vm.report import stability_table
+from vm.report.matrix import build_matrix
+from vm.report.report import stability_table
 from vm.scenario import (
     DOWNTIME_SEEN,
     EXPECTED_LOSS,

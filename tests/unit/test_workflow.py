@@ -52,7 +52,7 @@ def test_each_box_runs_the_readme_command_and_uploads_results() -> None:
     assert 'tox -e integration -- --box "${{ matrix.box }}"' in runs
     assert any(str(step.get("uses", "")).startswith("actions/upload-artifact") for step in steps)
     report = " ".join(str(s.get("run", "")) for s in workflow()["jobs"]["report"]["steps"])  # type: ignore[index]
-    assert "python -m vm.matrix join" in report
+    assert "python -m vm.report.matrix join" in report
 
 
 def test_nightly_is_scheduled() -> None:

@@ -1,7 +1,9 @@
 """The systemd-version matrix: run the scenarios per box, join the summaries into one table.
 
-    python -m vm.matrix run [--boxes a,b] [--jobs N] [--timeout S] [-- PYTEST ARGS]  # tox -e matrix
-    python -m vm.matrix join OUT_DIR SUMMARY.json...          # what the nightly workflow does
+    python -m vm.report.matrix run [--boxes a,b] [--jobs N] [--timeout S] [-- PYTEST ARGS]
+    python -m vm.report.matrix join OUT_DIR SUMMARY.json...
+
+``run`` is what ``tox -e matrix`` does, ``join`` what the nightly workflow does.
 
 Rows are scenarios, columns are boxes with their systemd version, cells are the verdict with
 failed/complete counts. Rows whose verdicts differ between versions are marked.
@@ -244,7 +246,7 @@ def _positive_seconds(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vm.matrix")
+    parser = argparse.ArgumentParser(prog="python -m vm.report.matrix")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the integration suite per box, then join")
     run.add_argument("--boxes", default=",".join(LOCAL_BOXES))
