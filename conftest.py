@@ -416,7 +416,7 @@ def portable(guest: Any, artifacts: Path, settings: Settings,
     """The portable service, checked clean at start; reset (and checked) afterwards. Before the
     reset, the evidence (journals, probe log, ab.out) of every run that did not simply pass is
     saved: an error, a FAIL, an expected loss or downtime, a refusal; --artifacts-always: all."""
-    from vm.scenario import VERDICT_KEY, evidence_reason
+    from vm.scenarios.verdict import VERDICT_KEY, evidence_reason
 
     if not guest.clean_verified:  # the previous test's reset has checked it otherwise
         guest.check_clean()

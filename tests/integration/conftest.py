@@ -14,15 +14,9 @@ import pytest
 from vm.core.config import Settings
 from vm.machine.guest_host import SSH_CONFIG_HOST
 from vm.report.report import plot_timeline, skipped_row
-from vm.scenario import (
-    VERDICT_KEY,
-    Scenario,
-    ScenarioUnsupported,
-    Verdict,
-    run_scenario,
-    summary_row,
-    verdict_of,
-)
+from vm.scenarios.catalogue import Scenario
+from vm.scenarios.run import ScenarioUnsupported, run_scenario
+from vm.scenarios.verdict import VERDICT_KEY, Verdict, summary_row, verdict_of
 from vm.systemd.portable import ImageRefused, PortableService
 
 

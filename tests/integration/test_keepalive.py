@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from vm.scenario import Scenario, Verdict, conclude, get_scenario
+from vm.scenarios.catalogue import Scenario, get_scenario
+from vm.scenarios.verdict import Verdict, conclude
 
 pytestmark = pytest.mark.vm
 

@@ -21,11 +21,13 @@ from vm.load.load import LoadOutcome
 from vm.load.timeline import ProbeRecord, Timeline
 from vm.machine.guest_host import guest_host
 from vm.machine.machine import CommandResult, Machine, SshTarget
-from vm.scenario import Scenario, ScenarioRun, expected_image
+from vm.scenarios.catalogue import Scenario
+from vm.scenarios.checks import SocketObservation
+from vm.scenarios.run import ScenarioRun
+from vm.scenarios.verdict import expected_image
 from vm.subject.spec import DEFAULT_SPEC, Subject, load_subject
 from vm.systemd import user_portable
 from vm.systemd.portable import Reattach
-from vm.verdict import SocketObservation
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_PY = ROOT / "images" / "server.py"

@@ -23,7 +23,7 @@ from vm.load.latency import (
     syn_steps,
 )
 from vm.load.timeline import FAILURE_CLASSES, Timeline, parse_probe_log, parse_probe_skips
-from vm.scenario import _stall
+from vm.scenarios.verdict import _stall
 
 
 def recorded(name: str) -> tuple[LatencyReport, Timeline, dict[str, Any]]:

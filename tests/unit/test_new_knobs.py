@@ -14,16 +14,9 @@ from support import WALKTHROUGH, fake_host, scenario_run
 
 from vm.core.config import Settings
 from vm.load.long_lived import HolderSummary
-from vm.scenario import (
-    EXPECTED_LOSS,
-    FAIL,
-    PASS,
-    Scenario,
-    ScenarioUnsupported,
-    get_scenario,
-    run_scenario,
-    verdict_of,
-)
+from vm.scenarios.catalogue import Scenario, get_scenario
+from vm.scenarios.run import ScenarioUnsupported, run_scenario
+from vm.scenarios.verdict import EXPECTED_LOSS, FAIL, PASS, verdict_of
 from vm.systemd.portable import PortableService, dropin_files
 from vm.systemd.stop_start import PRESERVE_LINE, stop_start_command
 from vm.systemd.user_portable import (

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from vm.boxes.recipes import BOXES
-from vm.scenario import SCENARIOS
+from vm.scenarios.catalogue import SCENARIOS
 
 pytest_plugins = ["pytester"]
 

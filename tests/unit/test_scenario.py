@@ -1,4 +1,4 @@
-"""vm/scenario.py: the scenario catalog, its validation, and the verdict of a measured run.
+"""vm/scenarios/: the scenario catalogue, its validation, and the verdict of a measured run.
 
 Runs are built by hand from the ``support`` builders: nothing here touches a VM.
 """
@@ -23,17 +23,10 @@ from support import (
 )
 
 from vm.load.load import LoadOutcome
-from vm.scenario import (
-    EXPECTATIONS,
-    SCENARIOS,
-    Scenario,
-    ScenarioRun,
-    get_scenario,
-    loss_summary,
-    summary_row,
-    verdict_of,
-)
-from vm.verdict import SocketObservation
+from vm.scenarios.catalogue import EXPECTATIONS, SCENARIOS, Scenario, get_scenario
+from vm.scenarios.checks import SocketObservation
+from vm.scenarios.run import ScenarioRun
+from vm.scenarios.verdict import loss_summary, summary_row, verdict_of
 
 ID_PATTERN = re.compile(r"[a-z]+(?:-[a-z]+)+")
 
@@ -270,7 +263,7 @@ def test_a_scenario_the_subject_does_not_list_is_skipped_with_the_reason() -> No
     from support import ROOT, fake_host
 
     from vm.core.config import Settings
-    from vm.scenario import ScenarioUnsupported, run_scenario
+    from vm.scenarios.run import ScenarioUnsupported, run_scenario
     from vm.subject.spec import load_subject
     from vm.systemd.portable import PortableService
 

@@ -32,25 +32,23 @@ from vm.load.load import LoadOutcome
 from vm.load.long_lived import HolderSummary
 from vm.report.matrix import build_matrix
 from vm.report.report import stability_table
-from vm.scenario import (
+from vm.scenarios.catalogue import SCENARIOS, Scenario, get_scenario
+from vm.scenarios.checks import SocketObservation
+from vm.scenarios.run import ScenarioRun
+from vm.scenarios.verdict import (
     DOWNTIME_SEEN,
     EXPECTED_LOSS,
     FAIL,
     PASS,
     REFUSED,
-    SCENARIOS,
     VERDICT_KINDS,
-    Scenario,
-    ScenarioRun,
     Verdict,
     conclude,
     evidence_reason,
-    get_scenario,
     losses_of,
     summary_row,
     verdict_of,
 )
-from vm.verdict import SocketObservation
 
 NAIVE = get_scenario("host-socket-keepalive-naive")
 LONGLIVED_DRAIN = get_scenario("host-socket-keepalive-longlived-drain")

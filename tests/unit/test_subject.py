@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from support import ROOT, WALKTHROUGH
 
-from vm.scenario import SCENARIOS, get_scenario
+from vm.scenarios.catalogue import SCENARIOS, get_scenario
 from vm.subject.spec import DEFAULT_SPEC, SpecError, load_subject
 
 GUNICORN = ROOT / "examples" / "gunicorn" / "spec.toml"

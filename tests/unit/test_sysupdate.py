@@ -10,14 +10,9 @@ from pathlib import Path
 import pytest
 from support import REFUSAL_LINE, T0, healthy_socket, outcome, probe_series, reattach, scenario_run
 
-from vm.scenario import (
-    FAIL,
-    REFUSAL_REASON,
-    REFUSED,
-    get_scenario,
-    refused_problems,
-    verdict_of,
-)
+from vm.scenarios.catalogue import get_scenario
+from vm.scenarios.checks import refused_problems
+from vm.scenarios.verdict import FAIL, REFUSAL_REASON, REFUSED, verdict_of
 from vm.systemd.quirks import reattach_target
 from vm.systemd.sysupdate import SysupdateSetup, sha256sums_command
 

@@ -1,4 +1,4 @@
-"""The zero-downtime verdict of one scenario, as pure functions over what was measured.
+"""The checks a verdict is made of, as pure functions over what was measured.
 
 Each check returns a sentence with the numbers when it fails, so a red test reads as a report.
 """
@@ -210,3 +210,18 @@ def zero_downtime_problems(
         *socket_untouched(socket),
         *counter_consistent(outcome, final_count),
     ]
+
+
+def refused_problems(outcome: LoadOutcome, rollout: Reattach, socket: SocketObservation,
+                     rollout_ok: bool, min_complete: int) -> list[str]:
+    """A tampered update must be refused while the running version serves on, losing nothing."""
+    tl = outcome.timeline
+    problems = [*zero_failures(outcome, min_complete), *socket_untouched(socket)]
+    if rollout_ok:
+        problems.append("the rollout of a tampered image succeeded")
+    if tl.first(tl.new) is not None:
+        problems.append(f"{tl.new!r} answered: the tampered version went live")
+    last_old = tl.last(tl.old)
+    if last_old is None or last_old.t < rollout.ended:
+        problems.append(f"{tl.old!r} did not go on answering after the refused update")
+    return problems

@@ -1,4 +1,4 @@
-"""vm/verdict.py over hand-built measurements: each check fails for the reason it names.
+"""vm/scenarios/checks.py over hand-built measurements: each check fails for the reason it names.
 
 The clean run (support.clean_records): load from T0 to T0+30 s, reattach at +5.0..+6.5 s,
 'Hello' answered until +6.0 s, 'Hola' from +6.2 s on, ab ran 29.9 s without a failure.
@@ -22,7 +22,7 @@ from support import (
 )
 
 from vm.load.load import LoadOutcome
-from vm.verdict import (
+from vm.scenarios.checks import (
     SocketObservation,
     counter_consistent,
     load_spanned_switch,

@@ -1,0 +1,136 @@
+"""The scenario catalogue: one ``Scenario`` per shape of upgrade under load.
+
+A scenario says where the socket lives (host or image), whether clients keep connections
+alive, whether HAProxy stands in front, how the server shuts down, which profile attaches the
+image, which version replaces which, how (reattach or stop + start, by portablectl or a
+sysupdate rollout) and what the run must show (``expect``). ``SCENARIOS`` is the catalogue;
+README "Add a scenario" says what each field means. ``run.run_scenario`` runs one the same way
+for every shape, ``verdict.verdict_of`` judges it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXPECTATIONS = ("zero-downtime", "downtime", "characterise", "refused")
+ROLLOUTS = ("portablectl", "sysupdate-dir", "sysupdate-http")
+PROXIES = (None, "haproxy")
+SOCKET_LOCATIONS = ("host", "image")
+# How the server stops: drain (its default stop), or a mode the subject's spec maps to a host
+# drop-in ([shutdown]): immediate (naive: drops open connections), fdstore (hands them over).
+SHUTDOWNS = ("drain", "immediate", "fdstore")
+# The portablectl profiles a scenario asks for; "default" means the subject's own profile.
+PROFILES = ("default", "trusted")
+# How the new version replaces the old: `portablectl reattach --now` (a restart), or a
+# reattach without --now followed by `systemctl stop` + `systemctl start`
+# (vm/systemd/stop_start.py).
+UPGRADES = ("reattach", "stop-start")
+# Whose service manager runs the service: the system's, or a user's (`portablectl --user`).
+SCOPES = ("system", "user")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    # zero-downtime; downtime (negative control); characterise (a loss shown on purpose, an
+    # xfail); refused (a tampered update must be refused). See verdict_of.
+    expect: str = "zero-downtime"
+    keepalive: bool = False
+    proxy: str | None = None  # None or "haproxy"
+    socket_location: str = "host"  # "host" or "image"
+    shutdown: str = "drain"  # the server's SIGTERM behaviour: drain, immediate or fdstore
+    profile: str = "default"
+    holders: int = 0  # long-lived keep-alive clients (a request every 0.2 s each)
+    rollout: str = "portablectl"  # or sysupdate-dir / sysupdate-http: publish, then a unit acts
+    corrupt: bool = False  # publish the new version with bytes that fail its SHA256SUMS
+    from_version: int = 1
+    to_version: int = 2
+    upgrade: str = "reattach"  # or stop-start
+    # FileDescriptorStorePreserve=yes in the host drop-in (254+): keep the store across a stop.
+    fdstore_preserve: bool = False
+    scope: str = "system"  # or user: attached with portablectl --user, the socket a user unit
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        # A typo must not silently run another shape (an unknown shutdown would run the
+        # draining server, an unknown proxy no proxy at all).
+        choices: dict[str, tuple[str | None, ...]] = {
+            "expect": EXPECTATIONS, "rollout": ROLLOUTS, "proxy": PROXIES,
+            "socket_location": SOCKET_LOCATIONS, "shutdown": SHUTDOWNS, "profile": PROFILES,
+            "upgrade": UPGRADES, "scope": SCOPES,
+        }
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, "
+                                 f"not {value!r}")
+        if min(self.from_version, self.to_version) < 1 or (
+            self.from_version == self.to_version
+        ):
+            raise ValueError("from/to versions must be two different versions (1, 2, ...)")
+        if self.fdstore_preserve and self.shutdown != "fdstore":
+            raise ValueError("fdstore_preserve keeps the fd store: it needs shutdown='fdstore'")
+        if (self.upgrade != "reattach" or self.scope != "system") and (
+            self.rollout != "portablectl" or self.proxy is not None
+        ):
+            raise ValueError("a stop-start upgrade or the user scope is a plain portablectl "
+                             "rollout without a proxy")
+        if self.scope == "user" and self.socket_location != "host":
+            raise ValueError("the user scope has its socket as a user unit, outside the image")
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("host-socket-no-keepalive",
+             description="host socket, ab without keep-alive: the seed post's 0 failed"),
+    Scenario("host-socket-keepalive-drain", keepalive=True,
+             description="ab -k; the server drains on SIGTERM (Connection: close, then exits)"),
+    Scenario("host-socket-keepalive-naive", expect="characterise", keepalive=True,
+             shutdown="immediate",
+             description="ab -k; the server exits at once on SIGTERM: open connections break"),
+    Scenario("host-socket-keepalive-haproxy", keepalive=True, proxy="haproxy",
+             shutdown="immediate",
+             description="ab -k through HAProxy (retry-on, http-reuse safe) to the naive server"),
+    Scenario("image-socket-no-keepalive", expect="downtime", socket_location="image",
+             description="negative control: the .socket inside the image is restarted too"),
+    Scenario("host-socket-rollback", from_version=2, to_version=1,
+             description="rollback v2 -> v1 under load"),
+    Scenario("host-socket-trusted-profile", profile="trusted",
+             description="attached with --profile trusted (runs as root, no sandbox)"),
+    Scenario("host-socket-keepalive-longlived-drain", expect="characterise", keepalive=True,
+             holders=20,
+             description="20 long-lived keep-alive connections; the draining server closes "
+                         "them, so every client has to reconnect"),
+    Scenario("host-socket-sysupdate-dir", rollout="sysupdate-dir",
+             description="v2 published to a local directory; pwt-rollout.service runs "
+                         "systemd-sysupdate update, then portablectl reattach --now"),
+    Scenario("host-socket-sysupdate-http", rollout="sysupdate-http",
+             description="the same from an HTTP source (url-file + SHA256SUMS) on loopback"),
+    Scenario("host-socket-sysupdate-http-rollback", rollout="sysupdate-http", from_version=2,
+             to_version=1,
+             description="rollback by pinning: pwt-pin@1.service runs `update 1`, reattach"),
+    Scenario("host-socket-sysupdate-http-corrupt", rollout="sysupdate-http", corrupt=True,
+             expect="refused",
+             description="v2 published with bytes that fail SHA256SUMS: refused, v1 serves on"),
+    Scenario("host-socket-keepalive-longlived-fdstore", keepalive=True, holders=20,
+             shutdown="fdstore",
+             description="the server hands idle connections to the fd store, v2 adopts them: "
+                         "no connection breaks, each switches v1 -> v2 in place"),
+    Scenario("host-socket-keepalive-longlived-fdstore-stopstart", expect="characterise",
+             keepalive=True, holders=20, shutdown="fdstore", upgrade="stop-start",
+             description="the same, upgraded by stop + start instead of reattach's restart: "
+                         "the stop drops the fd store, the stored connections are lost (254+)"),
+    Scenario("host-socket-keepalive-longlived-fdstore-stopstart-preserve", keepalive=True,
+             holders=20, shutdown="fdstore", upgrade="stop-start", fdstore_preserve=True,
+             description="stop + start with FileDescriptorStorePreserve=yes (host drop-in): "
+                         "the store outlives the stop, v2 adopts every connection (254+)"),
+    Scenario("host-socket-user-portable", scope="user",
+             description="attached for a user's service manager (portablectl --user, 260+), "
+                         "the socket a user unit; reattach under load, 0 failed"),
+)
+
+
+def get_scenario(scenario_id: str) -> Scenario:
+    for scenario in SCENARIOS:
+        if scenario.id == scenario_id:
+            return scenario
+    raise KeyError(f"no scenario {scenario_id!r}")

@@ -1,0 +1,209 @@
+"""Run one scenario: attach, load, switch versions under load, measure.
+
+``run_scenario`` attaches the old version, starts the load, reattaches (or rolls out, or stops
+and starts) to the new version, waits until the new version has answered under load, stops
+the load and returns everything it measured as a ``ScenarioRun``: the input of
+``verdict.verdict_of``, which alone decides whether the scenario passed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from vm.core.config import Settings
+from vm.core.errors import GuestError
+from vm.core.log import log
+from vm.load.haproxy import HaproxyConfig, proxy_port_for
+from vm.load.load import GUEST_DIR, LoadOutcome, LoadRun
+from vm.scenarios.catalogue import Scenario
+from vm.scenarios.checks import SocketObservation
+from vm.subject.spec import Subject
+from vm.systemd import user_portable
+from vm.systemd.portable import PortableService, Reattach
+from vm.systemd.quirks import (
+    fdstore_preserve_missing,
+    reattach_target,
+    sysupdate_transfer_suffix,
+)
+from vm.systemd.stop_start import clear_fd_store, stop_start_upgrade
+from vm.systemd.sysupdate import PIN_UNIT, ROLLOUT_UNIT, SysupdateSetup
+
+HAPROXY_UNIT = "pwt-haproxy.service"
+
+
+class ScenarioUnsupported(Exception):
+    """The guest cannot run this scenario (e.g. no systemd-sysupdate): a skip, with reason."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScenarioRun:
+    """Everything one run measured, and the bar it is held to: ``verdict_of`` needs nothing else."""
+
+    scenario: Scenario
+    subject: Subject  # the service under test (its spec)
+    outcome: LoadOutcome
+    reattach: Reattach  # the reattach, or the sysupdate rollout unit that ran it
+    socket: SocketObservation
+    final_count: int | None  # the subject's counter afterwards; None: it has no counter
+    min_complete: int
+    post_switch_s: float
+    attached_state: str  # portablectl is-attached afterwards
+    attached_image: str  # the unit's RootImage= afterwards
+    service_user: str  # the main process's user under the scenario's profile, before the load
+    dynamic_user: bool
+    profile: str = "default"  # the profile it was attached with (Subject.profile_for)
+    rollout_ok: bool = True  # sysupdate: the unit succeeded and the symlink moved
+    max_stall_s: float | None = None  # --max-stall: a bound of its own on the longest gap
+    # The user's own checks (the spec's `checks` directory), run after the upgrade: how many
+    # ran, and one line per failure. A failure fails the run (validity_problems).
+    user_checks_run: int = 0
+    user_check_failures: tuple[str, ...] = ()
+    facts: dict[str, Any] = field(default_factory=dict)  # more for the report (rollout log)
+
+
+def _start_haproxy(service: PortableService, port: int) -> None:
+    m = service.machine
+    config = HaproxyConfig(server_port=service.subject.port, listen_port=port).render()
+    m.succeed(f"mkdir -p {GUEST_DIR} && cat > {GUEST_DIR}/haproxy.cfg <<'EOF'\n{config}EOF")
+    m.succeed(f"haproxy -c -q -f {GUEST_DIR}/haproxy.cfg")
+    m.succeed(f"systemctl stop {HAPROXY_UNIT} 2>/dev/null; systemd-run --quiet --collect"
+              f" --unit={HAPROXY_UNIT} haproxy -db -f {GUEST_DIR}/haproxy.cfg")
+    m.wait_for_open_port(port, timeout=30)
+
+
+def stop_haproxy(service: PortableService) -> None:
+    service.machine.execute(f"systemctl stop {HAPROXY_UNIT}")
+
+
+def run_scenario(service: PortableService, settings: Settings, scenario: Scenario) -> ScenarioRun:
+    """Attach ``from_version``, load, reattach to ``to_version`` under load, collect.
+
+    Raises ScenarioUnsupported (a skip, with the reason) before anything is touched when the
+    subject cannot run ``scenario`` (Subject.cannot_run) or the guest lacks what it needs. A
+    user-scope scenario runs on ``service``'s user side and always resets it afterwards (the
+    system side is reset by the caller)."""
+    if (why := service.subject.cannot_run(scenario)) is not None:
+        raise ScenarioUnsupported(why)
+    needs_preserve = scenario.upgrade == "stop-start" or scenario.fdstore_preserve
+    if needs_preserve and (reason := fdstore_preserve_missing(service.systemd_major)):
+        raise ScenarioUnsupported(reason)
+    if scenario.scope == "system":
+        return _run(service, settings, scenario)
+    missing = user_portable.preflight(service.machine, service.systemd_major)
+    if missing:
+        raise ScenarioUnsupported("user portable services need: " + "; ".join(missing))
+    user = user_portable.user_scope(service)
+    try:
+        user.setup()
+        run = _run(user, settings, scenario)
+        return dataclasses.replace(run, facts={**run.facts, "user_journal": user.journal()[-3000:]})
+    except GuestError as e:
+        journal = user.journal()
+        log.info(f"the user's journal (last lines):\n{journal[-3000:]}")
+        if (why := user_portable.attach_refusal(str(e), journal, service.systemd_major)):
+            raise ScenarioUnsupported(why) from e
+        raise
+    except BaseException:
+        log.info(f"the user's journal (last lines):\n{user.journal()[-3000:]}")
+        raise
+    finally:
+        user.reset()
+
+
+def _run(service: PortableService, settings: Settings, scenario: Scenario) -> ScenarioRun:
+    subject = service.subject
+    old, new = subject.answer(scenario.from_version), subject.answer(scenario.to_version)
+    profile = subject.profile_for(scenario)
+    load_cfg = settings.load
+    m = service.machine
+    setup = _sysupdate_setup(service, scenario)
+    service.install_dropins(scenario.shutdown, scenario.fdstore_preserve)
+    service.use_images(scenario.socket_location)
+    if setup is not None:
+        low, high = sorted((scenario.from_version, scenario.to_version))
+        # Upgrade: the old version installed and published, the new one published later.
+        # Rollback: the new (older) one published but not installed: `update VERSION` pins it.
+        service.prepare_sysupdate(setup, installed=[scenario.from_version],
+                                  published=[low] if scenario.to_version == high else [low, high])
+    service.attach(scenario.from_version, profile=profile,
+                   host_socket=scenario.socket_location == "host")
+    service.wait_for_greeting(old)
+    before = service.observe()
+    url_port = subject.port
+    if scenario.proxy == "haproxy":
+        url_port = proxy_port_for(subject.port)
+        _start_haproxy(service, url_port)
+
+    # Every client takes the same path: behind a proxy, the probe goes through it too (a
+    # probe straight to the naive server would see the resets the proxy exists to absorb).
+    load = LoadRun(m, load_cfg, keepalive=scenario.keepalive,
+                   url=f"http://127.0.0.1:{url_port}{subject.request_path}", probe_port=url_port,
+                   client_args=subject.client_args(), holders=scenario.holders)
+    title = f"{scenario.id}: load, reattach v{scenario.from_version} -> v{scenario.to_version}"
+    with log.nested(title):
+        load.start()
+        log.info(f"load: {load.command} (+ probe on :{url_port} at {load_cfg.probe_rate:g}/s)")
+        time.sleep(load_cfg.switch_after_s)
+        rollout_ok = True
+        if setup is None and scenario.upgrade == "stop-start":
+            reattach = stop_start_upgrade(service, scenario.to_version)
+        elif setup is None:
+            reattach = service.reattach(scenario.to_version)
+        else:
+            if scenario.to_version > scenario.from_version:
+                service.publish(scenario.to_version, corrupt=scenario.corrupt)
+                unit = ROLLOUT_UNIT
+            else:
+                unit = PIN_UNIT.replace("@", f"@{scenario.to_version}")
+            reattach, rollout_ok = service.run_rollout(unit, scenario.to_version)
+        log.info(f"{'reattach' if setup is None else 'rollout'} took "
+                 f"{reattach.duration_s:.1f} s: {reattach.command}"
+                 f"{'' if rollout_ok else ' (failed)'}")
+        if scenario.expect == "refused" or not rollout_ok:
+            # The old version must go on serving; a rollout that installed nothing will not
+            # bring the new one either: no point waiting for it until the load's bound.
+            time.sleep(load_cfg.post_switch_s)
+        else:
+            load.wait_until_serving(new, load_cfg.post_switch_s, after=reattach.ended)
+        outcome = load.stop(old=old, new=new)
+    log.info(f"ab: {outcome.ab.describe()}; probe errors: {outcome.timeline.errors or 'none'}")
+    if scenario.proxy == "haproxy":
+        stop_haproxy(service)
+
+    # The facts afterwards and the count in one round trip; no count from a subject without
+    # a counter, or through a socket the reattach left dead (the verdict names that instead).
+    after = service.observe(count=True)
+    socket = SocketObservation(before.socket_since, after.socket_since, after.socket_state)
+    facts: dict[str, Any] = {"rollout_log": reattach.output[-1500:]} if setup is not None else {}
+    if scenario.upgrade != "reattach":
+        facts["upgrade_log"] = reattach.output[-1500:]
+    run = ScenarioRun(
+        scenario=scenario, subject=subject, outcome=outcome, reattach=reattach, socket=socket,
+        final_count=after.counter, min_complete=load_cfg.min_complete,
+        post_switch_s=load_cfg.post_switch_s, attached_state=after.attached_state,
+        attached_image=after.attached_image, service_user=before.main_user,
+        dynamic_user=before.dynamic_user, profile=profile, rollout_ok=rollout_ok,
+        max_stall_s=load_cfg.max_stall_s, facts=facts,
+    )
+    if scenario.fdstore_preserve:
+        clear_fd_store(service)  # after every measurement: the next scenario starts empty
+    return run
+
+
+def _sysupdate_setup(service: PortableService, scenario: Scenario) -> SysupdateSetup | None:
+    if scenario.rollout == "portablectl":
+        return None
+    if not service.has_sysupdate():
+        raise ScenarioUnsupported(
+            f"systemd {service.systemd_major} in this guest has no systemd-sysupdate"
+        )
+    return SysupdateSetup(
+        source=scenario.rollout.removeprefix("sysupdate-"),
+        reattach_arg=reattach_target(service.systemd_major, service.subject.name,
+                                     service.symlink),
+        transfer_suffix=sysupdate_transfer_suffix(service.systemd_major),
+        name=service.subject.name,
+    )

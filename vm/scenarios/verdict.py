@@ -1,0 +1,298 @@
+"""The verdict of a run: ``verdict_of`` is the one judge.
+
+The report (summary row, stability table, matrix) writes its ``label`` and the integration
+test hands it to ``conclude``, which turns it into pytest's outcome. Nothing else decides
+whether a scenario passed. The checks it is made of are pure functions in ``checks``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from vm.load.latency import latency_report, stall_problems
+from vm.load.load import LoadOutcome
+from vm.report.report import scenario_record
+from vm.scenarios.catalogue import Scenario
+from vm.scenarios.checks import (
+    counter_consistent,
+    enough_load,
+    explain_losses,
+    failed_requests,
+    load_reached_new,
+    load_reached_old,
+    refused_problems,
+    socket_dead,
+    socket_untouched,
+    switched_cleanly,
+)
+from vm.scenarios.run import ScenarioRun
+from vm.subject.spec import Subject
+from vm.systemd import user_portable
+from vm.systemd.portable import ATTACHED_STATES, Reattach
+from vm.systemd.quirks import CHECKSUM_REFUSALS
+
+# How a url-file download whose bytes do not match SHA256SUMS is refused: the exact words of
+# systemd-pull, which differ between versions (vm/systemd/quirks.py CHECKSUM_REFUSALS).
+# Anything else failing the rollout (an "Invalid argument", a 404) is not the refusal this
+# scenario is about.
+REFUSAL_REASON = re.compile("|".join(f"(?:{p})" for p in CHECKSUM_REFUSALS.values()))
+
+
+PASS = "pass"
+FAIL = "fail"
+EXPECTED_LOSS = "expected-loss"  # a characterisation lost what it shows, in a valid run
+DOWNTIME_SEEN = "downtime-seen"  # the negative control showed its downtime, in a valid run
+REFUSED = "refused-as-expected"  # a tampered update was refused and the old version served on
+VERDICT_KINDS = (PASS, FAIL, EXPECTED_LOSS, DOWNTIME_SEEN, REFUSED)
+# What each kind of a valid run is called in the report.
+LABELS = {PASS: "pass", EXPECTED_LOSS: "xfail: loss seen (expected)",
+          DOWNTIME_SEEN: "downtime seen (expected)", REFUSED: "refused, old version served on"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a run showed, in its scenario's terms; the report and pytest both read only this.
+
+    ``problems`` is every reason a FAIL failed (empty for every other kind); ``observed`` says
+    in numbers what was lost (or refused) whatever the kind; ``short`` names a FAIL whose one
+    reason is that the expected loss did not happen ("nothing lost", "no downtime").
+    """
+
+    kind: str
+    problems: tuple[str, ...] = ()
+    observed: str = ""
+    short: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in VERDICT_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(VERDICT_KINDS)}, not {self.kind!r}")
+        if (self.kind == FAIL) != bool(self.problems):
+            raise ValueError("a FAIL lists its problems, and only a FAIL has problems")
+
+    @property
+    def label(self) -> str:
+        """The words of the report's verdict column; every FAIL starts with "FAIL"."""
+        if self.kind == FAIL:
+            return f"FAIL: {self.short}" if self.short else "FAIL"
+        return LABELS[self.kind]
+
+    def explain(self) -> str:
+        lines = [self.label, *(f"- {p}" for p in self.problems)]
+        if self.observed:
+            lines.append(f"seen: {self.observed}")
+        return "\n".join(lines)
+
+
+def losses_of(run: ScenarioRun) -> list[str]:
+    """What the clients lost: failed requests, broken long-lived connections, and (socket in
+    the image) a port the reattach left dead. The loss a characterisation exists to show."""
+    out = run.outcome
+    losses = failed_requests(out)
+    if run.scenario.socket_location == "image":
+        losses += socket_dead(run.socket)
+    h = out.holders
+    if h is not None and (h.broken or h.server_closed or h.connect_errors):
+        losses.append(f"long-lived connections were lost: {h.describe()}")
+    if losses:
+        # Not only how many: why, in words, with what to check (see explain_losses).
+        losses += explain_losses(out, run.reattach, keepalive=run.scenario.keepalive,
+                                 proxy=run.scenario.proxy is not None,
+                                 socket_in_image=run.scenario.socket_location == "image")
+    return losses
+
+
+def validity_problems(run: ScenarioRun) -> list[str]:
+    """Every reason the run does not show what its scenario is about, apart from the loss.
+
+    A run with any of these proves nothing either way, an expected loss included: a harness
+    fault (the load never spanned the switch, too few requests, the counter went backwards,
+    the wrong image attached) must not read as "loss seen (expected)".
+    """
+    s, out = run.scenario, run.outcome
+    port_dead = s.socket_location == "image" and run.socket.state_after != "active"
+    problems = [*load_reached_old(out, run.reattach), *enough_load(out, run.min_complete)]
+    if not (s.expect == "downtime" and port_dead):
+        # A port the reattach left dead is the downtime the control shows: v2 cannot answer.
+        problems += load_reached_new(out, run.reattach, run.post_switch_s)
+    problems += switched_cleanly(out)
+    if s.socket_location == "host":
+        # The host socket must outlive the reattach; one in the image is restarted by design.
+        problems += socket_untouched(run.socket)
+    if run.final_count is not None:  # only a subject with a counter has this check
+        problems += counter_consistent(out, run.final_count)
+    if s.holders and (out.holders is None or out.holders.requests == 0):
+        problems.append(f"the {s.holders} long-lived clients never sent a request")
+    if not run.rollout_ok:
+        problems.append(f"the rollout did not put v{s.to_version} in place: "
+                        f"{run.reattach.output[-600:]!r}")
+    problems += attachment_problems(run, s.to_version)
+    problems += profile_problems(run)
+    problems += user_check_problems(run)
+    return problems
+
+
+def user_check_problems(run: ScenarioRun) -> list[str]:
+    """The user's own checks (the spec's `checks`): each failure is a problem of the run."""
+    return [f"user check failed: {line}" for line in run.user_check_failures]
+
+
+def expected_image(subject: Subject, scenario: Scenario, version: int) -> str:
+    """The image ``version``'s unit must run from (RootImage=) in the scenario's scope."""
+    if scenario.scope == "user":
+        return user_portable.image_path(subject, version)
+    return subject.image_path(version)
+
+
+def attachment_problems(run: ScenarioRun, version: int) -> list[str]:
+    """Like systemd's TEST-29: the image is attached and the unit runs ``version``'s image."""
+    want = expected_image(run.subject, run.scenario, version)
+    if run.attached_state not in ATTACHED_STATES or run.attached_image != want:
+        return [f"afterwards portablectl says {run.attached_state!r} and the unit runs "
+                f"{run.attached_image!r}, not {want!r}"]
+    return []
+
+
+def profile_problems(run: ScenarioRun) -> list[str]:
+    """The profile took effect: `trusted` runs as root, `default` as a dynamic user. A user's
+    manager runs the service as that user (its profiles set no DynamicUser=)."""
+    profile, user = run.profile, run.service_user
+    if run.scenario.scope == "user":
+        want = user_portable.USER
+        return [] if user == want else [f"user scope: the service runs as {user!r}, not {want!r}"]
+    if profile == "trusted":
+        return [] if user == "root" else [f"profile trusted: the service runs as {user!r}, "
+                                          "not root"]
+    problems = []
+    if not run.dynamic_user:
+        problems.append(f"profile {profile}: DynamicUser is not set")
+    if user in ("", "root"):
+        problems.append(f"profile {profile}: the service runs as {user!r}, not a dynamic user")
+    return problems
+
+
+def refusal_problems(run: ScenarioRun) -> list[str]:
+    """A tampered update: refused for its checksum, the old version served on, nothing lost."""
+    problems = [*load_reached_old(run.outcome, run.reattach),
+                *refused_problems(run.outcome, run.reattach, run.socket, run.rollout_ok,
+                                  run.min_complete)]
+    if not run.rollout_ok and not REFUSAL_REASON.search(run.reattach.output):
+        problems.append("the rollout failed, but not with a checksum refusal: "
+                        f"{run.reattach.output[-600:]!r}")
+    if run.final_count is not None:
+        problems += counter_consistent(run.outcome, run.final_count)
+    problems += attachment_problems(run, run.scenario.from_version)
+    problems += profile_problems(run)
+    problems += user_check_problems(run)
+    return problems
+
+
+def _stall(outcome: LoadOutcome, reattach: Reattach, max_stall_s: float | None) -> list[str]:
+    """--max-stall, a bound of its own beside the verdict's checks (off when None)."""
+    return stall_problems(latency_report(outcome.timeline, reattach.started, outcome.stopped),
+                          max_stall_s)
+
+
+def verdict_of(run: ScenarioRun) -> Verdict:
+    """The one judgement of a run: PASS, FAIL with every reason, or the expected result of a
+    characterisation (loss seen), the negative control (downtime seen) or a tampered update
+    (refused). An expected result needs a valid run: any other problem makes it a FAIL."""
+    expect = run.scenario.expect
+    observed = loss_summary(run)
+    # --max-stall (off by default) bounds what a pass or a refusal may cost the clients; the
+    # downtime control and the characterisations are about the loss, not the gap.
+    stall = _stall(run.outcome, run.reattach, run.max_stall_s)
+    if expect == "refused":
+        problems = refusal_problems(run) + stall
+        if problems:
+            return Verdict(FAIL, tuple(problems), observed)
+        match = REFUSAL_REASON.search(run.reattach.output)
+        return Verdict(REFUSED, observed=f"{match.group(0) if match else ''} {observed}".strip())
+    losses, problems = losses_of(run), validity_problems(run)
+    if expect == "zero-downtime":
+        problems += losses + stall
+        h = run.outcome.holders
+        if h is not None and h.switched_in_place != h.connections:
+            # The fd store's promise: each connection is answered by v2 on the same socket.
+            problems.append(f"only {h.switched_in_place} of {h.connections} long-lived "
+                            f"connections switched versions in place: {h.describe()}")
+        return Verdict(FAIL, tuple(problems), observed) if problems else Verdict(PASS,
+                                                                                 observed=observed)
+    if problems:
+        return Verdict(FAIL, tuple(problems), observed)
+    if not losses:
+        short = "no downtime" if expect == "downtime" else "nothing lost"
+        what = ("the negative control lost nothing: the suite's premise changed"
+                if expect == "downtime" else "nothing was lost: the characterised loss is gone")
+        return Verdict(FAIL, (what,), observed, short=short)
+    return Verdict(DOWNTIME_SEEN if expect == "downtime" else EXPECTED_LOSS, observed=observed)
+
+
+# Where a scenario test's verdict is kept on its pytest item: the `portable` fixture reads it
+# to save the evidence of every run that did not simply pass.
+VERDICT_KEY = pytest.StashKey[Verdict]()
+
+
+def evidence_reason(test_failed: bool, verdict: Verdict | None, always: bool) -> str | None:
+    """Why a scenario test's journals, probe log and ab.out are worth keeping; None: they are
+    not. Every run that did not simply pass keeps them: an expected loss is evidence too."""
+    if verdict is not None and verdict.kind != PASS:
+        return verdict.label
+    if test_failed:  # a pass whose test broke later, or an error before any verdict
+        return "test failed" if verdict is not None else "no verdict: the run broke off"
+    if always:
+        return "--artifacts-always"
+    return None
+
+
+def conclude(verdict: Verdict) -> None:
+    """Turn a run's verdict into its test's outcome, the one way every scenario test does it:
+    FAIL -> pytest.fail with every problem, an expected loss -> pytest.xfail with the numbers,
+    anything else returns (the test passes)."""
+    __tracebackhide__ = True
+    if verdict.kind == FAIL:
+        pytest.fail(verdict.explain(), pytrace=False)
+    if verdict.kind == EXPECTED_LOSS:
+        pytest.xfail(verdict.observed)
+
+
+def loss_summary(run: ScenarioRun) -> str:
+    ab, tl = run.outcome.ab, run.outcome.timeline
+    holders = f"; holders: {run.outcome.holders.describe()}" if run.outcome.holders else ""
+    return (f"ab {ab.failed} failed of {ab.complete} (connect {ab.failed_connect}, receive "
+            f"{ab.failed_receive}, length {ab.failed_length}, exceptions "
+            f"{ab.failed_exceptions}), non-2xx {ab.non_2xx}; probe errors {tl.errors or 'none'};"
+            f" socket after: {run.socket.state_after}{holders}")
+
+
+# --- the run's row in summary.json ------------------------------------------------------
+def summary_row(run: ScenarioRun, box: str, systemd_major: int,
+                verdict: Verdict, systemd_package: str = "") -> dict[str, Any]:
+    """The run's row in summary.json: the measurements and ``verdict`` (from ``verdict_of``);
+    ``systemd_package`` is the guest's exact systemd package version."""
+    s = run.scenario
+    row = scenario_record(
+        s.id, box, systemd_major, keepalive=s.keepalive, proxy=s.proxy,
+        socket_location=s.socket_location, outcome=run.outcome, reattach=run.reattach,
+        counter_ok=(None if run.final_count is None
+                    else not counter_consistent(run.outcome, run.final_count)),
+        verdict=verdict.label, problems=verdict.problems, systemd_package=systemd_package,
+    )
+    if run.outcome.holders is not None:
+        h = run.outcome.holders
+        row.update(holders=h.connections, holder_requests=h.requests, holders_broken=h.broken,
+                   holders_server_closed=h.server_closed,
+                   holders_switched_in_place=h.switched_in_place, holders_intact=h.intact)
+    row.update(verdict_kind=verdict.kind, observed=verdict.observed, expect=s.expect,
+               subject=run.subject.name, spec=str(run.subject.spec),
+               user_checks_run=run.user_checks_run,
+               user_check_failures=list(run.user_check_failures),
+               shutdown=s.shutdown, profile=run.profile, from_version=s.from_version,
+               to_version=s.to_version, socket_state_after=run.socket.state_after,
+               attached_state=run.attached_state, attached_image=run.attached_image,
+               service_user=run.service_user, dynamic_user=run.dynamic_user,
+               rollout_ok=run.rollout_ok, **run.facts)
+    return row
