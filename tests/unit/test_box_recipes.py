@@ -4,11 +4,13 @@ it had."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
-from vm.boxes.builder import KERNEL_CMD_LINE, BuiltBox, kernel_cmd_line
+from vm.boxes import builder
+from vm.boxes.builder import KERNEL_CMD_LINE, BuiltBox, box_key, kernel_cmd_line
 from vm.boxes.recipes import (
     BASE_PACKAGES,
     BOXES,
@@ -70,3 +72,32 @@ def test_sid_installs_what_user_portable_services_need() -> None:
 @pytest.mark.parametrize("name", [n for n in LOCAL_BOXES if n != "debian-sid"])
 def test_the_stable_boxes_keep_their_package_list(name: str) -> None:
     assert BOXES[name].packages == BASE_PACKAGES
+
+
+def test_the_box_key_hashes_the_scripts_not_the_directory_they_lie_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Moving the build scripts (vm/ -> vm/boxes/, issue 12) must not rebuild a cached box nor
+    drop the guest saved from it (its key contains the box name): only their bytes count."""
+    public_key = tmp_path / "id_ed25519.pub"
+    public_key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAItest pwt-box\n")
+    recipe = get_box("debian-bookworm")
+    here = box_key(recipe, public_key)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("BUILD_SCRIPT", "PACK_SCRIPT"):
+        script: Path = getattr(builder, name)
+        monkeypatch.setattr(builder, name, Path(shutil.copy(script, elsewhere / script.name)))
+    assert box_key(recipe, public_key) == here
+    with (elsewhere / "pack-box.sh").open("a") as f:
+        f.write("# one more line\n")
+    assert box_key(recipe, public_key) != here
+
+
+def test_the_hashed_scripts_keep_their_names() -> None:
+    """A script's file name enters the cache keys of the boxes and images it builds: renaming
+    one rebuilds every cached box (or image set) on every host."""
+    from vm.subject.image import BUILD_SCRIPT as IMAGE_SCRIPT
+
+    assert [p.name for p in (builder.BUILD_SCRIPT, builder.PACK_SCRIPT, IMAGE_SCRIPT)] == [
+        "build-box.sh", "pack-box.sh", "build-image.sh"]
+    assert all(p.is_file() for p in (builder.BUILD_SCRIPT, builder.PACK_SCRIPT, IMAGE_SCRIPT))
