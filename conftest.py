@@ -1,8 +1,9 @@
 """pytest wiring: options, the fixture ladder (one VM per session), artifacts and the report.
 
-Ladder: settings, subject (the service under test: --service spec) -> box, images -> vm
-(booted once) -> host (testinfra on the vm's SSH) -> guest (systemd facts, images copied in)
--> portable (per test: clean state, artifacts on failure, reset afterwards).
+Ladder: settings, subject (the service under test: --service spec) -> box, images -> machine
+(the one VM, booted once) -> host (testinfra on the machine's SSH) -> service (the portable
+service in the guest: systemd version known, checked clean once; session) -> clean_service (the
+same object per test: clean at the start, evidence saved, reset afterwards).
 Every option has a PWT_* environment variable (e.g. --box / PWT_BOX) that tox passes through.
 """
 
@@ -292,9 +293,9 @@ def images(settings: Settings, subject: Subject, pytestconfig: pytest.Config,
 
 
 @pytest.fixture(scope="session")
-def vm(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Config,
+def machine(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Config,
        request: pytest.FixtureRequest) -> Iterator[Any]:
-    """The session's one VM: booted once, destroyed at the end (see --keep-vm).
+    """The session's one VM (a ``Machine``): booted once, destroyed at the end (see --keep-vm).
 
     Asks for ``images`` so a broken image build ends the run before a boot is paid for."""
     from vm.boxes.fedora_box import needs_provisioning, provision_box
@@ -317,7 +318,7 @@ def vm(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Config,
                        failure_dir=settings.artifacts_dir / "boot")
     boot_started = time.monotonic()
     try:
-        machine = _harness_step("boot", pytestconfig, handle.up)
+        booted = _harness_step("boot", pytestconfig, handle.up)
         # The report says which way the guest came up: boot_cold (vagrant up) or restore.
         phases = pytestconfig.stash[PHASES]
         phases[handle.boot_path] = phases.pop("boot")
@@ -329,9 +330,9 @@ def vm(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Config,
         lock.release()
         raise
     try:
-        yield machine
+        yield booted
     finally:
-        machine.close()
+        booted.close()
         failed = request.session.testsfailed > 0
         keep = settings.keep_vm == "always" or (settings.keep_vm == "on-error" and failed)
         if keep:
@@ -346,54 +347,57 @@ def vm(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Config,
 
 
 @pytest.fixture(scope="session")
-def ssh_config(vm: Any, settings: Settings) -> Path:
+def ssh_config(machine: Any, settings: Settings) -> Path:
     """``vagrant ssh-config`` of the session's VM as a file in its run dir (host alias
     ``pwt-guest``): what testinfra, the users' checks and a person with ``ssh -F`` use."""
     from vm.machine.guest_host import write_ssh_config
 
-    return write_ssh_config(vm.target, settings.run_dir / "ssh_config")
+    return write_ssh_config(machine.target, settings.run_dir / "ssh_config")
 
 
 @pytest.fixture(scope="session")
-def host(vm: Any, ssh_config: Path) -> Any:
+def host(machine: Any, ssh_config: Path) -> Any:
     """testinfra's ``Host`` on the session's VM (paramiko backend, commands as root through
-    the vm's own SSH connection: see vm/machine/guest_host.py)."""
+    the machine's own SSH connection: see vm/machine/guest_host.py)."""
     from vm.machine.guest_host import guest_host
 
-    return guest_host(vm, ssh_config)
+    return guest_host(machine, ssh_config)
 
 
 @pytest.fixture(scope="session")
-def guest(vm: Any, host: Any, images: Any, subject: Subject, settings: Settings,
+def service(machine: Any, host: Any, images: Any, subject: Subject, settings: Settings,
           pytestconfig: pytest.Config) -> Any:
-    """The booted guest, its systemd version known; image sets are uploaded on first use."""
+    """The subject's portable service in the booted guest (a ``PortableService``), its systemd
+    version known, checked clean once; image sets are uploaded on first use. Tests that run a
+    scenario take ``clean_service`` instead: the same object, made clean around each test."""
     from vm.systemd.portable import PortableService
     from vm.systemd.quirks import unsupported_reason
 
     # Every box arrives ready: built with everything (Debian) or provisioned once into a
-    # derived box (Fedora, see the vm fixture); the guest's network is restricted here.
+    # derived box (Fedora, see the machine fixture); the guest's network is restricted here.
     if not host.exists("portablectl"):
         pytest.exit("pwt: the guest has no portablectl (systemd-container missing from the box)",
                     returncode=3)
-    major = vm.systemd_version()
+    major = machine.systemd_version()
     if (reason := unsupported_reason(major)) is not None:
         pytest.exit(f"pwt: {reason}", returncode=3)
-    log.info(f"guest runs systemd {major} (package {vm.systemd_package_version() or 'unknown'})")
-    service = PortableService(vm, major, settings.reattach_timeout_s, images, subject, host,
-                              unit_timeout_s=settings.unit_timeout_s)
-    service.check_clean()
+    package = machine.systemd_package_version() or "unknown"
+    log.info(f"guest runs systemd {major} (package {package})")
+    portable = PortableService(machine, major, settings.reattach_timeout_s, images, subject,
+                               host, unit_timeout_s=settings.unit_timeout_s)
+    portable.check_clean()
     # From the start of the boot (or restore) to a guest that passes the clean-state check.
     ready = time.monotonic() - pytestconfig.stash[BOOT_STARTED]
     pytestconfig.stash[PHASES]["ready"] = round(ready, 1)
     log.info(f"guest ready (clean) {ready:.1f} s after the boot step began")
-    return service
+    return portable
 
 
 @pytest.fixture(scope="session")
-def systemd_package(guest: Any) -> str:
+def systemd_package(service: Any) -> str:
     """The guest's exact systemd package version (e.g. 262.1-1), "" if unknown: every summary
     row carries it, so a rebuilt box of a moving suite is told apart in the matrix."""
-    return str(guest.machine.systemd_package_version())
+    return str(service.machine.systemd_package_version())
 
 
 def _collect_evidence(machine: Any, subject: Subject, directory: Path) -> None:
@@ -411,16 +415,17 @@ def _collect_evidence(machine: Any, subject: Subject, directory: Path) -> None:
 
 
 @pytest.fixture
-def portable(guest: Any, artifacts: Path, settings: Settings,
-             request: pytest.FixtureRequest) -> Iterator[Any]:
-    """The portable service, checked clean at start; reset (and checked) afterwards. Before the
-    reset, the evidence (journals, probe log, ab.out) of every run that did not simply pass is
-    saved: an error, a FAIL, an expected loss or downtime, a refusal; --artifacts-always: all."""
+def clean_service(service: Any, artifacts: Path, settings: Settings,
+                  request: pytest.FixtureRequest) -> Iterator[Any]:
+    """``service`` for one test: checked clean at start; reset (and checked) afterwards. Before
+    the reset, the evidence (journals, probe log, ab.out) of every run that did not simply pass
+    is saved: an error, a FAIL, an expected loss or downtime, a refusal; --artifacts-always:
+    all."""
     from vm.scenarios.verdict import VERDICT_KEY, evidence_reason
 
-    if not guest.clean_verified:  # the previous test's reset has checked it otherwise
-        guest.check_clean()
-    yield guest
+    if not service.clean_verified:  # the previous test's reset has checked it otherwise
+        service.check_clean()
+    yield service
     report = getattr(request.node, "rep_call", None)
     why = evidence_reason(
         test_failed=report is None or report.failed,
@@ -429,9 +434,9 @@ def portable(guest: Any, artifacts: Path, settings: Settings,
     )
     if why is not None:
         target = artifacts / request.node.name
-        _collect_evidence(guest.machine, guest.subject, target)
+        _collect_evidence(service.machine, service.subject, target)
         log.info(f"evidence ({why}): {target}")
-    guest.reset()
+    service.reset()
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from vm.systemd.portable import ImageRefused, PortableService
 
 @pytest.fixture
 def run_recorded(
-    portable: PortableService, settings: Settings, artifacts: Path, record_scenario: Any,
+    clean_service: PortableService, settings: Settings, artifacts: Path, record_scenario: Any,
     record_skip: Any, record_phase: Any, repeat_index: int, systemd_package: str,
     request: pytest.FixtureRequest, ssh_config: Path,
 ) -> Callable[[Scenario], Verdict]:
@@ -36,19 +36,19 @@ def run_recorded(
     def run(scenario: Scenario) -> Verdict:
         start = time.monotonic()
         try:
-            result = run_scenario(portable, settings, scenario)
+            result = run_scenario(clean_service, settings, scenario)
         except ScenarioUnsupported as e:
-            record_skip(skipped_row(scenario.id, settings.box, portable.systemd_major,
+            record_skip(skipped_row(scenario.id, settings.box, clean_service.systemd_major,
                                     systemd_package, str(e)))
             pytest.skip(str(e))
         except ImageRefused as e:
             pytest.exit(f"pwt: {e}", returncode=3)
-        checks = portable.subject.checks
+        checks = clean_service.subject.checks
         if checks is not None:
             from vm.subject.user_checks import run_user_checks
 
             # Their run record is the row as the harness judged it before their checks.
-            before = summary_row(result, settings.box, portable.systemd_major,
+            before = summary_row(result, settings.box, clean_service.systemd_major,
                                  verdict_of(result), systemd_package=systemd_package)
             outcome = run_user_checks(checks, f"paramiko://{SSH_CONFIG_HOST}", ssh_config,
                                       before, artifacts / request.node.name / "user-checks")
@@ -58,7 +58,7 @@ def run_recorded(
         request.node.stash[VERDICT_KEY] = verdict
         suffix = f" run{repeat_index}" if repeat_index > 1 else ""
         record_phase(f"scenario {scenario.id}{suffix}", time.monotonic() - start)
-        row = summary_row(result, settings.box, portable.systemd_major, verdict,
+        row = summary_row(result, settings.box, clean_service.systemd_major, verdict,
                           systemd_package=systemd_package)
         row["scenario_s"] = round(time.monotonic() - start, 1)
         row["overhead_s"] = round(row["scenario_s"] - row["load_s"], 1)
@@ -66,7 +66,7 @@ def run_recorded(
         record_scenario(row)
         name = scenario.id if repeat_index == 1 else f"{scenario.id}-run{repeat_index}"
         plot_timeline(artifacts / f"{name}.png",
-                      f"{scenario.id} (systemd {portable.systemd_major})",
+                      f"{scenario.id} (systemd {clean_service.systemd_major})",
                       result.outcome, result.reattach)
         return verdict
 

@@ -106,7 +106,8 @@ def test_ctrl_c_to_the_process_group_of_tox_leaves_nothing(
 
 
 @pytest.mark.vm
-def test_vagrant_ssh_and_destroy_know_the_sessions_machine(vm: Any, settings: Settings) -> None:
+def test_vagrant_ssh_and_destroy_know_the_sessions_machine(machine: Any,
+                                                           settings: Settings) -> None:
     """Whether the guest was restored or booted cold, Vagrant sees it as its machine."""
     from vm.boxes.builder import vagrant_env
 

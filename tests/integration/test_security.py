@@ -16,8 +16,8 @@ pytestmark = pytest.mark.vm
 VAGRANT_INSECURE_KEY_COMMENT = "vagrant insecure public key"
 
 
-def test_forwarded_ssh_port_listens_on_loopback_only(vm: Any) -> None:
-    port = vm.target.port
+def test_forwarded_ssh_port_listens_on_loopback_only(machine: Any) -> None:
+    port = machine.target.port
     listening = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True,
                                text=True, check=True).stdout.split("\n")
     addresses = [line.split()[3] for line in listening if line.strip()]

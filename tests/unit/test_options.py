@@ -3,7 +3,7 @@
 Each case runs ``pytest --co`` (collect only) on tests/integration in a subprocess. Settings are
 validated in ``pytest_configure``, before collection; under ``--co`` no test runs, so no
 fixture runs either: the session fixtures that build the box and images and boot the VM
-(``box``, ``images``, ``vm``, ``guest``) and the one that creates the artifacts directory are
+(``box``, ``images``, ``machine``, ``service``) and the one that creates the artifacts directory are
 never set up. ``test_valid_options_collect_the_scenarios`` checks the last by pointing
 ``--artifacts`` and ``--state-dir`` at directories that must still not exist afterwards.
 """

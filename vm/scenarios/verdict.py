@@ -231,8 +231,8 @@ def verdict_of(run: ScenarioRun) -> Verdict:
     return Verdict(DOWNTIME_SEEN if expect == "downtime" else EXPECTED_LOSS, observed=observed)
 
 
-# Where a scenario test's verdict is kept on its pytest item: the `portable` fixture reads it
-# to save the evidence of every run that did not simply pass.
+# Where a scenario test's verdict is kept on its pytest item: the `clean_service` fixture
+# reads it to save the evidence of every run that did not simply pass.
 VERDICT_KEY = pytest.StashKey[Verdict]()
 
 
