@@ -67,7 +67,7 @@ def run_recorded(
         name = scenario.id if repeat_index == 1 else f"{scenario.id}-run{repeat_index}"
         plot_timeline(artifacts / f"{name}.png",
                       f"{scenario.id} (systemd {clean_service.systemd_major})",
-                      result.outcome, result.reattach)
+                      result.outcome, result.upgrade)
         return verdict
 
     return run

@@ -1,6 +1,6 @@
 """Helpers shared by the unit tests (imported as ``support``; pytest puts this directory on
 sys.path): module loading, the fake socket activation launcher, a tiny HTTP client and
-builders of measured runs (LoadOutcome, Reattach, ...)."""
+builders of measured runs (LoadOutcome, Upgrade, ...)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from vm.scenarios.run import ScenarioRun
 from vm.scenarios.verdict import expected_image
 from vm.subject.spec import DEFAULT_SPEC, Subject, load_subject
 from vm.systemd import user_portable
-from vm.systemd.portable import Reattach
+from vm.systemd.portable import Upgrade
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_PY = ROOT / "images" / "server.py"
@@ -297,8 +297,8 @@ def outcome(records: list[ProbeRecord], ab: AbResult | None = None, started: flo
         ab_started=ab_started)
 
 
-def reattach(started: float = T0 + 5.0, ended: float = T0 + 6.5) -> Reattach:
-    return Reattach(command="portablectl reattach --now /var/lib/portables/x.raw",
+def reattach(started: float = T0 + 5.0, ended: float = T0 + 6.5) -> Upgrade:
+    return Upgrade(command="portablectl reattach --now /var/lib/portables/x.raw",
                     started=started, ended=ended, output="Queued /x.raw...\nPWT-TIMES")
 
 
@@ -343,7 +343,7 @@ def scenario_run(scenario: Scenario, out: LoadOutcome | None = None,
                                    output=f"{REFUSAL_LINE}\nPWT-TIMES") if refused
                else reattach())
     fields: dict[str, object] = dict(
-        scenario=scenario, subject=WALKTHROUGH, outcome=out, reattach=rollout,
+        scenario=scenario, subject=WALKTHROUGH, outcome=out, upgrade=rollout,
         socket=healthy_socket(), final_count=100_000, min_complete=200, post_switch_s=10.0,
         attached_state="running", profile=WALKTHROUGH.profile_for(scenario),
         attached_image=expected_image(

@@ -35,7 +35,7 @@ def record(scenario: str = "host-socket-no-keepalive", **kwargs: Any) -> dict[st
     out = kwargs.pop("outcome", None) or outcome(clean_records())
     return scenario_record(
         scenario, "debian-bookworm", 252, keepalive=False, proxy=None, socket_location="host",
-        outcome=out, reattach=reattach(), counter_ok=True,
+        outcome=out, upgrade=reattach(), counter_ok=True,
         verdict=kwargs.pop("verdict", "pass"), problems=kwargs.pop("problems", []),
     )
 

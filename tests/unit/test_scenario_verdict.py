@@ -107,8 +107,8 @@ def clean_run(s: Scenario, **changes: Any) -> ScenarioRun:
 # --- harness faults: each turns any run, expected loss or not, into a FAIL -------------------
 def load_started_late(run: ScenarioRun) -> ScenarioRun:
     """The load began after the reattach: nothing was under load when it happened."""
-    late = dataclasses.replace(run.reattach, started=T0 - 2.0, ended=T0 - 0.5)
-    return dataclasses.replace(run, reattach=late)
+    late = dataclasses.replace(run.upgrade, started=T0 - 2.0, ended=T0 - 0.5)
+    return dataclasses.replace(run, upgrade=late)
 
 
 def new_version_never_answered(run: ScenarioRun) -> ScenarioRun:

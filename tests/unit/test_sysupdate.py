@@ -141,8 +141,8 @@ def rollout_output(*lines: str) -> str:
 @pytest.mark.parametrize("major", sorted(REFUSAL_LINES))
 def test_refused_verdict_with_the_real_refusal(major: int) -> None:
     run = scenario_run(CORRUPT)
-    run = dataclasses.replace(run, reattach=dataclasses.replace(
-        run.reattach, output=rollout_output(REFUSAL_LINES[major])))
+    run = dataclasses.replace(run, upgrade=dataclasses.replace(
+        run.upgrade, output=rollout_output(REFUSAL_LINES[major])))
     verdict = verdict_of(run)
     assert verdict.kind == REFUSED, verdict.explain()
     # The report quotes systemd-pull's own words, whichever version said them.
@@ -153,8 +153,8 @@ def test_refused_verdict_with_the_real_refusal(major: int) -> None:
 @pytest.mark.parametrize("line", NOT_A_REFUSAL)
 def test_rollout_failing_for_another_reason_is_a_fail(line: str) -> None:
     run = scenario_run(CORRUPT)
-    run = dataclasses.replace(run, reattach=dataclasses.replace(
-        run.reattach, output=rollout_output(line)))
+    run = dataclasses.replace(run, upgrade=dataclasses.replace(
+        run.upgrade, output=rollout_output(line)))
     verdict = verdict_of(run)
     assert verdict.kind == FAIL
     assert verdict.problems[-1].startswith("the rollout failed, but not with a checksum refusal")

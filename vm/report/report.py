@@ -10,7 +10,7 @@ from typing import Any
 from vm.load.latency import WINDOWS, LatencyReport, latency_report
 from vm.load.load import LoadOutcome
 from vm.load.timeline import FAILURE_CLASSES
-from vm.systemd.portable import Reattach
+from vm.systemd.portable import Upgrade
 
 SUMMARY_COLUMNS = (
     ("scenario", "scenario"), ("systemd", "systemd_version"),
@@ -37,7 +37,7 @@ def overhead_line(records: Sequence[dict[str, Any]]) -> str:
 
 def scenario_record(
     scenario: str, box: str, systemd_version: int, keepalive: bool, proxy: str | None,
-    socket_location: str, outcome: LoadOutcome, reattach: Reattach, counter_ok: bool | None,
+    socket_location: str, outcome: LoadOutcome, upgrade: Upgrade, counter_ok: bool | None,
     verdict: str, problems: Sequence[str], systemd_package: str = "",
 ) -> dict[str, Any]:
     """One row of summary.json (the schema is documented in the README).
@@ -45,7 +45,7 @@ def scenario_record(
     ``systemd_package`` is the exact package version read from the guest ("" if unknown):
     a moving suite can change it while ``systemd_version`` (the major) stays."""
     ab, tl = outcome.ab, outcome.timeline
-    latency = latency_report(tl, reattach.started, outcome.stopped)
+    latency = latency_report(tl, upgrade.started, outcome.stopped)
     return {
         "scenario": scenario, "box": box, "systemd_version": systemd_version,
         "systemd_package": systemd_package,
@@ -57,8 +57,8 @@ def scenario_record(
         "probe_requests": len(tl.records), "probe_errors": tl.errors,
         "switched": tl.switch_at is not None,
         "switch_at_s": round(tl.switch_at - outcome.started, 2) if tl.switch_at else None,
-        "reattach_started_s": round(reattach.started - outcome.started, 2),
-        "reattach_s": round(reattach.duration_s, 2),
+        "reattach_started_s": round(upgrade.started - outcome.started, 2),
+        "reattach_s": round(upgrade.duration_s, 2),
         "load_s": round(outcome.duration_s, 2),
         "max_latency_ms": tl.max_latency_ms,
         # longest_gap_ms (counted to the load's end), SYN steps, the three latency windows
@@ -180,7 +180,7 @@ def window_bands(latency: LatencyReport, x_end: float) -> list[tuple[str, float,
     return bands
 
 
-def timeline_figure(title: str, outcome: LoadOutcome, reattach: Reattach) -> Any:
+def timeline_figure(title: str, outcome: LoadOutcome, upgrade: Upgrade) -> Any:
     """The timeline as a matplotlib Figure: latency of each probe request over time, errors
     marked, the three latency windows shaded and labelled, reattach and switch drawn."""
     import matplotlib
@@ -189,7 +189,7 @@ def timeline_figure(title: str, outcome: LoadOutcome, reattach: Reattach) -> Any
     import matplotlib.pyplot as plt
 
     tl, t0 = outcome.timeline, outcome.started
-    latency = latency_report(tl, reattach.started, outcome.stopped)
+    latency = latency_report(tl, upgrade.started, outcome.stopped)
     fig, ax = plt.subplots(figsize=(10, 4.6), dpi=110)
     x_end = max([outcome.stopped - t0, *(r.t - t0 for r in tl.records)])
     for i, (name, start, end, label) in enumerate(window_bands(latency, x_end)):
@@ -198,9 +198,9 @@ def timeline_figure(title: str, outcome: LoadOutcome, reattach: Reattach) -> Any
         # lower each, so a narrow switch window does not print over its neighbours.
         ax.text(start + 0.1, 0.98 - 0.12 * i, label, transform=ax.get_xaxis_transform(),
                 va="top", ha="left", fontsize=7, color="#333333")
-    what = "portablectl reattach" if reattach.command.startswith("portablectl") else "rollout"
-    ax.axvspan(reattach.started - t0, reattach.ended - t0, ymax=0.04, color="#e1b12c",
-               label=f"{what} ({reattach.duration_s:.1f} s)")
+    what = "portablectl reattach" if upgrade.command.startswith("portablectl") else "rollout"
+    ax.axvspan(upgrade.started - t0, upgrade.ended - t0, ymax=0.04, color="#e1b12c",
+               label=f"{what} ({upgrade.duration_s:.1f} s)")
     for greeting, color in ((tl.old, "#2e86de"), (tl.new, "#27ae60")):
         pts = [r for r in tl.answered if r.greeting == greeting]
         ax.scatter([r.t - t0 for r in pts], [max(r.latency_ms, 1) for r in pts], s=9, color=color,
@@ -234,11 +234,11 @@ def timeline_figure(title: str, outcome: LoadOutcome, reattach: Reattach) -> Any
     return fig
 
 
-def plot_timeline(path: Path, title: str, outcome: LoadOutcome, reattach: Reattach) -> None:
+def plot_timeline(path: Path, title: str, outcome: LoadOutcome, upgrade: Upgrade) -> None:
     """Write ``timeline_figure`` as a PNG."""
     import matplotlib.pyplot as plt
 
-    fig = timeline_figure(title, outcome, reattach)
+    fig = timeline_figure(title, outcome, upgrade)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

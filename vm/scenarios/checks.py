@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from vm.load.load import LoadOutcome
 from vm.load.timeline import ProbeRecord
-from vm.systemd.portable import Reattach
+from vm.systemd.portable import Upgrade
 
 
 @dataclass(frozen=True)
@@ -20,20 +20,20 @@ class SocketObservation:
     state_after: str
 
 
-def load_reached_old(outcome: LoadOutcome, reattach: Reattach) -> list[str]:
+def load_reached_old(outcome: LoadOutcome, upgrade: Upgrade) -> list[str]:
     """The load ran before the reattach and the old version answered it."""
     problems = []
     tl = outcome.timeline
-    if outcome.started >= reattach.started:
+    if outcome.started >= upgrade.started:
         problems.append("the load started only after the reattach began")
-    before = [r for r in tl.answered if r.t < reattach.started and r.greeting == tl.old]
+    before = [r for r in tl.answered if r.t < upgrade.started and r.greeting == tl.old]
     if not before:
         problems.append(f"the probe saw no {tl.old!r} answer under load before the reattach")
     return problems
 
 
 def load_reached_new(
-    outcome: LoadOutcome, reattach: Reattach, post_switch_s: float
+    outcome: LoadOutcome, upgrade: Upgrade, post_switch_s: float
 ) -> list[str]:
     """The load went on while the new version answered, ab included, for ``post_switch_s``."""
     problems = []
@@ -66,11 +66,11 @@ def load_reached_new(
 
 
 def load_spanned_switch(
-    outcome: LoadOutcome, reattach: Reattach, post_switch_s: float
+    outcome: LoadOutcome, upgrade: Upgrade, post_switch_s: float
 ) -> list[str]:
     """The load ran before the reattach and went on while the new version answered."""
-    return [*load_reached_old(outcome, reattach),
-            *load_reached_new(outcome, reattach, post_switch_s)]
+    return [*load_reached_old(outcome, upgrade),
+            *load_reached_new(outcome, upgrade, post_switch_s)]
 
 
 def failed_requests(outcome: LoadOutcome) -> list[str]:
@@ -84,14 +84,14 @@ def failed_requests(outcome: LoadOutcome) -> list[str]:
     return problems
 
 
-def _span(records: list[ProbeRecord], outcome: LoadOutcome, reattach: Reattach) -> str:
+def _span(records: list[ProbeRecord], outcome: LoadOutcome, upgrade: Upgrade) -> str:
     first, last = (min(r.t for r in records) - outcome.started,
                    max(r.t for r in records) - outcome.started)
-    start, end = reattach.started - outcome.started, reattach.ended - outcome.started
+    start, end = upgrade.started - outcome.started, upgrade.ended - outcome.started
     return f"sent +{first:.1f} to +{last:.1f} s; the reattach ran +{start:.1f} to +{end:.1f} s"
 
 
-def explain_losses(outcome: LoadOutcome, reattach: Reattach, keepalive: bool, proxy: bool,
+def explain_losses(outcome: LoadOutcome, upgrade: Upgrade, keepalive: bool, proxy: bool,
                    socket_in_image: bool) -> list[str]:
     """Why requests were lost, in words, with what to check: the probe's failures by how they
     failed (and when), and ab's where the probe saw nothing. One sentence per cause, each
@@ -106,7 +106,7 @@ def explain_losses(outcome: LoadOutcome, reattach: Reattach, keepalive: bool, pr
     if cut := kinds.get("reset", []) + kinds.get("eof", []):
         why.append(
             f"why: {len(cut)} requests were cut off without an answer "
-            f"({_span(cut, outcome, reattach)}): lost on the old process's connections at its "
+            f"({_span(cut, outcome, upgrade)}): lost on the old process's connections at its "
             "stop: it closed connections it had accepted before answering them; check the "
             "service's graceful-stop signal (KillSignal=, a host drop-in) and TimeoutStopSec=")
     if refused := kinds.get("refused", []):
@@ -114,16 +114,16 @@ def explain_losses(outcome: LoadOutcome, reattach: Reattach, keepalive: bool, pr
                  if socket_in_image else
                  "check that the .socket unit is installed on the host, not in the image")
         why.append(f"why: {len(refused)} connections were refused "
-                   f"({_span(refused, outcome, reattach)}): nothing listened on the port while "
+                   f"({_span(refused, outcome, upgrade)}): nothing listened on the port while "
                    f"the socket was down; {where}")
     if timeouts := kinds.get("timeout", []):
         why.append(f"why: {len(timeouts)} requests got no answer in time "
-                   f"({_span(timeouts, outcome, reattach)}): the queued connections were not "
+                   f"({_span(timeouts, outcome, upgrade)}): the queued connections were not "
                    "served: the new version started too slowly or never took the socket over")
     if errors := kinds.get("non-2xx", []):
         statuses = Counter(r.status for r in errors)
         why.append(f"why: {len(errors)} answers had an error status {dict(statuses)} "
-                   f"({_span(errors, outcome, reattach)}): the service answered before it was "
+                   f"({_span(errors, outcome, upgrade)}): the service answered before it was "
                    "ready, or a proxy gave up; check its readiness (Type=notify) and retries")
     if other := kinds.get("other", []):
         why.append(f"why: {len(other)} requests failed otherwise "
@@ -199,12 +199,12 @@ def counter_consistent(outcome: LoadOutcome, final_count: int) -> list[str]:
 
 
 def zero_downtime_problems(
-    outcome: LoadOutcome, reattach: Reattach, socket: SocketObservation, final_count: int,
+    outcome: LoadOutcome, upgrade: Upgrade, socket: SocketObservation, final_count: int,
     min_complete: int, post_switch_s: float,
 ) -> list[str]:
     """Every reason the run does not prove a zero-downtime upgrade; empty when it does."""
     return [
-        *load_spanned_switch(outcome, reattach, post_switch_s),
+        *load_spanned_switch(outcome, upgrade, post_switch_s),
         *zero_failures(outcome, min_complete),
         *switched_cleanly(outcome),
         *socket_untouched(socket),
@@ -212,7 +212,7 @@ def zero_downtime_problems(
     ]
 
 
-def refused_problems(outcome: LoadOutcome, rollout: Reattach, socket: SocketObservation,
+def refused_problems(outcome: LoadOutcome, rollout: Upgrade, socket: SocketObservation,
                      rollout_ok: bool, min_complete: int) -> list[str]:
     """A tampered update must be refused while the running version serves on, losing nothing."""
     tl = outcome.timeline

@@ -22,7 +22,7 @@ from vm.scenarios.catalogue import Scenario
 from vm.scenarios.checks import SocketObservation
 from vm.subject.spec import Subject
 from vm.systemd import user_portable
-from vm.systemd.portable import PortableService, Reattach
+from vm.systemd.portable import PortableService, Upgrade
 from vm.systemd.quirks import (
     fdstore_preserve_missing,
     reattach_target,
@@ -45,7 +45,7 @@ class ScenarioRun:
     scenario: Scenario
     subject: Subject  # the service under test (its spec)
     outcome: LoadOutcome
-    reattach: Reattach  # the reattach, or the sysupdate rollout unit that ran it
+    upgrade: Upgrade  # the reattach, the stop + start, or the sysupdate rollout unit that ran it
     socket: SocketObservation
     final_count: int | None  # the subject's counter afterwards; None: it has no counter
     min_complete: int
@@ -149,25 +149,25 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
         time.sleep(load_cfg.switch_after_s)
         rollout_ok = True
         if setup is None and scenario.upgrade == "stop-start":
-            reattach = stop_start_upgrade(service, scenario.to_version)
+            upgrade = stop_start_upgrade(service, scenario.to_version)
         elif setup is None:
-            reattach = service.reattach(scenario.to_version)
+            upgrade = service.reattach(scenario.to_version)
         else:
             if scenario.to_version > scenario.from_version:
                 service.publish(scenario.to_version, corrupt=scenario.corrupt)
                 unit = ROLLOUT_UNIT
             else:
                 unit = PIN_UNIT.replace("@", f"@{scenario.to_version}")
-            reattach, rollout_ok = service.run_rollout(unit, scenario.to_version)
+            upgrade, rollout_ok = service.run_rollout(unit, scenario.to_version)
         log.info(f"{'reattach' if setup is None else 'rollout'} took "
-                 f"{reattach.duration_s:.1f} s: {reattach.command}"
+                 f"{upgrade.duration_s:.1f} s: {upgrade.command}"
                  f"{'' if rollout_ok else ' (failed)'}")
         if scenario.expect == "refused" or not rollout_ok:
             # The old version must go on serving; a rollout that installed nothing will not
             # bring the new one either: no point waiting for it until the load's bound.
             time.sleep(load_cfg.post_switch_s)
         else:
-            load.wait_until_serving(new, load_cfg.post_switch_s, after=reattach.ended)
+            load.wait_until_serving(new, load_cfg.post_switch_s, after=upgrade.ended)
         outcome = load.stop(old=old, new=new)
     log.info(f"ab: {outcome.ab.describe()}; probe errors: {outcome.timeline.errors or 'none'}")
     if scenario.proxy == "haproxy":
@@ -177,11 +177,11 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
     # a counter, or through a socket the reattach left dead (the verdict names that instead).
     after = service.observe(count=True)
     socket = SocketObservation(before.socket_since, after.socket_since, after.socket_state)
-    facts: dict[str, Any] = {"rollout_log": reattach.output[-1500:]} if setup is not None else {}
+    facts: dict[str, Any] = {"rollout_log": upgrade.output[-1500:]} if setup is not None else {}
     if scenario.upgrade != "reattach":
-        facts["upgrade_log"] = reattach.output[-1500:]
+        facts["upgrade_log"] = upgrade.output[-1500:]
     run = ScenarioRun(
-        scenario=scenario, subject=subject, outcome=outcome, reattach=reattach, socket=socket,
+        scenario=scenario, subject=subject, outcome=outcome, upgrade=upgrade, socket=socket,
         final_count=after.counter, min_complete=load_cfg.min_complete,
         post_switch_s=load_cfg.post_switch_s, attached_state=after.attached_state,
         attached_image=after.attached_image, service_user=before.main_user,

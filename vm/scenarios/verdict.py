@@ -32,7 +32,7 @@ from vm.scenarios.checks import (
 from vm.scenarios.run import ScenarioRun
 from vm.subject.spec import Subject
 from vm.systemd import user_portable
-from vm.systemd.portable import ATTACHED_STATES, Reattach
+from vm.systemd.portable import ATTACHED_STATES, Upgrade
 from vm.systemd.quirks import CHECKSUM_REFUSALS
 
 # How a url-file download whose bytes do not match SHA256SUMS is refused: the exact words of
@@ -99,7 +99,7 @@ def losses_of(run: ScenarioRun) -> list[str]:
         losses.append(f"long-lived connections were lost: {h.describe()}")
     if losses:
         # Not only how many: why, in words, with what to check (see explain_losses).
-        losses += explain_losses(out, run.reattach, keepalive=run.scenario.keepalive,
+        losses += explain_losses(out, run.upgrade, keepalive=run.scenario.keepalive,
                                  proxy=run.scenario.proxy is not None,
                                  socket_in_image=run.scenario.socket_location == "image")
     return losses
@@ -114,10 +114,10 @@ def validity_problems(run: ScenarioRun) -> list[str]:
     """
     s, out = run.scenario, run.outcome
     port_dead = s.socket_location == "image" and run.socket.state_after != "active"
-    problems = [*load_reached_old(out, run.reattach), *enough_load(out, run.min_complete)]
+    problems = [*load_reached_old(out, run.upgrade), *enough_load(out, run.min_complete)]
     if not (s.expect == "downtime" and port_dead):
         # A port the reattach left dead is the downtime the control shows: v2 cannot answer.
-        problems += load_reached_new(out, run.reattach, run.post_switch_s)
+        problems += load_reached_new(out, run.upgrade, run.post_switch_s)
     problems += switched_cleanly(out)
     if s.socket_location == "host":
         # The host socket must outlive the reattach; one in the image is restarted by design.
@@ -128,7 +128,7 @@ def validity_problems(run: ScenarioRun) -> list[str]:
         problems.append(f"the {s.holders} long-lived clients never sent a request")
     if not run.rollout_ok:
         problems.append(f"the rollout did not put v{s.to_version} in place: "
-                        f"{run.reattach.output[-600:]!r}")
+                        f"{run.upgrade.output[-600:]!r}")
     problems += attachment_problems(run, s.to_version)
     problems += profile_problems(run)
     problems += user_check_problems(run)
@@ -176,12 +176,12 @@ def profile_problems(run: ScenarioRun) -> list[str]:
 
 def refusal_problems(run: ScenarioRun) -> list[str]:
     """A tampered update: refused for its checksum, the old version served on, nothing lost."""
-    problems = [*load_reached_old(run.outcome, run.reattach),
-                *refused_problems(run.outcome, run.reattach, run.socket, run.rollout_ok,
+    problems = [*load_reached_old(run.outcome, run.upgrade),
+                *refused_problems(run.outcome, run.upgrade, run.socket, run.rollout_ok,
                                   run.min_complete)]
-    if not run.rollout_ok and not REFUSAL_REASON.search(run.reattach.output):
+    if not run.rollout_ok and not REFUSAL_REASON.search(run.upgrade.output):
         problems.append("the rollout failed, but not with a checksum refusal: "
-                        f"{run.reattach.output[-600:]!r}")
+                        f"{run.upgrade.output[-600:]!r}")
     if run.final_count is not None:
         problems += counter_consistent(run.outcome, run.final_count)
     problems += attachment_problems(run, run.scenario.from_version)
@@ -190,9 +190,9 @@ def refusal_problems(run: ScenarioRun) -> list[str]:
     return problems
 
 
-def _stall(outcome: LoadOutcome, reattach: Reattach, max_stall_s: float | None) -> list[str]:
+def _stall(outcome: LoadOutcome, upgrade: Upgrade, max_stall_s: float | None) -> list[str]:
     """--max-stall, a bound of its own beside the verdict's checks (off when None)."""
-    return stall_problems(latency_report(outcome.timeline, reattach.started, outcome.stopped),
+    return stall_problems(latency_report(outcome.timeline, upgrade.started, outcome.stopped),
                           max_stall_s)
 
 
@@ -204,12 +204,12 @@ def verdict_of(run: ScenarioRun) -> Verdict:
     observed = loss_summary(run)
     # --max-stall (off by default) bounds what a pass or a refusal may cost the clients; the
     # downtime control and the characterisations are about the loss, not the gap.
-    stall = _stall(run.outcome, run.reattach, run.max_stall_s)
+    stall = _stall(run.outcome, run.upgrade, run.max_stall_s)
     if expect == "refused":
         problems = refusal_problems(run) + stall
         if problems:
             return Verdict(FAIL, tuple(problems), observed)
-        match = REFUSAL_REASON.search(run.reattach.output)
+        match = REFUSAL_REASON.search(run.upgrade.output)
         return Verdict(REFUSED, observed=f"{match.group(0) if match else ''} {observed}".strip())
     losses, problems = losses_of(run), validity_problems(run)
     if expect == "zero-downtime":
@@ -276,7 +276,7 @@ def summary_row(run: ScenarioRun, box: str, systemd_major: int,
     s = run.scenario
     row = scenario_record(
         s.id, box, systemd_major, keepalive=s.keepalive, proxy=s.proxy,
-        socket_location=s.socket_location, outcome=run.outcome, reattach=run.reattach,
+        socket_location=s.socket_location, outcome=run.outcome, upgrade=run.upgrade,
         counter_ok=(None if run.final_count is None
                     else not counter_consistent(run.outcome, run.final_count)),
         verdict=verdict.label, problems=verdict.problems, systemd_package=systemd_package,

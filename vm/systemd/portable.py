@@ -179,8 +179,11 @@ def parse_timed(output: str) -> tuple[float, float, int, list[str]]:
 
 
 @dataclass(frozen=True)
-class Reattach:
-    """One ``portablectl reattach --now``: what ran and when (guest epoch seconds)."""
+class Upgrade:
+    """One switch of versions under load, however it was made: ``portablectl reattach --now``
+    (``PortableService.reattach``), a stop + start (stop_start.py) or a sysupdate rollout unit
+    (``run_rollout``). What ran, its output, and when (guest epoch seconds). The report's
+    ``reattach_started_s``/``reattach_s`` are read from it, whichever way it went."""
 
     command: str
     started: float
@@ -408,7 +411,7 @@ class PortableService:
             return None
         return count_of(self.answer_once())
 
-    def reattach(self, version: int) -> Reattach:
+    def reattach(self, version: int) -> Upgrade:
         """Flip the symlink to ``version`` and ``portablectl reattach --now`` (see quirks)."""
         self.point_symlink_at(version)
         target = reattach_target(self.systemd_major, self.subject.name, self.symlink)
@@ -416,7 +419,7 @@ class PortableService:
         out = self.machine.succeed(f"{timed(command + ' 2>&1')}; exit $rc",
                                    timeout=self.reattach_timeout_s)
         start, end, _rc, _ = parse_timed(out)
-        return Reattach(command, start, end, out)
+        return Upgrade(command, start, end, out)
 
     def units(self) -> list[str]:
         """Every unit a scenario may leave running: clients, the subject's sockets, service."""
@@ -540,7 +543,7 @@ class PortableService:
         if corrupt:
             m.succeed(f"printf tampered >> {sysupdate.SOURCE_DIR}/{name}")
 
-    def run_rollout(self, unit: str, version: int) -> tuple[Reattach, bool]:
+    def run_rollout(self, unit: str, version: int) -> tuple[Upgrade, bool]:
         """Start a rollout unit and wait for it; (timings, whether ``version`` now runs).
 
         The unit's exit status is not enough: a skipped ExecCondition (nothing new found)
@@ -553,6 +556,6 @@ class PortableService:
             timeout=self.reattach_timeout_s,
         )
         start, end, rc, extra = parse_timed(result.stdout)
-        rollout = Reattach(f"systemctl start {unit}", start, end, result.stdout)
+        rollout = Upgrade(f"systemctl start {unit}", start, end, result.stdout)
         moved = bool(extra) and extra[0].endswith(self.subject.image_name(version))
         return rollout, rc == 0 and moved

@@ -16,7 +16,7 @@ from __future__ import annotations
 import shlex
 
 from vm.subject.spec import Subject
-from vm.systemd.portable import PRESERVE_LINE, PortableService, Reattach, parse_timed, timed
+from vm.systemd.portable import PRESERVE_LINE, PortableService, Upgrade, parse_timed, timed
 from vm.systemd.quirks import reattach_target
 
 # PRESERVE_LINE, the drop-in line that keeps the fd store across a stop (254+; quirks.py), is
@@ -32,7 +32,7 @@ def stop_start_command(systemd_major: int, subject: Subject) -> str:
             f" && systemctl start {subject.service}")
 
 
-def stop_start_upgrade(service: PortableService, version: int) -> Reattach:
+def stop_start_upgrade(service: PortableService, version: int) -> Upgrade:
     """Flip the symlink to ``version``, reattach without restarting, stop, start; timed like
     ``PortableService.reattach`` (guest epoch seconds)."""
     service.point_symlink_at(version)
@@ -40,7 +40,7 @@ def stop_start_upgrade(service: PortableService, version: int) -> Reattach:
     out = service.machine.succeed(f"{timed(f'{{ {command}; }} 2>&1')}; exit $rc",
                                   timeout=service.reattach_timeout_s)
     start, end, _rc, _ = parse_timed(out)
-    return Reattach(command, start, end, out)
+    return Upgrade(command, start, end, out)
 
 
 def clear_fd_store(service: PortableService) -> None:

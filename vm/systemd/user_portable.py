@@ -29,8 +29,8 @@ from vm.systemd.portable import (
     CLEAN_WORDS,
     STASH,
     PortableService,
-    Reattach,
     ServiceFacts,
+    Upgrade,
     dropin_files,
     parse_timed,
     timed,
@@ -305,7 +305,7 @@ class UserPortableService(PortableService):
         return ServiceFacts(self.main_process_user(), self.dynamic_user(), since, socket,
                             self.attachment_state(), self.attached_image(), counter)
 
-    def reattach(self, version: int) -> Reattach:
+    def reattach(self, version: int) -> Upgrade:
         """Flip the user's symlink, ``portablectl --user reattach --now --runtime`` by its path
         (the name would be looked up in the user's image search path, not IMAGE_DIR)."""
         self.point_symlink_at(version)
@@ -313,7 +313,7 @@ class UserPortableService(PortableService):
         out = self.machine.succeed(f"{timed(self.user_command(command + ' 2>&1'))}; exit $rc",
                                    timeout=self.reattach_timeout_s)
         start, end, _rc, _ = parse_timed(out)
-        return Reattach(command, start, end, out)
+        return Upgrade(command, start, end, out)
 
     def journal(self) -> str:
         """USER's manager and units this boot: the evidence the system journals lack."""
