@@ -303,18 +303,3 @@ def test_reset_after_a_broken_setup_never_touches_another_users_manager() -> Non
     UserPortableService(svc).reset()
     assert not any("user@" in c or "runuser" in c for c in commands)
     assert any("disable-linger pwt-user" in c for c in commands)
-
-
-def test_a_refused_user_attach_is_characterised_with_portableds_own_words() -> None:
-    from vm.systemd.user_portable import attach_refusal
-
-    error = ("command failed: `runuser … portablectl --user attach …` exited 1\n--- stderr\n"
-             "AttachImage failed: Access denied")
-    journal = ("[  901.2] pwt-guest systemd-portabled[1179]: Failed to extract portable metadata "
-               "from '/home/pwt-user/portables/portable-walkthrough_1.raw': Permission denied\n")
-    why = attach_refusal(error, journal, 262)
-    assert why is not None and why.startswith("characterised on systemd 262")
-    assert "Failed to extract portable metadata from '/home/pwt-user" in why
-    assert "signed (verity) image" in why
-    # Any other failure of the user scope stays a failure.
-    assert attach_refusal("AttachImage failed: Connection timed out", journal, 262) is None

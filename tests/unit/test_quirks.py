@@ -1,4 +1,5 @@
-"""vm/systemd/quirks.py: what portablectl reattach is handed, and which systemd is too old."""
+"""vm/systemd/quirks.py: what portablectl reattach is handed, which systemd (kernel, polkit) is
+too old for what, and the version-specific words the verdicts recognise."""
 
 from __future__ import annotations
 
@@ -6,11 +7,16 @@ import pytest
 
 from vm.systemd.quirks import (
     fdstore_preserve_missing,
+    leading_numbers,
     reattach_by_name_broken,
     reattach_target,
+    sysupdate_missing,
     sysupdate_transfer_suffix,
+    unsigned_image_refused_for_user,
     unsupported_reason,
+    user_portables_kernel_too_old,
     user_portables_missing,
+    user_portables_polkit_too_old,
 )
 
 NAME = "portable-walkthrough"
@@ -61,3 +67,55 @@ def test_user_portables_exist_from_260(major: int, missing: bool) -> None:
                                                (257, ".transfer"), (262, ".transfer")])
 def test_sysupdate_transfer_suffix(major: int, suffix: str) -> None:
     assert sysupdate_transfer_suffix(major) == suffix
+
+
+@pytest.mark.parametrize("major", [252, 257])
+def test_a_guest_without_systemd_sysupdate_is_named_by_its_version(major: int) -> None:
+    assert sysupdate_missing(major, installed=True) is None
+    assert sysupdate_missing(major, installed=False) == (
+        f"systemd {major} in this guest has no systemd-sysupdate")
+
+
+@pytest.mark.parametrize(("version", "numbers"), [
+    ("7.2.13+deb14-amd64", (7, 2, 13)), ("6.1.0-28-amd64", (6, 1, 0)), ("124", (124,)),
+    ("6.12rc1", (6, 12)), ("", ()), ("unknown", ()),
+])
+def test_leading_numbers(version: str, numbers: tuple[int, ...]) -> None:
+    assert leading_numbers(version) == numbers
+
+
+@pytest.mark.parametrize(("kernel", "too_old"), [
+    ("6.1.0-28-amd64", True), ("", True), ("6.4.9", True),
+    ("6.5.0-1-amd64", False), ("6.12.48+deb13-amd64", False), ("7.2.13+deb14-amd64", False),
+])
+def test_user_portables_need_kernel_6_5(kernel: str, too_old: bool) -> None:
+    reason = user_portables_kernel_too_old(kernel)
+    assert (reason is not None) == too_old
+    if reason is not None:
+        assert reason.startswith("a kernel >= 6.5 (this one is ")
+
+
+@pytest.mark.parametrize(("polkit", "too_old"), [
+    ("122", True), ("", True), ("124", False), ("126", False),
+])
+def test_user_portables_need_polkit_124(polkit: str, too_old: bool) -> None:
+    reason = user_portables_polkit_too_old(polkit)
+    assert (reason is not None) == too_old
+    if reason is not None:
+        assert reason.startswith(f"polkit >= 124 (pkcheck says {polkit or 'nothing'}")
+
+
+def test_a_refused_user_attach_is_characterised_with_portableds_own_words() -> None:
+    """262.1-1's user portabled refuses the suite's unsigned images: a characterisation (the
+    scenario is skipped with the reason), not a failure of the run."""
+    error = ("command failed: `runuser … portablectl --user attach …` exited 1\n--- stderr\n"
+             "AttachImage failed: Access denied")
+    journal = ("[  901.2] pwt-guest systemd-portabled[1179]: Failed to extract portable metadata "
+               "from '/home/pwt-user/portables/portable-walkthrough_1.raw': Permission denied\n")
+    why = unsigned_image_refused_for_user(error, journal, 262)
+    assert why is not None and why.startswith("characterised on systemd 262")
+    assert "Failed to extract portable metadata from '/home/pwt-user" in why
+    assert "signed (verity) image" in why
+    # Any other failure of the user scope stays a failure.
+    assert unsigned_image_refused_for_user("AttachImage failed: Connection timed out", journal,
+                                           262) is None

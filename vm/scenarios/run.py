@@ -26,7 +26,9 @@ from vm.systemd.portable import PortableService, Upgrade
 from vm.systemd.quirks import (
     fdstore_preserve_missing,
     reattach_target,
+    sysupdate_missing,
     sysupdate_transfer_suffix,
+    unsigned_image_refused_for_user,
 )
 from vm.systemd.stop_start import clear_fd_store, stop_start_upgrade
 from vm.systemd.sysupdate import PIN_UNIT, ROLLOUT_UNIT, SysupdateSetup
@@ -103,7 +105,7 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
     except GuestError as e:
         journal = user.journal()
         log.info(f"the user's journal (last lines):\n{journal[-3000:]}")
-        if (why := user_portable.attach_refusal(str(e), journal, service.systemd_major)):
+        if why := unsigned_image_refused_for_user(str(e), journal, service.systemd_major):
             raise ScenarioUnsupported(why) from e
         raise
     except BaseException:
@@ -196,10 +198,8 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
 def _sysupdate_setup(service: PortableService, scenario: Scenario) -> SysupdateSetup | None:
     if scenario.rollout == "portablectl":
         return None
-    if not service.has_sysupdate():
-        raise ScenarioUnsupported(
-            f"systemd {service.systemd_major} in this guest has no systemd-sysupdate"
-        )
+    if (why := sysupdate_missing(service.systemd_major, service.has_sysupdate())) is not None:
+        raise ScenarioUnsupported(why)
     return SysupdateSetup(
         source=scenario.rollout.removeprefix("sysupdate-"),
         reattach_arg=reattach_target(service.systemd_major, service.subject.name,

@@ -13,7 +13,9 @@ list); the box recipe (vm/boxes/recipes.py, debian-sid) provides them.
 
 Our images carry no verity signature, so mountfsd asks polkit before mounting one for a user
 (``io.systemd.mount-file-system.mount-untrusted-image``, auth_admin by default): a polkit rule
-lets the test user do it, where TEST-29 signs its images instead.
+lets the test user do it, where TEST-29 signs its images instead. Where the user's portabled
+still refuses them (262.1-1), the scenario is characterised with portabled's words
+(quirks.py ``unsigned_image_refused_for_user``), as are the version minimums above.
 """
 
 from __future__ import annotations
@@ -38,9 +40,9 @@ from vm.systemd.portable import (
     write_files_script,
 )
 from vm.systemd.quirks import (
-    USER_PORTABLE_MIN_KERNEL,
-    USER_PORTABLE_MIN_POLKIT,
+    user_portables_kernel_too_old,
     user_portables_missing,
+    user_portables_polkit_too_old,
 )
 
 USER = "pwt-user"
@@ -111,23 +113,6 @@ def parse_facts(output: str) -> dict[str, str]:
     return facts
 
 
-def _leading_numbers(version: str) -> tuple[int, ...]:
-    """(7, 2, 13) of "7.2.13+deb14-amd64"; () when it does not start with a number."""
-    numbers = []
-    for part in version.split("."):
-        digits = ""
-        for c in part:
-            if not c.isdigit():
-                break
-            digits += c
-        if not digits:
-            break
-        numbers.append(int(digits))
-        if len(digits) < len(part):
-            break
-    return tuple(numbers)
-
-
 def missing_pieces(systemd_major: int, facts: dict[str, str]) -> list[str]:
     """What this guest lacks for a user portable service, each named with where it comes
     from; empty when nothing is missing. ``facts`` is PREFLIGHT's answer."""
@@ -145,14 +130,10 @@ def missing_pieces(systemd_major: int, facts: dict[str, str]) -> list[str]:
                        "recipe's kernel_cmd_line)")
     if not facts.get("libbpf"):
         missing.append("libbpf.so.1 (Debian: libbpf1; systemd-nsresourced loads it)")
-    kernel = facts.get("kernel", "")
-    if _leading_numbers(kernel)[:2] < USER_PORTABLE_MIN_KERNEL:
-        want = ".".join(map(str, USER_PORTABLE_MIN_KERNEL))
-        missing.append(f"a kernel >= {want} (this one is {kernel or 'unknown'})")
-    polkit = _leading_numbers(facts.get("polkit", ""))
-    if not polkit or polkit[0] < USER_PORTABLE_MIN_POLKIT:
-        missing.append(f"polkit >= {USER_PORTABLE_MIN_POLKIT} (pkcheck says "
-                       f"{facts.get('polkit') or 'nothing'}; Debian: polkitd)")
+    for too_old in (user_portables_kernel_too_old(facts.get("kernel", "")),
+                    user_portables_polkit_too_old(facts.get("polkit", ""))):
+        if too_old is not None:
+            missing.append(too_old)
     if "-BTF" in facts.get("features", "").split():
         missing.append("a systemd built with BTF (systemctl --version says -BTF)")
     if facts.get("userbus") != "yes":
@@ -367,24 +348,3 @@ def user_scope(system: PortableService) -> UserPortableService:
 def preflight(machine: Machine, systemd_major: int) -> list[str]:
     """``missing_pieces`` of the guest behind ``machine``."""
     return missing_pieces(systemd_major, parse_facts(machine.execute(PREFLIGHT, 60).stdout))
-
-
-# What 262.1-1 (sid) did on 2026-11-27 with the images this suite builds: mountfsd mounted the
-# image for the user (after the polkit rule allowed the untrusted image), then the user's
-# portabled failed in its dissect child: "Failed to extract portable metadata from '…raw':
-# Permission denied", and portablectl said "AttachImage failed: Access denied". systemd's own
-# TEST-29 attaches signed (verity) images built by mkosi; this suite's are unsigned squashfs
-# trees owned by root. Until the image builder can make such images, the scenario is
-# characterised by this reason instead of failing the run.
-METADATA_REFUSAL = "Failed to extract portable metadata"
-
-
-def attach_refusal(error: str, journal: str, systemd_major: int) -> str | None:
-    """The characterisation of a user attach that the user's portabled refused, or None."""
-    if "AttachImage failed: Access denied" not in error:
-        return None
-    seen = next((line.split(": ", 1)[-1] for line in journal.splitlines()
-                 if METADATA_REFUSAL in line), "AttachImage failed: Access denied")
-    return (f"characterised on systemd {systemd_major}: `portablectl --user attach` refused the "
-            f"suite's unsigned image ({seen.strip()}); missing piece: a signed (verity) image "
-            "as systemd's TEST-29 uses, which the image builder does not make yet")
