@@ -11,7 +11,7 @@ import pytest
 from support import ROOT, WALKTHROUGH
 
 from vm.scenarios.catalogue import SCENARIOS, get_scenario
-from vm.subject.spec import DEFAULT_SPEC, SpecError, load_subject
+from vm.subject.spec import DEFAULT_SPEC, SpecError, listen_stream_ports, load_subject
 
 GUNICORN = ROOT / "examples" / "gunicorn" / "spec.toml"
 
@@ -24,12 +24,16 @@ def test_the_walkthrough_is_the_default_subject_and_runs_every_scenario() -> Non
     assert [s.id for s in SCENARIOS if WALKTHROUGH.cannot_run(s)] == []
 
 
-def test_no_harness_module_knows_the_walkthrough() -> None:
-    """Its name's greetings and port live in its spec and images/ only (issue 10)."""
+def test_no_harness_module_knows_a_subject() -> None:
+    """A subject's greetings and port live in its spec and its files only (issue 10): the
+    service port is defined once, by the spec (checked against its socket's ListenStream=)."""
+    ports = {WALKTHROUGH.port, load_subject(GUNICORN).port}
+    assert ports == {8080, 8000}
+    words = re.compile(r"Hello|Hola|" + "|".join(rf"\b{p}\b" for p in sorted(ports)))
     offenders = [f"{p.relative_to(ROOT)}:{n}" for p in (ROOT / "vm").rglob("*")
                  if p.is_file() and p.suffix in (".py", ".sh")
                  for n, line in enumerate(p.read_text().splitlines(), 1)
-                 if re.search(r"Hello|Hola|8080", line)]
+                 if words.search(line)]
     assert offenders == []
 
 
@@ -85,7 +89,9 @@ def spoil(spec_dir: Path, old: str, new: str) -> Path:
     ('"graceful-stop.conf" = "[Service]', '"graceful-stop" = "[Service]', "dropins.graceful-stop",
      "ends in .conf"),
     ('name = "gunicorn-demo"', 'name = "gunicorn_demo"', "name", "no portable prefix"),
-    ("port = 8000", "port = 9000", "sockets", "no ListenStream=9000"),
+    ("port = 8000", "port = 9000", "port",
+     "9000, but gunicorn-demo.socket has ListenStream=8000: set port = 8000 here, or "
+     "ListenStream=9000 in gunicorn-demo.socket"),
 ])
 def test_bad_spec_is_one_line_naming_file_and_key(spec_dir: Path, old: str, new: str, key: str,
                                                    words: str) -> None:
@@ -96,6 +102,46 @@ def test_bad_spec_is_one_line_naming_file_and_key(spec_dir: Path, old: str, new:
     assert "\n" not in message
     assert message.startswith(f"{path}: {key}: "), message
     assert words in message, message
+
+
+@pytest.mark.parametrize(("socket", "ports"), [
+    ("ListenStream=8000", [8000]),
+    ("ListenStream = 8000", [8000]),
+    ("ListenStream=0.0.0.0:8000", [8000]),
+    ("ListenStream=127.0.0.1:8000", [8000]),
+    ("ListenStream=[::]:8000", [8000]),
+    ("ListenStream=80000", [80000]),  # a number is read whole: 80000 is not 8000
+    ("ListenStream=/run/gunicorn.sock", []),
+    ("ListenStream=@gunicorn", []),
+    ("# ListenStream=8000", []),
+    ("ListenStream=8001\nListenStream=8000", [8001, 8000]),
+    ("ListenStream=8001\nListenStream=\nListenStream=8000", [8000]),  # "" resets the list
+])
+def test_the_ports_a_socket_listens_on(socket: str, ports: list[int]) -> None:
+    unit = f"[Unit]\nDescription=x\n\n[Socket]\n{socket}\n\n[Install]\nListenStream=9\n"
+    assert listen_stream_ports(unit) == ports
+
+
+@pytest.mark.parametrize(("listen", "good"), [
+    ("ListenStream=127.0.0.1:8000", True),
+    ("ListenStream=[::]:8000", True),
+    ("ListenStream=80000", False),
+    ("# ListenStream=8000\nListenStream=8001", False),
+    ("ListenStream=/run/gunicorn.sock", False),
+])
+def test_the_spec_port_must_be_one_the_socket_listens_on(spec_dir: Path, listen: str,
+                                                       good: bool) -> None:
+    """The probe and ab connect to the spec's port: the host socket must listen there."""
+    socket = spec_dir / "gunicorn-demo.socket"
+    socket.write_text(socket.read_text().replace("ListenStream=8000", listen))
+    if good:
+        assert load_subject(spec_dir / "spec.toml").port == 8000
+        return
+    with pytest.raises(SpecError) as e:
+        load_subject(spec_dir / "spec.toml")
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"{spec_dir / 'spec.toml'}: port: 8000, ")
+    assert "ListenStream=8000" in message, message  # the fix is named
 
 
 def test_a_missing_spec_names_the_option(tmp_path: Path) -> None:

@@ -218,6 +218,33 @@ def _dropins(spec: Path, raw: dict[str, Any], key: str, names: bool) -> dict[str
     return out
 
 
+def listen_stream_ports(unit_text: str) -> list[int]:
+    """The TCP ports of a socket unit's ``ListenStream=`` lines, in its [Socket] section:
+    ``443``, ``0.0.0.0:443`` and ``[::]:443`` all listen on 443; a path (``/run/x.sock``),
+    an abstract name (``@x``) or a vsock address has no port. An empty ``ListenStream=``
+    resets the list, as it does for systemd."""
+    ports: list[int] = []
+    section = ""
+    for raw in unit_text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            continue
+        key, sep, value = line.partition("=")
+        if section != "Socket" or not sep or key.strip() != "ListenStream":
+            continue
+        value = value.strip()
+        if not value:
+            ports = []
+        elif not value.startswith(("/", "@", "vsock:")) and (
+            match := re.fullmatch(r"(?:.*:)?(\d+)", value)
+        ):
+            ports.append(int(match.group(1)))
+    return ports
+
+
 def load_subject(spec: Path) -> Subject:
     """Read and check ``spec``; every fault is a SpecError naming the file and the key."""
     spec = spec.resolve()
@@ -255,8 +282,15 @@ def load_subject(spec: Path) -> Subject:
     for s in sockets:
         if not UNIT_FILE_RE.match(s.name) or not s.name.startswith(name):
             raise _fail(spec, "sockets", f"{s.name}: a host socket is named {name}*.socket")
-        if f"ListenStream={port}" not in s.read_text().replace(" ", ""):
-            raise _fail(spec, "sockets", f"{s.name} has no ListenStream={port} (the port)")
+        # The clients connect to the spec's port; the socket must be what listens there.
+        ports = listen_stream_ports(s.read_text())
+        if not ports:
+            raise _fail(spec, "port", f"{port}, but {s.name} has no ListenStream= with a TCP "
+                                      f"port: add ListenStream={port} to its [Socket] section")
+        if port not in ports:
+            said = ", ".join(f"ListenStream={p}" for p in ports)
+            raise _fail(spec, "port", f"{port}, but {s.name} has {said}: set port = {ports[0]}"
+                                      f" here, or ListenStream={port} in {s.name}")
 
     request = _table(spec, raw, "request", REQUEST_KEYS)
     path = _str(spec, request.get("path", "/"), "request.path")

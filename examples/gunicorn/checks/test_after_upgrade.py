@@ -3,6 +3,8 @@ testinfra's ``host`` and the scenario's ``run_record`` (its row of summary.json)
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Any
 
 RELEASES = {1: "alpha", 2: "beta"}
@@ -15,9 +17,10 @@ def test_the_new_release_runs(host: Any, run_record: dict[str, Any]) -> None:
     assert f"APP_RELEASE={want}" in service.systemd_properties["Environment"]
 
 
-def test_the_host_socket_still_listens(host: Any) -> None:
+def test_the_host_socket_still_listens(host: Any, run_record: dict[str, Any]) -> None:
+    port = tomllib.loads(Path(run_record["spec"]).read_text())["port"]  # the spec says it once
     assert host.service("gunicorn-demo.socket").is_running
-    assert host.socket("tcp://8000").is_listening
+    assert host.socket(f"tcp://{port}").is_listening
 
 
 def test_workers_do_not_run_as_root(host: Any) -> None:
