@@ -1,1 +1,29 @@
-"""Harness for the portable-walkthrough suite: machines, backends, box and image builders."""
+"""The harness of the portable-walkthrough suite, in layers. Each layer imports only from the
+layers listed before it, apart from the three exceptions named below.
+
+    core       errors, the step log, retries, subprocesses, the build cache, host facts, and the
+               run settings (config.py)
+    boxes      the guests: box recipes, the cached builder and its scripts, Fedora's downloaded
+               boxes (download, signature check, provisioned once)
+    subject    the service under test: its TOML spec, its portable images, the spec's own checks
+    machine    one booted VM: Machine (NixOS-style verbs over SSH), the Vagrant backend, the
+               Vagrantfile, saved guests, KVM or TCG, testinfra's host, the run lock and reaper
+    load       the clients in the guest (ab, the probe, long-lived connections, HAProxy) and
+               what they saw (timeline, latency)
+    systemd    the portable service in the guest: attach, reattach, stop + start, the user
+               scope, sysupdate rollouts, and quirks.py (every systemd-version difference)
+    report     summary.json/md and the timeline PNGs; the box matrix (python -m vm.report.matrix)
+    scenarios  the catalogue, run_scenario, verdict_of (the one judge, conclude turns it into
+               pytest's outcome) and the checks it is made of
+
+The exceptions, each a real dependency:
+
+- core/config.py names the default box and subject spec (boxes/recipes.py, subject/spec.py);
+- boxes/fedora_box.py provisions a downloaded box in a VM (machine/); boxes/builder.py imports
+  it only when a Fedora box is asked for;
+- subject/spec.py checks the scenario ids a spec names (scenarios/catalogue.py, imported when a
+  spec is loaded).
+
+The repository's conftest.py builds the fixtures on top: settings, subject -> box, images ->
+machine -> host -> service -> clean_service. tests/unit/test_layers.py holds the code to this.
+"""
