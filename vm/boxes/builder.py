@@ -16,6 +16,9 @@ from vm.core.host import pool_volumes, remove_libvirt_leftovers
 from vm.core.log import log
 from vm.core.proc import run_logged
 
+# The two scripts' names and bytes are the box's cache key (box_key): an edit rebuilds every
+# cached box and drops the guests saved from it. So their comments still name the paths from
+# before vm/ had layers (vm/box.py is this file, vm/pack-box.sh is vm/boxes/pack-box.sh, ...).
 BUILD_SCRIPT = Path(__file__).with_name("build-box.sh")
 # The disk step, apart so a test can run it where /dev has no loop device.
 PACK_SCRIPT = Path(__file__).with_name("pack-box.sh")
