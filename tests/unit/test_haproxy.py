@@ -65,7 +65,7 @@ def test_render_uses_its_fields() -> None:
 
 
 def test_render_ends_with_a_newline() -> None:
-    # scenario.py writes it with a heredoc whose EOF must start a line.
+    # scenarios/run.py writes it with a heredoc whose EOF must start a line.
     assert HaproxyConfig(8080).render().endswith("\n")
 
 
