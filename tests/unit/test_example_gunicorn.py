@@ -129,11 +129,14 @@ def test_a_connection_queued_while_no_version_runs_is_answered_by_the_next(
 
 
 def test_the_example_checks_are_ordinary_pytest_files() -> None:
-    """What the spec's `checks` names exists and is collected as pytest tests."""
+    """What the spec's `checks` names exists and is collected as pytest tests, by a pytest
+    confined to that directory as the suite runs them (vm/subject/user_checks.py): the
+    repository's conftest.py, and so a PWT_* setting of this run, is none of its business."""
     assert SPEC.checks == (EXAMPLE / "checks").resolve()
     result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
                              "-p", "no:cacheprovider", "-c", "/dev/null",
-                             "--rootdir", str(SPEC.checks), str(SPEC.checks)],
+                             "--rootdir", str(SPEC.checks), "--confcutdir", str(SPEC.checks),
+                             str(SPEC.checks)],
                             capture_output=True, text=True, timeout=120, check=False,
                             cwd=Path(SPEC.checks))
     assert result.returncode == 0, result.stdout + result.stderr
