@@ -17,8 +17,8 @@ file stays the one to read:
 - ``portablectl is-attached`` is asked by image path: 252 records the symlink's target, so
   asking by name says "detached" for an attached image (systemd/portable.py
   ``attachment_state``);
-- a rollout's journal is read 60 lines deep: 262 logs more after systemd-pull's refusal than
-  257 does (systemd/portable.py ``run_rollout``);
+- a rollout's journal is read 60 lines deep, so that systemd-pull's refusal is among them: 262
+  logs more after it (systemd/portable.py ``run_rollout``);
 - the user scope starts systemd-nsresourced, systemd-mountfsd and polkit before its first
   attach: activated by that call under TCG, they took 28 s on 262 and portablectl's D-Bus call
   timed out (systemd/user_portable.py ``setup``).
