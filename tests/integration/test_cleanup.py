@@ -42,6 +42,10 @@ def _qemu_processes_of(run_id: str) -> list[str]:
     return found
 
 
+def _sigint_as_from_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for_load(run_log: Path, proc: subprocess.Popen[bytes], output: Path) -> None:
     deadline = time.monotonic() + LOAD_WAIT_S
     while time.monotonic() < deadline:
@@ -69,6 +73,9 @@ def test_ctrl_c_to_the_process_group_of_tox_leaves_nothing(
              "-p", "no:cacheprovider", "--artifacts", str(nested),
              f"--junitxml={nested / 'junit.xml'}"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            # As from a terminal: a run started in the background (`cmd &` in a script)
+            # inherits SIGINT ignored, and so would the nested run (seen under the matrix).
+            preexec_fn=_sigint_as_from_a_terminal,
         )
         pgid = os.getpgid(proc.pid)
         try:

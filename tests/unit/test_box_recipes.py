@@ -65,6 +65,8 @@ def test_sid_installs_what_user_portable_services_need() -> None:
     assert "libcurl4t64" in sid.packages
     # nsresourced dlopens libbpf; portablectl --user needs the user bus; mountfsd asks polkit.
     assert {"libbpf1", "dbus-user-session", "polkitd"} <= set(sid.packages)
+    # The user's images are signed in the guest (veritysetup, openssl smime).
+    assert {"cryptsetup-bin", "openssl"} <= set(sid.packages)
     packages = sid.build_env()["PACKAGES"].split(",")
     assert len(packages) == len(set(packages))
 

@@ -95,7 +95,7 @@ GOOD = {"mountfsd": "yes", "nsresourced": "yes",
         "lsm": "landlock,lockdown,yama,integrity,apparmor,bpf",
         "libbpf": "/usr/lib/x86_64-linux-gnu/libbpf.so.1", "kernel": "7.2.13+deb14-amd64",
         "polkit": "128", "features": "+PAM +AUDIT +BPF_FRAMEWORK +BTF -XKBCOMMON",
-        "userbus": "yes"}
+        "userbus": "yes", "signing": "yes"}
 
 
 def test_a_guest_with_every_piece_misses_nothing() -> None:
@@ -114,6 +114,7 @@ def test_a_guest_with_every_piece_misses_nothing() -> None:
     ("polkit", "", "polkit >= 124 (pkcheck says nothing"),
     ("features", "+PAM -BTF", "a systemd built with BTF"),
     ("userbus", "no", "dbus-user-session"),
+    ("signing", "no", "cryptsetup-bin, openssl"),
 ])
 def test_each_missing_piece_is_named(fact: str, value: str, named: str) -> None:
     (reason,) = missing_pieces(262, {**GOOD, fact: value})
@@ -233,6 +234,10 @@ def test_the_user_attach_installs_the_subjects_socket_and_state_for_the_user() -
     assert "/home/pwt-user/pwt-state/portable-walkthrough" in script  # made for the user
     assert ("ln -sfn portable-walkthrough_2.raw /home/pwt-user/portables/"
             "portable-walkthrough.raw.new") in script
+    # The sidecars' symlinks follow the image's: systemd looks beside the path it is given.
+    for suffix in (".verity", ".roothash", ".roothash.p7s"):
+        assert (f"ln -sfn portable-walkthrough_2{suffix} /home/pwt-user/portables/"
+                f"portable-walkthrough{suffix}.new") in script
     assert ("portablectl --user attach --runtime --profile default "
             "/home/pwt-user/portables/portable-walkthrough.raw") in script
     assert "systemctl --user start portable-walkthrough.socket" in script
@@ -303,3 +308,25 @@ def test_reset_after_a_broken_setup_never_touches_another_users_manager() -> Non
     UserPortableService(svc).reset()
     assert not any("user@" in c or "runuser" in c for c in commands)
     assert any("disable-linger pwt-user" in c for c in commands)
+
+
+def test_the_users_images_are_signed_with_the_runs_key_as_test_29_does() -> None:
+    from vm.systemd.user_portable import VERITY_CERT, sign_image_script, signing_setup_script
+
+    sign = sign_image_script("/home/pwt-user/portables/portable-walkthrough_1.raw")
+    assert ("veritysetup format /home/pwt-user/portables/portable-walkthrough_1.raw"
+            " /home/pwt-user/portables/portable-walkthrough_1.verity --root-hash-file"
+            " /home/pwt-user/portables/portable-walkthrough_1.roothash") in sign
+    assert "openssl smime -sign -nocerts -noattr -binary" in sign
+    assert "-out /home/pwt-user/portables/portable-walkthrough_1.roothash.p7s" in sign
+    setup = signing_setup_script()
+    assert VERITY_CERT.startswith("/run/verity.d/") and VERITY_CERT.endswith(".crt")
+    assert f"install -D -m 0644 /run/pwt-verity/cert.pem {VERITY_CERT}" in setup
+
+
+def test_the_user_reset_forgets_the_key_the_certificate_and_the_timeout() -> None:
+    svc, commands = service(262, {"": (0, "")})
+    UserPortableService(svc).reset()
+    joined = "\n".join(commands)
+    assert "/run/pwt-verity" in joined and "/run/verity.d/pwt-user-portable.crt" in joined
+    assert "unset-environment SYSTEMD_DISSECT_VERITY_TIMEOUT_SEC" in joined

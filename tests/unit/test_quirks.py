@@ -12,8 +12,8 @@ from vm.systemd.quirks import (
     reattach_target,
     sysupdate_missing,
     sysupdate_transfer_suffix,
-    unsigned_image_refused_for_user,
     unsupported_reason,
+    user_attach_refused,
     user_portables_kernel_too_old,
     user_portables_missing,
     user_portables_polkit_too_old,
@@ -106,16 +106,16 @@ def test_user_portables_need_polkit_124(polkit: str, too_old: bool) -> None:
 
 
 def test_a_refused_user_attach_is_characterised_with_portableds_own_words() -> None:
-    """262.1-1's user portabled refuses the suite's unsigned images: a characterisation (the
+    """262.1-1's user portabled refused the suite's unsigned images: a characterisation (the
     scenario is skipped with the reason), not a failure of the run."""
     error = ("command failed: `runuser … portablectl --user attach …` exited 1\n--- stderr\n"
              "AttachImage failed: Access denied")
     journal = ("[  901.2] pwt-guest systemd-portabled[1179]: Failed to extract portable metadata "
                "from '/home/pwt-user/portables/portable-walkthrough_1.raw': Permission denied\n")
-    why = unsigned_image_refused_for_user(error, journal, 262)
+    why = user_attach_refused(error, journal, 262)
     assert why is not None and why.startswith("characterised on systemd 262")
     assert "Failed to extract portable metadata from '/home/pwt-user" in why
-    assert "signed (verity) image" in why
+    assert "signed (verity) as in systemd's TEST-29" in why
     # Any other failure of the user scope stays a failure.
-    assert unsigned_image_refused_for_user("AttachImage failed: Connection timed out", journal,
+    assert user_attach_refused("AttachImage failed: Connection timed out", journal,
                                            262) is None

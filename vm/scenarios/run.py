@@ -28,7 +28,7 @@ from vm.systemd.quirks import (
     reattach_target,
     sysupdate_missing,
     sysupdate_transfer_suffix,
-    unsigned_image_refused_for_user,
+    user_attach_refused,
 )
 from vm.systemd.stop_start import clear_fd_store, stop_start_upgrade
 from vm.systemd.sysupdate import PIN_UNIT, ROLLOUT_UNIT, SysupdateSetup
@@ -105,7 +105,7 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
     except GuestError as e:
         journal = user.journal()
         log.info(f"the user's journal (last lines):\n{journal[-3000:]}")
-        if why := unsigned_image_refused_for_user(str(e), journal, service.systemd_major):
+        if why := user_attach_refused(str(e), journal, service.systemd_major):
             raise ScenarioUnsupported(why) from e
         raise
     except BaseException:

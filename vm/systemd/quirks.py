@@ -134,26 +134,25 @@ def user_portables_polkit_too_old(polkit: str) -> str | None:
     return None
 
 
-# What 262.1-1 (sid) did on 2026-11-27 with the images this suite builds: mountfsd mounted the
-# image for the user (after the polkit rule allowed the untrusted image), then the user's
-# portabled failed in its dissect child: "Failed to extract portable metadata from '…raw':
-# Permission denied", and portablectl said "AttachImage failed: Access denied". systemd's own
-# TEST-29 attaches signed (verity) images built by mkosi; this suite's are unsigned squashfs
-# trees owned by root. Until the image builder can make such images, the scenario is
-# characterised by this reason instead of failing the run.
-UNSIGNED_IMAGE_REFUSAL = "Failed to extract portable metadata"
+# What 262.1-1 (sid) did on 2026-11-27 with the suite's images while they were unsigned: mountfsd
+# mounted the image for the user (after the polkit rule allowed the untrusted image), then the
+# user's portabled failed in its dissect child: "Failed to extract portable metadata from
+# '…raw': Permission denied", and portablectl said "AttachImage failed: Access denied". The
+# user's copies are signed now (verity sidecars, as in TEST-29: vm/systemd/user_portable.py);
+# should a version refuse them all the same, the scenario is characterised with portabled's
+# words instead of failing the run.
+USER_IMAGE_REFUSAL = "Failed to extract portable metadata"
 
 
-def unsigned_image_refused_for_user(error: str, journal: str, systemd_major: int) -> str | None:
-    """The characterisation of a user attach that the user's portabled refused (the suite's
-    unsigned image), or None when ``error`` is another failure."""
+def user_attach_refused(error: str, journal: str, systemd_major: int) -> str | None:
+    """The characterisation of a user attach that the user's portabled refused, or None when
+    ``error`` is another failure."""
     if "AttachImage failed: Access denied" not in error:
         return None
     seen = next((line.split(": ", 1)[-1] for line in journal.splitlines()
-                 if UNSIGNED_IMAGE_REFUSAL in line), "AttachImage failed: Access denied")
+                 if USER_IMAGE_REFUSAL in line), "AttachImage failed: Access denied")
     return (f"characterised on systemd {systemd_major}: `portablectl --user attach` refused the "
-            f"suite's unsigned image ({seen.strip()}); missing piece: a signed (verity) image "
-            "as systemd's TEST-29 uses, which the image builder does not make yet")
+            f"suite's image, signed (verity) as in systemd's TEST-29 ({seen.strip()})")
 
 
 def unsupported_reason(systemd_major: int) -> str | None:

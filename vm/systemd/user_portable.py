@@ -11,11 +11,16 @@ systemd-nsresourced hands out the user namespace, which needs the bpf LSM, libbp
 >= 6.5. ``missing_pieces`` names what a guest lacks (the scenario is then skipped with that
 list); the box recipe (vm/boxes/recipes.py, debian-sid) provides them.
 
-Our images carry no verity signature, so mountfsd asks polkit before mounting one for a user
-(``io.systemd.mount-file-system.mount-untrusted-image``, auth_admin by default): a polkit rule
-lets the test user do it, where TEST-29 signs its images instead. Where the user's portabled
-still refuses them (262.1-1), the scenario is characterised with portabled's words
-(quirks.py ``unsigned_image_refused_for_user``), as are the version minimums above.
+mountfsd trusts an image for a user only when its dm-verity root hash is signed by a key it
+trusts; the user's portabled then reads its metadata through that mount. So the user's copies
+are signed in the guest the way TEST-29 signs its extension images: ``veritysetup format``
+makes the ``.verity`` and ``.roothash`` sidecars, ``openssl smime`` signs the root hash into
+``.roothash.p7s`` with a key made for the run, whose certificate goes to /run/verity.d (systemd
+checks the signature in userspace against the certificates there). The sidecars sit beside the
+image and its symlink (flipped together). A polkit rule lets the test user's lingering manager
+(no active session) have mountfsd mount them without an interactive authentication.
+Should the user's portabled refuse them all the same, the scenario is characterised with
+portabled's words (quirks.py ``user_attach_refused``), as are the version minimums above.
 """
 
 from __future__ import annotations
@@ -52,6 +57,14 @@ UNIT_DIR = f"{HOME}/.config/systemd/user"
 STATE_DIR = f"{HOME}/pwt-state"  # one directory per state directory of the subject
 STATE_DROPIN_NAME = f"{DROPIN_PREFIX}state.conf"
 POLKIT_RULE = "/etc/polkit-1/rules.d/50-pwt-user-portable.rules"
+# The run's signing key (root only) and the certificate systemd trusts for dm-verity signatures.
+SIGNING_DIR = "/run/pwt-verity"
+VERITY_CERT = "/run/verity.d/pwt-user-portable.crt"
+# What systemd looks for beside an image <base>.raw (TEST-29's app1.verity, .roothash, .p7s).
+SIDECARS = (".verity", ".roothash", ".roothash.p7s")
+# How long dissect waits for the dm-verity device; TEST-29 raises it "for slower machines, e.g.
+# non-KVM vm" (the default is too short under TCG).
+VERITY_TIMEOUT_ENV = "SYSTEMD_DISSECT_VERITY_TIMEOUT_SEC=30"
 
 
 def user_symlink(subject: Subject) -> str:
@@ -78,9 +91,29 @@ def state_dropin_text(subject: Subject) -> str:
         lines.append("Environment=STATE_DIRECTORY=" + ":".join(f"/var/lib/{d}" for d in dirs))
     return "\n".join(lines) + "\n"
 
+def signing_setup_script() -> str:
+    """A key and self-signed certificate for this run; the certificate where systemd's
+    userspace dm-verity signature check looks (``/run/verity.d/*.crt``)."""
+    return (f"install -d -m 0700 {SIGNING_DIR}"
+            f" && openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=pwt-user-portable"
+            f" -keyout {SIGNING_DIR}/key.pem -out {SIGNING_DIR}/cert.pem 2>/dev/null"
+            f" && install -D -m 0644 {SIGNING_DIR}/cert.pem {VERITY_CERT}")
+
+
+def sign_image_script(image: str) -> str:
+    """The verity sidecars of ``image`` (``X.raw`` -> ``X.verity``, ``X.roothash``,
+    ``X.roothash.p7s``), as TEST-29 makes them for its extension images."""
+    base = image.removesuffix(".raw")
+    return (f"veritysetup format {image} {base}.verity --root-hash-file {base}.roothash"
+            f" >/dev/null && openssl smime -sign -nocerts -noattr -binary"
+            f" -in {base}.roothash -inkey {SIGNING_DIR}/key.pem -signer {SIGNING_DIR}/cert.pem"
+            f" -outform der -out {base}.roothash.p7s")
+
+
 POLKIT_RULE_TEXT = (
-    "// portable-walkthrough tests: the test user may have systemd-mountfsd mount the\n"
-    "// (unsigned) portable images without an interactive authentication.\n"
+    "// portable-walkthrough tests: the test user's lingering manager (no active session) may\n"
+    "// have systemd-mountfsd mount the signed portable images without an interactive\n"
+    "// authentication.\n"
     "polkit.addRule(function(action, subject) {\n"
     f'    if (action.id.indexOf("io.systemd.mount-file-system.") == 0 && subject.user == "{USER}")'
     " {\n"
@@ -99,7 +132,9 @@ PREFLIGHT = (
     " echo kernel=$(uname -r);"
     " echo polkit=$(pkcheck --version 2>/dev/null | awk '{print $3}');"
     " echo features=$(systemctl --version | sed -n 2p);"
-    " echo userbus=$(t /usr/lib/systemd/user/dbus.socket)"
+    " echo userbus=$(t /usr/lib/systemd/user/dbus.socket);"
+    " echo signing=$(command -v veritysetup >/dev/null && command -v openssl >/dev/null"
+    " && echo yes || echo no)"
 )
 
 
@@ -138,6 +173,9 @@ def missing_pieces(systemd_major: int, facts: dict[str, str]) -> list[str]:
         missing.append("a systemd built with BTF (systemctl --version says -BTF)")
     if facts.get("userbus") != "yes":
         missing.append("the user's D-Bus for portablectl --user (Debian: dbus-user-session)")
+    if facts.get("signing") != "yes":
+        missing.append("veritysetup and openssl to sign the user's images (Debian: "
+                       "cryptsetup-bin, openssl)")
     return missing
 
 
@@ -163,12 +201,15 @@ class UserPortableService(PortableService):
 
     # --- the user and its manager -------------------------------------------------------
     def setup(self) -> None:
-        """USER with lingering and a running manager whose bus answers; mountfsd and
-        nsresourced listening (Debian installs their sockets without enabling them); the
-        polkit rule for the unsigned images. Idempotent."""
+        """USER with lingering and a running manager whose bus answers; the run's signing key
+        and its certificate in /run/verity.d; mountfsd and nsresourced listening (Debian
+        installs their sockets without enabling them); the polkit rule. Idempotent."""
         out = self.machine.succeed(
             f"id -u {USER} >/dev/null 2>&1 || useradd --create-home --shell /usr/sbin/nologin"
             f" {USER}; uid=$(id -u {USER}); loginctl enable-linger {USER}"
+            f" && {signing_setup_script()}"
+            # Before mountfsd starts: its workers inherit the manager's environment.
+            f" && systemctl set-environment {VERITY_TIMEOUT_ENV}"
             " && systemctl start systemd-mountfsd.socket systemd-nsresourced.socket"
             # The services themselves, and polkit, before the first attach: activated by
             # that call instead, under TCG they took 28 s together (nsresourced loads its BPF
@@ -202,15 +243,28 @@ class UserPortableService(PortableService):
 
     # --- the verbs of PortableService, for the user ---------------------------------------
     def use_images(self, socket_location: str) -> None:
-        """The images of that set in USER's IMAGE_DIR, owned by USER (mountfsd opens them
-        with the user's rights)."""
+        """The images of that set in USER's IMAGE_DIR, each signed (verity sidecars), all
+        owned by USER (mountfsd opens them with the user's rights)."""
         super().use_images(socket_location)
+        sign = " && ".join(sign_image_script(image_path(self.subject, v))
+                           for v in sorted(self.subject.versions))
         self.machine.succeed(
             f"install -d -o {USER} -g {USER} -m 0755 {IMAGE_DIR}"
             f" && for f in {STASH}/{socket_location}/*.raw; do"
             f" cp --sparse=always \"$f\" {IMAGE_DIR}/ || exit 1; done"
-            f" && chown {USER}:{USER} {IMAGE_DIR}/*.raw"
+            f" && {sign}"
+            f" && chown {USER}:{USER} {IMAGE_DIR}/* && chmod 0644 {IMAGE_DIR}/*",
+            timeout=300,
         )
+
+    def _symlink_command(self, version: int) -> str:
+        """The image symlink and its sidecars' symlinks, each replaced atomically: systemd
+        looks for ``<name>.roothash`` etc. beside the path it is given."""
+        name = self.subject.image_name(version).removesuffix(".raw")
+        link = self.symlink.removesuffix(".raw")
+        return " && ".join(f"ln -sfn {name}{suffix} {link}{suffix}.new"
+                           f" && mv -T {link}{suffix}.new {link}{suffix}"
+                           for suffix in (".raw", *SIDECARS))
 
     def install_dropins(self, shutdown: str, fdstore_preserve: bool = False) -> None:
         """The subject's drop-ins for the user's manager (in USER's unit directory: the
@@ -306,8 +360,10 @@ class UserPortableService(PortableService):
         """Detach, stop and remove everything USER had, then stop its manager (lingering off):
         no user socket may stay on the port the next system scenario listens on."""
         m = self.machine
+        forget = (f"rm -rf {POLKIT_RULE} {SIGNING_DIR} {VERITY_CERT};"
+                  f" systemctl unset-environment {VERITY_TIMEOUT_ENV.split('=')[0]};")
         if not self.uid:  # setup broke before the user existed: only files to remove
-            m.succeed(f"rm -rf {POLKIT_RULE}; loginctl disable-linger {USER} 2>/dev/null; true")
+            m.succeed(f"{forget} loginctl disable-linger {USER} 2>/dev/null; true")
             return
         s = self.subject
         stop = "; ".join(f"systemctl --user stop {u} 2>/dev/null" for u in self._user_units())
@@ -315,8 +371,8 @@ class UserPortableService(PortableService):
                   ' if [ -n "$img" ]; then portablectl --user detach --runtime "$img"; fi')
         m.execute(self.user_command(f"{stop}; {detach}; true"), timeout=180)
         sockets = " ".join(f"{UNIT_DIR}/{u}" for u in s.socket_units)
-        m.succeed(f"rm -rf {sockets} {user_dropin_dir(s)} {STATE_DIR} {IMAGE_DIR}"
-                  f" {POLKIT_RULE}; loginctl disable-linger {USER};"
+        m.succeed(f"rm -rf {sockets} {user_dropin_dir(s)} {STATE_DIR} {IMAGE_DIR};"
+                  f" {forget} loginctl disable-linger {USER};"
                   f" systemctl stop user@{self.uid}.service; true", timeout=120)
         self.check_clean()
 
