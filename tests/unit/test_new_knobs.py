@@ -232,14 +232,14 @@ def test_the_user_attach_installs_the_subjects_socket_and_state_for_the_user() -
             f"{WALKTHROUGH.sockets[0].read_text()}PWT-EOF") in script
     assert f"cat > {units}/portable-walkthrough.service.d/50-pwt-state.conf" in script
     assert "/home/pwt-user/pwt-state/portable-walkthrough" in script  # made for the user
-    assert ("ln -sfn portable-walkthrough_2.raw /home/pwt-user/portables/"
+    assert ("ln -sfn portable-walkthrough_2.raw /var/lib/pwt-user-portables/"
             "portable-walkthrough.raw.new") in script
     # The sidecars' symlinks follow the image's: systemd looks beside the path it is given.
     for suffix in (".verity", ".roothash", ".roothash.p7s"):
-        assert (f"ln -sfn portable-walkthrough_2{suffix} /home/pwt-user/portables/"
+        assert (f"ln -sfn portable-walkthrough_2{suffix} /var/lib/pwt-user-portables/"
                 f"portable-walkthrough{suffix}.new") in script
     assert ("portablectl --user attach --runtime --profile default "
-            "/home/pwt-user/portables/portable-walkthrough.raw") in script
+            "/var/lib/pwt-user-portables/portable-walkthrough.raw") in script
     assert "systemctl --user start portable-walkthrough.socket" in script
     assert "> /etc/systemd/system" not in script  # nothing written to the system's units
 
@@ -255,7 +255,7 @@ def test_the_user_side_is_dirty_while_its_socket_listens() -> None:
 
     answers = "\n".join([f"{image_path(WALKTHROUGH, 1)} detached",
                          f"{image_path(WALKTHROUGH, 2)} detached",
-                         "/home/pwt-user/portables/portable-walkthrough.raw detached",
+                         "/var/lib/pwt-user-portables/portable-walkthrough.raw detached",
                          "portable-walkthrough.socket active",
                          "portable-walkthrough.service inactive"])
     svc, _ = service(262, {"test -S /run/user/": (0, ""), "runuser": (0, answers)})
@@ -313,12 +313,12 @@ def test_reset_after_a_broken_setup_never_touches_another_users_manager() -> Non
 def test_the_users_images_are_signed_with_the_runs_key_as_test_29_does() -> None:
     from vm.systemd.user_portable import VERITY_CERT, sign_image_script, signing_setup_script
 
-    sign = sign_image_script("/home/pwt-user/portables/portable-walkthrough_1.raw")
-    assert ("veritysetup format /home/pwt-user/portables/portable-walkthrough_1.raw"
-            " /home/pwt-user/portables/portable-walkthrough_1.verity --root-hash-file"
-            " /home/pwt-user/portables/portable-walkthrough_1.roothash") in sign
+    sign = sign_image_script("/var/lib/pwt-user-portables/portable-walkthrough_1.raw")
+    assert ("veritysetup format /var/lib/pwt-user-portables/portable-walkthrough_1.raw"
+            " /var/lib/pwt-user-portables/portable-walkthrough_1.verity --root-hash-file"
+            " /var/lib/pwt-user-portables/portable-walkthrough_1.roothash") in sign
     assert "openssl smime -sign -nocerts -noattr -binary" in sign
-    assert "-out /home/pwt-user/portables/portable-walkthrough_1.roothash.p7s" in sign
+    assert "-out /var/lib/pwt-user-portables/portable-walkthrough_1.roothash.p7s" in sign
     setup = signing_setup_script()
     assert VERITY_CERT.startswith("/run/verity.d/") and VERITY_CERT.endswith(".crt")
     assert f"install -D -m 0644 /run/pwt-verity/cert.pem {VERITY_CERT}" in setup

@@ -111,11 +111,22 @@ def test_a_refused_user_attach_is_characterised_with_portableds_own_words() -> N
     error = ("command failed: `runuser … portablectl --user attach …` exited 1\n--- stderr\n"
              "AttachImage failed: Access denied")
     journal = ("[  901.2] pwt-guest systemd-portabled[1179]: Failed to extract portable metadata "
-               "from '/home/pwt-user/portables/portable-walkthrough_1.raw': Permission denied\n")
+               "from '/var/lib/pwt-user-portables/portable-walkthrough_1.raw': Permission denied\n")
     why = user_attach_refused(error, journal, 262)
     assert why is not None and why.startswith("characterised on systemd 262")
-    assert "Failed to extract portable metadata from '/home/pwt-user" in why
+    assert "Failed to extract portable metadata from '/var/lib/pwt-user-portables" in why
     assert "signed (verity) as in systemd's TEST-29" in why
     # Any other failure of the user scope stays a failure.
     assert user_attach_refused("AttachImage failed: Connection timed out", journal,
                                            262) is None
+
+
+def test_a_user_attach_refused_for_its_scope_names_the_missing_images() -> None:
+    """262.1-1, signed image mounted: the user's portabled refuses a system-scope image."""
+    error = ("command failed: `runuser … portablectl --user attach …` exited 1\n--- stderr\n"
+             "AttachImage failed: Image /var/lib/pwt-user-portables/portable-walkthrough.raw "
+             "portable scope 'system' incompatible with portabled runtime scope 'user'.")
+    why = user_attach_refused(error, "", 262)
+    assert why is not None and why.startswith("characterised on systemd 262")
+    assert "portable scope 'system' incompatible with portabled runtime scope 'user'" in why
+    assert "PORTABLE_SCOPE=user" in why

@@ -134,19 +134,33 @@ def user_portables_polkit_too_old(polkit: str) -> str | None:
     return None
 
 
-# What 262.1-1 (sid) did on 2026-11-27 with the suite's images while they were unsigned: mountfsd
-# mounted the image for the user (after the polkit rule allowed the untrusted image), then the
-# user's portabled failed in its dissect child: "Failed to extract portable metadata from
-# '…raw': Permission denied", and portablectl said "AttachImage failed: Access denied". The
-# user's copies are signed now (verity sidecars, as in TEST-29: vm/systemd/user_portable.py);
-# should a version refuse them all the same, the scenario is characterised with portabled's
-# words instead of failing the run.
+# What 262.1-1 (sid) did on 2026-11-27 with the suite's images for a user's portabled, step by
+# step (a kept VM, debug logging):
+# 1. unsigned: mountfsd mounted the image once the polkit rule allowed an untrusted image, then
+#    the user's portabled failed in its dissect child ("Failed to extract portable metadata
+#    from '…raw': Permission denied"; portablectl: "AttachImage failed: Access denied");
+# 2. signed as in TEST-29 (verity sidecars, certificate in /run/verity.d): mountfsd says
+#    "Activation of Verity via root hash succeeded" under the policy root=signed+absent; the
+#    dissect child still failed with EACCES while the image lay in the user's home (0700), and
+#    succeeded from a directory anyone may read (vm/systemd/user_portable.py IMAGE_DIR);
+# 3. then portabled refuses the image itself: "Image … portable scope 'system' incompatible
+#    with portabled runtime scope 'user'". A user's portabled wants images made for it
+#    (PORTABLE_SCOPE=user in os-release, units in /usr/lib/systemd/user), which the suite's
+#    images, shared with the system scenarios, are not.
+# Each of these is characterised with portabled's words instead of failing the run.
 USER_IMAGE_REFUSAL = "Failed to extract portable metadata"
+USER_SCOPE_REFUSAL = "incompatible with portabled runtime scope 'user'"
 
 
 def user_attach_refused(error: str, journal: str, systemd_major: int) -> str | None:
     """The characterisation of a user attach that the user's portabled refused, or None when
     ``error`` is another failure."""
+    if USER_SCOPE_REFUSAL in error:
+        seen = next(line for line in error.splitlines() if USER_SCOPE_REFUSAL in line)
+        return (f"characterised on systemd {systemd_major}: the user's portabled mounted the "
+                f"suite's signed image and refused its scope ({seen.strip()}); missing piece: "
+                "images built for the user scope (PORTABLE_SCOPE=user, units in "
+                "/usr/lib/systemd/user)")
     if "AttachImage failed: Access denied" not in error:
         return None
     seen = next((line.split(": ", 1)[-1] for line in journal.splitlines()

@@ -52,7 +52,10 @@ from vm.systemd.quirks import (
 
 USER = "pwt-user"
 HOME = f"/home/{USER}"
-IMAGE_DIR = f"{HOME}/portables"  # the user's copies of the images; attached by path
+# The user's copies of the images, attached by path. Not under HOME (0700 on sid): portabled's
+# unprivileged dissect child runs in a user namespace of its own and got "Permission denied"
+# there (262.1-1); from a directory anyone may read it mounts and reads the image.
+IMAGE_DIR = f"/var/lib/{USER}-portables"
 UNIT_DIR = f"{HOME}/.config/systemd/user"
 STATE_DIR = f"{HOME}/pwt-state"  # one directory per state directory of the subject
 STATE_DROPIN_NAME = f"{DROPIN_PREFIX}state.conf"
