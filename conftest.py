@@ -280,13 +280,14 @@ def box(settings: Settings, pytestconfig: pytest.Config, artifacts: Path) -> Any
 @pytest.fixture(scope="session")
 def images(settings: Settings, subject: Subject, pytestconfig: pytest.Config,
            artifacts: Path) -> Any:
-    """socket location -> the subject's images of that shape (its ready files, or built on
-    the host when first asked)."""
+    """(socket location, scope) -> the subject's images of that shape (its ready files, or
+    built on the host when first asked)."""
     from vm.subject.image import ensure_images
 
-    def build(socket_location: str) -> Any:
-        return _harness_step(f"images ({socket_location} socket)", pytestconfig,
-                             ensure_images, settings.state_dir, subject, socket_location)
+    def build(socket_location: str, scope: str = "system") -> Any:
+        what = f"{socket_location} socket" if scope == "system" else f"{scope} scope"
+        return _harness_step(f"images ({what})", pytestconfig, ensure_images,
+                             settings.state_dir, subject, socket_location, scope)
 
     build("host")  # before the VM boots: a broken image build should not cost a boot
     return build

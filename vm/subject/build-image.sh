@@ -4,6 +4,7 @@
 # $OUT_DIR/overlay-<V> first and caches the output by a hash of the recipe.
 #
 # In: SUITE MIRROR ROOTFS (cached base tree; built if missing) OUT_DIR NAME VERSIONS ("1 2")
+#     OS_RELEASE_EXTRA (optional lines appended to each image's os-release)
 #     PACKAGES (comma-separated, may be empty) STATE_DIRS (space-separated names under /var/lib)
 set -euo pipefail
 : "${SUITE:?}" "${MIRROR:?}" "${ROOTFS:?}" "${OUT_DIR:?}" "${NAME:?}" "${VERSIONS:?}"
@@ -32,6 +33,10 @@ for version in $VERSIONS; do
   cp "$tree/usr/lib/os-release" "$tree/etc/os-release"
   printf 'IMAGE_ID=%s\nIMAGE_VERSION=%s\nPORTABLE_PRETTY_NAME="%s v%s"\n' \
     "$NAME" "$version" "$NAME" "$version" >> "$tree/etc/os-release"
+  # Images for a user's portabled (260+) say so: PORTABLE_SCOPE=user.
+  if [ -n "${OS_RELEASE_EXTRA:-}" ]; then
+    printf '%s\n' "$OS_RELEASE_EXTRA" >> "$tree/etc/os-release"
+  fi
   rm -f "$tree/etc/machine-id" "$tree/etc/resolv.conf"
   : > "$tree/etc/machine-id"
   : > "$tree/etc/resolv.conf"

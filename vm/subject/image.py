@@ -19,6 +19,13 @@ from vm.subject.spec import Subject
 # vm/image.py (its path before vm/ had layers) rather than rebuild every cached image set.
 BUILD_SCRIPT = Path(__file__).resolve().with_name("build-image.sh")
 SOCKET_LOCATIONS = ("host", "image")
+SCOPES = ("system", "user")
+# A user's portabled (260+) looks for the image's units in the user lookup paths and attaches
+# only an image whose os-release says it is for the user scope (PORTABLE_SCOPE=user or any;
+# without it: "portable scope 'system' incompatible with portabled runtime scope 'user'").
+SYSTEM_UNIT_DIRS = ("/usr/lib/systemd/system/", "/lib/systemd/system/", "/etc/systemd/system/")
+USER_UNIT_DIR = "/usr/lib/systemd/user/"
+USER_SCOPE_OS_RELEASE = "PORTABLE_SCOPE=user"
 # Where a unit shipped in a portable image lives; the image-socket control puts the subject's
 # host socket there too.
 IMAGE_UNIT_DIR = "/usr/lib/systemd/system"
@@ -33,6 +40,12 @@ class PortableImages:
     socket_location: str
     name: str = ""
     ready: dict[int, Path] = field(default_factory=dict)
+    scope: str = "system"
+
+    @property
+    def stash_key(self) -> str:
+        """The set's directory in the guest's stash: its socket location, or ``user``."""
+        return "user" if self.scope == "user" else self.socket_location
 
     def path(self, version: int) -> Path:
         if version in self.ready:
@@ -50,7 +63,18 @@ def render_file(source: Path, version: int, answer: str) -> bytes:
     return data
 
 
-def write_overlay(subject: Subject, version: int, socket_location: str, target: Path) -> None:
+def scoped_image_path(image_path: str, scope: str) -> str:
+    """Where a recipe file goes in an image for ``scope``: a unit of the system's unit
+    directories goes to /usr/lib/systemd/user in a user-scope image."""
+    if scope == "user":
+        for prefix in SYSTEM_UNIT_DIRS:
+            if image_path.startswith(prefix):
+                return USER_UNIT_DIR + image_path[len(prefix):]
+    return image_path
+
+
+def write_overlay(subject: Subject, version: int, socket_location: str, target: Path,
+                  scope: str = "system") -> None:
     """The files the recipe adds to the base tree for one version, under ``target``."""
     assert subject.build is not None
     if target.exists():
@@ -59,7 +83,7 @@ def write_overlay(subject: Subject, version: int, socket_location: str, target: 
     if socket_location == "image":
         files += [(f"{IMAGE_UNIT_DIR}/{s.name}", s) for s in subject.sockets]
     for image_path, source in files:
-        dest = target / image_path.lstrip("/")
+        dest = target / scoped_image_path(image_path, scope).lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(render_file(source, version, subject.answer(version)))
         # Executable sources stay executable (a server started by path needs it).
@@ -67,20 +91,26 @@ def write_overlay(subject: Subject, version: int, socket_location: str, target: 
 
 
 def ensure_images(state_dir: Path, subject: Subject, socket_location: str = "host",
-                  ) -> PortableImages:
+                  scope: str = "system") -> PortableImages:
     """The subject's images of that shape: its ready files, or a build of its recipe (reused
     while a build of the same recipe exists with good checksums).
 
     ``socket_location="image"`` also ships the host socket inside the image (negative control).
+    ``scope="user"`` builds them for a user's portabled: units in /usr/lib/systemd/user and
+    PORTABLE_SCOPE=user (ready images are taken as they are: they must say so themselves).
     """
     if socket_location not in SOCKET_LOCATIONS:
         raise ValueError(f"socket_location must be one of {SOCKET_LOCATIONS}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}")
+    if scope == "user" and socket_location != "host":
+        raise ValueError("the user scope runs with the socket on the host only")
     build = subject.build
     if build is None:
         if socket_location == "image":
             raise ValueError("ready images cannot carry the socket: the spec needs [build]")
         ready = {v.number: v.image for v in subject.versions.values() if v.image is not None}
-        return PortableImages(subject.spec.parent, socket_location, subject.name, ready)
+        return PortableImages(subject.spec.parent, socket_location, subject.name, ready, scope)
     for tool in ("debootstrap", "mksquashfs"):
         if shutil.which(tool) is None:
             raise PrerequisiteMissing(f"{tool} is missing: run ./setup-host")
@@ -89,20 +119,26 @@ def ensure_images(state_dir: Path, subject: Subject, socket_location: str = "hos
             "files": [t for t, _ in build.files],
             "versions": {str(v.number): v.answer for v in subject.versions.values()},
             "state": list(subject.state_directories)}
+    if scope == "user":
+        data["scope"] = scope
     sources = [BUILD_SCRIPT, *(s for _, s in build.files), *subject.sockets]
     digest = recipe_hash(sources, data)
     root = state_dir / "images"
-    images = PortableImages(root / f"{subject.name}-{socket_location}-socket-{digest}",
-                            socket_location, subject.name)
+    shape = f"{socket_location}-socket" if scope == "system" else "user-scope"
+    images = PortableImages(root / f"{subject.name}-{shape}-{digest}", socket_location,
+                            subject.name, scope=scope)
     with locked(root / "build.lock"):
         if all(checksum_ok(images.path(v)) for v in subject.versions):
-            log.info(f"portable images ({socket_location} socket): cached in {images.directory}")
+            log.info(f"portable images ({shape.replace('-', ' ')}): cached in "
+                     f"{images.directory}")
             return images
         numbers = " ".join(str(v) for v in sorted(subject.versions))
+        what = f"socket in {socket_location}" if scope == "system" else "for the user scope"
         with log.nested(f"building portable images of {subject.name} v{numbers.replace(' ', '/v')}"
-                        f" (socket in {socket_location})"):
+                        f" ({what})"):
             for v in subject.versions:
-                write_overlay(subject, v, socket_location, images.directory / f"overlay-{v}")
+                write_overlay(subject, v, socket_location, images.directory / f"overlay-{v}",
+                              scope)
             rootfs_key = recipe_hash([BUILD_SCRIPT], base)  # shared by recipes of one base
             env = {
                 **os.environ, "SUITE": build.suite, "MIRROR": DEBIAN_MIRROR,
@@ -110,6 +146,7 @@ def ensure_images(state_dir: Path, subject: Subject, socket_location: str = "hos
                 "NAME": subject.name, "VERSIONS": numbers,
                 "PACKAGES": ",".join(build.packages),
                 "STATE_DIRS": " ".join(subject.state_directories),
+                "OS_RELEASE_EXTRA": USER_SCOPE_OS_RELEASE if scope == "user" else "",
             }
             run_logged(
                 ["bash", str(BUILD_SCRIPT)], images.directory / "build.log",

@@ -210,7 +210,7 @@ class PortableService:
     the reset are one guest round trip each."""
 
     def __init__(self, machine: Machine, systemd_major: int, reattach_timeout_s: float,
-                 build_images: Callable[[str], PortableImages], subject: Subject, host: Any,
+                 build_images: Callable[..., PortableImages], subject: Subject, host: Any,
                  unit_timeout_s: float = 60.0) -> None:
         self.machine = machine
         self.host = host  # testinfra.host.Host
@@ -218,7 +218,8 @@ class PortableService:
         self.unit_timeout_s = unit_timeout_s
         self.systemd_major = systemd_major
         self.reattach_timeout_s = reattach_timeout_s
-        self.build_images = build_images  # socket location -> images (built/cached on host)
+        # (socket location, scope="system") -> images (built/cached on the host)
+        self.build_images = build_images
         self.uploaded: set[str] = set()
         # True from a check that found the guest clean until the next attach: the check at a
         # test's start is skipped when the previous test's reset has just made it.
@@ -234,7 +235,7 @@ class PortableService:
         for v in self.subject.versions:
             self.machine.copy_from_host(
                 images.path(v),
-                f"{STASH}/{images.socket_location}/{self.subject.image_name(v)}")
+                f"{STASH}/{images.stash_key}/{self.subject.image_name(v)}")
 
     def use_images(self, socket_location: str) -> None:
         """Put that set's images in /var/lib/portables (a local copy: under a second).

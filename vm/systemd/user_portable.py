@@ -1,7 +1,8 @@
 """The portable service attached for a user's service manager (`portablectl --user`, v260+).
 
-The same images as the system scenarios, but everything belongs to one unprivileged user with
-lingering (so its manager runs with nobody logged in): the images sit in the user's home, the
+The subject's images built for the user scope (vm/subject/image.py: units in
+/usr/lib/systemd/user, PORTABLE_SCOPE=user), and everything belongs to one unprivileged user
+with lingering (so its manager runs with nobody logged in): the images sit in IMAGE_DIR, the
 subject's sockets are user units (``~/.config/systemd/user/<name>.socket``) and portabled is
 the user's own (``systemd-portabled.service`` in the user manager). Commands run as that user
 the way systemd's TEST-29-PORTABLE does: ``runuser -u USER -- env XDG_RUNTIME_DIR=… CMD``.
@@ -29,6 +30,7 @@ import shlex
 import time
 
 from vm.core.errors import GuestError
+from vm.core.log import log
 from vm.machine.machine import Machine
 from vm.subject.spec import DROPIN_PREFIX, Subject
 from vm.systemd.portable import (
@@ -246,14 +248,20 @@ class UserPortableService(PortableService):
 
     # --- the verbs of PortableService, for the user ---------------------------------------
     def use_images(self, socket_location: str) -> None:
-        """The images of that set in USER's IMAGE_DIR, each signed (verity sidecars), all
-        owned by USER (mountfsd opens them with the user's rights)."""
-        super().use_images(socket_location)
+        """The subject's images built for the user scope (units in /usr/lib/systemd/user,
+        PORTABLE_SCOPE=user) in IMAGE_DIR, each signed (verity sidecars), all owned by USER
+        (mountfsd opens them with the user's rights). The system's portablectl would refuse to
+        inspect them: they are uploaded to their own stash directory and not inspected."""
+        key = "user"
+        if key not in self.uploaded:
+            with log.nested("uploading the portable images (user scope)"):
+                self.install_images(self.build_images(socket_location, "user"))
+            self.uploaded.add(key)
         sign = " && ".join(sign_image_script(image_path(self.subject, v))
                            for v in sorted(self.subject.versions))
         self.machine.succeed(
             f"install -d -o {USER} -g {USER} -m 0755 {IMAGE_DIR}"
-            f" && for f in {STASH}/{socket_location}/*.raw; do"
+            f" && for f in {STASH}/{key}/*.raw; do"
             f" cp --sparse=always \"$f\" {IMAGE_DIR}/ || exit 1; done"
             f" && {sign}"
             f" && chown {USER}:{USER} {IMAGE_DIR}/* && chmod 0644 {IMAGE_DIR}/*",
