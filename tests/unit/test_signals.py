@@ -27,9 +27,15 @@ def test_sigint_and_sigterm_during_clean_up_are_noted_not_raised(
 
 
 def test_the_previous_handlers_come_back_afterwards() -> None:
-    before = signal.getsignal(signal.SIGINT)
-    with signals_deferred("x"):
-        assert signal.getsignal(signal.SIGINT) is not before
-    assert signal.getsignal(signal.SIGINT) is before
-    with pytest.raises(KeyboardInterrupt):
-        os.kill(os.getpid(), signal.SIGINT)
+    # Python's own handler, as in a run started from a terminal: one started in the background
+    # by a script (`cmd &`) inherits SIGINT ignored, and this test must not depend on that.
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = signal.getsignal(signal.SIGINT)
+        with signals_deferred("x"):
+            assert signal.getsignal(signal.SIGINT) is not before
+        assert signal.getsignal(signal.SIGINT) is before
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, outer)
