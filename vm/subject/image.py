@@ -26,6 +26,8 @@ SCOPES = ("system", "user")
 SYSTEM_UNIT_DIRS = ("/usr/lib/systemd/system/", "/lib/systemd/system/", "/etc/systemd/system/")
 USER_UNIT_DIR = "/usr/lib/systemd/user/"
 USER_SCOPE_OS_RELEASE = "PORTABLE_SCOPE=user"
+# The guest's stash directory of the user-scope set (the system sets: their socket location).
+USER_STASH = "user"
 # Where a unit shipped in a portable image lives; the image-socket control puts the subject's
 # host socket there too.
 IMAGE_UNIT_DIR = "/usr/lib/systemd/system"
@@ -45,7 +47,7 @@ class PortableImages:
     @property
     def stash_key(self) -> str:
         """The set's directory in the guest's stash: its socket location, or ``user``."""
-        return "user" if self.scope == "user" else self.socket_location
+        return USER_STASH if self.scope == "user" else self.socket_location
 
     def path(self, version: int) -> Path:
         if version in self.ready:

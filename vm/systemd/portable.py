@@ -202,6 +202,12 @@ class ImageRefused(HarnessError):
 REFUSED_MARK = "PWT-REFUSED"
 
 
+def replace_symlink_command(target: str, link: str) -> str:
+    """Point ``link`` at ``target``: ln -sfn then mv -T, so the symlink is replaced
+    atomically and never missing."""
+    return f"ln -sfn {target} {link}.new && mv -T {link}.new {link}"
+
+
 class PortableService:
     """Drive the subject's portable service on ``machine`` (whose systemd is
     ``systemd_major``). Guest state is read through testinfra's ``host`` (same SSH
@@ -287,9 +293,7 @@ class PortableService:
         self.machine.succeed(self._symlink_command(version))
 
     def _symlink_command(self, version: int) -> str:
-        # ln -sfn then mv -T: the symlink is replaced atomically, never missing.
-        link = self.symlink
-        return f"ln -sfn {self.subject.image_name(version)} {link}.new && mv -T {link}.new {link}"
+        return replace_symlink_command(self.subject.image_name(version), self.symlink)
 
     def install_dropins(self, shutdown: str, fdstore_preserve: bool = False) -> None:
         """The subject's own host drop-ins and the one of the scenario's shutdown mode

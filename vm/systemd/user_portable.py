@@ -32,6 +32,7 @@ import time
 from vm.core.errors import GuestError
 from vm.core.log import log
 from vm.machine.machine import Machine
+from vm.subject.image import USER_STASH
 from vm.subject.spec import DROPIN_PREFIX, Subject
 from vm.systemd.portable import (
     ATTACHED_STATES,
@@ -42,6 +43,7 @@ from vm.systemd.portable import (
     Upgrade,
     dropin_files,
     parse_timed,
+    replace_symlink_command,
     timed,
     unclean,
     write_files_script,
@@ -252,7 +254,7 @@ class UserPortableService(PortableService):
         PORTABLE_SCOPE=user) in IMAGE_DIR, each signed (verity sidecars), all owned by USER
         (mountfsd opens them with the user's rights). The system's portablectl would refuse to
         inspect them: they are uploaded to their own stash directory and not inspected."""
-        key = "user"
+        key = USER_STASH
         if key not in self.uploaded:
             with log.nested("uploading the portable images (user scope)"):
                 self.install_images(self.build_images(socket_location, "user"))
@@ -273,8 +275,7 @@ class UserPortableService(PortableService):
         looks for ``<name>.roothash`` etc. beside the path it is given."""
         name = self.subject.image_name(version).removesuffix(".raw")
         link = self.symlink.removesuffix(".raw")
-        return " && ".join(f"ln -sfn {name}{suffix} {link}{suffix}.new"
-                           f" && mv -T {link}{suffix}.new {link}{suffix}"
+        return " && ".join(replace_symlink_command(f"{name}{suffix}", f"{link}{suffix}")
                            for suffix in (".raw", *SIDECARS))
 
     def install_dropins(self, shutdown: str, fdstore_preserve: bool = False) -> None:
