@@ -330,3 +330,18 @@ def test_the_user_reset_forgets_the_key_the_certificate_and_the_timeout() -> Non
     joined = "\n".join(commands)
     assert "/run/pwt-verity" in joined and "/run/verity.d/pwt-user-portable.crt" in joined
     assert "unset-environment SYSTEMD_DISSECT_VERITY_TIMEOUT_SEC" in joined
+
+
+def test_the_user_setup_certifies_the_runs_key_before_mountfsd_starts() -> None:
+    """mountfsd checks the signature against /run/verity.d when it mounts: the certificate
+    and the verity timeout must be in place before it (and its workers) start."""
+    from vm.systemd.user_portable import VERITY_CERT
+
+    svc, commands = service(262, {"useradd": (0, "PWT-UID 1001\n"), "": (0, "")})
+    user = UserPortableService(svc)
+    user.setup()
+    assert user.uid == 1001
+    setup = next(c for c in commands if "useradd" in c)
+    cert = setup.index(VERITY_CERT)
+    timeout = setup.index("set-environment SYSTEMD_DISSECT_VERITY_TIMEOUT_SEC=30")
+    assert cert < timeout < setup.index("systemd-mountfsd.service")
