@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build a subject's portable images <NAME>_<V>.raw (squashfs) from a Debian minbase with the
-# subject's packages. Called by vm/image.py, which renders each version's files into
+# subject's packages. Called by vm/subject/image.py, which renders each version's files into
 # $OUT_DIR/overlay-<V> first and caches the output by a hash of the recipe.
 #
 # In: SUITE MIRROR ROOTFS (cached base tree; built if missing) OUT_DIR NAME VERSIONS ("1 2")

@@ -15,8 +15,7 @@ from vm.core.log import log
 from vm.core.proc import run_logged
 from vm.subject.spec import Subject
 
-# Its name and bytes are in every image set's cache key: its comments still call this file
-# vm/image.py (its path before vm/ had layers) rather than rebuild every cached image set.
+# Its name and bytes are in every image set's cache key.
 BUILD_SCRIPT = Path(__file__).resolve().with_name("build-image.sh")
 SOCKET_LOCATIONS = ("host", "image")
 SCOPES = ("system", "user")
