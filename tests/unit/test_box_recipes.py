@@ -63,7 +63,7 @@ def test_sid_installs_what_user_portable_services_need() -> None:
                                  | set(HTTP_PULL_PACKAGES))
     # 262's systemd-pull dlopens libcurl: sysupdate's HTTP source needs it installed.
     assert "libcurl4t64" in sid.packages
-    # nsresourced dlopens libbpf; portablectl --user needs the user bus; mountfsd asks polkit.
+    # nsresourced dlopens libbpf; portablectl --user needs the user bus; TEST-29 wants polkit.
     assert {"libbpf1", "dbus-user-session", "polkitd"} <= set(sid.packages)
     # The user's images are signed in the guest (veritysetup, openssl smime).
     assert {"cryptsetup-bin", "openssl"} <= set(sid.packages)

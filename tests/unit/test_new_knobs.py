@@ -20,7 +20,6 @@ from vm.scenarios.verdict import EXPECTED_LOSS, FAIL, PASS, verdict_of
 from vm.systemd.portable import PortableService, dropin_files
 from vm.systemd.stop_start import PRESERVE_LINE, stop_start_command
 from vm.systemd.user_portable import (
-    POLKIT_RULE_TEXT,
     USER,
     UserPortableService,
     image_path,
@@ -242,11 +241,6 @@ def test_the_user_attach_installs_the_subjects_socket_and_state_for_the_user() -
             "/var/lib/pwt-user-portables/portable-walkthrough.raw") in script
     assert "systemctl --user start portable-walkthrough.socket" in script
     assert "> /etc/systemd/system" not in script  # nothing written to the system's units
-
-
-def test_the_polkit_rule_is_for_mountfsd_and_the_test_user_only() -> None:
-    assert 'action.id.indexOf("io.systemd.mount-file-system.") == 0' in POLKIT_RULE_TEXT
-    assert f'subject.user == "{USER}"' in POLKIT_RULE_TEXT
 
 
 def test_the_user_side_is_dirty_while_its_socket_listens() -> None:

@@ -23,11 +23,11 @@ BASE_PACKAGES = (
 # Debian packages them (read from sid's 262.1-1 with dpkg-deb): systemd-mountfsd and
 # systemd-nsresourced come with systemd-container, but nsresourced dlopens libbpf (a Recommends,
 # which debootstrap does not install); portablectl --user and the user's portabled talk over the
-# user's D-Bus (dbus-user-session, which pulls libpam-systemd); mountfsd asks polkit whether an
-# unsigned image may be mounted for an unprivileged user (polkitd; TEST-29-PORTABLE wants >= 124).
-# mountfsd mounts an image for a user without asking only when its dm-verity root hash is signed
-# by a trusted key: the suite signs the user's copies in the guest as TEST-29 does (veritysetup
-# from cryptsetup-bin, which also brings the libcryptsetup systemd dlopens; openssl smime).
+# user's D-Bus (dbus-user-session, which pulls libpam-systemd); mountfsd and nsresourced talk to
+# polkit (polkitd; TEST-29-PORTABLE wants >= 124). mountfsd mounts an image for a user when its
+# dm-verity root hash is signed by a trusted key: the suite signs the user's copies in the guest
+# as TEST-29 does (veritysetup from cryptsetup-bin, which also brings the libcryptsetup systemd
+# dlopens; openssl smime).
 USER_PORTABLE_PACKAGES = ("libbpf1", "dbus-user-session", "libpam-systemd", "polkitd",
                           "cryptsetup-bin", "openssl")
 # systemd 262 (sid) loads libcurl with dlopen: without it systemd-pull, and so sysupdate's HTTP
