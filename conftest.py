@@ -21,10 +21,15 @@ from typing import Any
 
 import pytest
 
-from vm.core.config import ACCEL_CHOICES, KEEP_VM_CHOICES, LoadSettings, Settings
-from vm.core.errors import HarnessError
-from vm.core.log import log
-from vm.subject.spec import SpecError, Subject, load_subject
+from pytest_portable_upgrade.core.config import (
+    ACCEL_CHOICES,
+    KEEP_VM_CHOICES,
+    LoadSettings,
+    Settings,
+)
+from pytest_portable_upgrade.core.errors import HarnessError
+from pytest_portable_upgrade.core.log import log
+from pytest_portable_upgrade.subject.spec import SpecError, Subject, load_subject
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = pytest.StashKey[list[dict[str, Any]]]()
@@ -269,8 +274,8 @@ def _harness_step(phase: str, config: pytest.Config, fn: Any, *args: Any) -> Any
 
 @pytest.fixture(scope="session")
 def box(settings: Settings, pytestconfig: pytest.Config, artifacts: Path) -> Any:
-    from vm.boxes.builder import ensure_box
-    from vm.boxes.recipes import get_box
+    from pytest_portable_upgrade.boxes.builder import ensure_box
+    from pytest_portable_upgrade.boxes.recipes import get_box
 
     return _harness_step("box", pytestconfig, ensure_box, get_box(settings.box),
                          settings.state_dir, settings.box_build_timeout_s,
@@ -282,7 +287,7 @@ def images(settings: Settings, subject: Subject, pytestconfig: pytest.Config,
            artifacts: Path) -> Any:
     """(socket location, scope) -> the subject's images of that shape (its ready files, or
     built on the host when first asked)."""
-    from vm.subject.image import ensure_images
+    from pytest_portable_upgrade.subject.image import ensure_images
 
     def build(socket_location: str, scope: str = "system") -> Any:
         what = f"{socket_location} socket" if scope == "system" else f"{scope} scope"
@@ -299,10 +304,10 @@ def machine(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Conf
     """The session's one VM (a ``Machine``): booted once, destroyed at the end (see --keep-vm).
 
     Asks for ``images`` so a broken image build ends the run before a boot is paid for."""
-    from vm.boxes.fedora_box import needs_provisioning, provision_box
-    from vm.machine.accel import choose_accel
-    from vm.machine.runs import RunLock, reap_stale_runs
-    from vm.machine.vagrant_backend import VagrantVM
+    from pytest_portable_upgrade.boxes.fedora_box import needs_provisioning, provision_box
+    from pytest_portable_upgrade.machine.accel import choose_accel
+    from pytest_portable_upgrade.machine.runs import RunLock, reap_stale_runs
+    from pytest_portable_upgrade.machine.vagrant_backend import VagrantVM
 
     lock = RunLock(settings.run_dir)
     reap_stale_runs(settings.state_dir, settings.run_id, settings.libvirt_uri, settings.pool)
@@ -351,7 +356,7 @@ def machine(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Conf
 def ssh_config(machine: Any, settings: Settings) -> Path:
     """``vagrant ssh-config`` of the session's VM as a file in its run dir (host alias
     ``pwt-guest``): what testinfra, the users' checks and a person with ``ssh -F`` use."""
-    from vm.machine.guest_host import write_ssh_config
+    from pytest_portable_upgrade.machine.guest_host import write_ssh_config
 
     return write_ssh_config(machine.target, settings.run_dir / "ssh_config")
 
@@ -360,7 +365,7 @@ def ssh_config(machine: Any, settings: Settings) -> Path:
 def host(machine: Any, ssh_config: Path) -> Any:
     """testinfra's ``Host`` on the session's VM (paramiko backend, commands as root through
     the machine's own SSH connection: see vm/machine/guest_host.py)."""
-    from vm.machine.guest_host import guest_host
+    from pytest_portable_upgrade.machine.guest_host import guest_host
 
     return guest_host(machine, ssh_config)
 
@@ -371,8 +376,8 @@ def service(machine: Any, host: Any, images: Any, subject: Subject, settings: Se
     """The subject's portable service in the booted guest (a ``PortableService``), its systemd
     version known, checked clean once; image sets are uploaded on first use. Tests that run a
     scenario take ``clean_service`` instead: the same object, made clean around each test."""
-    from vm.systemd.portable import PortableService
-    from vm.systemd.quirks import unsupported_reason
+    from pytest_portable_upgrade.systemd.portable import PortableService
+    from pytest_portable_upgrade.systemd.quirks import unsupported_reason
 
     # Every box arrives ready: built with everything (Debian) or provisioned once into a
     # derived box (Fedora, see the machine fixture); the guest's network is restricted here.
@@ -402,7 +407,7 @@ def systemd_package(service: Any) -> str:
 
 
 def _collect_evidence(machine: Any, subject: Subject, directory: Path) -> None:
-    from vm.systemd.portable import evidence_commands
+    from pytest_portable_upgrade.systemd.portable import evidence_commands
 
     directory.mkdir(parents=True, exist_ok=True)
     for name, command in evidence_commands(subject).items():
@@ -422,7 +427,7 @@ def clean_service(service: Any, artifacts: Path, settings: Settings,
     the reset, the evidence (journals, probe log, ab.out) of every run that did not simply pass
     is saved: an error, a FAIL, an expected loss or downtime, a refusal; --artifacts-always:
     all."""
-    from vm.scenarios.verdict import VERDICT_KEY, evidence_reason
+    from pytest_portable_upgrade.scenarios.verdict import VERDICT_KEY, evidence_reason
 
     if not service.clean_verified:  # the previous test's reset has checked it otherwise
         service.check_clean()
@@ -469,7 +474,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     records, skipped = config.stash[RESULTS], config.stash[SKIPPED]
     if not records and not skipped:
         return
-    from vm.report.report import write_summary
+    from pytest_portable_upgrade.report.report import write_summary
 
     write_summary(config.stash[SETTINGS].artifacts_dir, records, config.stash[PHASES],
                   skipped=skipped)
@@ -479,7 +484,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     records = config.stash[RESULTS]
     if not records:
         return
-    from vm.report.report import markdown_table
+    from pytest_portable_upgrade.report.report import markdown_table
 
     directory = config.stash[SETTINGS].artifacts_dir
     terminalreporter.section("zero-downtime verdicts")

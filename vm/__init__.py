@@ -12,7 +12,8 @@ layers listed before it, apart from the three exceptions named below.
                what they saw (timeline, latency)
     systemd    the portable service in the guest: attach, reattach, stop + start, the user
                scope, sysupdate rollouts, and quirks.py (every systemd-version difference)
-    report     summary.json/md and the timeline PNGs; the box matrix (python -m vm.report.matrix)
+    report     summary.json/md and the timeline PNGs; the box matrix
+               (python -m pytest_portable_upgrade.report.matrix)
     scenarios  the catalogue, run_scenario, verdict_of (the one judge, conclude turns it into
                pytest's outcome) and the checks it is made of
 

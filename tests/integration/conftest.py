@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from vm.core.config import Settings
-from vm.machine.guest_host import SSH_CONFIG_HOST
-from vm.report.report import plot_timeline, skipped_row
-from vm.scenarios.catalogue import Scenario
-from vm.scenarios.run import ScenarioUnsupported, run_scenario
-from vm.scenarios.verdict import VERDICT_KEY, Verdict, summary_row, verdict_of
-from vm.systemd.portable import ImageRefused, PortableService
+from pytest_portable_upgrade.core.config import Settings
+from pytest_portable_upgrade.machine.guest_host import SSH_CONFIG_HOST
+from pytest_portable_upgrade.report.report import plot_timeline, skipped_row
+from pytest_portable_upgrade.scenarios.catalogue import Scenario
+from pytest_portable_upgrade.scenarios.run import ScenarioUnsupported, run_scenario
+from pytest_portable_upgrade.scenarios.verdict import VERDICT_KEY, Verdict, summary_row, verdict_of
+from pytest_portable_upgrade.systemd.portable import ImageRefused, PortableService
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def run_recorded(
             pytest.exit(f"pwt: {e}", returncode=3)
         checks = clean_service.subject.checks
         if checks is not None:
-            from vm.subject.user_checks import run_user_checks
+            from pytest_portable_upgrade.subject.user_checks import run_user_checks
 
             # Their run record is the row as the harness judged it before their checks.
             before = summary_row(result, settings.box, clean_service.systemd_major,

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from vm.core.config import Settings
-from vm.core.host import list_domains, pool_volumes
+from pytest_portable_upgrade.core.config import Settings
+from pytest_portable_upgrade.core.host import list_domains, pool_volumes
 
 ROOT = Path(__file__).resolve().parents[2]
 LOAD_MARKER = "  load: ab "  # run.log: the scenario's load has started
@@ -116,7 +116,7 @@ def test_ctrl_c_to_the_process_group_of_tox_leaves_nothing(
 def test_vagrant_ssh_and_destroy_know_the_sessions_machine(machine: Any,
                                                            settings: Settings) -> None:
     """Whether the guest was restored or booted cold, Vagrant sees it as its machine."""
-    from vm.boxes.builder import vagrant_env
+    from pytest_portable_upgrade.boxes.builder import vagrant_env
 
     result = subprocess.run(["vagrant", "ssh", "-c", "cat /etc/hostname"], cwd=settings.run_dir,
                             env=vagrant_env(settings.state_dir), capture_output=True, text=True,

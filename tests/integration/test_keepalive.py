@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from vm.scenarios.catalogue import Scenario, get_scenario
-from vm.scenarios.verdict import Verdict, conclude
+from pytest_portable_upgrade.scenarios.catalogue import Scenario, get_scenario
+from pytest_portable_upgrade.scenarios.verdict import Verdict, conclude
 
 pytestmark = pytest.mark.vm
 

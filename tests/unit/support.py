@@ -16,18 +16,18 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from vm.load.ab import AbResult
-from vm.load.load import LoadOutcome
-from vm.load.timeline import ProbeRecord, Timeline
-from vm.machine.guest_host import guest_host
-from vm.machine.machine import CommandResult, Machine, SshTarget
-from vm.scenarios.catalogue import Scenario
-from vm.scenarios.checks import SocketObservation
-from vm.scenarios.run import ScenarioRun
-from vm.scenarios.verdict import expected_image
-from vm.subject.spec import DEFAULT_SPEC, Subject, load_subject
-from vm.systemd import user_portable
-from vm.systemd.portable import Upgrade
+from pytest_portable_upgrade.load.ab import AbResult
+from pytest_portable_upgrade.load.load import LoadOutcome
+from pytest_portable_upgrade.load.timeline import ProbeRecord, Timeline
+from pytest_portable_upgrade.machine.guest_host import guest_host
+from pytest_portable_upgrade.machine.machine import CommandResult, Machine, SshTarget
+from pytest_portable_upgrade.scenarios.catalogue import Scenario
+from pytest_portable_upgrade.scenarios.checks import SocketObservation
+from pytest_portable_upgrade.scenarios.run import ScenarioRun
+from pytest_portable_upgrade.scenarios.verdict import expected_image
+from pytest_portable_upgrade.subject.spec import DEFAULT_SPEC, Subject, load_subject
+from pytest_portable_upgrade.systemd import user_portable
+from pytest_portable_upgrade.systemd.portable import Upgrade
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_PY = ROOT / "images" / "server.py"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from support import DATA
 
-from vm.load.ab import AbParseError, AbResult, ab_command, parse_ab_output
+from pytest_portable_upgrade.load.ab import AbParseError, AbResult, ab_command, parse_ab_output
 
 
 def report(name: str) -> str:

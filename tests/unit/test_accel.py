@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import vm.machine.accel
-from vm.core.errors import PrerequisiteMissing
-from vm.machine.accel import choose_accel, kvm_device_problem
+import pytest_portable_upgrade.machine.accel
+from pytest_portable_upgrade.core.errors import PrerequisiteMissing
+from pytest_portable_upgrade.machine.accel import choose_accel, kvm_device_problem
 
 
 def test_a_missing_device_is_named(tmp_path: Path) -> None:
@@ -22,7 +22,8 @@ def test_a_device_this_user_cannot_open_is_named(tmp_path: Path,
     device = tmp_path / "kvm"
     device.write_text("")
     # As here: /dev/kvm exists, but its group is not one of the user's (root passes any check).
-    monkeypatch.setattr(vm.machine.accel.os, "access", lambda path, mode: False)
+    accel_os = pytest_portable_upgrade.machine.accel.os
+    monkeypatch.setattr(accel_os, "access", lambda _path, _mode: False)
     problem = kvm_device_problem(str(device))
     assert problem is not None and "not readable and writable for this user" in problem
 

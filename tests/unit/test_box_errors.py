@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import vm.boxes.builder as box
-from vm.boxes.builder import explain_build_failure, require_free_space
-from vm.core.cache import write_checksum
-from vm.core.errors import PrerequisiteMissing
+import pytest_portable_upgrade.boxes.builder as box
+from pytest_portable_upgrade.boxes.builder import explain_build_failure, require_free_space
+from pytest_portable_upgrade.core.cache import write_checksum
+from pytest_portable_upgrade.core.errors import PrerequisiteMissing
 
 Usage = namedtuple("Usage", "total used free")
 

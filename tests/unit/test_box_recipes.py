@@ -9,9 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from vm.boxes import builder
-from vm.boxes.builder import KERNEL_CMD_LINE, BuiltBox, box_key, kernel_cmd_line
-from vm.boxes.recipes import (
+from pytest_portable_upgrade.boxes import builder
+from pytest_portable_upgrade.boxes.builder import (
+    KERNEL_CMD_LINE,
+    BuiltBox,
+    box_key,
+    kernel_cmd_line,
+)
+from pytest_portable_upgrade.boxes.recipes import (
     BASE_PACKAGES,
     BOXES,
     BPF_LSM_CMD_LINE,
@@ -98,7 +103,7 @@ def test_the_box_key_hashes_the_scripts_not_the_directory_they_lie_in(
 def test_the_hashed_scripts_keep_their_names() -> None:
     """A script's file name enters the cache keys of the boxes and images it builds: renaming
     one rebuilds every cached box (or image set) on every host."""
-    from vm.subject.image import BUILD_SCRIPT as IMAGE_SCRIPT
+    from pytest_portable_upgrade.subject.image import BUILD_SCRIPT as IMAGE_SCRIPT
 
     assert [p.name for p in (builder.BUILD_SCRIPT, builder.PACK_SCRIPT, IMAGE_SCRIPT)] == [
         "build-box.sh", "pack-box.sh", "build-image.sh"]

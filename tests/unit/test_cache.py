@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from vm.core.cache import checksum_ok, file_sha256, locked, recipe_hash, write_checksum
+from pytest_portable_upgrade.core.cache import (
+    checksum_ok,
+    file_sha256,
+    locked,
+    recipe_hash,
+    write_checksum,
+)
 
 
 def recipe(directory: Path, script: str = "#!/bin/sh\ndebootstrap \"$SUITE\"\n",

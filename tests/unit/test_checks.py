@@ -21,8 +21,8 @@ from support import (
     reattach,
 )
 
-from vm.load.load import LoadOutcome
-from vm.scenarios.checks import (
+from pytest_portable_upgrade.load.load import LoadOutcome
+from pytest_portable_upgrade.scenarios.checks import (
     SocketObservation,
     counter_consistent,
     load_spanned_switch,

@@ -6,8 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from vm.boxes.recipes import BASE_PACKAGES, BOXES, DEBIAN_MIRROR, DEFAULT_BOX, BoxRecipe, get_box
-from vm.core.config import LoadSettings, Settings
+from pytest_portable_upgrade.boxes.recipes import (
+    BASE_PACKAGES,
+    BOXES,
+    DEBIAN_MIRROR,
+    DEFAULT_BOX,
+    BoxRecipe,
+    get_box,
+)
+from pytest_portable_upgrade.core.config import LoadSettings, Settings
 
 
 def test_defaults_are_valid() -> None:

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from support import LAUNCHER, ROOT, clean_env, connect, read_response, send_request
 
-from vm.subject.image import render_file
-from vm.subject.spec import load_subject
+from pytest_portable_upgrade.subject.image import render_file
+from pytest_portable_upgrade.subject.spec import load_subject
 
 pytest.importorskip("gunicorn", reason="gunicorn is in tox -e unit's deps")
 

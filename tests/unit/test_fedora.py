@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from support import DATA
 
-from vm.boxes import fedora
-from vm.boxes.fedora import (
+from pytest_portable_upgrade.boxes import fedora
+from pytest_portable_upgrade.boxes.fedora import (
     FEDORA_RELEASES,
     FedoraRelease,
     box_name,
@@ -23,7 +23,7 @@ from vm.boxes.fedora import (
     parse_checksums,
     verify_signed_checksums,
 )
-from vm.core.errors import HarnessError, PrerequisiteMissing
+from pytest_portable_upgrade.core.errors import HarnessError, PrerequisiteMissing
 
 SAMPLES = DATA / "fedora"
 SIGNED = SAMPLES / "Fedora-Cloud-43-1.6-x86_64-CHECKSUM"

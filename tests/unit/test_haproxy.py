@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vm.load.haproxy import PROXY_PORT, HaproxyConfig, proxy_port_for
+from pytest_portable_upgrade.load.haproxy import PROXY_PORT, HaproxyConfig, proxy_port_for
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
 needs_haproxy = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed on the host")

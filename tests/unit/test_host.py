@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from vm.core import host as host
-from vm.core.errors import HarnessError, PrerequisiteMissing
-from vm.core.host import check_vagrant_prerequisites, free_port, random_mac
+from pytest_portable_upgrade.core import host as host
+from pytest_portable_upgrade.core.errors import HarnessError, PrerequisiteMissing
+from pytest_portable_upgrade.core.host import check_vagrant_prerequisites, free_port, random_mac
 
 
 @pytest.mark.parametrize("kind", [socket.SOCK_STREAM, socket.SOCK_DGRAM])

@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from tests.unit.support import WALKTHROUGH
-from vm.subject import image
-from vm.subject.image import (
+from pytest_portable_upgrade.subject import image
+from pytest_portable_upgrade.subject.image import (
     BUILD_SCRIPT,
     PortableImages,
     ensure_images,
     scoped_image_path,
     write_overlay,
 )
+from tests.unit.support import WALKTHROUGH
 
 
 @pytest.mark.parametrize(("path", "scope", "expected"), [

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from support import DATA, T0, answer, failure, outcome, reattach
 
-from vm.load.latency import (
+from pytest_portable_upgrade.load.latency import (
     SWITCH_TAIL_S,
     WINDOWS,
     LatencyReport,
@@ -22,8 +22,13 @@ from vm.load.latency import (
     stall_problems,
     syn_steps,
 )
-from vm.load.timeline import FAILURE_CLASSES, Timeline, parse_probe_log, parse_probe_skips
-from vm.scenarios.verdict import _stall
+from pytest_portable_upgrade.load.timeline import (
+    FAILURE_CLASSES,
+    Timeline,
+    parse_probe_log,
+    parse_probe_skips,
+)
+from pytest_portable_upgrade.scenarios.verdict import _stall
 
 
 def recorded(name: str) -> tuple[LatencyReport, Timeline, dict[str, Any]]:

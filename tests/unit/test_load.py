@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from support import WALKTHROUGH
 
-from vm.core.config import LoadSettings
-from vm.core.errors import GuestError
-from vm.load.load import (
+from pytest_portable_upgrade.core.config import LoadSettings
+from pytest_portable_upgrade.core.errors import GuestError
+from pytest_portable_upgrade.load.load import (
     AB_UNIT,
     GUEST_DIR,
     HOLD_CONNECTIONS_SOURCE,
@@ -21,7 +21,7 @@ from vm.load.load import (
     LoadRun,
     split_sections,
 )
-from vm.machine.machine import CommandResult
+from pytest_portable_upgrade.machine.machine import CommandResult
 
 
 class RecordingMachine:

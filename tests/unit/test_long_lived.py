@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from vm.load.long_lived import HolderRecord, parse_holder_log, summarise
+from pytest_portable_upgrade.load.long_lived import HolderRecord, parse_holder_log, summarise
 
 
 def answered(conn: int, t: float, greeting: str, gen: int = 0, **extra: object) -> HolderRecord:

@@ -10,11 +10,17 @@ from pathlib import Path
 import pytest
 from support import WALKTHROUGH, FakeGuest, fake_host, fake_machine
 
-from vm.core.errors import GuestError, HarnessError
-from vm.core.log import StepLogger
-from vm.machine import machine as machine_module
-from vm.machine.machine import CommandResult, Machine, SshTarget, one_line, parse_ssh_config
-from vm.systemd.portable import CLIENT_UNITS, PortableService
+from pytest_portable_upgrade.core.errors import GuestError, HarnessError
+from pytest_portable_upgrade.core.log import StepLogger
+from pytest_portable_upgrade.machine import machine as machine_module
+from pytest_portable_upgrade.machine.machine import (
+    CommandResult,
+    Machine,
+    SshTarget,
+    one_line,
+    parse_ssh_config,
+)
+from pytest_portable_upgrade.systemd.portable import CLIENT_UNITS, PortableService
 
 SSH_CONFIG = """\
 Host default
@@ -288,8 +294,8 @@ class FakeClient:
 
 @pytest.fixture
 def step_log(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[StepLogger, list[str]]:
-    """A fresh step logger for vm.machine.machine, writing run.log under tmp_path; the terminal
-    lines it emitted are collected in the list."""
+    """A fresh step logger for pytest_portable_upgrade.machine.machine, writing run.log under
+    tmp_path; the terminal lines it emitted are collected in the list."""
     shown: list[str] = []
     logger = StepLogger()
     logger.emit = shown.append

@@ -7,7 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vm.report.matrix import build_matrix, load_summaries, main, render_markdown
+from pytest_portable_upgrade.report.matrix import (
+    build_matrix,
+    load_summaries,
+    main,
+    render_markdown,
+)
 
 
 def row(scenario: str, box: str, systemd: int, verdict: str, failed: int = 0,
@@ -60,14 +65,25 @@ def test_join_cli_writes_both_files(tmp_path: Path) -> None:
     assert (out / "matrix.md").read_text().startswith("# Zero-downtime reattach")
 
 
+def package_alone(tmp_path: Path) -> Path:
+    """A directory where the package's source is importable by its name and nothing else is:
+    what `pip install --no-deps .` gives the workflow's bare Python."""
+    where = tmp_path / "path"
+    where.mkdir()
+    (where / "pytest_portable_upgrade").symlink_to(Path(__file__).resolve().parents[2] / "vm")
+    return where
+
+
 def test_the_workflows_join_runs_on_the_standard_library_alone(tmp_path: Path) -> None:
-    """The nightly report job has a bare Python: `python -m vm.report.matrix join` must not pull
-    in anything beyond the standard library (no site-packages here: -S)."""
+    """The nightly report job has a bare Python:
+    `python -m pytest_portable_upgrade.report.matrix join`
+    must not pull in anything beyond the standard library (no site-packages here: -S)."""
     (tmp_path / "summary.json").write_text(json.dumps({"scenarios": ROWS}))
     result = subprocess.run(
-        [sys.executable, "-S", "-m", "vm.report.matrix", "join", str(tmp_path / "out"),
+        [sys.executable, "-S", "-m", "pytest_portable_upgrade.report.matrix", "join",
+         str(tmp_path / "out"),
          str(tmp_path / "summary.json")],
-        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, check=False)
+        cwd=package_alone(tmp_path), capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "matrix.md").exists()
 
@@ -87,7 +103,7 @@ import threading  # noqa: E402
 
 import pytest  # noqa: E402
 
-from vm.report.matrix import TIMED_OUT, run_boxes, schedule  # noqa: E402
+from pytest_portable_upgrade.report.matrix import TIMED_OUT, run_boxes, schedule  # noqa: E402
 
 
 class FakeRuns:
@@ -205,7 +221,7 @@ def test_cli_takes_jobs_and_timeout_from_the_environment(
         seen.update(boxes=boxes, jobs=jobs, timeout_s=timeout_s, args=pytest_args)
         return 0
 
-    monkeypatch.setattr("vm.report.matrix.run_boxes", fake_run_boxes)
+    monkeypatch.setattr("pytest_portable_upgrade.report.matrix.run_boxes", fake_run_boxes)
     monkeypatch.setenv("PWT_MATRIX_JOBS", "3")
     monkeypatch.setenv("PWT_MATRIX_TIMEOUT", "5400")
     assert main(["run", "--boxes", "debian-sid,debian-trixie", "-k", "rollback"]) == 0
@@ -226,7 +242,7 @@ def fake_python(tmp_path: Path, body: str) -> Path:
 
 def test_the_real_runner_bounds_the_child_and_keeps_its_output(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vm.report import matrix
+    from pytest_portable_upgrade.report import matrix
 
     monkeypatch.setattr(matrix.sys, "executable", str(fake_python(tmp_path, "exit 3")))
     run = matrix.pytest_runner(["-k", "rollback"], quiet=True)
@@ -243,7 +259,7 @@ def test_a_child_that_outlives_its_bound_is_stopped(
     """The child's own --run-timeout should end it; if it hangs, SIGTERM after the grace."""
     import time
 
-    from vm.report import matrix
+    from pytest_portable_upgrade.report import matrix
 
     monkeypatch.setattr(matrix, "TERM_GRACE_S", 0.5)
     monkeypatch.setattr(matrix.sys, "executable",

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from support import WALKTHROUGH, fake_host, scenario_run
 
-from vm.core.config import Settings
-from vm.load.long_lived import HolderSummary
-from vm.scenarios.catalogue import Scenario, get_scenario
-from vm.scenarios.run import ScenarioUnsupported, run_scenario
-from vm.scenarios.verdict import EXPECTED_LOSS, FAIL, PASS, verdict_of
-from vm.systemd.portable import PortableService, dropin_files
-from vm.systemd.stop_start import PRESERVE_LINE, stop_start_command
-from vm.systemd.user_portable import (
+from pytest_portable_upgrade.core.config import Settings
+from pytest_portable_upgrade.load.long_lived import HolderSummary
+from pytest_portable_upgrade.scenarios.catalogue import Scenario, get_scenario
+from pytest_portable_upgrade.scenarios.run import ScenarioUnsupported, run_scenario
+from pytest_portable_upgrade.scenarios.verdict import EXPECTED_LOSS, FAIL, PASS, verdict_of
+from pytest_portable_upgrade.systemd.portable import PortableService, dropin_files
+from pytest_portable_upgrade.systemd.stop_start import PRESERVE_LINE, stop_start_command
+from pytest_portable_upgrade.systemd.user_portable import (
     USER,
     UserPortableService,
     image_path,
@@ -209,7 +209,7 @@ def test_a_subject_that_does_not_list_the_user_scope_is_skipped_before_the_prefl
 ) -> None:
     from support import ROOT
 
-    from vm.subject.spec import load_subject
+    from pytest_portable_upgrade.subject.spec import load_subject
 
     svc, commands = service(262)
     svc.subject = load_subject(ROOT / "examples" / "gunicorn" / "spec.toml")
@@ -245,7 +245,7 @@ def test_the_user_attach_installs_the_subjects_socket_and_state_for_the_user() -
 
 def test_the_user_side_is_dirty_while_its_socket_listens() -> None:
     """A user socket left on port 8080 would break every later system scenario."""
-    from vm.core.errors import GuestError
+    from pytest_portable_upgrade.core.errors import GuestError
 
     answers = "\n".join([f"{image_path(WALKTHROUGH, 1)} detached",
                          f"{image_path(WALKTHROUGH, 2)} detached",
@@ -305,7 +305,11 @@ def test_reset_after_a_broken_setup_never_touches_another_users_manager() -> Non
 
 
 def test_the_users_images_are_signed_with_the_runs_key_as_test_29_does() -> None:
-    from vm.systemd.user_portable import VERITY_CERT, sign_image_script, signing_setup_script
+    from pytest_portable_upgrade.systemd.user_portable import (
+        VERITY_CERT,
+        sign_image_script,
+        signing_setup_script,
+    )
 
     sign = sign_image_script("/var/lib/pwt-user-portables/portable-walkthrough_1.raw")
     assert ("veritysetup format /var/lib/pwt-user-portables/portable-walkthrough_1.raw"
@@ -329,7 +333,7 @@ def test_the_user_reset_forgets_the_key_the_certificate_and_the_timeout() -> Non
 def test_the_user_setup_certifies_the_runs_key_before_mountfsd_starts() -> None:
     """mountfsd checks the signature against /run/verity.d when it mounts: the certificate
     and the verity timeout must be in place before it (and its workers) start."""
-    from vm.systemd.user_portable import VERITY_CERT
+    from pytest_portable_upgrade.systemd.user_portable import VERITY_CERT
 
     svc, commands = service(262, {"useradd": (0, "PWT-UID 1001\n"), "": (0, "")})
     user = UserPortableService(svc)

@@ -14,14 +14,19 @@ from pathlib import Path
 import pytest
 from support import DATA
 
-from vm.boxes import fedora, fedora_box
-from vm.boxes.builder import BuiltBox, ensure_box
-from vm.boxes.fedora import FEDORA_RELEASES, FedoraRelease
-from vm.boxes.provision import DNF_PACKAGES, NO_EGRESS_RULES, portabled_package, provision_commands
-from vm.boxes.recipes import BOXES, LOCAL_BOXES, get_box
-from vm.core.config import Settings
-from vm.core.errors import HarnessError
-from vm.machine.vagrantfile import VagrantfileSpec, render
+from pytest_portable_upgrade.boxes import fedora, fedora_box
+from pytest_portable_upgrade.boxes.builder import BuiltBox, ensure_box
+from pytest_portable_upgrade.boxes.fedora import FEDORA_RELEASES, FedoraRelease
+from pytest_portable_upgrade.boxes.provision import (
+    DNF_PACKAGES,
+    NO_EGRESS_RULES,
+    portabled_package,
+    provision_commands,
+)
+from pytest_portable_upgrade.boxes.recipes import BOXES, LOCAL_BOXES, get_box
+from pytest_portable_upgrade.core.config import Settings
+from pytest_portable_upgrade.core.errors import HarnessError
+from pytest_portable_upgrade.machine.vagrantfile import VagrantfileSpec, render
 
 FEDORA = [name for name in BOXES if name.startswith("fedora-")]
 SIGNED = DATA / "fedora" / "Fedora-Cloud-43-1.6-x86_64-CHECKSUM"
@@ -165,7 +170,8 @@ def test_both_phases_are_valid_ruby(provider: str, network: str, tmp_path: Path)
 
 def test_the_provisioning_vm_renders_the_open_phase(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("vm.machine.vagrant_backend.free_port", lambda kind=1: 41000 + kind)
+    monkeypatch.setattr("pytest_portable_upgrade.machine.vagrant_backend.free_port",
+                        lambda kind=1: 41000 + kind)
     settings = Settings(box="fedora-43", state_dir=tmp_path, run_id="20260101-000000-abcdef")
     box = BuiltBox(get_box("fedora-43"), "pwt/fedora-43-1.6-base", None)
     vm = fedora_box.ProvisioningVM(settings, box, "tcg", tmp_path / "run" / "provision")

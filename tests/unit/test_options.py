@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from vm.boxes.recipes import BOXES
-from vm.scenarios.catalogue import SCENARIOS
+from pytest_portable_upgrade.boxes.recipes import BOXES
+from pytest_portable_upgrade.scenarios.catalogue import SCENARIOS
 
 pytest_plugins = ["pytester"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from vm.boxes.builder import PACK_SCRIPT
+from pytest_portable_upgrade.boxes.builder import PACK_SCRIPT
 
 # Exactly what pack-box.sh may use; losetup, mount, partx and grub-install are not among them.
 TOOLS = ("bash", "ls", "sort", "tail", "cp", "du", "cut", "truncate", "mkfs.ext4", "mke2fs",

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from support import WALKTHROUGH
 
-from vm.core.errors import GuestError
-from vm.machine.machine import CommandResult
-from vm.systemd.portable import ImageRefused, PortableService, ServiceFacts
+from pytest_portable_upgrade.core.errors import GuestError
+from pytest_portable_upgrade.machine.machine import CommandResult
+from pytest_portable_upgrade.systemd.portable import ImageRefused, PortableService, ServiceFacts
 
 SOCKET = WALKTHROUGH.socket
 FACTS = ("user=_du1234\ndynamic=yes\nsince=123456789\nsocket=active\n"
@@ -175,7 +175,7 @@ def test_a_reset_that_leaves_a_socket_active_is_dirty() -> None:
 
 
 def test_timed_commands_are_read_back_from_their_marker_line() -> None:
-    from vm.systemd.portable import parse_timed, timed
+    from pytest_portable_upgrade.systemd.portable import parse_timed, timed
 
     assert "PWT-TIMES $s $e $rc $(readlink x)" in timed("true", extra="$(readlink x)")
     out = "Queued …\n\nPWT-TIMES 1700.25 1702.5 0 portable-walkthrough_2.raw\njournal line\n"

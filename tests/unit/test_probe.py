@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from support import PROBE_PY, WALKTHROUGH, StartServer
 
-from vm.core.host import free_port
-from vm.load.timeline import Timeline, parse_probe_log, parse_probe_skips
+from pytest_portable_upgrade.core.host import free_port
+from pytest_portable_upgrade.load.timeline import Timeline, parse_probe_log, parse_probe_skips
 
 
 def how_to_ask(probe_module: ModuleType) -> tuple[bytes, Any]:

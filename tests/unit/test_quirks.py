@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from vm.systemd.quirks import (
+from pytest_portable_upgrade.systemd.quirks import (
     fdstore_preserve_missing,
     leading_numbers,
     reattach_by_name_broken,

@@ -7,7 +7,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from vm.scenarios.catalogue import EXPECTATIONS, Scenario
+from pytest_portable_upgrade.scenarios.catalogue import EXPECTATIONS, Scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()

@@ -19,7 +19,7 @@ from support import (
     reattach,
 )
 
-from vm.report.report import (
+from pytest_portable_upgrade.report.report import (
     SUMMARY_COLUMNS,
     latency_table,
     markdown_table,
@@ -206,7 +206,7 @@ def test_plot_timeline_with_a_single_zero_latency_answer(tmp_path: Path) -> None
 
 
 def test_stability_table_counts_expected_verdicts_per_scenario() -> None:
-    from vm.report.report import stability_table
+    from pytest_portable_upgrade.report.report import stability_table
 
     rows = [{"scenario": "a", "verdict": "pass"}, {"scenario": "a", "verdict": "FAIL"},
             {"scenario": "a", "verdict": "pass"},
@@ -223,7 +223,7 @@ def test_readme_names_the_command_behind_every_evidence_file() -> None:
     the default subject, the walkthrough)."""
     from support import WALKTHROUGH
 
-    from vm.systemd.portable import evidence_commands
+    from pytest_portable_upgrade.systemd.portable import evidence_commands
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for name, command in evidence_commands(WALKTHROUGH).items():
@@ -263,7 +263,7 @@ def test_timeline_without_a_switch_has_no_after_window() -> None:
 
 
 def test_summary_gives_the_median_overhead() -> None:
-    from vm.report.report import overhead_line
+    from pytest_portable_upgrade.report.report import overhead_line
 
     rows = [{"overhead_s": v} for v in (8.0, 21.7, 8.5, 8.4)]
     assert overhead_line(rows).startswith(

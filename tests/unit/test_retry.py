@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from vm.core.errors import GuestError, WaitTimeout
-from vm.core.retry import retry
+from pytest_portable_upgrade.core.errors import GuestError, WaitTimeout
+from pytest_portable_upgrade.core.retry import retry
 
 
 def test_returns_once_the_predicate_holds() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import vm.machine.runs as runs
-from vm.machine.runs import RunLock, reap_stale_runs
+import pytest_portable_upgrade.machine.runs as runs
+from pytest_portable_upgrade.machine.runs import RunLock, reap_stale_runs
 
 
 @pytest.fixture
@@ -39,7 +39,8 @@ def test_a_run_whose_process_died_is_reaped(tmp_path: Path,
     run_dir = tmp_path / "runs" / "20260101-000000-aaaaaa"
     # Another process takes the lock and dies: the kernel frees the lock with it.
     code = (f"import sys, pathlib; sys.path.insert(0, {str(Path.cwd())!r});"
-            f" from vm.machine.runs import RunLock; RunLock(pathlib.Path({str(run_dir)!r}))")
+            f" from pytest_portable_upgrade.machine.runs import RunLock;"
+            f" RunLock(pathlib.Path({str(run_dir)!r}))")
     subprocess.run([sys.executable, "-c", code], check=True)
     removed = reap_stale_runs(tmp_path, "20260101-000001-bbbbbb", "qemu:///system", "p")
     assert libvirt["removed"] == ["pwt-20260101-000000-aaaaaa-"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vm.core.errors import HarnessError
-from vm.machine.saved_guest import (
+from pytest_portable_upgrade.core.errors import HarnessError
+from pytest_portable_upgrade.machine.saved_guest import (
     HEADER,
     SAVE_MAGIC,
     RunDomain,

@@ -22,11 +22,16 @@ from support import (
     scenario_run,
 )
 
-from vm.load.load import LoadOutcome
-from vm.scenarios.catalogue import EXPECTATIONS, SCENARIOS, Scenario, get_scenario
-from vm.scenarios.checks import SocketObservation
-from vm.scenarios.run import ScenarioRun
-from vm.scenarios.verdict import loss_summary, summary_row, verdict_of
+from pytest_portable_upgrade.load.load import LoadOutcome
+from pytest_portable_upgrade.scenarios.catalogue import (
+    EXPECTATIONS,
+    SCENARIOS,
+    Scenario,
+    get_scenario,
+)
+from pytest_portable_upgrade.scenarios.checks import SocketObservation
+from pytest_portable_upgrade.scenarios.run import ScenarioRun
+from pytest_portable_upgrade.scenarios.verdict import loss_summary, summary_row, verdict_of
 
 ID_PATTERN = re.compile(r"[a-z]+(?:-[a-z]+)+")
 
@@ -262,10 +267,10 @@ def test_summary_row_of_a_lossy_rollback() -> None:
 def test_a_scenario_the_subject_does_not_list_is_skipped_with_the_reason() -> None:
     from support import ROOT, fake_host
 
-    from vm.core.config import Settings
-    from vm.scenarios.run import ScenarioUnsupported, run_scenario
-    from vm.subject.spec import load_subject
-    from vm.systemd.portable import PortableService
+    from pytest_portable_upgrade.core.config import Settings
+    from pytest_portable_upgrade.scenarios.run import ScenarioUnsupported, run_scenario
+    from pytest_portable_upgrade.subject.spec import load_subject
+    from pytest_portable_upgrade.systemd.portable import PortableService
 
     gunicorn = load_subject(ROOT / "examples" / "gunicorn" / "spec.toml")
     machine, host, fake = fake_host({})

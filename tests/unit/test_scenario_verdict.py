@@ -28,14 +28,14 @@ from support import (
     scenario_run,
 )
 
-from vm.load.load import LoadOutcome
-from vm.load.long_lived import HolderSummary
-from vm.report.matrix import build_matrix
-from vm.report.report import stability_table
-from vm.scenarios.catalogue import SCENARIOS, Scenario, get_scenario
-from vm.scenarios.checks import SocketObservation
-from vm.scenarios.run import ScenarioRun
-from vm.scenarios.verdict import (
+from pytest_portable_upgrade.load.load import LoadOutcome
+from pytest_portable_upgrade.load.long_lived import HolderSummary
+from pytest_portable_upgrade.report.matrix import build_matrix
+from pytest_portable_upgrade.report.report import stability_table
+from pytest_portable_upgrade.scenarios.catalogue import SCENARIOS, Scenario, get_scenario
+from pytest_portable_upgrade.scenarios.checks import SocketObservation
+from pytest_portable_upgrade.scenarios.run import ScenarioRun
+from pytest_portable_upgrade.scenarios.verdict import (
     DOWNTIME_SEEN,
     EXPECTED_LOSS,
     FAIL,

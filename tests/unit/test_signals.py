@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
-from vm.core.log import log
-from vm.core.proc import signals_deferred
+from pytest_portable_upgrade.core.log import log
+from pytest_portable_upgrade.core.proc import signals_deferred
 
 
 def test_sigint_and_sigterm_during_clean_up_are_noted_not_raised(

@@ -10,8 +10,13 @@ from pathlib import Path
 import pytest
 from support import ROOT, WALKTHROUGH
 
-from vm.scenarios.catalogue import SCENARIOS, get_scenario
-from vm.subject.spec import DEFAULT_SPEC, SpecError, listen_stream_ports, load_subject
+from pytest_portable_upgrade.scenarios.catalogue import SCENARIOS, get_scenario
+from pytest_portable_upgrade.subject.spec import (
+    DEFAULT_SPEC,
+    SpecError,
+    listen_stream_ports,
+    load_subject,
+)
 
 GUNICORN = ROOT / "examples" / "gunicorn" / "spec.toml"
 

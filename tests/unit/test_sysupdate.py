@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from support import REFUSAL_LINE, T0, healthy_socket, outcome, probe_series, reattach, scenario_run
 
-from vm.scenarios.catalogue import get_scenario
-from vm.scenarios.checks import refused_problems
-from vm.scenarios.verdict import FAIL, REFUSAL_REASON, REFUSED, verdict_of
-from vm.systemd.quirks import reattach_target
-from vm.systemd.sysupdate import SysupdateSetup, sha256sums_command
+from pytest_portable_upgrade.scenarios.catalogue import get_scenario
+from pytest_portable_upgrade.scenarios.checks import refused_problems
+from pytest_portable_upgrade.scenarios.verdict import FAIL, REFUSAL_REASON, REFUSED, verdict_of
+from pytest_portable_upgrade.systemd.quirks import reattach_target
+from pytest_portable_upgrade.systemd.sysupdate import SysupdateSetup, sha256sums_command
 
 # What systemd-sysupdate's download helper prints when a url-file download does not match the
 # digest in SHA256SUMS. sysupdate runs `systemd-pull raw --direct --verify=<sha256> URL PATH`;
@@ -113,7 +113,7 @@ def test_refused_verdict_catches_a_tampered_version_going_live() -> None:
 
 @pytest.mark.parametrize(("major", "suffix"), [(254, ".conf"), (256, ".conf"), (257, ".transfer")])
 def test_transfer_file_suffix_follows_the_systemd_version(major: int, suffix: str) -> None:
-    from vm.systemd.quirks import sysupdate_transfer_suffix
+    from pytest_portable_upgrade.systemd.quirks import sysupdate_transfer_suffix
 
     setup = SysupdateSetup("dir", "x", transfer_suffix=sysupdate_transfer_suffix(major),
                            name="portable-walkthrough")

@@ -7,7 +7,12 @@ import json
 import pytest
 from support import answer, failure
 
-from vm.load.timeline import ProbeRecord, Timeline, parse_probe_log, parse_probe_skips
+from pytest_portable_upgrade.load.timeline import (
+    ProbeRecord,
+    Timeline,
+    parse_probe_log,
+    parse_probe_skips,
+)
 
 
 def line(**fields: object) -> str:
@@ -172,8 +177,8 @@ def test_answered_seconds_of() -> None:
 
 
 def test_dead_since_counts_only_failures_after_the_reattach() -> None:
-    from vm.load.load import dead_since
-    from vm.load.timeline import ProbeRecord
+    from pytest_portable_upgrade.load.load import dead_since
+    from pytest_portable_upgrade.load.timeline import ProbeRecord
 
     ok = [ProbeRecord(t=100.0 + i, latency_ms=5, status=200, greeting="Hola", visitor=i)
           for i in range(3)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vm.subject.user_checks import ROOT, run_user_checks
+from pytest_portable_upgrade.subject.user_checks import ROOT, run_user_checks
 
 CHECKS = '''
 def test_passes(host, run_record):
@@ -66,6 +66,7 @@ def test_a_check_that_does_not_import_fails(tmp_path: Path) -> None:
 
 
 def test_the_plugin_is_importable_from_the_path_it_is_given() -> None:
-    """The users' pytest process imports the plugin (``-p vm.subject.user_checks``) from ROOT,
-    whatever its working directory: ROOT is the repository."""
+    """The users' pytest process imports the plugin
+    (``-p pytest_portable_upgrade.subject.user_checks``)
+    from ROOT, whatever its working directory: ROOT is the repository."""
     assert (ROOT / "vm" / "subject" / "user_checks.py").is_file()

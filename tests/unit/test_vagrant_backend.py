@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from vm.boxes.builder import BuiltBox
-from vm.boxes.recipes import get_box
-from vm.core.config import Settings
-from vm.core.errors import HarnessError
-from vm.machine import vagrant_backend
-from vm.machine.vagrant_backend import PORT_ATTEMPTS, VagrantVM, port_clash
+from pytest_portable_upgrade.boxes.builder import BuiltBox
+from pytest_portable_upgrade.boxes.recipes import get_box
+from pytest_portable_upgrade.core.config import Settings
+from pytest_portable_upgrade.core.errors import HarnessError
+from pytest_portable_upgrade.machine import vagrant_backend
+from pytest_portable_upgrade.machine.vagrant_backend import PORT_ATTEMPTS, VagrantVM, port_clash
 
 QEMU = shutil.which("qemu-system-x86_64")
 

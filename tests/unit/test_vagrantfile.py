@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vm.machine.vagrantfile import VagrantfileSpec, render
+from pytest_portable_upgrade.machine.vagrantfile import VagrantfileSpec, render
 
 KEY = Path("/var/lib/portable-walkthrough-tests/keys/id_ed25519")
 
@@ -162,7 +162,7 @@ def test_ruby_accepts_the_syntax(tmp_path: Path, accel: str) -> None:
 
 
 def test_a_box_built_here_boots_its_own_kernel_directly() -> None:
-    from vm.boxes.builder import KERNEL_CMD_LINE
+    from pytest_portable_upgrade.boxes.builder import KERNEL_CMD_LINE
 
     text = render(spec(kernel=Path("/s/boxes/b.box.vmlinuz"), initrd=Path("/s/boxes/b.box.initrd"),
                        cmd_line=KERNEL_CMD_LINE))

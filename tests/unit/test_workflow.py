@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vm.boxes.fedora import FEDORA_RELEASES
-from vm.boxes.provision import provision_commands
-from vm.boxes.recipes import BOXES, get_box
+from pytest_portable_upgrade.boxes.fedora import FEDORA_RELEASES
+from pytest_portable_upgrade.boxes.provision import provision_commands
+from pytest_portable_upgrade.boxes.recipes import BOXES, get_box
 
 WORKFLOW = Path(__file__).resolve().parents[2] / ".github" / "workflows" / "nightly.yml"
 CHECKER = shutil.which("check-jsonschema")
@@ -52,7 +52,7 @@ def test_each_box_runs_the_readme_command_and_uploads_results() -> None:
     assert 'tox -e integration -- --box "${{ matrix.box }}"' in runs
     assert any(str(step.get("uses", "")).startswith("actions/upload-artifact") for step in steps)
     report = " ".join(str(s.get("run", "")) for s in workflow()["jobs"]["report"]["steps"])  # type: ignore[index]
-    assert "python -m vm.report.matrix join" in report
+    assert "python -m pytest_portable_upgrade.report.matrix join" in report
 
 
 def test_nightly_is_scheduled() -> None:

@@ -9,12 +9,18 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from vm.boxes.recipes import DEBIAN_MIRROR, BoxRecipe
-from vm.core.cache import checksum_ok, file_sha256, locked, recipe_hash, write_checksum
-from vm.core.errors import HarnessError, PrerequisiteMissing
-from vm.core.host import pool_volumes, remove_libvirt_leftovers
-from vm.core.log import log
-from vm.core.proc import run_logged
+from pytest_portable_upgrade.boxes.recipes import DEBIAN_MIRROR, BoxRecipe
+from pytest_portable_upgrade.core.cache import (
+    checksum_ok,
+    file_sha256,
+    locked,
+    recipe_hash,
+    write_checksum,
+)
+from pytest_portable_upgrade.core.errors import HarnessError, PrerequisiteMissing
+from pytest_portable_upgrade.core.host import pool_volumes, remove_libvirt_leftovers
+from pytest_portable_upgrade.core.log import log
+from pytest_portable_upgrade.core.proc import run_logged
 
 # The two scripts' names and bytes are the box's cache key (box_key): an edit rebuilds every
 # cached box and drops the guests saved from it. So their comments still name the paths from
@@ -250,7 +256,7 @@ def prune_old_boxes(recipe_name: str, keep: str, env: dict[str, str]) -> list[st
 
 def fetch_box(recipe: BoxRecipe, state_dir: Path, provider: str) -> BuiltBox:
     """A downloaded box (Fedora, from its own servers, verified): vm/boxes/fedora_box.py."""
-    from vm.boxes.fedora_box import fetch  # imports this module
+    from pytest_portable_upgrade.boxes.fedora_box import fetch  # imports this module
 
     if provider not in recipe.providers:
         raise HarnessError(

@@ -31,9 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vm.core.cache import file_sha256
-from vm.core.errors import HarnessError, PrerequisiteMissing
-from vm.core.log import log
+from pytest_portable_upgrade.core.cache import file_sha256
+from pytest_portable_upgrade.core.errors import HarnessError, PrerequisiteMissing
+from pytest_portable_upgrade.core.log import log
 
 KEY_DIR = Path(__file__).with_name("keys")
 MIRROR = "https://download.fedoraproject.org/pub/fedora/linux/releases"

@@ -25,24 +25,29 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from vm.boxes.builder import (
+from pytest_portable_upgrade.boxes.builder import (
     BuiltBox,
     _vagrant_has_box,
     ensure_ssh_key,
     pool_base_prefix,
     vagrant_env,
 )
-from vm.boxes.fedora import FEDORA_RELEASES, Downloader, fetch_verified_box, urllib_download
-from vm.boxes.provision import provision_commands
-from vm.boxes.recipes import BoxRecipe
-from vm.core.cache import recipe_hash
-from vm.core.config import Settings
-from vm.core.errors import HarnessError
-from vm.core.host import pool_volumes, remove_libvirt_leftovers
-from vm.core.log import log
-from vm.core.proc import run_logged
-from vm.machine.vagrant_backend import VagrantVM
-from vm.machine.vagrantfile import VagrantfileSpec, render
+from pytest_portable_upgrade.boxes.fedora import (
+    FEDORA_RELEASES,
+    Downloader,
+    fetch_verified_box,
+    urllib_download,
+)
+from pytest_portable_upgrade.boxes.provision import provision_commands
+from pytest_portable_upgrade.boxes.recipes import BoxRecipe
+from pytest_portable_upgrade.core.cache import recipe_hash
+from pytest_portable_upgrade.core.config import Settings
+from pytest_portable_upgrade.core.errors import HarnessError
+from pytest_portable_upgrade.core.host import pool_volumes, remove_libvirt_leftovers
+from pytest_portable_upgrade.core.log import log
+from pytest_portable_upgrade.core.proc import run_logged
+from pytest_portable_upgrade.machine.vagrant_backend import VagrantVM
+from pytest_portable_upgrade.machine.vagrantfile import VagrantfileSpec, render
 
 PROVISION_TIMEOUT_S = 1800.0
 

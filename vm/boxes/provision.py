@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import shlex
 
-from vm.boxes.recipes import BoxRecipe
+from pytest_portable_upgrade.boxes.recipes import BoxRecipe
 
 DNF_PACKAGES = ("httpd-tools", "haproxy", "python3", "procps-ng")
 # The first release whose systemd-portabled is in systemd-container, not systemd-udev.

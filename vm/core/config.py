@@ -9,8 +9,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vm.boxes.recipes import DEFAULT_BOX, get_box
-from vm.subject.spec import DEFAULT_SPEC
+from pytest_portable_upgrade.boxes.recipes import DEFAULT_BOX, get_box
+from pytest_portable_upgrade.subject.spec import DEFAULT_SPEC
 
 KEEP_VM_CHOICES = ("never", "on-error", "always")
 PROVIDER_CHOICES = ("libvirt", "virtualbox")

@@ -9,7 +9,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from vm.core.errors import PrerequisiteMissing
+from pytest_portable_upgrade.core.errors import PrerequisiteMissing
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

@@ -10,8 +10,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from vm.core.errors import HarnessError
-from vm.core.log import log
+from pytest_portable_upgrade.core.errors import HarnessError
+from pytest_portable_upgrade.core.log import log
 
 
 def _last_line(path: Path) -> str:

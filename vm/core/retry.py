@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from vm.core.errors import WaitTimeout
+from pytest_portable_upgrade.core.errors import WaitTimeout
 
 
 def retry(

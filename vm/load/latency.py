@@ -1,7 +1,7 @@
 """What the restart did to latency: the probe's requests in three windows around the switch.
 
-Pure functions over the probe's records (``vm.load.timeline``), the moment the reattach started
-and v2's first answer. A request belongs to the window its *send time* falls in:
+Pure functions over the probe's records (``pytest_portable_upgrade.load.timeline``), the moment the
+reattach started and v2's first answer. A request belongs to the window its *send time* falls in:
 
 - ``before``: from the load start to the reattach start;
 - ``switch``: from the reattach start to v2's first answer + ``SWITCH_TAIL_S`` (2 s: the queue
@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from vm.load.timeline import FAILURE_CLASSES, ProbeRecord, Timeline
+from pytest_portable_upgrade.load.timeline import FAILURE_CLASSES, ProbeRecord, Timeline
 
 WINDOWS = ("before", "switch", "after")
 SWITCH_TAIL_S = 2.0

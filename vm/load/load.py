@@ -13,12 +13,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vm.core.config import LoadSettings
-from vm.core.errors import GuestError
-from vm.load.ab import AbResult, ab_command, parse_ab_output
-from vm.load.long_lived import HolderSummary, parse_holder_log, summarise
-from vm.load.timeline import ProbeRecord, Timeline, parse_probe_log, parse_probe_skips
-from vm.machine.machine import Machine
+from pytest_portable_upgrade.core.config import LoadSettings
+from pytest_portable_upgrade.core.errors import GuestError
+from pytest_portable_upgrade.load.ab import AbResult, ab_command, parse_ab_output
+from pytest_portable_upgrade.load.long_lived import HolderSummary, parse_holder_log, summarise
+from pytest_portable_upgrade.load.timeline import (
+    ProbeRecord,
+    Timeline,
+    parse_probe_log,
+    parse_probe_skips,
+)
+from pytest_portable_upgrade.machine.machine import Machine
 
 GUEST_DIR = "/run/pwt"
 PROBE_SOURCE = Path(__file__).with_name("guest") / "probe.py"

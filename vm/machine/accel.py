@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from vm.core.errors import PrerequisiteMissing
-from vm.core.log import log
+from pytest_portable_upgrade.core.errors import PrerequisiteMissing
+from pytest_portable_upgrade.core.log import log
 
 PROBE_SECONDS = 20.0
 BANNER = b"Linux version"

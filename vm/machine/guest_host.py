@@ -21,7 +21,7 @@ from typing import Any
 from testinfra.backend.paramiko import ParamikoBackend
 from testinfra.host import Host
 
-from vm.machine.machine import Machine, SshTarget
+from pytest_portable_upgrade.machine.machine import Machine, SshTarget
 
 SSH_CONFIG_HOST = "pwt-guest"
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vm.core.errors import GuestError, HarnessError
-from vm.core.log import log
-from vm.core.retry import retry
+from pytest_portable_upgrade.core.errors import GuestError, HarnessError
+from pytest_portable_upgrade.core.log import log
+from pytest_portable_upgrade.core.retry import retry
 
 if TYPE_CHECKING:
     import paramiko

@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 from typing import IO
 
-from vm.core.host import list_domains, remove_libvirt_leftovers
-from vm.core.log import log
+from pytest_portable_upgrade.core.host import list_domains, remove_libvirt_leftovers
+from pytest_portable_upgrade.core.log import log
 
 RUN_DOMAIN = re.compile(r"^pwt-(\d{8}-\d{6}-[0-9a-f]{6})-")
 KEPT_MARKER = "KEPT"

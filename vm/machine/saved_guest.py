@@ -32,7 +32,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from vm.core.errors import HarnessError
+from pytest_portable_upgrade.core.errors import HarnessError
 
 # libvirt's qemu save image: "LibvirtQemudSave", then version, data_len, was_running,
 # compressed, cookieOffset and 14 unused uint32 (src/qemu/qemu_saveimage.h), then data_len

@@ -13,19 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vm.boxes.builder import BuiltBox, vagrant_env
-from vm.core.config import Settings
-from vm.core.errors import HarnessError
-from vm.core.host import (
+from pytest_portable_upgrade.boxes.builder import BuiltBox, vagrant_env
+from pytest_portable_upgrade.core.config import Settings
+from pytest_portable_upgrade.core.errors import HarnessError
+from pytest_portable_upgrade.core.host import (
     check_vagrant_prerequisites,
     free_port,
     random_mac,
     remove_libvirt_leftovers,
 )
-from vm.core.log import log
-from vm.core.proc import heartbeat, signals_deferred
-from vm.machine.machine import Machine, SshTarget, parse_ssh_config
-from vm.machine.saved_guest import (
+from pytest_portable_upgrade.core.log import log
+from pytest_portable_upgrade.core.proc import heartbeat, signals_deferred
+from pytest_portable_upgrade.machine.machine import Machine, SshTarget, parse_ssh_config
+from pytest_portable_upgrade.machine.saved_guest import (
     RunDomain,
     SavedGuest,
     domain_uuid,
@@ -42,7 +42,7 @@ from vm.machine.saved_guest import (
     virsh,
     write_vagrant_machine_id,
 )
-from vm.machine.vagrantfile import VagrantfileSpec, render
+from pytest_portable_upgrade.machine.vagrantfile import VagrantfileSpec, render
 
 # What qemu says when a port it was given is taken by the time it binds it (seen here with
 # qemu 7.2: the SSH forward of user networking, and the UDP tunnel's local address).

@@ -1,7 +1,8 @@
 """The systemd-version matrix: run the scenarios per box, join the summaries into one table.
 
-    python -m vm.report.matrix run [--boxes a,b] [--jobs N] [--timeout S] [-- PYTEST ARGS]
-    python -m vm.report.matrix join OUT_DIR SUMMARY.json...
+    python -m pytest_portable_upgrade.report.matrix run [--boxes a,b] [--jobs N] [--timeout S]
+        [-- PYTEST ARGS]
+    python -m pytest_portable_upgrade.report.matrix join OUT_DIR SUMMARY.json...
 
 ``run`` is what ``tox -e matrix`` does, ``join`` what the nightly workflow does.
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vm.boxes.recipes import LOCAL_BOXES, get_box
+from pytest_portable_upgrade.boxes.recipes import LOCAL_BOXES, get_box
 
 
 def load_summaries(paths: Sequence[Path]) -> list[dict[str, Any]]:
@@ -246,7 +247,7 @@ def _positive_seconds(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vm.report.matrix")
+    parser = argparse.ArgumentParser(prog="python -m pytest_portable_upgrade.report.matrix")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the integration suite per box, then join")
     run.add_argument("--boxes", default=",".join(LOCAL_BOXES))

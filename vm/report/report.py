@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vm.load.latency import WINDOWS, LatencyReport, latency_report
-from vm.load.load import LoadOutcome
-from vm.load.timeline import FAILURE_CLASSES
-from vm.systemd.portable import Upgrade
+from pytest_portable_upgrade.load.latency import WINDOWS, LatencyReport, latency_report
+from pytest_portable_upgrade.load.load import LoadOutcome
+from pytest_portable_upgrade.load.timeline import FAILURE_CLASSES
+from pytest_portable_upgrade.systemd.portable import Upgrade
 
 SUMMARY_COLUMNS = (
     ("scenario", "scenario"), ("systemd", "systemd_version"),

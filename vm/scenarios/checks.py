@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from vm.load.load import LoadOutcome
-from vm.load.timeline import ProbeRecord
-from vm.systemd.portable import Upgrade
+from pytest_portable_upgrade.load.load import LoadOutcome
+from pytest_portable_upgrade.load.timeline import ProbeRecord
+from pytest_portable_upgrade.systemd.portable import Upgrade
 
 
 @dataclass(frozen=True)

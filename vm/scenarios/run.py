@@ -13,25 +13,25 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from vm.core.config import Settings
-from vm.core.errors import GuestError
-from vm.core.log import log
-from vm.load.haproxy import HaproxyConfig, proxy_port_for
-from vm.load.load import GUEST_DIR, LoadOutcome, LoadRun
-from vm.scenarios.catalogue import Scenario
-from vm.scenarios.checks import SocketObservation
-from vm.subject.spec import Subject
-from vm.systemd import user_portable
-from vm.systemd.portable import PortableService, Upgrade
-from vm.systemd.quirks import (
+from pytest_portable_upgrade.core.config import Settings
+from pytest_portable_upgrade.core.errors import GuestError
+from pytest_portable_upgrade.core.log import log
+from pytest_portable_upgrade.load.haproxy import HaproxyConfig, proxy_port_for
+from pytest_portable_upgrade.load.load import GUEST_DIR, LoadOutcome, LoadRun
+from pytest_portable_upgrade.scenarios.catalogue import Scenario
+from pytest_portable_upgrade.scenarios.checks import SocketObservation
+from pytest_portable_upgrade.subject.spec import Subject
+from pytest_portable_upgrade.systemd import user_portable
+from pytest_portable_upgrade.systemd.portable import PortableService, Upgrade
+from pytest_portable_upgrade.systemd.quirks import (
     fdstore_preserve_missing,
     reattach_target,
     sysupdate_missing,
     sysupdate_transfer_suffix,
     user_attach_refused,
 )
-from vm.systemd.stop_start import clear_fd_store, stop_start_upgrade
-from vm.systemd.sysupdate import PIN_UNIT, ROLLOUT_UNIT, SysupdateSetup
+from pytest_portable_upgrade.systemd.stop_start import clear_fd_store, stop_start_upgrade
+from pytest_portable_upgrade.systemd.sysupdate import PIN_UNIT, ROLLOUT_UNIT, SysupdateSetup
 
 HAPROXY_UNIT = "pwt-haproxy.service"
 

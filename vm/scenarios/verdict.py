@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from vm.load.latency import latency_report, stall_problems
-from vm.load.load import LoadOutcome
-from vm.report.report import scenario_record
-from vm.scenarios.catalogue import Scenario
-from vm.scenarios.checks import (
+from pytest_portable_upgrade.load.latency import latency_report, stall_problems
+from pytest_portable_upgrade.load.load import LoadOutcome
+from pytest_portable_upgrade.report.report import scenario_record
+from pytest_portable_upgrade.scenarios.catalogue import Scenario
+from pytest_portable_upgrade.scenarios.checks import (
     counter_consistent,
     enough_load,
     explain_losses,
@@ -29,11 +29,11 @@ from vm.scenarios.checks import (
     socket_untouched,
     switched_cleanly,
 )
-from vm.scenarios.run import ScenarioRun
-from vm.subject.spec import Subject
-from vm.systemd import user_portable
-from vm.systemd.portable import ATTACHED_STATES, Upgrade
-from vm.systemd.quirks import CHECKSUM_REFUSALS
+from pytest_portable_upgrade.scenarios.run import ScenarioRun
+from pytest_portable_upgrade.subject.spec import Subject
+from pytest_portable_upgrade.systemd import user_portable
+from pytest_portable_upgrade.systemd.portable import ATTACHED_STATES, Upgrade
+from pytest_portable_upgrade.systemd.quirks import CHECKSUM_REFUSALS
 
 # How a url-file download whose bytes do not match SHA256SUMS is refused: the exact words of
 # systemd-pull, which differ between versions (vm/systemd/quirks.py CHECKSUM_REFUSALS).

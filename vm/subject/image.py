@@ -8,12 +8,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vm.boxes.recipes import DEBIAN_MIRROR
-from vm.core.cache import checksum_ok, locked, recipe_hash, write_checksum
-from vm.core.errors import PrerequisiteMissing
-from vm.core.log import log
-from vm.core.proc import run_logged
-from vm.subject.spec import Subject
+from pytest_portable_upgrade.boxes.recipes import DEBIAN_MIRROR
+from pytest_portable_upgrade.core.cache import checksum_ok, locked, recipe_hash, write_checksum
+from pytest_portable_upgrade.core.errors import PrerequisiteMissing
+from pytest_portable_upgrade.core.log import log
+from pytest_portable_upgrade.core.proc import run_logged
+from pytest_portable_upgrade.subject.spec import Subject
 
 # Its name and bytes are in every image set's cache key.
 BUILD_SCRIPT = Path(__file__).resolve().with_name("build-image.sh")

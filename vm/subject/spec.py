@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vm.core.errors import HarnessError
+from pytest_portable_upgrade.core.errors import HarnessError
 
 if TYPE_CHECKING:
-    from vm.scenarios.catalogue import Scenario
+    from pytest_portable_upgrade.scenarios.catalogue import Scenario
 
 PORTABLES = "/var/lib/portables"
 DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "images" / "walkthrough.toml"
@@ -394,7 +394,7 @@ def _build(spec: Path, table: dict[str, Any]) -> Build:
 
 def _check_scenarios(subject: Subject) -> None:
     """Every pattern names a scenario; one named outright must be one the subject can run."""
-    from vm.scenarios.catalogue import SCENARIOS
+    from pytest_portable_upgrade.scenarios.catalogue import SCENARIOS
 
     ids = [s.id for s in SCENARIOS]
     for pattern in subject.scenarios:

@@ -11,7 +11,7 @@ plugin. A separate process keeps a user's conftest, plugins or a crash out of th
 session. Each failure becomes one line in the run record, and ``verdict_of`` lists it as a
 problem: a failing user check fails its scenario.
 
-This module is also that pytest plugin (``-p vm.subject.user_checks``).
+This module is also that pytest plugin (``-p pytest_portable_upgrade.subject.user_checks``).
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def run_user_checks(directory: Path, hostspec: str, ssh_config: Path | None,
     junit.unlink(missing_ok=True)
     command = [sys.executable, "-m", "pytest", str(directory), "-c", str(out_dir / "pytest.ini"),
                "--rootdir", str(directory), "--confcutdir", str(directory),
-               "-p", "no:cacheprovider", "-p", "vm.subject.user_checks", f"--hosts={hostspec}",
+               "-p", "no:cacheprovider", "-p", "pytest_portable_upgrade.subject.user_checks",
+               f"--hosts={hostspec}",
                f"--junitxml={junit}", "-q", "-rfE"]
     if ssh_config is not None:
         command += [f"--ssh-config={ssh_config}", "--sudo"]

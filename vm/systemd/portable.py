@@ -10,14 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vm.core.errors import GuestError, HarnessError
-from vm.core.log import log
-from vm.load.load import GUEST_DIR, PROBE_SOURCE
-from vm.machine.machine import Machine
-from vm.subject.image import PortableImages
-from vm.subject.spec import DROPIN_PREFIX, PORTABLES, Subject
-from vm.systemd import sysupdate
-from vm.systemd.quirks import reattach_target
+from pytest_portable_upgrade.core.errors import GuestError, HarnessError
+from pytest_portable_upgrade.core.log import log
+from pytest_portable_upgrade.load.load import GUEST_DIR, PROBE_SOURCE
+from pytest_portable_upgrade.machine.machine import Machine
+from pytest_portable_upgrade.subject.image import PortableImages
+from pytest_portable_upgrade.subject.spec import DROPIN_PREFIX, PORTABLES, Subject
+from pytest_portable_upgrade.systemd import sysupdate
+from pytest_portable_upgrade.systemd.quirks import reattach_target
 
 STASH = "/var/lib/pwt-images"  # every uploaded image set, by socket location
 # A host drop-in that selects a scenario's shutdown mode (drop-ins apply to portable units).

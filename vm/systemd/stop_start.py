@@ -15,9 +15,15 @@ from __future__ import annotations
 
 import shlex
 
-from vm.subject.spec import Subject
-from vm.systemd.portable import PRESERVE_LINE, PortableService, Upgrade, parse_timed, timed
-from vm.systemd.quirks import reattach_target
+from pytest_portable_upgrade.subject.spec import Subject
+from pytest_portable_upgrade.systemd.portable import (
+    PRESERVE_LINE,
+    PortableService,
+    Upgrade,
+    parse_timed,
+    timed,
+)
+from pytest_portable_upgrade.systemd.quirks import reattach_target
 
 # PRESERVE_LINE, the drop-in line that keeps the fd store across a stop (254+; quirks.py), is
 # written by portable.py's dropin_files into the shutdown mode's drop-in; named here too,

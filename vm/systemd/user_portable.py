@@ -29,12 +29,12 @@ from __future__ import annotations
 import shlex
 import time
 
-from vm.core.errors import GuestError
-from vm.core.log import log
-from vm.machine.machine import Machine
-from vm.subject.image import USER_STASH
-from vm.subject.spec import DROPIN_PREFIX, Subject
-from vm.systemd.portable import (
+from pytest_portable_upgrade.core.errors import GuestError
+from pytest_portable_upgrade.core.log import log
+from pytest_portable_upgrade.machine.machine import Machine
+from pytest_portable_upgrade.subject.image import USER_STASH
+from pytest_portable_upgrade.subject.spec import DROPIN_PREFIX, Subject
+from pytest_portable_upgrade.systemd.portable import (
     ATTACHED_STATES,
     CLEAN_WORDS,
     STASH,
@@ -48,7 +48,7 @@ from vm.systemd.portable import (
     unclean,
     write_files_script,
 )
-from vm.systemd.quirks import (
+from pytest_portable_upgrade.systemd.quirks import (
     user_portables_kernel_too_old,
     user_portables_missing,
     user_portables_polkit_too_old,
