@@ -1,7 +1,8 @@
 """vm/load/journal.py: the restart gap from the service manager's journal lines.
 
 The journal_*.jsonl samples are written by hand in the shape of ``journalctl -o json`` with
-systemd 252's messages (see tests/unit/data/README.md)."""
+systemd 252's messages (see tests/unit/data/README.md); journal_reattach.jsonl carries the
+times of the probe_restart recording, so both gaps can be compared."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pytest_portable_upgrade.load.journal import (
     journal_restart_gap,
     parse_journal_json,
 )
+from pytest_portable_upgrade.load.latency import probe_restart_gap
+from pytest_portable_upgrade.load.timeline import Timeline, parse_probe_log
 
 UNIT = "portable-walkthrough.service"
 
@@ -50,6 +53,20 @@ def test_without_the_load_start_the_attach_before_it_is_not_taken_for_the_restar
     gap = journal_restart_gap(entries, UNIT)
     assert gap is not None and gap.seconds == pytest.approx(1.4738, abs=1e-4)
     assert journal_restart_gap(entries, UNIT, after=1795770307.2) is None
+
+
+def test_the_journal_gap_agrees_with_the_probes() -> None:
+    """The same restart seen two ways (probe_restart's times): v1 gone at SIGTERM + 22 ms,
+    v2 started 1.5 s after the SIGTERM; the probe's first waiting request was sent 60 ms after
+    the SIGTERM and answered as v2 began serving."""
+    meta = json.loads((DATA / "probe_restart.meta.json").read_text())
+    tl = Timeline.build(parse_probe_log((DATA / "probe_restart.jsonl").read_text()),
+                        meta["t0"], "Hello", "Hola")
+    probe = probe_restart_gap(tl, meta["reattach_started"])
+    journal = journal_restart_gap(sample("reattach"), UNIT, after=meta["t0"])
+    assert probe is not None and journal is not None
+    assert probe[1] - probe[0] == pytest.approx(journal.seconds, abs=0.1)
+    assert probe[0] == pytest.approx(journal.gone.at, abs=0.1)
 
 
 def test_by_words_when_the_lines_carry_no_message_id() -> None:
