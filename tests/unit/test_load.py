@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
-from support import WALKTHROUGH
+from support import DATA, WALKTHROUGH
 
 from pytest_portable_upgrade.core.config import LoadSettings
 from pytest_portable_upgrade.core.errors import GuestError
+from pytest_portable_upgrade.load.kernel import NETSTAT
 from pytest_portable_upgrade.load.load import (
     AB_UNIT,
     GUEST_DIR,
@@ -23,23 +26,34 @@ from pytest_portable_upgrade.load.load import (
 )
 from pytest_portable_upgrade.machine.machine import CommandResult
 
+NETSTAT_HOST = (DATA / "netstat_host.txt").read_text()
+NETSTAT_OVERFLOW = (DATA / "netstat_overflow.txt").read_text()
+
 
 class RecordingMachine:
-    """Answers each ``date +%s.%N`` in a command with the next epoch, records every command,
-    and plays back scripted ``execute`` answers."""
+    """Answers each ``date +%s.%N`` in a command with the next epoch, each ``echo
+    PWT-SECTION:name`` with its line and ``cat /proc/net/netstat`` with ``netstat`` (in the
+    command's order), records every command, and plays back scripted ``execute`` answers."""
 
-    def __init__(self, answers: list[str] | None = None) -> None:
+    def __init__(self, answers: list[str] | None = None, netstat: str = NETSTAT_HOST) -> None:
         self.commands: list[str] = []
         self.answers = answers or []
         self.clock = 1700000000.5
+        self.netstat = netstat
 
     def succeed(self, command: str, timeout: float = 120.0) -> str:
         self.commands.append(command)
-        stamps = []
-        for _ in range(command.count("date +%s.%N")):
-            stamps.append(f"{self.clock}\n")
-            self.clock += 0.25
-        return "".join(stamps)
+        out = []
+        pattern = rf"date \+%s\.%N|echo ({re.escape(SECTION)}[\w-]+)|cat {re.escape(NETSTAT)}"
+        for match in re.finditer(pattern, command):
+            if match.group(0).startswith("date"):
+                out.append(f"{self.clock}\n")
+                self.clock += 0.25
+            elif match.group(1):
+                out.append(f"{match.group(1)}\n")
+            else:
+                out.append(self.netstat)
+        return "".join(out)
 
     def execute(self, command: str, timeout: float = 120.0) -> CommandResult:
         self.commands.append(command)
@@ -145,3 +159,86 @@ def test_ab_that_ignores_sigint_is_an_error_naming_it() -> None:
     run = load_run(machine)
     with pytest.raises(GuestError, match="ab did not exit within 60 s of SIGINT"):
         run.stop("Hello", "Hola")
+
+
+AB_REPORT = (DATA / "ab_clean.txt").read_text()
+JOURNAL = (DATA / "journal_reattach.jsonl").read_text()
+UNIT = "portable-walkthrough.service"
+
+
+def stop_answer(netstat: str = NETSTAT_OVERFLOW, journal: str | None = None) -> str:
+    """What the guest prints for LoadRun.stop: the clock, then each section."""
+    read = "" if journal is None else f"{SECTION}journal\n{journal}"
+    return (f"1795770313.0\n{SECTION}netstat\n{netstat}{read}{SECTION}ab\n{AB_REPORT}\n"
+            f"{SECTION}probe\n{PROBE_LINE}\n{SECTION}holders\n")
+
+
+def test_start_reads_the_kernel_counters_before_the_clients_start() -> None:
+    machine = RecordingMachine()
+    run = load_run(machine)
+    run.start()
+    command = machine.commands[-1]
+    assert command.index(f"cat {NETSTAT}") < command.index("date +%s.%N") \
+        < command.index(f"--unit={PROBE_UNIT}")
+    # In a section of their own, not mixed with the clocks.
+    assert f"echo {SECTION}netstat; cat {NETSTAT} 2>/dev/null; echo {SECTION}clocks;" in command
+
+
+def test_stop_gives_the_counters_change_over_the_load() -> None:
+    machine = RecordingMachine([stop_answer()])
+    run = load_run(machine)
+    run.start()
+    out = run.stop("Hello", "Hola")
+    command = machine.commands[-1]
+    # After the clients are stopped, in the same round trip as ab's report.
+    assert command.index("systemctl stop $u") < command.index(f"cat {NETSTAT}") \
+        < command.index(f"cat {GUEST_DIR}/ab.out")
+    assert out.tcp == {"listen_overflows": 37, "listen_drops": 37, "tcp_syn_retrans": 52}
+    assert out.ab.complete > 0 and len(out.timeline.records) == 1
+
+
+def test_counters_not_read_on_one_side_are_none() -> None:
+    machine = RecordingMachine([stop_answer(netstat="")], netstat=NETSTAT_HOST)
+    run = load_run(machine)
+    run.start()
+    assert run.stop("Hello", "Hola").tcp == dict.fromkeys(out_keys())
+    machine = RecordingMachine([stop_answer()], netstat="")
+    run = load_run(machine)
+    run.start()
+    assert run.stop("Hello", "Hola").tcp == dict.fromkeys(out_keys())
+
+
+def out_keys() -> list[str]:
+    return ["listen_overflows", "listen_drops", "tcp_syn_retrans"]
+
+
+def test_the_journal_is_read_only_when_the_service_unit_is_named() -> None:
+    machine = RecordingMachine([stop_answer()])
+    run = load_run(machine)
+    run.start()
+    out = run.stop("Hello", "Hola")
+    assert "journalctl" not in machine.commands[-1]
+    assert (out.journal_read, out.journal_gap) == (False, None)
+
+
+def test_stop_reads_the_service_journal_since_the_load_start() -> None:
+    # --since takes whole seconds: a restart just before the load start (the previous
+    # scenario's) can come back too, and is not this load's.
+    before_load = ((1795770304_050000, f"{UNIT}: Deactivated successfully."),
+                   (1795770304_100000, f"Started {UNIT}."))
+    earlier = "".join(json.dumps({"__REALTIME_TIMESTAMP": str(us), "MESSAGE": m, "UNIT": UNIT})
+                      + "\n" for us, m in before_load)
+    machine = RecordingMachine([stop_answer(journal=earlier + JOURNAL)])
+    machine.clock = 1795770304.1376  # probe_restart's load start, as journal_reattach's
+    run = LoadRun(machine, LoadSettings(), keepalive=False,  # type: ignore[arg-type]
+                  url="http://127.0.0.1:8080/", probe_port=8080,
+                  client_args=WALKTHROUGH.client_args(), service_unit=UNIT)
+    run.start()
+    out = run.stop("Hello", "Hola")
+    command = machine.commands[-1]
+    assert f"--since @1795770304 -n 500 UNIT={UNIT} + USER_UNIT={UNIT}" in command
+    assert command.index("journalctl") < command.index(f"cat {GUEST_DIR}/ab.out")
+    assert out.journal_read and out.journal_gap is not None
+    assert out.journal_gap.seconds == pytest.approx(1.4738, abs=1e-4)
+    # The attach's "Started" before the load start is not the restart's.
+    assert out.journal_gap.gone.at > run.started

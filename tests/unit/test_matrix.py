@@ -317,3 +317,29 @@ def test_load_summaries_reads_the_skipped_scenarios_too(tmp_path: Path) -> None:
         {"scenarios": [row("y", "debian-trixie", 257, "pass")]}))  # before "skipped" existed
     rows = load_summaries([tmp_path / "a.json", tmp_path / "old.json"])
     assert [r["scenario"] for r in rows] == ["y", "y", "x"]
+
+
+def test_a_cell_names_the_kernels_overflows_and_drops_when_there_were_any() -> None:
+    rows = [row("a", "debian-bookworm", 252, "pass", listen_overflows=0, listen_drops=0),
+            row("a", "debian-trixie", 257, "FAIL", 3, listen_overflows=12, listen_drops=14),
+            row("b", "debian-trixie", 257, "pass", listen_overflows=None, listen_drops=None)]
+    cells = {(r["scenario"], col): cell for r in build_matrix(rows)["rows"]
+             for col, cell in r["cells"].items()}
+    assert cells[("a", "debian-bookworm (systemd 252)")] == "pass (0 failed / 1000)"
+    assert cells[("a", "debian-trixie (systemd 257)")] == (
+        "FAIL (3 failed / 1000, 12 listen overflows, 14 listen drops)")
+    assert cells[("b", "debian-trixie (systemd 257)")] == "pass (0 failed / 1000)"  # not read
+
+
+def test_an_old_summary_with_the_latency_band_keys_still_joins(tmp_path: Path) -> None:
+    """Summaries written before the kernel's counters: syn_retransmit_* and the windows'
+    syn_1s / syn_3s are ignored, the new keys are absent."""
+    old = row("host-socket-keepalive-naive", "debian-bookworm", 252, "pass",
+              syn_retransmit_1s=4, syn_retransmit_3s=0,
+              latency={"switch": {"requests": 40, "syn_1s": 4, "syn_3s": 0}})
+    (tmp_path / "old.json").write_text(json.dumps({"scenarios": [old]}))
+    out = tmp_path / "out"
+    assert main(["join", str(out), str(tmp_path / "old.json")]) == 0
+    text = (out / "matrix.md").read_text()
+    assert "| host-socket-keepalive-naive | pass (0 failed / 1000) |" in text
+    assert "SYN" not in text and "retransmit" not in text

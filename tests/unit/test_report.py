@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -19,8 +20,11 @@ from support import (
     reattach,
 )
 
+from pytest_portable_upgrade.load.journal import JournalEntry, RestartGap
 from pytest_portable_upgrade.report.report import (
+    HOST_SOCKET_COLUMNS,
     SUMMARY_COLUMNS,
+    host_socket_table,
     latency_table,
     markdown_table,
     plot_timeline,
@@ -55,7 +59,11 @@ def test_scenario_record_values() -> None:
     assert rec["longest_gap_ms"] == 200.0
     assert rec["max_latency_ms"] == 4.0
     assert rec["ab_command"].startswith("ab -l -r")
-    assert rec["syn_retransmit_1s"] == rec["syn_retransmit_3s"] == 0
+    # Not read (a fake outcome), and no probe request waited: None, never 0.
+    assert [rec[k] for k in ("listen_overflows", "listen_drops", "tcp_syn_retrans",
+                             "restart_gap_journal_s", "restart_gap_journal_at_s",
+                             "restart_gap_probe_s", "restart_gap_probe_at_s")] == [None] * 7
+    assert not [k for k in rec if "syn_retransmit" in k]
     assert rec["probe_not_sent"] == 0 and rec["probe_sent_per_s"] == 5.0
     windows = rec["latency"]
     assert list(windows) == ["before", "switch", "after"]
@@ -65,6 +73,54 @@ def test_scenario_record_values() -> None:
     assert [windows[w]["requests"] for w in windows] == [24, 17, 108]
     assert windows["before"]["p99_ms"] == 4.0
     json.dumps(rec)  # summary.json must be able to hold it
+
+
+def measured_outcome() -> Any:
+    """The clean run, but the host socket held the probe's requests from +5.4 s until v2
+    answered at +6.9 s, the journal saw v1 gone at +5.38 s and v2 started at +6.5 s, and the
+    kernel counted 3 overflows."""
+    records = [r for r in clean_records() if not 5.4 <= r.t - T0 < 7.0]
+    records += [answer(T0 + 5.4, "Hola", 990, latency_ms=1500.0),
+                answer(T0 + 5.6, "Hola", 991, latency_ms=1302.0)]
+    gap = RestartGap(JournalEntry(T0 + 5.38, "x.service: Deactivated successfully."),
+                     JournalEntry(T0 + 6.5, "Started x.service."))
+    return dataclasses.replace(
+        outcome(sorted(records, key=lambda r: r.t)), journal_gap=gap, journal_read=True,
+        tcp={"listen_overflows": 3, "listen_drops": 3, "tcp_syn_retrans": 0})
+
+
+def test_scenario_record_has_the_kernel_counts_and_both_restart_gaps() -> None:
+    rec = record(outcome=measured_outcome())
+    assert (rec["listen_overflows"], rec["listen_drops"], rec["tcp_syn_retrans"]) == (3, 3, 0)
+    assert (rec["restart_gap_probe_s"], rec["restart_gap_probe_at_s"]) == (1.5, 5.4)
+    assert (rec["restart_gap_journal_s"], rec["restart_gap_journal_at_s"]) == (1.12, 5.38)
+    json.dumps(rec)
+
+
+def test_the_host_socket_table_gives_both_gaps_and_the_counts() -> None:
+    table = host_socket_table([record("a"), record("b", outcome=measured_outcome()),
+                               {"scenario": "old-row"}])
+    lines = table.splitlines()
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert head == ["scenario", *(title for title, _ in HOST_SOCKET_COLUMNS)]
+    rows = {r[0]: dict(zip(head, r, strict=True))
+            for r in ([c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:])}
+    assert rows["b"] == {"scenario": "b", "restart gap (journal) s": "1.12",
+                         "restart gap (probe) s": "1.50", "listen overflows": "3",
+                         "listen drops": "3", "SYN/SYN-ACK retransmits": "0"}
+    # Not measured is "-", never 0; a row of an older run has none of the keys.
+    assert set(rows["a"].values()) - {"a"} == {"-"} and set(rows["old-row"].values()) == {
+        "old-row", "-"}
+
+
+def test_no_latency_column_claims_a_retransmit() -> None:
+    head = latency_table([record("a")]).splitlines()[0]
+    assert "SYN" not in head and "retrans" not in head.lower()
+    # An old summary.json row whose windows still have syn_1s / syn_3s renders as well.
+    old = record("old")
+    for w in old["latency"].values():
+        w.update(syn_1s=4, syn_3s=0)
+    assert latency_table([old]).splitlines()[2].count("|") == head.count("|")
 
 
 def test_scenario_record_without_switch() -> None:
@@ -140,6 +196,7 @@ def test_write_summary(tmp_path: Path) -> None:
     assert markdown_table(records) in md
     assert "- box: 12.0 s" in md and "- boot: 92.3 s" in md
     assert "## What the restart did to latency" in md and latency_table(records) in md
+    assert "## What the host socket held" in md and host_socket_table(records) in md
     assert data["scenarios"][0]["latency"]["switch"]["from_s"] == 5.0
 
 
@@ -248,12 +305,32 @@ def test_timeline_shows_the_three_windows_with_their_numbers() -> None:
     assert labels[1] == "reattach to v2 + 2 s\np99 4 ms, 1 failed"
 
 
-def test_timeline_names_syn_steps_in_their_window() -> None:
+def test_timeline_labels_claim_no_retransmit_from_latencies() -> None:
+    """A request answered in 1.04 s is in the band the old labels called a SYN step."""
     records = clean_records()
     records[27] = answer(records[27].t, "Hello", 700, latency_ms=1040.0)
     labels = window_labels(outcome(records))
-    assert labels[1].endswith("SYN step 1 s: 1, 3 s: 0")
-    assert "SYN" not in labels[0] + labels[2]
+    assert not [label for label in labels if "SYN" in label]
+
+
+def test_timeline_title_gives_both_gaps_and_the_kernels_counts() -> None:
+    import matplotlib.pyplot as plt
+
+    fig = timeline_figure("t", measured_outcome(), reattach())
+    try:
+        title = fig.axes[0].get_title()
+    finally:
+        plt.close(fig)
+    assert title.splitlines()[-1] == (
+        "restart gap: journal 1.12 s, probe 1.50 s; kernel: 3 listen overflows, 3 drops, "
+        "0 SYN/SYN-ACK retransmits")
+    fig = timeline_figure("t", outcome(clean_records()), reattach())
+    try:
+        assert fig.axes[0].get_title().splitlines()[-1] == (
+            "restart gap: journal -, probe -; kernel: - listen overflows, - drops, "
+            "- SYN/SYN-ACK retransmits")
+    finally:
+        plt.close(fig)
 
 
 def test_timeline_without_a_switch_has_no_after_window() -> None:

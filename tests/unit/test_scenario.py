@@ -209,8 +209,10 @@ SCHEMA = (
     "scenario", "box", "systemd_version", "keepalive", "proxy", "socket_location", "complete",
     "failed", "failed_connect", "failed_receive", "failed_length", "failed_exceptions",
     "non_2xx", "switched", "switch_at_s", "reattach_s", "max_latency_ms", "longest_gap_ms",
-    "counter_ok", "verdict", "expect", "shutdown", "profile", "latency", "syn_retransmit_1s",
-    "syn_retransmit_3s", "longest_gap_at_s", "probe_sent_per_s", "probe_not_sent",
+    "counter_ok", "verdict", "expect", "shutdown", "profile", "latency", "longest_gap_at_s",
+    "probe_sent_per_s", "probe_not_sent", "listen_overflows", "listen_drops", "tcp_syn_retrans",
+    "restart_gap_probe_s", "restart_gap_probe_at_s", "restart_gap_journal_s",
+    "restart_gap_journal_at_s",
 )
 
 

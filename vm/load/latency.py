@@ -12,18 +12,17 @@ reattach started and v2's first answer. A request belongs to the window its *sen
 
 For each window: p50, p99 and max latency of the *answered* requests (a failed request's
 latency is the time to its failure, not a service time: failures are counted by class
-instead), the failures by class, the slots the probe did not send (its in-flight bound was
-full), and the requests that show the kernel's SYN-retransmit step.
+instead), the failures by class and the slots the probe did not send (its in-flight bound was
+full). Whether the kernel dropped SYNs is not guessed from latencies here (a queue draining
+after a restart passes through 1 s and 3 s as well): the kernel's own counters say it
+(``pytest_portable_upgrade.load.kernel``).
 
-SYN-retransmit step: when a listening socket's accept queue is full, Linux drops the SYN and
-the client retransmits it after 1 s, then after 2 s more (initial RTO 1 s, doubling), so such
-a request takes 1 s or 3 s *plus* its ordinary time. A request counts when its latency lies in
-``[1.0, 1.2)`` or ``[3.0, 3.2)`` s. The 200 ms above each step is the time for the rest of the
-request once the retransmitted SYN is accepted (tens of ms per request under TCG, a few queued
-requests); it is the same for both steps because nothing in it depends on which retransmit
-got through. A wider band would count ordinary queueing latencies that happen to pass 1 s;
-the count is a pointer to read the timeline, not proof: a queue draining through the band
-adds a few requests to it, a step adds a cluster (see tests/unit/data/README.md).
+The restart gap as the probe saw it (``probe_restart_gap``): from the send time of the first
+request that waited to v2's first answer. A request *waited* when it was sent at or after
+the reattach started and before v2's first answer, was answered by v2, and took more than
+``WAIT_MARGIN_MS`` (100 ms) longer than the p99 of v1's answers sent before the reattach: the
+host socket held it while no process accepted. The gap begins at most one probe interval
+(50 ms at 20/s) after the old process stopped accepting.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from pytest_portable_upgrade.load.timeline import FAILURE_CLASSES, ProbeRecord, 
 
 WINDOWS = ("before", "switch", "after")
 SWITCH_TAIL_S = 2.0
-SYN_STEP_BANDS_S = {"syn_1s": (1.0, 1.2), "syn_3s": (3.0, 3.2)}
+WAIT_MARGIN_MS = 100.0
 
 
 def percentile(sorted_values: list[float], p: float) -> float | None:
@@ -50,12 +49,6 @@ def percentile(sorted_values: list[float], p: float) -> float | None:
         return None
     rank = max(1, math.ceil(p / 100 * len(sorted_values)))
     return sorted_values[rank - 1]
-
-
-def syn_steps(records: list[ProbeRecord]) -> dict[str, int]:
-    """How many requests took one (``syn_1s``) or two (``syn_3s``) SYN retransmits."""
-    return {name: sum(low <= r.latency_ms / 1000 < high for r in records)
-            for name, (low, high) in SYN_STEP_BANDS_S.items()}
 
 
 @dataclass(frozen=True)
@@ -72,8 +65,6 @@ class WindowStats:
     max_ms: float | None
     failures: dict[str, int]
     not_sent: int
-    syn_1s: int
-    syn_3s: int
 
     @property
     def failed(self) -> int:
@@ -87,7 +78,6 @@ class WindowStats:
             "requests": self.requests, "answered": self.answered,
             "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "max_ms": self.max_ms,
             "failures": dict(self.failures), "not_sent": self.not_sent,
-            "syn_1s": self.syn_1s, "syn_3s": self.syn_3s,
         }
 
 
@@ -102,13 +92,11 @@ def window_stats(name: str, start: float | None, end: float | None,
     for r in mine:
         if (kind := r.failure_class) is not None:
             failures[kind] += 1
-    steps = syn_steps(mine)
     return WindowStats(
         name=name, start=start, end=end, requests=len(mine), answered=len(latencies),
         p50_ms=percentile(latencies, 50), p99_ms=percentile(latencies, 99),
         max_ms=latencies[-1] if latencies else None, failures=failures,
-        not_sent=sum(inside(t) for t in skipped), syn_1s=steps["syn_1s"],
-        syn_3s=steps["syn_3s"],
+        not_sent=sum(inside(t) for t in skipped),
     )
 
 
@@ -133,17 +121,10 @@ class LatencyReport:
     longest_gap_ms: float
     longest_gap_start: float | None  # guest epoch s
     sent_per_s: float | None
+    restart_gap: tuple[float, float] | None = None  # (from, to) guest epoch s: probe_restart_gap
 
     def window(self, name: str) -> WindowStats:
         return next(w for w in self.windows if w.name == name)
-
-    @property
-    def syn_1s(self) -> int:
-        return sum(w.syn_1s for w in self.windows)
-
-    @property
-    def syn_3s(self) -> int:
-        return sum(w.syn_3s for w in self.windows)
 
     @property
     def not_sent(self) -> int:
@@ -155,7 +136,10 @@ class LatencyReport:
             "longest_gap_ms": self.longest_gap_ms,
             "longest_gap_at_s": None if self.longest_gap_start is None
             else round(self.longest_gap_start - self.t0, 2),
-            "syn_retransmit_1s": self.syn_1s, "syn_retransmit_3s": self.syn_3s,
+            "restart_gap_probe_s": None if self.restart_gap is None
+            else round(self.restart_gap[1] - self.restart_gap[0], 2),
+            "restart_gap_probe_at_s": None if self.restart_gap is None
+            else round(self.restart_gap[0] - self.t0, 2),
             "probe_sent_per_s": self.sent_per_s, "probe_not_sent": self.not_sent,
             "latency": {w.name: w.as_dict(self.t0) for w in self.windows},
         }
@@ -175,7 +159,26 @@ def latency_report(timeline: Timeline, reattach_started: float, until: float) ->
     sends = sorted([r.t for r in records] + skipped)
     span = sends[-1] - sends[0] if len(sends) > 1 else 0.0
     rate = round((len(sends) - 1) / span, 1) if span > 0 else None
-    return LatencyReport(timeline.t0, windows, gap_ms, gap_start, rate)
+    return LatencyReport(timeline.t0, windows, gap_ms, gap_start, rate,
+                         probe_restart_gap(timeline, reattach_started))
+
+
+def probe_restart_gap(timeline: Timeline, reattach_started: float
+                      ) -> tuple[float, float] | None:
+    """(send time of the first request that waited, v2's first answer), guest epoch s; see
+    the module's docstring. None: v2 never answered, no answer of v1 before the reattach to
+    compare with, or no request waited."""
+    switch_at = timeline.switch_at
+    baseline = percentile(sorted(r.latency_ms for r in timeline.answered
+                                 if r.t < reattach_started and r.greeting == timeline.old), 99)
+    if switch_at is None or baseline is None:
+        return None
+    waited = [r for r in timeline.answered
+              if reattach_started <= r.t < switch_at and r.greeting == timeline.new
+              and r.latency_ms > baseline + WAIT_MARGIN_MS]
+    if not waited:
+        return None
+    return min(r.t for r in waited), switch_at
 
 
 def stall_problems(report: LatencyReport, max_stall_s: float | None) -> list[str]:

@@ -4,18 +4,36 @@ Both run as transient systemd units (``systemd-run``) with ``RuntimeMaxSec``, so
 client is killed by the guest's own service manager even if the harness is gone. ab's ``-t``
 is only the upper bound: the run is stopped (SIGINT: ab prints its report) once the new version
 has answered for a while, so the load provably spans the switch.
+
+The same round trips read the guest kernel's TCP counters (``kernel.NETSTAT``) before the load
+starts and after it stops, and, when the service's unit is named, its journal since the load
+start (the restart gap as the manager logged it, ``journal.py``). Each read is a section of
+the command's output (``split_sections``).
 """
 
 from __future__ import annotations
 
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_portable_upgrade.core.config import LoadSettings
 from pytest_portable_upgrade.core.errors import GuestError
 from pytest_portable_upgrade.load.ab import AbResult, ab_command, parse_ab_output
+from pytest_portable_upgrade.load.journal import (
+    RestartGap,
+    journal_command,
+    journal_restart_gap,
+    parse_journal_json,
+)
+from pytest_portable_upgrade.load.kernel import (
+    NETSTAT,
+    Counts,
+    counter_delta,
+    not_read,
+    tcp_counters,
+)
 from pytest_portable_upgrade.load.long_lived import HolderSummary, parse_holder_log, summarise
 from pytest_portable_upgrade.load.timeline import (
     ProbeRecord,
@@ -47,6 +65,12 @@ class LoadOutcome:
     # TCG can take seconds. ab itself starts a moment later, so started + time taken is an
     # estimate of its end that is early, never late.
     ab_started: float | None = None
+    # The kernel's TCP counters over the load (kernel.COUNTERS keys; None: not read).
+    tcp: Counts = field(default_factory=not_read)
+    # Old main process gone -> new one started, from the service's journal (None: not read,
+    # or no restart in it); journal_read says whether it was read at all.
+    journal_gap: RestartGap | None = None
+    journal_read: bool = False
 
     @property
     def ab_ended(self) -> float:
@@ -88,10 +112,13 @@ class LoadRun:
     """ab -c N (optionally -k) against ``url`` and the probe, in the guest."""
 
     def __init__(self, machine: Machine, settings: LoadSettings, keepalive: bool,
-                 url: str, probe_port: int, client_args: list[str], holders: int = 0) -> None:
+                 url: str, probe_port: int, client_args: list[str], holders: int = 0,
+                 service_unit: str | None = None) -> None:
         """``client_args``: how the probe and the holders send the subject's request and read
-        its answers (``Subject.client_args``)."""
+        its answers (``Subject.client_args``); ``service_unit``: the service whose journal
+        gives the restart gap (None: not read)."""
         self.machine = machine
+        self.service_unit = service_unit
         self.client_args = shlex.join(client_args)
         self.holders = holders
         self.settings = settings
@@ -101,6 +128,7 @@ class LoadRun:
         self.started = 0.0
         self.ab_started = 0.0
         self._probe_text = ""  # the probe log read so far (whole lines)
+        self._tcp_before: Counts = not_read()
         self.command = shlex.join(ab_command(url, settings.concurrency, settings.max_s, keepalive))
 
     def start(self) -> None:
@@ -139,9 +167,13 @@ class LoadRun:
             f" -p StandardOutput=file:{GUEST_DIR}/ab.out -p StandardError=journal"
             f" {self.command}",
         ]
-        out = m.succeed(f"{steps[0]}; " + " && ".join(steps[1:]))
-        stamps = [float(line) for line in out.split()]
+        # The counters first (a missing file is "not read"), then the clocks and the clients.
+        out = m.succeed(f"{steps[0]}; echo {SECTION}netstat; cat {NETSTAT} 2>/dev/null;"
+                        f" echo {SECTION}clocks; " + " && ".join(steps[1:]))
+        sections = split_sections(out)
+        stamps = [float(word) for word in sections.get("clocks", "").split()]
         self.started, self.ab_started = stamps[0], stamps[-1]
+        self._tcp_before = tcp_counters(sections.get("netstat"))
         self._probe_text = ""
 
     def poll(self) -> tuple[float, bool, str]:
@@ -181,15 +213,20 @@ class LoadRun:
             time.sleep(1)
 
     def stop(self, old: str, new: str) -> LoadOutcome:
-        """SIGINT ab (it prints its report and exits), stop the probe, collect both: one guest
-        round trip, ab's exit waited for in the guest (bounded)."""
+        """SIGINT ab (it prints its report and exits), stop the probe, collect both, the
+        kernel's counters after the load and the service's journal: one guest round trip, ab's
+        exit waited for in the guest (bounded)."""
         m = self.machine
         stop_units = PROBE_UNIT + (f" {HOLDERS_UNIT}" if self.holders else "")
+        journal = "" if self.service_unit is None else (
+            f" echo {SECTION}journal; {journal_command(self.service_unit, self.started)}"
+            " 2>/dev/null;")
         out = m.execute(
             f"date +%s.%N; systemctl kill --signal=SIGINT {AB_UNIT};"
             f" for i in $(seq 600); do systemctl is-active --quiet {AB_UNIT} || break;"
             f" sleep 0.1; done; systemctl is-active --quiet {AB_UNIT} && echo AB-STILL-RUNNING;"
             f" for u in {stop_units}; do systemctl stop $u; done;"
+            f" echo {SECTION}netstat; cat {NETSTAT} 2>/dev/null;{journal}"
             f" echo {SECTION}ab; cat {GUEST_DIR}/ab.out;"
             f" echo; echo {SECTION}probe; cat {GUEST_DIR}/probe.jsonl 2>/dev/null;"
             f" echo {SECTION}holders; cat {GUEST_DIR}/holders.jsonl 2>/dev/null; true",
@@ -211,5 +248,9 @@ class LoadRun:
         text = sections.get("probe", "")
         timeline = Timeline.build(parse_probe_log(text), self.started, old, new,
                                   skipped=parse_probe_skips(text))
+        tcp = counter_delta(self._tcp_before, tcp_counters(sections.get("netstat")))
+        read = "journal" in sections
+        gap = journal_restart_gap(parse_journal_json(sections["journal"]), self.service_unit,
+                                  after=self.started) if read else None
         return LoadOutcome(ab, output, timeline, self.started, stopped, self.command, holders,
-                           self.ab_started)
+                           self.ab_started, tcp=tcp, journal_gap=gap, journal_read=read)

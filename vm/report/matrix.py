@@ -63,7 +63,12 @@ def _cell(row: dict[str, Any]) -> str:
     if row.get("holders"):
         lost = row.get("holders_broken", 0) + row.get("holders_server_closed", 0)
         conns = f", {lost} losses on {row['holders']} long-lived connections"
-    return f"{row['verdict']} ({row['failed']} failed / {row['complete']}{dead}{conns})"
+    # The kernel's count, when it was read and is not 0 (rows of older runs have no such key).
+    kernel = "".join(f", {row[key]} {what}" for key, what in (
+        ("listen_overflows", "listen overflows"), ("listen_drops", "listen drops"))
+        if isinstance(row.get(key), int) and row[key])
+    return (f"{row['verdict']} ({row['failed']} failed / {row['complete']}{dead}{conns}"
+            f"{kernel})")
 
 
 def _verdict_class(verdict: str) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_portable_upgrade.load.kernel import COUNTERS
 from pytest_portable_upgrade.load.latency import WINDOWS, LatencyReport, latency_report
 from pytest_portable_upgrade.load.load import LoadOutcome
 from pytest_portable_upgrade.load.timeline import FAILURE_CLASSES
@@ -61,10 +62,23 @@ def scenario_record(
         "reattach_s": round(upgrade.duration_s, 2),
         "load_s": round(outcome.duration_s, 2),
         "max_latency_ms": tl.max_latency_ms,
-        # longest_gap_ms (counted to the load's end), SYN steps, the three latency windows
+        # longest_gap_ms (counted to the load's end), the probe's restart gap, the windows
         **latency.summary_fields(),
+        **journal_fields(outcome),
+        **{key: outcome.tcp.get(key) for key in COUNTERS},  # the kernel's, over the load
         "counter_ok": counter_ok, "verdict": verdict, "problems": list(problems),
         "ab_command": outcome.ab_command,
+    }
+
+
+def journal_fields(outcome: LoadOutcome) -> dict[str, Any]:
+    """The restart gap from the service's journal: seconds, and when the old main process was
+    gone (s after the load start); None when the journal was not read or showed no restart."""
+    gap = outcome.journal_gap
+    return {
+        "restart_gap_journal_s": None if gap is None else round(gap.seconds, 2),
+        "restart_gap_journal_at_s": None if gap is None
+        else round(gap.gone.at - outcome.started, 2),
     }
 
 
@@ -97,7 +111,7 @@ WINDOW_TITLES = {"before": "before reattach", "switch": "reattach to v2 + 2 s",
 def latency_table(records: Sequence[dict[str, Any]]) -> str:
     """Per scenario and window: the probe's latency and its failures by class."""
     head = ("| scenario | window | from s | to s | requests | p50 ms | p99 ms | max ms | "
-            + " | ".join(FAILURE_CLASSES) + " | not sent | SYN 1 s | SYN 3 s |")
+            + " | ".join(FAILURE_CLASSES) + " | not sent |")
     columns = head.count("|") - 1
     lines = [head, "|" + "|".join("---" for _ in range(columns)) + "|"]
 
@@ -114,9 +128,29 @@ def latency_table(records: Sequence[dict[str, Any]]) -> str:
             failures = w.get("failures", {})
             cells = [rec.get("scenario"), WINDOW_TITLES[name], w.get("from_s"), w.get("to_s"),
                      w.get("requests"), w.get("p50_ms"), w.get("p99_ms"), w.get("max_ms"),
-                     *(failures.get(kind, 0) for kind in FAILURE_CLASSES), w.get("not_sent"),
-                     w.get("syn_1s"), w.get("syn_3s")]
+                     *(failures.get(kind, 0) for kind in FAILURE_CLASSES), w.get("not_sent")]
             lines.append("| " + " | ".join(cell(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+HOST_SOCKET_COLUMNS = (
+    ("restart gap (journal) s", "restart_gap_journal_s"),
+    ("restart gap (probe) s", "restart_gap_probe_s"),
+    ("listen overflows", "listen_overflows"), ("listen drops", "listen_drops"),
+    ("SYN/SYN-ACK retransmits", "tcp_syn_retrans"),
+)
+
+
+def host_socket_table(records: Sequence[dict[str, Any]]) -> str:
+    """Per scenario: the restart gap both ways and the kernel's counters over the load
+    ("-": not measured; a row from an older run has none of these keys)."""
+    head = "| scenario | " + " | ".join(title for title, _ in HOST_SOCKET_COLUMNS) + " |"
+    lines = [head, "|---|" + "---|" * len(HOST_SOCKET_COLUMNS)]
+    for rec in records:
+        cells = ["-" if (v := rec.get(key)) is None else (f"{v:.2f}" if isinstance(v, float)
+                                                           else str(v))
+                 for _, key in HOST_SOCKET_COLUMNS]
+        lines.append(f"| {rec.get('scenario')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -153,6 +187,13 @@ def write_summary(directory: Path, records: Sequence[dict[str, Any]],
         "The probe's requests by send time (open loop, fixed rate); latencies of answered "
         "requests, failures by class. See README, \"Reading the report\".\n\n"
         f"{latency_table(records)}\n\n"
+        "## What the host socket held\n\n"
+        "The restart gap from the service's journal (old main process gone -> new one "
+        "started) and from the probe (first request that waited -> v2's first answer); the "
+        "guest kernel's TCP counters (/proc/net/netstat: TcpExtListenOverflows, "
+        "TcpExtListenDrops, TcpExtTCPSynRetrans), after the load minus before, for the whole "
+        "guest. \"-\": not measured.\n\n"
+        f"{host_socket_table(records)}\n\n"
     )
     (directory / "summary.md").write_text(
         f"# Zero-downtime reattach: results\n\n{markdown_table(records)}\n\n"
@@ -174,10 +215,22 @@ def window_bands(latency: LatencyReport, x_end: float) -> list[tuple[str, float,
         end = x_end if w.end is None else w.end - latency.t0
         p99 = "-" if w.p99_ms is None else f"{w.p99_ms:.0f} ms"
         label = f"{WINDOW_TITLES[w.name]}\np99 {p99}, {w.failed} failed"
-        if w.syn_1s or w.syn_3s:
-            label += f"\nSYN step 1 s: {w.syn_1s}, 3 s: {w.syn_3s}"
         bands.append((w.name, start, max(start, end), label))
     return bands
+
+
+def evidence_line(outcome: LoadOutcome, latency: LatencyReport) -> str:
+    """The restart gap both ways and the kernel's counters, for the timeline's title."""
+    def value(v: float | int | None, unit: str = "") -> str:
+        return "-" if v is None else (f"{v:.2f}{unit}" if isinstance(v, float) else str(v))
+
+    probe = latency.summary_fields()["restart_gap_probe_s"]
+    journal = journal_fields(outcome)["restart_gap_journal_s"]
+    t = outcome.tcp
+    return (f"restart gap: journal {value(journal, ' s')}, probe {value(probe, ' s')}; kernel: "
+            f"{value(t.get('listen_overflows'))} listen overflows, "
+            f"{value(t.get('listen_drops'))} drops, {value(t.get('tcp_syn_retrans'))} "
+            "SYN/SYN-ACK retransmits")
 
 
 def timeline_figure(title: str, outcome: LoadOutcome, upgrade: Upgrade) -> Any:
@@ -227,7 +280,8 @@ def timeline_figure(title: str, outcome: LoadOutcome, upgrade: Upgrade) -> Any:
                 f"{h.broken + h.server_closed} lost")
     ax.set_title(f"{title}\nab: {ab.complete} complete, {ab.failed} failed, "
                  f"{ab.requests_per_second:.0f} req/s; longest gap "
-                 f"{latency.longest_gap_ms:.0f} ms{held}", fontsize=10)
+                 f"{latency.longest_gap_ms:.0f} ms{held}\n{evidence_line(outcome, latency)}",
+                 fontsize=10)
     ax.legend(loc="lower right", fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
