@@ -8,6 +8,8 @@ import json
 import pytest
 from support import DATA
 
+from pytest_portable_upgrade.boxes.provision import provision_commands
+from pytest_portable_upgrade.boxes.recipes import BOXES
 from pytest_portable_upgrade.load.hey import (
     ErrorKind,
     HeyParseError,
@@ -230,3 +232,14 @@ def test_debian_boxes_run_hey_and_fedora_skips_with_a_reason() -> None:
     assert hey_unavailable("apt") is None
     why = hey_unavailable("dnf", 43)
     assert why is not None and "Fedora 43" in why and "skipped" in why and "ab" in why
+
+
+@pytest.mark.parametrize("name", sorted(BOXES))
+def test_every_box_either_installs_hey_or_says_why_not(name: str) -> None:
+    box = BOXES[name]
+    why = hey_unavailable(box.package_manager, box.fedora_release)
+    if box.buildable_offline:
+        assert "hey" in box.packages and why is None
+    else:
+        assert not any("hey" in c.split() for c in provision_commands(box))
+        assert why is not None and f"Fedora {box.fedora_release}" in why
