@@ -6,25 +6,33 @@ from __future__ import annotations
 import json
 
 import pytest
-from support import DATA
+from support import DATA, T0, ab_result, answer, failure
 
 from pytest_portable_upgrade.load.accounting import (
     AB_IN_FLIGHT,
     HEY_IN_FLIGHT,
+    HOLDERS_IN_FLIGHT,
+    KILLED_IN_FLIGHT,
     PROBE_IN_FLIGHT,
     ClientCount,
     Unanswered,
+    ab_count,
     bounded_unanswered,
     done_between,
     exact_unanswered,
     expects_no_unanswered,
+    hey_count,
+    holders_count,
+    probe_count,
+    unanswered_figure,
     unanswered_problems,
     visitor_facts,
 )
 from pytest_portable_upgrade.load.hey import parse_hey_output
+from pytest_portable_upgrade.load.long_lived import HolderSummary
 
 
-def hey_count(name: str) -> tuple[int, ClientCount]:
+def recorded(name: str) -> tuple[int, ClientCount]:
     """(what the server counted, hey's side) of a recorded run (data/README.md)."""
     result = parse_hey_output((DATA / f"{name}.txt").read_text())
     meta = json.loads((DATA / f"{name}.meta.json").read_text())
@@ -45,7 +53,7 @@ def test_done_between_leaves_out_the_first_readings_own_request() -> None:
 
 
 def test_recorded_naive_post_has_exactly_one_done_and_unanswered() -> None:
-    done, hey = hey_count("hey_naive_post")
+    done, hey = recorded("hey_naive_post")
     figure = bounded_unanswered(done, [hey])
     assert (figure.low, figure.high, figure.exact) == (1, 1, True)
     assert (figure.server_done, figure.answered) == (1449, 1448)
@@ -53,7 +61,7 @@ def test_recorded_naive_post_has_exactly_one_done_and_unanswered() -> None:
 
 
 def test_recorded_naive_get_matches_the_count() -> None:
-    done, hey = hey_count("hey_naive_get")
+    done, hey = recorded("hey_naive_get")
     figure = bounded_unanswered(done, [hey])
     assert (figure.low, figure.high, figure.exact) == (0, 0, True)
 
@@ -61,7 +69,7 @@ def test_recorded_naive_get_matches_the_count() -> None:
 def test_recorded_rude_get_counts_the_resent_and_the_timed_out() -> None:
     # 1164 read, 1099 answered: 34 resent after a reset, 12 answered after hey's timeout,
     # 19 answered with garbage.
-    done, hey = hey_count("hey_rude_get")
+    done, hey = recorded("hey_rude_get")
     figure = bounded_unanswered(done, [hey])
     assert (figure.low, figure.high, figure.exact) == (65, 65, True)
 
@@ -175,3 +183,46 @@ def test_more_answers_than_counted_is_always_a_problem() -> None:
         problems = unanswered_problems(figure(-13, -3), expect_zero=expect_zero)
         assert problems == ["the clients got 1003 answers but the server counted only 1000 "
                             "requests: 3 answers the counter never counted"]
+
+
+# --- each client's side ------------------------------------------------------------------------
+
+
+def test_ab_counts_its_2xx_answers_and_its_concurrency_in_flight() -> None:
+    count = ab_count(ab_result(complete=7000, failed=16, receive=7, exceptions=9, non_2xx=3),
+                     concurrency=10)
+    assert count == ClientCount("ab", 7000 - 7 - 3, 10, AB_IN_FLIGHT)
+
+
+def test_hey_stopped_leaves_none_in_flight_killed_up_to_c() -> None:
+    result = parse_hey_output((DATA / "hey_rude_get.txt").read_text())
+    assert hey_count(result, 4) == ClientCount("hey", 1000, 0, HEY_IN_FLIGHT)  # not the 503s
+    assert hey_count(result, 4, stopped=False) == ClientCount("hey", 1000, 4, KILLED_IN_FLIGHT)
+
+
+def test_probe_counts_its_answers_and_its_abandoned_requests() -> None:
+    records = [answer(T0 + 0.1, "Hello", 3), answer(T0 + 0.2, "Hola", 9),
+               failure(T0 + 0.3, "reset"), failure(T0 + 0.4, "abandoned"),
+               failure(T0 + 0.5, "abandoned")]
+    assert probe_count(records) == ClientCount("probe", 2, 2, PROBE_IN_FLIGHT)
+
+
+def test_holders_may_each_have_one_in_flight() -> None:
+    summary = HolderSummary(connections=20, requests=1500, answered=1490, broken=0,
+                            server_closed=20, connect_errors=0, switched_in_place=0)
+    assert holders_count(summary) == ClientCount("holders", 1490, 20, HOLDERS_IN_FLIGHT)
+
+
+def test_figure_of_a_load_between_two_readings_bounded() -> None:
+    # Before: 100; ab 7000 answers (-c 10), probe 540 (none abandoned); after: 7651.
+    clients = [ClientCount("ab", 7000, 10, AB_IN_FLIGHT), ClientCount("probe", 540, 0)]
+    figure = unanswered_figure(100, 7651, clients)
+    assert (figure.server_done, figure.low, figure.high, figure.exact) == (7550, 0, 10, False)
+
+
+def test_figure_of_a_load_between_two_readings_exact_from_numbers() -> None:
+    # Before: 100 (the reading took 101); the probe alone took 102..110; 105 reached no one.
+    figure = unanswered_figure(100, 110, [ClientCount("probe", 8, 0)],
+                               numbers=[102, 103, 104, 106, 107, 108, 109, 110])
+    assert (figure.server_done, figure.low, figure.high, figure.exact) == (9, 1, 1, True)
+    assert "visitor numbers 102..110" in figure.reason

@@ -31,11 +31,18 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pytest_portable_upgrade.load.ab import AbResult
+from pytest_portable_upgrade.load.hey import HeyResult
+from pytest_portable_upgrade.load.long_lived import HolderSummary
+from pytest_portable_upgrade.load.timeline import ProbeRecord
+
 # Why each client's requests in flight at stop are what they are (words for the report).
 AB_IN_FLIGHT = "ab records no bodies; ab -t (or SIGINT) stops with up to C requests in flight"
 HEY_IN_FLIGHT = ("hey records no bodies; a stopped hey finishes the request each worker is in:"
                  " none in flight")
 PROBE_IN_FLIGHT = "the probe's requests still unanswered when it exited (written as abandoned)"
+HOLDERS_IN_FLIGHT = "a long-lived client may be stopped with one request in flight"
+KILLED_IN_FLIGHT = "killed, not stopped: up to C requests in flight"
 
 
 @dataclass(frozen=True)
@@ -173,3 +180,43 @@ def unanswered_problems(figure: Unanswered, expect_zero: bool) -> list[str]:
             f"(resent, or answered into a dead connection): expected 0 with a host socket and "
             f"a draining server; {figure.describe()}")
     return problems
+
+
+# --- each client's side, from what the load collected ----------------------------------------
+# The answers the counter counts are the 2xx ones: the walkthrough answers nothing else to a
+# request it counts (a 400 is not a visitor).
+
+
+def ab_count(ab: AbResult, concurrency: int) -> ClientCount:
+    return ClientCount("ab", ab.successful, concurrency, AB_IN_FLIGHT)
+
+
+def hey_count(hey: HeyResult, concurrency: int, stopped: bool = True) -> ClientCount:
+    """``stopped``: hey ended by SIGINT or ``-z`` (each worker finished its request); False
+    when it was killed (e.g. by the unit's RuntimeMaxSec): up to ``concurrency`` in flight."""
+    if stopped:
+        return ClientCount("hey", hey.successful, 0, HEY_IN_FLIGHT)
+    return ClientCount("hey", hey.successful, concurrency, KILLED_IN_FLIGHT)
+
+
+def probe_count(records: Iterable[ProbeRecord]) -> ClientCount:
+    records = list(records)
+    return ClientCount("probe", sum(1 for r in records if r.ok),
+                       sum(1 for r in records if r.error == "abandoned"), PROBE_IN_FLIGHT)
+
+
+def holders_count(summary: HolderSummary) -> ClientCount:
+    return ClientCount("holders", summary.answered, summary.connections, HOLDERS_IN_FLIGHT)
+
+
+def unanswered_figure(count_before: int, count_after: int, clients: Iterable[ClientCount],
+                      numbers: Iterable[int] | None = None) -> Unanswered:
+    """The figure of one load between two counter readings: exact from ``numbers`` (the
+    visitor numbers received, given only when every client that ran records them: the probe
+    and the long-lived clients do, ab and hey do not), else bounded by what was in flight."""
+    clients = list(clients)
+    if numbers is None:
+        return bounded_unanswered(done_between(count_before, count_after), clients)
+    # The reading before got count_before + 1; the load's numbers follow it.
+    facts = visitor_facts(numbers, count_before + 2, count_after)
+    return exact_unanswered(facts, sum(c.in_flight_at_stop for c in clients))
