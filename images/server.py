@@ -9,8 +9,9 @@ queues connections while the service is swapped.
 Each request increments a counter kept in ``$STATE_DIRECTORY/visitors`` and is answered with
 ``<GREETING>! You are visitor #N!``, whatever its method: a POST is a visitor too. A request
 body (``Content-Length``; no chunked encoding) is read whole and ignored before the request is
-answered, so the next request on a keep-alive connection starts after it. The counter file is replaced atomically (temp file +
-rename): a SIGTERM in the middle of a write must never reset the count.
+answered, so the next request on a keep-alive connection starts after it. The counter file is
+replaced atomically (temp file + rename): a SIGTERM in the middle of a write must never reset
+the count.
 
 Shutdown modes (``PW_SHUTDOWN``):
   drain      (default) on SIGTERM stop accepting, finish in-flight requests, answer the next

@@ -163,13 +163,13 @@ def test_report_cut_before_the_status_distribution() -> None:
 
 def test_garbled_status_line_is_named() -> None:
     text = report("hey_get_keepalive").replace("[200]\t1001 responses", "[200]\t1001 réponses")
-    with pytest.raises(HeyParseError, match="status distribution.*réponses"):
+    with pytest.raises(HeyParseError, match=r"status distribution.*réponses"):
         parse_hey_output(text)
 
 
 def test_garbled_error_line_is_named() -> None:
     text = report("hey_naive_post").replace("  [1]\tPost", "  [x]\tPost", 1)
-    with pytest.raises(HeyParseError, match="error distribution.*x"):
+    with pytest.raises(HeyParseError, match=r"error distribution.*x"):
         parse_hey_output(text)
 
 
