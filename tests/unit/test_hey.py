@@ -15,6 +15,7 @@ from pytest_portable_upgrade.load.hey import (
     HeyParseError,
     error_kind,
     hey_command,
+    hey_problems,
     hey_unavailable,
     parse_hey_output,
 )
@@ -243,3 +244,31 @@ def test_every_box_either_installs_hey_or_says_why_not(name: str) -> None:
     else:
         assert not any("hey" in c.split() for c in provision_commands(box))
         assert why is not None and f"Fedora {box.fedora_release}" in why
+
+
+# --- the verdict's lines -----------------------------------------------------------------------
+
+
+def test_hey_problems() -> None:
+    assert hey_problems(None) == []
+    clean = parse_hey_output(report("hey_get_keepalive"))
+    assert hey_problems(clean, min_answered=200) == []
+    assert hey_problems(clean, min_answered=2000) == [
+        "hey got only 1001 answers (at least 2000 make a load)"]
+    lost = hey_problems(parse_hey_output(report("hey_naive_post")))
+    assert lost == ["hey saw failures: 1448 answered (0 non-2xx), 11 failed (reset 10, eof 1), "
+                    "409.0 req/s over 3.6 s"]
+    assert hey_problems(parse_hey_output(report("hey_rude_get")))[0].startswith(
+        "hey saw failures: 1099 answered (99 non-2xx), 31 failed")
+
+
+def test_hey_problems_names_non_2xx_answers_alone() -> None:
+    text = report("hey_get_keepalive").replace("  [200]\t1001 responses",
+                                               "  [200]\t998 responses\n  [503]\t3 responses")
+    assert hey_problems(parse_hey_output(text)) == [
+        "hey saw failures: 1001 answered (3 non-2xx), 0 failed, 497.4 req/s over 2.0 s"]
+
+
+def test_hey_problems_count_only_2xx_answers_as_load() -> None:
+    rude = parse_hey_output(report("hey_rude_get"))  # 1000 answered 200, 99 answered 503
+    assert "hey got only 1000 answers (at least 1050 make a load)" in hey_problems(rude, 1050)

@@ -212,3 +212,17 @@ def hey_unavailable(package_manager: str, fedora_release: int | None = None) -> 
     where = f"Fedora {fedora_release}" if fedora_release is not None else package_manager
     return (f"{where} packages no hey (Debian's 'hey' is the suite's second client): the hey "
             "runs are skipped on this box; ab still runs")
+
+
+def hey_problems(result: HeyResult | None, min_answered: int = 1) -> list[str]:
+    """The zero-downtime verdict's lines about hey (none when it did not run): any failure or
+    non-2xx answer, and a load too small to count (fewer than ``min_answered`` answers)."""
+    if result is None:
+        return []
+    problems = []
+    if result.failed or result.non_2xx:
+        problems.append(f"hey saw failures: {result.describe()}")
+    if result.successful < min_answered:
+        problems.append(f"hey got only {result.successful} answers (at least {min_answered}"
+                        " make a load)")
+    return problems
