@@ -7,8 +7,11 @@ it is written on ``socket``/``selectors``. systemd hands over the listening sock
 queues connections while the service is swapped.
 
 Each request increments a counter kept in ``$STATE_DIRECTORY/visitors`` and is answered with
-``<GREETING>! You are visitor #N!``. The counter file is replaced atomically (temp file +
-rename): a SIGTERM in the middle of a write must never reset the count.
+``<GREETING>! You are visitor #N!``, whatever its method: a POST is a visitor too. A request
+body (``Content-Length``; no chunked encoding) is read whole and ignored before the request is
+answered, so the next request on a keep-alive connection starts after it. The counter file is
+replaced atomically (temp file + rename): a SIGTERM in the middle of a write must never reset
+the count.
 
 Shutdown modes (``PW_SHUTDOWN``):
   drain      (default) on SIGTERM stop accepting, finish in-flight requests, answer the next
@@ -34,6 +37,7 @@ import time
 
 SD_LISTEN_FDS_START = 3
 MAX_HEADER_BYTES = 16 * 1024
+MAX_BODY_BYTES = 1024 * 1024
 # How long an idle keep-alive connection gets, after SIGTERM, to send its next request before
 # it is closed. ab -k sends the next request within milliseconds of an answer.
 DRAIN_IDLE_GRACE_S = 1.0
@@ -113,6 +117,26 @@ def parse_request_head(head: bytes) -> tuple[str, str, dict[str, str]]:
         if sep:
             headers[name.strip().lower()] = value.strip()
     return parts[0], parts[2], headers
+
+
+def body_length(headers: dict[str, str]) -> int:
+    """The request body's length in bytes from its headers (0 without ``Content-Length``).
+
+    ValueError (the request is answered 400) for a chunked body, a length that is no
+    decimal number, or one over MAX_BODY_BYTES.
+
+    >>> body_length({"content-length": "5"})
+    5
+    """
+    if "transfer-encoding" in headers:
+        raise ValueError("chunked request bodies are not read: send Content-Length")
+    text = headers.get("content-length", "0")
+    if not text.isdigit():
+        raise ValueError(f"bad Content-Length: {text!r}")
+    length = int(text)
+    if length > MAX_BODY_BYTES:
+        raise ValueError(f"request body of {length} bytes is over {MAX_BODY_BYTES}")
+    return length
 
 
 def wants_keepalive(version: str, headers: dict[str, str]) -> bool:
@@ -253,13 +277,17 @@ class Server:
                     conn.close_after_write = True
                 break
             head = bytes(conn.inbuf[:end])
-            del conn.inbuf[: end + 4]
             try:
                 _method, version, headers = parse_request_head(head)
+                length = body_length(headers)
             except ValueError:
+                del conn.inbuf[: end + 4]
                 conn.outbuf += render_response(self.greeting, 0, False, "400 Bad Request")
                 conn.close_after_write = True
                 break
+            if len(conn.inbuf) < end + 4 + length:
+                break  # the body is still on its way: answer once it is all here
+            del conn.inbuf[: end + 4 + length]
             keepalive = wants_keepalive(version, headers) and (
                 self.draining_since is None or self.fdstore
             )

@@ -123,7 +123,7 @@ def test_build_env() -> None:
         "EXTRA_PACKAGES": "",
     }
     packages = env["PACKAGES"].split(",")
-    for needed in ("systemd-container", "apache2-utils", "python3", "qemu-guest-agent",
+    for needed in ("systemd-container", "apache2-utils", "hey", "python3", "qemu-guest-agent",
                    "openssh-server"):
         assert needed in packages
     assert all(isinstance(v, str) for v in env.values())

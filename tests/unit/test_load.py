@@ -14,7 +14,9 @@ from pytest_portable_upgrade.core.errors import GuestError
 from pytest_portable_upgrade.load.kernel import NETSTAT
 from pytest_portable_upgrade.load.load import (
     AB_UNIT,
+    BODY_FILE,
     GUEST_DIR,
+    HEY_UNIT,
     HOLD_CONNECTIONS_SOURCE,
     HOLDERS_UNIT,
     POLL_MARK,
@@ -242,3 +244,90 @@ def test_stop_reads_the_service_journal_since_the_load_start() -> None:
     assert out.journal_gap.seconds == pytest.approx(1.4738, abs=1e-4)
     # The attach's "Started" before the load start is not the restart's.
     assert out.journal_gap.gone.at > run.started
+
+
+# --- hey beside ab, and POST -------------------------------------------------------------------
+
+HEY_REPORT = (DATA / "hey_naive_post.txt").read_text()
+
+
+def hey_run(machine: RecordingMachine, method: str = "GET") -> LoadRun:
+    return LoadRun(machine, LoadSettings(), keepalive=True,  # type: ignore[arg-type]
+                   url="http://127.0.0.1:8080/", probe_port=8080,
+                   client_args=WALKTHROUGH.client_args(method), hey=True, method=method,
+                   body=WALKTHROUGH.request_body if method == "POST" else None,
+                   content_type=WALKTHROUGH.request_content_type)
+
+
+def test_hey_runs_as_its_own_bounded_unit_beside_ab() -> None:
+    machine = RecordingMachine()
+    run = hey_run(machine)
+    run.start()
+    command = machine.commands[-1]
+    assert f"--unit={HEY_UNIT} -p RuntimeMaxSec=300 -p StandardOutput=file:{GUEST_DIR}/hey.out" \
+        in command
+    assert "hey -c 10 -z 240s -t 30 -disable-compression http://127.0.0.1:8080/" in command
+    # Before ab's clock: ab_started stays ab's own.
+    assert command.index(f"--unit={HEY_UNIT}") < command.rindex("date +%s.%N") \
+        < command.index(f"--unit={AB_UNIT}")
+    assert "systemctl stop $u 2>/dev/null" in command and HEY_UNIT in command.split(";")[0]
+    assert f"> {BODY_FILE}" not in command and f"-p {BODY_FILE}" not in command  # a GET
+
+
+def test_a_post_load_writes_the_body_and_every_client_sends_it() -> None:
+    machine = RecordingMachine()
+    run = hey_run(machine, "POST")
+    run.start()
+    command = machine.commands[-1]
+    assert f"rm -f {GUEST_DIR}/ab.out" in command
+    assert f"&& printf '%s' name=visitor > {BODY_FILE}" in command
+    assert command.index(f"> {BODY_FILE}") < command.index("date +%s.%N")
+    assert (f"-p {BODY_FILE} -T application/x-www-form-urlencoded http://127.0.0.1:8080/"
+            in command)  # ab
+    assert f"-m POST -D {BODY_FILE} -T application/x-www-form-urlencoded" in command  # hey
+    assert "probe.py --port 8080 --path / --host-header probe --method POST --body" in command
+
+
+def test_stop_interrupts_hey_and_reads_its_report() -> None:
+    answer = stop_answer().replace(f"{SECTION}netstat",
+                                   f"{SECTION}hey\n{HEY_REPORT}\n{SECTION}netstat", 1)
+    machine = RecordingMachine([answer])
+    run = hey_run(machine, "POST")
+    run.start()
+    out = run.stop("Hello", "Hola")
+    command = machine.commands[-1]
+    assert f"for u in {AB_UNIT} {HEY_UNIT}; do systemctl kill --signal=SIGINT $u; done" \
+        in command
+    assert command.index(f"is-active --quiet {HEY_UNIT}") \
+        < command.index(f"cat {GUEST_DIR}/hey.out")
+    assert out.hey is not None and out.hey.answered == 1448
+    assert out.hey.failed_by_kind["reset"] == 10
+    assert out.method == "POST" and out.hey_command == run.hey_command
+    assert out.ab.complete > 0
+
+
+def test_hey_without_a_report_is_an_error_naming_it() -> None:
+    answer = stop_answer().replace(f"{SECTION}netstat", f"{SECTION}hey\n{SECTION}netstat", 1)
+    machine = RecordingMachine([answer])
+    run = hey_run(machine)
+    run.start()
+    with pytest.raises(GuestError, match=r"hey printed no report \(hey output has no 'Summary:'"):
+        run.stop("Hello", "Hola")
+
+
+def test_hey_that_ignores_sigint_is_an_error_naming_it() -> None:
+    machine = RecordingMachine([f"1700000009.0\nHEY-STILL-RUNNING\n{SECTION}ab\n{AB_REPORT}"])
+    run = hey_run(machine)
+    run.start()
+    with pytest.raises(GuestError, match="hey did not exit within 60 s of SIGINT"):
+        run.stop("Hello", "Hola")
+
+
+def test_without_hey_nothing_of_it_is_sent() -> None:
+    machine = RecordingMachine([stop_answer()])
+    run = load_run(machine)
+    run.start()
+    out = run.stop("Hello", "Hola")
+    assert all(HEY_UNIT not in c.split(";", 1)[1] and "hey.out;" not in c
+               for c in machine.commands[-2:])
+    assert (out.hey, out.hey_command, out.method) == (None, None, "GET")

@@ -310,3 +310,113 @@ def test_probe_script_refuses_a_rate_of_zero(tmp_path: Path) -> None:
                              str(tmp_path / "p.jsonl")], capture_output=True, text=True,
                             timeout=30)
     assert result.returncode == 2 and "--rate must be positive" in result.stderr
+
+
+# --- POST ------------------------------------------------------------------------------------
+
+
+def test_build_request_get_and_post(probe_module: ModuleType) -> None:
+    assert probe_module.build_request("/x", "probe") == b"GET /x HTTP/1.0\r\nHost: probe\r\n\r\n"
+    post = probe_module.build_request("/x", "probe", "1.1", "POST", "¡hola=1",
+                                      "application/x-www-form-urlencoded")
+    head, _, body = post.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n") == [
+        b"POST /x HTTP/1.1", b"Host: probe",
+        b"Content-Type: application/x-www-form-urlencoded", b"Content-Length: 8"]
+    assert body == "¡hola=1".encode()  # the length is in bytes
+    empty = probe_module.build_request("/", "probe", "1.0", "POST", "")
+    assert empty.endswith(b"Content-Length: 0\r\n\r\n")
+
+
+@pytest.mark.parametrize(("method", "body"), [("GET", "x"), ("POST", None), ("PUT", "x")])
+def test_build_request_refuses_a_body_that_does_not_fit(probe_module: ModuleType, method: str,
+                                                        body: str | None) -> None:
+    with pytest.raises(ValueError, match="a GET takes no body and a POST one"):
+        probe_module.build_request("/", "probe", "1.0", method, body)
+
+
+def test_one_post_is_answered_and_counted(start_server: StartServer,
+                                          probe_module: ModuleType) -> None:
+    server = start_server(greeting="Hola")
+    request = probe_module.build_request("/", "probe", "1.0", "POST", "name=visitor")
+    _, reader = how_to_ask(probe_module)
+    first = probe_module.one_request("127.0.0.1", server.port, 5.0, request, reader)
+    second = ask(probe_module, server.port, 5.0)  # a GET after it
+    assert {k: first[k] for k in ("status", "greeting", "visitor")} == {
+        "status": 200, "greeting": "Hola", "visitor": 1}
+    assert second["visitor"] == 2
+
+
+def test_probe_once_posts_what_the_subject_gives(start_server: StartServer) -> None:
+    server = start_server(greeting="Hello")
+    result = subprocess.run([sys.executable, str(PROBE_PY), "--once", "--port",
+                             str(server.port), *WALKTHROUGH.client_args("POST")],
+                            capture_output=True, text=True, timeout=30, check=True)
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (record["greeting"], record["visitor"]) == ("Hello", 1)
+
+
+def test_probe_script_refuses_post_without_body(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(PROBE_PY), "--once", "--port", "1",
+                             *WALKTHROUGH.client_args(), "--method", "POST"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "a POST needs one" in result.stderr
+
+
+def test_holders_post_on_their_keepalive_connections(start_server: StartServer,
+                                                     tmp_path: Path) -> None:
+    server = start_server(greeting="Hola")
+    out = tmp_path / "holders.jsonl"
+    holders = PROBE_PY.with_name("hold_connections.py")
+    subprocess.run([sys.executable, str(holders), "--port", str(server.port),
+                    *WALKTHROUGH.client_args("POST"), "--connections", "2", "--interval",
+                    "0.1", "--max-seconds", "1", "--out", str(out)],
+                   capture_output=True, text=True, timeout=30, check=True)
+    records = [json.loads(ln) for ln in out.read_text().splitlines()]
+    assert len(records) >= 4
+    assert all(r["status"] == 200 and r["greeting"] == "Hola" and r["gen"] == 0
+               for r in records), records[:3]
+    assert sorted(r["visitor"] for r in records) == list(range(1, len(records) + 1))
+
+
+def first_request_of(argv: list[str]) -> bytes:
+    """What a client started with ``argv`` (its --port appended) sends first: a listener on
+    127.0.0.1 takes it, answers it with Connection: close, and the client is stopped."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        listener.settimeout(10)
+        proc = subprocess.Popen([*argv, "--port", str(listener.getsockname()[1])],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(10)
+                data = b""
+                while b"\r\n\r\n" not in data or not data.endswith(b"name=visitor"):
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                body = b"Hola! You are visitor #1!\n"
+                conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    return data
+
+
+@pytest.mark.parametrize("client", ["probe", "holders"])
+def test_clients_send_the_subjects_post(client: str, tmp_path: Path) -> None:
+    script = PROBE_PY if client == "probe" else PROBE_PY.with_name("hold_connections.py")
+    extra = (["--once"] if client == "probe" else
+             ["--connections", "1", "--max-seconds", "5", "--out", str(tmp_path / "h.jsonl")])
+    sent = first_request_of([sys.executable, str(script), *WALKTHROUGH.client_args("POST"),
+                             *extra])
+    head, _, body = sent.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == (b"POST / HTTP/1.0" if client == "probe" else b"POST / HTTP/1.1")
+    assert b"Content-Type: application/x-www-form-urlencoded" in lines
+    assert b"Content-Length: 12" in lines
+    assert body == b"name=visitor"

@@ -331,3 +331,67 @@ def test_without_listen_fds_exits_with_a_message(tmp_path: Path,
     assert result.returncode != 0
     assert "no socket from systemd: LISTEN_FDS is 0" in result.stderr
     assert not (tmp_path / "visitors").exists()
+
+
+# --- POST: a visitor too ---------------------------------------------------------------------
+
+
+def post(sock: socket.socket, body: bytes, version: str = "HTTP/1.1", headers: str = "",
+         parts: int = 1) -> None:
+    """Send a POST with ``body`` (Content-Length), in ``parts`` pieces (the body split)."""
+    head = (f"POST / {version}\r\nHost: test\r\nContent-Type: text/plain\r\n"
+            f"Content-Length: {len(body)}\r\n{headers}\r\n").encode()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(head)
+    step = max(1, len(body) // parts)
+    for i in range(0, len(body), step):
+        time.sleep(0.02)
+        sock.sendall(body[i:i + step])
+
+
+def test_body_length(server_module: ModuleType) -> None:
+    assert server_module.body_length({}) == 0
+    assert server_module.body_length({"content-length": "12"}) == 12
+    for bad in ({"content-length": "-1"}, {"content-length": "x"},
+                {"content-length": str(server_module.MAX_BODY_BYTES + 1)},
+                {"transfer-encoding": "chunked"}):
+        with pytest.raises(ValueError):
+            server_module.body_length(bad)
+
+
+def test_post_is_answered_and_counted_like_get(start_server: StartServer) -> None:
+    server = start_server()
+    with connect(server.port) as s:
+        post(s, b"name=visitor")
+        first = read_response(s)
+        assert first.status == 200
+        assert first.text == "Hola! You are visitor #1!\n"
+        assert first.headers["connection"] == "keep-alive"
+    assert get(server.port).text == "Hola! You are visitor #2!\n"
+
+
+def test_post_body_is_read_whole_before_the_next_request_on_the_connection(
+        start_server: StartServer) -> None:
+    """The body must not be taken for the next request's head (a 400 and a closed
+    connection), even when it arrives in pieces after the head."""
+    server = start_server()
+    body = b"GET /not-a-request HTTP/1.1\r\n\r\n" * 3
+    with connect(server.port) as s:
+        post(s, body, parts=3)
+        assert read_response(s).text == "Hola! You are visitor #1!\n"
+        post(s, b"second")
+        assert read_response(s).text == "Hola! You are visitor #2!\n"
+        last = request(s, "HTTP/1.1", "Connection: close\r\n")
+        assert last.text == "Hola! You are visitor #3!\n"
+        assert at_eof(s)
+
+
+def test_chunked_post_gets_400_and_is_not_counted(start_server: StartServer) -> None:
+    server = start_server()
+    with connect(server.port) as s:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"5\r\nhello\r\n0\r\n\r\n")
+        response = read_response(s)
+        assert response.status == 400
+        assert at_eof(s)
+    assert get(server.port).text == "Hola! You are visitor #1!\n"

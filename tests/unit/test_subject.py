@@ -75,8 +75,18 @@ def spoil(spec_dir: Path, old: str, new: str) -> Path:
     ('"app.py"', '"missing.py"', 'build.files./usr/lib/gunicorn-demo/app.py', "no such file"),
     ('checks = "checks"', 'checks = "nochecks"', "checks", "no such directory"),
     ("port = 8000", "port = 8000\ncolour = \"red\"", "colour", "unknown key"),
-    ('[request]\npath = "/"', '[request]\npath = "/"\nmethod = "POST"', "request.method",
+    ('[request]\npath = "/"', '[request]\npath = "/"\nverb = "POST"', "request.verb",
      "unknown key"),
+    ('[request]\npath = "/"', '[request]\npath = "/"\nmethod = "PUT"', "request.method",
+     "must be GET or POST, not 'PUT'"),
+    ('[request]\npath = "/"', '[request]\npath = "/"\nmethod = "post"', "request.method",
+     "must be GET or POST, not 'post'"),
+    ('[request]\npath = "/"', '[request]\npath = "/"\nmethod = "POST"', "request.body",
+     'missing: method = "POST" sends a body (body = "name=visitor"'),
+    ('[request]\npath = "/"', '[request]\npath = "/"\nbody = 42', "request.body",
+     "must be a string (what a POST sends), not 42"),
+    ('[request]\npath = "/"', '[request]\npath = "/"\nbody = "x"\ncontent_type = "json"',
+     "request.content_type", "'json' is no media type (e.g. \"application/json\")"),
     ('version_header = "X-App-Release"', "version_regex = '(unclosed'",
      "answer.version_regex", "does not compile"),
     ('version_header = "X-App-Release"',
@@ -187,3 +197,42 @@ def test_profile_default_means_the_subjects_own(spec_dir: Path) -> None:
     subject = load_subject(spoil(spec_dir, 'profile = "default"', 'profile = "strict"'))
     assert subject.profile_for(get_scenario("host-socket-no-keepalive")) == "strict"
     assert subject.profile_for(get_scenario("host-socket-trusted-profile")) == "trusted"
+
+
+# --- the request's method and body -------------------------------------------------------------
+
+
+def test_the_walkthrough_takes_get_by_default_and_post_with_its_body() -> None:
+    assert WALKTHROUGH.request_method == "GET"
+    assert WALKTHROUGH.request_body == "name=visitor"
+    assert WALKTHROUGH.request_content_type == "application/x-www-form-urlencoded"
+    assert WALKTHROUGH.cannot_send("GET") is None and WALKTHROUGH.cannot_send("POST") is None
+    assert "--method" not in WALKTHROUGH.client_args()
+    assert WALKTHROUGH.client_args("POST") == [
+        "--path", "/", "--host-header", "probe", "--method", "POST", "--body", "name=visitor",
+        "--content-type", "application/x-www-form-urlencoded",
+        "--version-regex", WALKTHROUGH.version_regex, "--counter-regex",
+        WALKTHROUGH.counter_regex]
+
+
+def test_a_subject_without_a_body_cannot_post(spec_dir: Path) -> None:
+    subject = load_subject(spec_dir / "spec.toml")
+    assert subject.request_body is None
+    why = subject.cannot_send("POST")
+    assert why is not None and "has no [request] body: a POST needs one" in why
+    with pytest.raises(ValueError, match="has no \\[request\\] body"):
+        subject.client_args("POST")
+    assert subject.cannot_send("DELETE") is not None
+
+
+def test_a_spec_that_posts_by_default(spec_dir: Path) -> None:
+    path = spoil(spec_dir, '[request]\npath = "/"',
+                 '[request]\npath = "/"\nmethod = "POST"\nbody = ""\n'
+                 'content_type = "application/json; charset=utf-8"')
+    subject = load_subject(path)
+    assert (subject.request_method, subject.request_body) == ("POST", "")
+    assert subject.method_for(None) == "POST" and subject.method_for("GET") == "GET"
+    args = subject.client_args()
+    assert args[args.index("--body") + 1] == ""
+    assert args[args.index("--content-type") + 1] == "application/json; charset=utf-8"
+    assert "--method" not in subject.client_args("GET")

@@ -10,13 +10,15 @@ from dataclasses import dataclass, field
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 
 # What every locally built box needs: boot, SSH, systemd, portablectl (systemd-container),
-# ab (apache2-utils), haproxy, python3 for the in-guest probe (python3-minimal lacks json), the
-# qemu guest agent (the only
-# way vagrant-libvirt learns the guest is up when no libvirt network is attached).
+# ab (apache2-utils) and hey (the second client, Go's HTTP stack: vm/load/hey.py; Debian
+# packages it from bookworm on), haproxy, python3 for the in-guest probe (python3-minimal
+# lacks json), the qemu guest agent (the only way vagrant-libvirt learns the guest is up when
+# no libvirt network is attached). The list is part of each box's cache key (build_env): a
+# changed list builds the boxes anew.
 BASE_PACKAGES = (
     "systemd", "systemd-sysv", "udev", "dbus", "openssh-server", "sudo", "linux-image-amd64",
     "kmod", "iproute2", "netbase", "ca-certificates", "procps", "systemd-container",
-    "apache2-utils", "haproxy", "python3", "qemu-guest-agent",
+    "apache2-utils", "hey", "haproxy", "python3", "qemu-guest-agent",
 )
 
 # What user portable services (`portablectl --user`, systemd >= 260) need beyond the base, as

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import asdict, dataclass
 
 
@@ -84,12 +85,29 @@ def parse_ab_output(text: str) -> AbResult:
     )
 
 
-def ab_command(url: str, concurrency: int, max_seconds: float, keepalive: bool) -> list[str]:
+def ab_command(url: str, concurrency: int, max_seconds: float, keepalive: bool,
+               method: str = "GET", body_file: str | None = None,
+               content_type: str = "text/plain") -> list[str]:
     """ab's argv: -l (answers differ in length: versions, counters), -r (go on after receive
     errors, count them), -t as the upper bound; -n after -t, or -t caps it at 50000.
-    -n allows 5000 req/s for the whole bound (ab allocates its stats for -n up front)."""
+    -n allows 5000 req/s for the whole bound (ab allocates its stats for -n up front).
+
+    A POST sends the file ``body_file`` (a path in the guest, written there before ab starts:
+    ``write_body_command``) with ``-p FILE -T TYPE``."""
+    if method not in ("GET", "POST"):
+        raise ValueError(f"ab_command: method must be GET or POST, not {method!r}")
+    if (method == "POST") != (body_file is not None):
+        raise ValueError("ab_command: a POST needs body_file (and a GET takes none)")
     cmd = ["ab", "-l", "-r", "-c", str(concurrency), "-t", f"{max_seconds:.0f}",
            "-n", str(int(max_seconds * 5000)), "-s", "30"]
     if keepalive:
         cmd.append("-k")
+    if body_file is not None:
+        cmd += ["-p", body_file, "-T", content_type]
     return [*cmd, url]
+
+
+def write_body_command(path: str, body: str) -> str:
+    """The guest shell command that writes a POST's ``body`` to ``path`` byte for byte (no
+    newline added; ``%`` and backslashes are data), for ab's ``-p`` and hey's ``-D``."""
+    return f"printf '%s' {shlex.quote(body)} > {shlex.quote(path)}"

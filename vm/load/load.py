@@ -1,9 +1,16 @@
-"""Load inside the guest during a reattach: ab plus the per-request probe.
+"""Load inside the guest during a reattach: ab plus the per-request probe (and hey beside ab).
 
 Both run as transient systemd units (``systemd-run``) with ``RuntimeMaxSec``, so a stuck
 client is killed by the guest's own service manager even if the harness is gone. ab's ``-t``
 is only the upper bound: the run is stopped (SIGINT: ab prints its report) once the new version
 has answered for a while, so the load provably spans the switch.
+
+With ``hey=True`` the second client (``hey.py``: Go's HTTP stack, which resends an idempotent
+request whose reused connection died) runs beside ab as its own unit, bounded the same way
+(``-z`` and RuntimeMaxSec) and stopped the same way (SIGINT: it finishes the request each
+worker is in and prints its report). A POST load (``method="POST"``) writes the body to
+``BODY_FILE`` in the guest first; ab sends it with ``-p``, hey with ``-D``, the probe and the
+long-lived clients from their own arguments (``client_args``).
 
 The same round trips read the guest kernel's TCP counters (``kernel.NETSTAT``) before the load
 starts and after it stops, and, when the service's unit is named, its journal since the load
@@ -20,7 +27,13 @@ from pathlib import Path
 
 from pytest_portable_upgrade.core.config import LoadSettings
 from pytest_portable_upgrade.core.errors import GuestError
-from pytest_portable_upgrade.load.ab import AbResult, ab_command, parse_ab_output
+from pytest_portable_upgrade.load.ab import (
+    AbResult,
+    ab_command,
+    parse_ab_output,
+    write_body_command,
+)
+from pytest_portable_upgrade.load.hey import HeyResult, hey_command, parse_hey_output
 from pytest_portable_upgrade.load.journal import (
     RestartGap,
     journal_command,
@@ -50,6 +63,8 @@ HOLD_CONNECTIONS_SOURCE = Path(__file__).with_name("guest") / "hold_connections.
 AB_UNIT = "pwt-ab.service"
 PROBE_UNIT = "pwt-probe.service"
 HOLDERS_UNIT = "pwt-holders.service"
+HEY_UNIT = "pwt-hey.service"
+BODY_FILE = f"{GUEST_DIR}/body"  # a POST's body, for ab -p and hey -D
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,11 @@ class LoadOutcome:
     # or no restart in it); journal_read says whether it was read at all.
     journal_gap: RestartGap | None = None
     journal_read: bool = False
+    # The second client (None: it did not run) and the method every client sent.
+    hey: HeyResult | None = None
+    hey_output: str = ""
+    hey_command: str | None = None
+    method: str = "GET"
 
     @property
     def ab_ended(self) -> float:
@@ -113,10 +133,13 @@ class LoadRun:
 
     def __init__(self, machine: Machine, settings: LoadSettings, keepalive: bool,
                  url: str, probe_port: int, client_args: list[str], holders: int = 0,
-                 service_unit: str | None = None) -> None:
+                 service_unit: str | None = None, hey: bool = False, method: str = "GET",
+                 body: str | None = None, content_type: str = "text/plain") -> None:
         """``client_args``: how the probe and the holders send the subject's request and read
-        its answers (``Subject.client_args``); ``service_unit``: the service whose journal
-        gives the restart gap (None: not read)."""
+        its answers (``Subject.client_args``, for the same ``method``); ``service_unit``: the
+        service whose journal gives the restart gap (None: not read); ``hey``: run hey beside
+        ab; ``method``, ``body``, ``content_type``: what ab and hey send (a POST's body is
+        written to BODY_FILE in the guest)."""
         self.machine = machine
         self.service_unit = service_unit
         self.client_args = shlex.join(client_args)
@@ -129,7 +152,14 @@ class LoadRun:
         self.ab_started = 0.0
         self._probe_text = ""  # the probe log read so far (whole lines)
         self._tcp_before: Counts = not_read()
-        self.command = shlex.join(ab_command(url, settings.concurrency, settings.max_s, keepalive))
+        self.method = method
+        self.body = body
+        body_file = BODY_FILE if method == "POST" else None
+        self.command = shlex.join(ab_command(url, settings.concurrency, settings.max_s, keepalive,
+                                             method, body_file, content_type))
+        self.hey_command = shlex.join(hey_command(
+            url, settings.concurrency, settings.max_s, keepalive, method, body_file,
+            content_type)) if hey else None
 
     def start(self) -> None:
         """Start the probe (and the long-lived holders), then ab, in one guest round trip.
@@ -144,9 +174,11 @@ class LoadRun:
                              mode="0755", once=True)
         steps = [
             # One by one: newer systemd refuses a whole `stop A B` when one is not loaded.
-            f"for u in {AB_UNIT} {PROBE_UNIT} {HOLDERS_UNIT}; do systemctl stop $u 2>/dev/null;"
-            f" done; mkdir -p {GUEST_DIR} && rm -f {GUEST_DIR}/ab.out {GUEST_DIR}/probe.jsonl"
-            f" {GUEST_DIR}/holders.jsonl",
+            f"for u in {AB_UNIT} {PROBE_UNIT} {HOLDERS_UNIT} {HEY_UNIT}; do systemctl stop $u"
+            f" 2>/dev/null; done; mkdir -p {GUEST_DIR} && rm -f {GUEST_DIR}/ab.out"
+            f" {GUEST_DIR}/probe.jsonl {GUEST_DIR}/holders.jsonl {GUEST_DIR}/hey.out {BODY_FILE}"
+            + (f" && {write_body_command(BODY_FILE, self.body or '')}"
+               if self.method == "POST" else ""),
             "date +%s.%N",
             f"systemd-run --quiet --collect --unit={PROBE_UNIT} -p RuntimeMaxSec={bound}"
             f" python3 {GUEST_DIR}/probe.py --port {self.probe_port} {self.client_args}"
@@ -161,6 +193,11 @@ class LoadRun:
                 f" {self.client_args} --connections {self.holders} --out {GUEST_DIR}/holders.jsonl"
                 f" --max-seconds {self.settings.max_s:.0f}"
             )
+        if self.hey_command is not None:
+            steps.append(
+                f"systemd-run --quiet --collect --unit={HEY_UNIT} -p RuntimeMaxSec={bound}"
+                f" -p StandardOutput=file:{GUEST_DIR}/hey.out -p StandardError=journal"
+                f" {self.hey_command}")
         steps += [
             "date +%s.%N",
             f"systemd-run --quiet --collect --unit={AB_UNIT} -p RuntimeMaxSec={bound}"
@@ -218,13 +255,18 @@ class LoadRun:
         exit waited for in the guest (bounded)."""
         m = self.machine
         stop_units = PROBE_UNIT + (f" {HOLDERS_UNIT}" if self.holders else "")
+        interrupted = AB_UNIT + (f" {HEY_UNIT}" if self.hey_command is not None else "")
         journal = "" if self.service_unit is None else (
             f" echo {SECTION}journal; {journal_command(self.service_unit, self.started)}"
             " 2>/dev/null;")
         out = m.execute(
-            f"date +%s.%N; systemctl kill --signal=SIGINT {AB_UNIT};"
+            f"date +%s.%N; for u in {interrupted}; do systemctl kill --signal=SIGINT $u; done;"
             f" for i in $(seq 600); do systemctl is-active --quiet {AB_UNIT} || break;"
             f" sleep 0.1; done; systemctl is-active --quiet {AB_UNIT} && echo AB-STILL-RUNNING;"
+            + (f" for i in $(seq 600); do systemctl is-active --quiet {HEY_UNIT} || break;"
+               f" sleep 0.1; done; systemctl is-active --quiet {HEY_UNIT} &&"
+               f" echo HEY-STILL-RUNNING; echo {SECTION}hey; cat {GUEST_DIR}/hey.out; echo;"
+               if self.hey_command is not None else "") +
             f" for u in {stop_units}; do systemctl stop $u; done;"
             f" echo {SECTION}netstat; cat {NETSTAT} 2>/dev/null;{journal}"
             f" echo {SECTION}ab; cat {GUEST_DIR}/ab.out;"
@@ -236,6 +278,15 @@ class LoadRun:
         stopped = float(sections["head"].split()[0])
         if "AB-STILL-RUNNING" in sections["head"]:
             raise GuestError(f"ab did not exit within 60 s of SIGINT:\n{out[-2000:]}")
+        hey = None
+        if self.hey_command is not None:
+            if "HEY-STILL-RUNNING" in sections["head"]:
+                raise GuestError(f"hey did not exit within 60 s of SIGINT:\n{out[-2000:]}")
+            try:
+                hey = parse_hey_output(sections.get("hey", ""))
+            except ValueError as e:
+                raise GuestError(f"hey printed no report ({e}):\n"
+                                 f"{sections.get('hey', '')[-2000:]}") from e
         holders = None
         if self.holders:
             records = parse_holder_log(sections.get("holders", ""))
@@ -253,4 +304,6 @@ class LoadRun:
         gap = journal_restart_gap(parse_journal_json(sections["journal"]), self.service_unit,
                                   after=self.started) if read else None
         return LoadOutcome(ab, output, timeline, self.started, stopped, self.command, holders,
-                           self.ab_started, tcp=tcp, journal_gap=gap, journal_read=read)
+                           self.ab_started, tcp=tcp, journal_gap=gap, journal_read=read,
+                           hey=hey, hey_output=sections.get("hey", ""),
+                           hey_command=self.hey_command, method=self.method)

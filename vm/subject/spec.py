@@ -37,7 +37,11 @@ UNIT_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._-]*\.socket$")
 TOP_KEYS = frozenset({"name", "service", "port", "profile", "sockets", "scenarios",
                       "state_directories", "checks", "request", "answer", "dropins",
                       "shutdown", "build", "versions"})
-REQUEST_KEYS = frozenset({"path", "host"})
+REQUEST_KEYS = frozenset({"path", "host", "method", "body", "content_type"})
+# The methods the clients send: GET, and POST with the spec's body (a POST is not resent by
+# Go's client, so a lost one shows where a GET's loss hides: vm/load/hey.py).
+METHODS = ("GET", "POST")
+DEFAULT_CONTENT_TYPE = "text/plain"
 ANSWER_KEYS = frozenset({"version_regex", "version_header", "counter_regex"})
 BUILD_KEYS = frozenset({"suite", "packages", "files"})
 VERSION_KEYS = frozenset({"answer", "image"})
@@ -78,6 +82,9 @@ class Subject:
     versions: dict[int, Version]
     request_path: str = "/"
     request_host: str = "probe"
+    request_method: str = "GET"  # what the scenarios send unless one asks for a method
+    request_body: str | None = None  # a POST's body; None: the subject takes no POST
+    request_content_type: str = DEFAULT_CONTENT_TYPE
     version_regex: str | None = None  # searched in the body; group 1 (or the match) names it
     version_header: str | None = None  # or: this response header's value names it
     counter_regex: str | None = None  # group 1: a number that must only go up
@@ -118,11 +125,33 @@ class Subject:
         return self.versions[version].answer
 
     # --- how the guest clients read an answer --------------------------------------------
-    def client_args(self) -> list[str]:
+    def cannot_send(self, method: str) -> str | None:
+        """Why this subject's clients cannot send ``method`` (a skip reason), or None."""
+        if method not in METHODS:
+            return (f"{self.name} ({self.spec}): the clients send {' or '.join(METHODS)},"
+                    f" not {method}")
+        if method == "POST" and self.request_body is None:
+            return (f"{self.name} ({self.spec}) has no [request] body: a POST needs one "
+                    "(body = \"...\")")
+        return None
+
+    def method_for(self, method: str | None) -> str:
+        """The method a run sends: ``method`` when a scenario asks for one, else the spec's."""
+        return self.request_method if method is None else method
+
+    def client_args(self, method: str | None = None) -> list[str]:
         """The arguments vm/load/guest/probe.py and hold_connections.py take to send the
         subject's request and read its answers (they know nothing of any service by
-        themselves)."""
+        themselves). ``method``: a scenario's own (None: the spec's); a POST adds
+        ``--method POST --body BODY --content-type TYPE``, a GET nothing."""
+        sent = self.method_for(method)
+        if (why := self.cannot_send(sent)) is not None:
+            raise ValueError(why)
         args = ["--path", self.request_path, "--host-header", self.request_host]
+        if sent == "POST":
+            assert self.request_body is not None
+            args += ["--method", "POST", "--body", self.request_body,
+                     "--content-type", self.request_content_type]
         if self.version_header is not None:
             args += ["--version-header", self.version_header]
         else:
@@ -297,6 +326,20 @@ def load_subject(spec: Path) -> Subject:
     if not path.startswith("/") or any(c.isspace() for c in path):
         raise _fail(spec, "request.path", f"an absolute path without spaces, not {path!r}")
     host = _str(spec, request.get("host", "probe"), "request.host")
+    method = request.get("method", "GET")
+    if method not in METHODS:
+        raise _fail(spec, "request.method", f"must be {' or '.join(METHODS)}, not {method!r}")
+    body = request.get("body")
+    if body is not None and not isinstance(body, str):
+        raise _fail(spec, "request.body", f"must be a string (what a POST sends), not {body!r}")
+    if method == "POST" and body is None:
+        raise _fail(spec, "request.body", 'missing: method = "POST" sends a body '
+                                          '(body = "name=visitor"; "" for an empty one)')
+    content_type = request.get("content_type", DEFAULT_CONTENT_TYPE)
+    if not isinstance(content_type, str) or not re.fullmatch(
+            r"[\w.+-]+/[\w.+-]+(?:\s*;\s*[\w.+-]+=[\w.+\"-]+)*", content_type):
+        raise _fail(spec, "request.content_type",
+                    f"{content_type!r} is no media type (e.g. \"application/json\")")
 
     answer = _table(spec, raw, "answer", ANSWER_KEYS)
     body_re = answer.get("version_regex")
@@ -330,7 +373,8 @@ def load_subject(spec: Path) -> Subject:
     subject = Subject(
         spec=spec, name=name, service=service, port=port, profile=profile, sockets=sockets,
         scenarios=_strings(spec, raw["scenarios"], "scenarios"), versions=versions,
-        request_path=path, request_host=host, version_regex=body_re, version_header=header,
+        request_path=path, request_host=host, request_method=method, request_body=body,
+        request_content_type=content_type, version_regex=body_re, version_header=header,
         counter_regex=counter, state_directories=state_dirs,
         dropins=_dropins(spec, raw, "dropins", names=True),
         shutdown=_dropins(spec, raw, "shutdown", names=False), build=build, checks=checks,

@@ -1,11 +1,12 @@
 #!/usr/bin/python3
 """Long-lived keep-alive clients, run inside the guest (stdlib only).
 
-N connections, each sending ``GET /`` every ``--interval`` seconds on the same HTTP/1.1
-connection, one JSON line per request: connection id, its generation (how many times it had to
-reconnect), send time, latency, greeting and visitor number, or what went wrong. A server that
-answers ``Connection: close`` makes the client reconnect ("server-closed"); a connection that
-dies without an answer is "broken" (reset, EOF, timeout) and is reconnected too.
+N connections, each sending the request (``GET /``, or a POST: ``--method``) every
+``--interval`` seconds on the same HTTP/1.1 connection, one JSON line per request: connection
+id, its generation (how many times it had to reconnect), send time, latency, greeting and
+visitor number, or what went wrong. A server that answers ``Connection: close`` makes the
+client reconnect ("server-closed"); a connection that dies without an answer is "broken"
+(reset, EOF, timeout) and is reconnected too.
 
 Like probe.py it knows no service: the request path, Host header and how to read the version
 and counter come as arguments (the same ones), and the answers are read by probe.py's
@@ -26,7 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from probe import (  # type: ignore[import-not-found]
     AnswerReader,
-    build_request,
+    add_request_arguments,
+    request_from,
 )
 
 
@@ -65,7 +67,7 @@ def holder(index: int, args: argparse.Namespace, out: list[str], lock: threading
         sent = time.time()
         rec: dict[str, object] = {"conn": index, "gen": generation, "t": round(sent, 4)}
         try:
-            sock.sendall(build_request(args.path, args.host_header, "1.1"))
+            sock.sendall(args.request)
             head, body = read_response(sock)
             rec["latency_ms"] = round((time.time() - sent) * 1000, 2)
             rec["status"] = int(head.split(b" ", 2)[1])
@@ -99,8 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--path", default="/")
-    parser.add_argument("--host-header", default="holder")
+    add_request_arguments(parser, "holder")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--version-regex")
     which.add_argument("--version-header")
@@ -111,6 +112,10 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=300.0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    try:
+        args.request = request_from(args, "1.1")
+    except ValueError as e:
+        parser.error(str(e))
     reader = AnswerReader(args.version_regex, args.version_header, args.counter_regex)
     stop = threading.Event()
     lock = threading.Lock()

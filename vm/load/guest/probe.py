@@ -13,7 +13,8 @@ It writes one JSON line per request when the request ends:
 ``oserror-<errno>``; a non-2xx answer has its ``status`` and no greeting. Lines are written as
 requests end, so the file is not in send order (readers sort by ``t``).
 
-It knows no service: the harness passes the request path and Host header, and how an answer
+It knows no service: the harness passes the request (path, Host header, and ``--method POST
+--body B --content-type T`` for a POST; GET by default), and how an answer
 names its version (``--version-regex`` on the body, group 1 or the whole match, or
 ``--version-header``) and, optionally, its counter (``--counter-regex``, group 1). A 2xx
 answer that names no version, or lacks the counter a subject promises, has no ``greeting``
@@ -74,8 +75,35 @@ class AnswerReader:
         return version, int(count.group(1))
 
 
-def build_request(path: str, host_header: str, version: str = "1.0") -> bytes:
-    return f"GET {path} HTTP/{version}\r\nHost: {host_header}\r\n\r\n".encode()
+def build_request(path: str, host_header: str, version: str = "1.0", method: str = "GET",
+                  body: str | None = None, content_type: str = "text/plain") -> bytes:
+    """One request: a GET, or a POST of ``body`` (UTF-8) with its Content-Length and type."""
+    if method not in ("GET", "POST") or (method == "POST") != (body is not None):
+        raise ValueError(f"build_request: a GET takes no body and a POST one, not {method}"
+                         f" with {body!r}")
+    head = f"{method} {path} HTTP/{version}\r\nHost: {host_header}\r\n"
+    if body is None:
+        return (head + "\r\n").encode()
+    data = body.encode()
+    return (f"{head}Content-Type: {content_type}\r\nContent-Length: {len(data)}\r\n"
+            "\r\n").encode() + data
+
+
+def add_request_arguments(parser: argparse.ArgumentParser, host_header: str) -> None:
+    """The options that say what request to send (Subject.client_args gives them)."""
+    parser.add_argument("--path", default="/")
+    parser.add_argument("--host-header", default=host_header)
+    parser.add_argument("--method", choices=("GET", "POST"), default="GET")
+    parser.add_argument("--body", help="what a POST sends (required with --method POST)")
+    parser.add_argument("--content-type", default="text/plain")
+
+
+def request_from(args: argparse.Namespace, version: str = "1.0") -> bytes:
+    """The request the parsed options ask for; a usage error is the caller's to report."""
+    if (args.method == "POST") != (args.body is not None):
+        raise ValueError("--body goes with --method POST, and a POST needs one")
+    return build_request(args.path, args.host_header, version, args.method, args.body,
+                         args.content_type)
 
 
 def one_request(host: str, port: int, timeout: float, request: bytes,
@@ -197,8 +225,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--path", default="/")
-    parser.add_argument("--host-header", default="probe")
+    add_request_arguments(parser, "probe")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--version-regex", help="on the body; group 1 (or the match) names it")
     which.add_argument("--version-header", help="this response header's value names it")
@@ -213,7 +240,10 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
     reader = AnswerReader(args.version_regex, args.version_header, args.counter_regex)
-    request = build_request(args.path, args.host_header)
+    try:
+        request = request_from(args)
+    except ValueError as e:
+        parser.error(str(e))
     if args.once:
         print(json.dumps(one_request(args.host, args.port, args.timeout, request, reader)))
         return
