@@ -96,7 +96,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RESULTS] = []
     config.stash[SKIPPED] = []
     config.stash[PHASES] = {}
-    if _one_value(config, "report-html") and not config.getoption("htmlpath", None):
+    if (_one_value(config, "report-html") and not config.getoption("htmlpath", None)
+            and not config.option.collectonly):  # --co runs nothing: no report
         root = Path(_one_value(config, "artifacts"))
         root = root if root.is_absolute() else config.invocation_params.dir / root
         config.option.htmlpath = str(root / config.stash[RUN_ID] / HTML_NAME)
@@ -215,7 +216,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     from pytest_portable_upgrade.report.report import write_summary
 
-    write_summary(config.stash[SETTINGS_KEY].artifacts_dir, records, config.stash[PHASES],
+    write_summary(settings_of(config).artifacts_dir, records, config.stash[PHASES],
                   skipped=skipped)
 
 
@@ -225,7 +226,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     from pytest_portable_upgrade.report.report import markdown_table
 
-    directory = config.stash[SETTINGS_KEY].artifacts_dir
+    directory = settings_of(config).artifacts_dir
     terminalreporter.section("zero-downtime verdicts")
     terminalreporter.write_line(markdown_table(records))
     phases = ", ".join(f"{k} {v:.0f} s" for k, v in config.stash[PHASES].items())
