@@ -16,6 +16,9 @@ layers listed before it, apart from the three exceptions named below.
                (python -m pytest_portable_upgrade.report.matrix)
     scenarios  the catalogue, run_scenario, verdict_of (the one judge, conclude turns it into
                pytest's outcome) and the checks it is made of
+    plugin     what a user installs: the pytest plugin (pytest11 entry point: options from
+               core/config.py, hooks, the HTML report), the fixture ladder, the scenario
+               suite (plugin/suite), the ``portable-upgrade`` command and setup-host
 
 The exceptions, each a real dependency:
 
@@ -25,6 +28,7 @@ The exceptions, each a real dependency:
 - subject/spec.py checks the scenario ids a spec names (scenarios/catalogue.py, imported when a
   spec is loaded).
 
-The repository's conftest.py builds the fixtures on top: settings, subject -> box, images ->
-machine -> host -> service -> clean_service. tests/unit/test_layers.py holds the code to this.
+plugin/fixtures.py builds the fixtures on top: settings, subject -> box, images -> machine ->
+host -> service -> clean_service -> run_recorded. The default subject (images/) ships beside
+it as ``pytest_portable_upgrade.walkthrough``. tests/unit/test_layers.py holds the code to this.
 """

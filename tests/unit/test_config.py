@@ -14,7 +14,16 @@ from pytest_portable_upgrade.boxes.recipes import (
     BoxRecipe,
     get_box,
 )
-from pytest_portable_upgrade.core.config import LoadSettings, Settings
+from pytest_portable_upgrade.core.config import (
+    SETTINGS,
+    LoadSettings,
+    SettingError,
+    Settings,
+    options_markdown,
+    settings_from,
+)
+
+OPTIONS_MD = Path(__file__).resolve().parents[2] / "docs" / "options.md"
 
 
 def test_defaults_are_valid() -> None:
@@ -79,7 +88,7 @@ def test_concurrency_below_one(concurrency: int) -> None:
 @pytest.mark.parametrize(("switch_after", "post_switch"), [(-1.0, 10.0), (0.0, 10.0),
                                                            (5.0, -2.0), (5.0, 0.0)])
 def test_durations_must_be_positive(switch_after: float, post_switch: float) -> None:
-    with pytest.raises(ValueError, match="positive durations"):
+    with pytest.raises(ValueError, match="must be a positive number of seconds"):
         LoadSettings(switch_after_s=switch_after, post_switch_s=post_switch).validate()
 
 
@@ -193,3 +202,39 @@ def test_max_stall_must_be_positive_when_set(stall: float) -> None:
 def test_max_stall_is_off_by_default() -> None:
     assert LoadSettings().max_stall_s is None
     LoadSettings(max_stall_s=2.5).validate()
+
+
+def test_docs_options_md_is_what_the_declarations_make() -> None:
+    """docs/options.md is generated: `portable-upgrade options > docs/options.md`."""
+    assert OPTIONS_MD.read_text() == options_markdown(), (
+        "regenerate: portable-upgrade options > docs/options.md")
+
+
+def test_every_setting_is_documented_once_with_its_variable_and_default() -> None:
+    text = options_markdown()
+    for s in SETTINGS:
+        rows = [line for line in text.splitlines()
+                if line.startswith((f"| `--{s.name} ", f"| `--{s.name}` "))]
+        assert len(rows) == 1, s.name
+        assert f"`{s.env}`" in rows[0] and s.help in rows[0]
+    assert len({s.env for s in SETTINGS}) == len(SETTINGS)
+    # a help text names no default by hand: the default column does
+    assert [s.name for s in SETTINGS if "(default" in s.help or "default:" in s.help] == []
+
+
+def test_one_artifacts_default_relative_to_where_the_run_started(tmp_path: Path) -> None:
+    assert Settings().artifacts_root == Path("artifacts")
+    assert settings_from({}, base=tmp_path).artifacts_root == tmp_path / "artifacts"
+
+
+def test_settings_from_reads_the_command_line_over_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("PWT_CONCURRENCY", "7")
+    monkeypatch.setenv("PWT_ARTIFACTS_ALWAYS", "yes")
+    assert settings_from({}).load.concurrency == 7
+    got = settings_from({"concurrency": "3", "service": "spec.toml"}, base=tmp_path)
+    assert got.load.concurrency == 3 and got.artifacts_always is True
+    assert got.service == tmp_path / "spec.toml"
+    with pytest.raises(SettingError, match=r"--concurrency \(PWT_CONCURRENCY\) must be an integer"):
+        settings_from({"concurrency": "many"})

@@ -1,16 +1,18 @@
-"""The suite's options (conftest.py): a bad value ends the run at start-up with one line.
+"""The suite's options (the plugin): a bad value ends the run at start-up with one line.
 
-Each case runs ``pytest --co`` (collect only) on tests/integration in a subprocess. Settings are
-validated in ``pytest_configure``, before collection; under ``--co`` no test runs, so no
-fixture runs either: the session fixtures that build the box and images and boot the VM
-(``box``, ``images``, ``machine``, ``service``) and the one that creates the artifacts directory are
-never set up. ``test_valid_options_collect_the_scenarios`` checks the last by pointing
-``--artifacts`` and ``--state-dir`` at directories that must still not exist afterwards.
+Each case runs ``pytest --co`` (collect only) on the scenario suite the package ships, in a
+subprocess. Settings are read and checked once collection has found a test that uses them
+(``pytest_collection_finish``); under ``--co`` no test runs, so no fixture runs either: the
+session fixtures that build the box and images and boot the VM (``box``, ``images``,
+``machine``, ``service``) and the one that creates the artifacts directory are never set up.
+``test_valid_options_collect_the_scenarios`` checks the last by pointing ``--artifacts`` and
+``--state-dir`` at directories that must still not exist afterwards.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,16 +21,17 @@ import pytest
 from pytest_portable_upgrade.boxes.recipes import BOXES
 from pytest_portable_upgrade.scenarios.catalogue import SCENARIOS
 
-pytest_plugins = ["pytester"]
-
 ROOT = Path(__file__).resolve().parents[2]
-INTEGRATION = ROOT / "tests" / "integration"
+SUITE = ("--pyargs", "pytest_portable_upgrade.plugin.suite")
+# Plugin autoloading is off in these sessions (host plugins cost time and could change the
+# output): the suite's plugin is named, as its pytest11 entry point would load it.
+PLUGIN = ("-p", "pytest_portable_upgrade.plugin.plugin")
 Collect = Callable[..., pytest.RunResult]
 
 
 @pytest.fixture
 def collect(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Iterator[Collect]:
-    """collect(*options, **env) -> RunResult of ``pytest --co`` on tests/integration."""
+    """collect(*options, **env) -> RunResult of ``pytest --co`` on the scenario suite."""
     for name in list(os.environ):
         if name.startswith("PWT_"):
             monkeypatch.delenv(name)
@@ -40,8 +43,8 @@ def collect(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Itera
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         return pytester.runpytest_subprocess(
-            "--co", "-q", "-p", "no:cacheprovider", f"--rootdir={ROOT}",
-            "-c", str(ROOT / "pyproject.toml"), str(INTEGRATION), *options, timeout=60,
+            "--co", "-q", "-p", "no:cacheprovider", *PLUGIN, f"--rootdir={ROOT}",
+            "-c", str(ROOT / "pyproject.toml"), *SUITE, *options, timeout=60,
         )
 
     yield run
@@ -55,7 +58,10 @@ def assert_usage_error(result: pytest.RunResult, *reason: str) -> None:
     text = output_of(result)
     assert result.ret == pytest.ExitCode.USAGE_ERROR, text
     assert "Traceback" not in text, text
-    shown = [ln for ln in text.splitlines() if ln.strip()]
+    # Besides pytest's own count line ("16 tests collected in 0.4s"): the checks run once
+    # collection is done, before anything is listed, built or booted.
+    shown = [ln for ln in text.splitlines()
+             if ln.strip() and not re.match(r"(\d+ tests? collected|no tests ran) in ", ln)]
     assert len(shown) == 1, f"wanted one line, got:\n{text}"
     assert shown[0].startswith("ERROR: "), text
     for part in reason:
@@ -76,7 +82,7 @@ def assert_usage_error(result: pytest.RunResult, *reason: str) -> None:
         (["--accel", "warp"], {}, ["accel must be one of auto, kvm, tcg", "'warp'"]),
         ([], {"PWT_CONCURRENCY": "-1"}, ["concurrency must be at least 1, not -1"]),
         ([], {"PWT_SWITCH_AFTER": "soon"}, ["--switch-after (PWT_SWITCH_AFTER)", "'soon'"]),
-        (["--switch-after", "-3"], {}, ["switch-after and post-switch must be positive"]),
+        (["--switch-after", "-3"], {}, ["switch-after must be a positive number of seconds"]),
         (["--min-complete", "0"], {}, ["min-complete must be at least 1"]),
         (["--boot-timeout", "0"], {}, ["boot-timeout must be a positive number of seconds"]),
         ([], {"PWT_REATTACH_TIMEOUT": "-1"}, ["reattach-timeout must be a positive number"]),
@@ -126,22 +132,22 @@ def test_command_line_wins_over_the_environment(collect: Collect) -> None:
 
 
 EXPECTED_IDS = [
-    "tests/integration/test_keepalive.py::test_keepalive_loses_no_request"
+    "vm/plugin/suite/test_keepalive.py::test_keepalive_loses_no_request"
     "[host-socket-keepalive-drain]",
-    "tests/integration/test_keepalive.py::test_keepalive_loses_no_request"
+    "vm/plugin/suite/test_keepalive.py::test_keepalive_loses_no_request"
     "[host-socket-keepalive-haproxy]",
-    "tests/integration/test_keepalive.py::test_keepalive_to_naive_server_loses_requests",
-    "tests/integration/test_reattach.py::test_reattach_loses_no_request"
+    "vm/plugin/suite/test_keepalive.py::test_keepalive_to_naive_server_loses_requests",
+    "vm/plugin/suite/test_reattach.py::test_reattach_loses_no_request"
     "[host-socket-no-keepalive]",
-    "tests/integration/test_reattach.py::test_reattach_loses_no_request[host-socket-rollback]",
-    "tests/integration/test_reattach.py::test_reattach_loses_no_request"
+    "vm/plugin/suite/test_reattach.py::test_reattach_loses_no_request[host-socket-rollback]",
+    "vm/plugin/suite/test_reattach.py::test_reattach_loses_no_request"
     "[host-socket-trusted-profile]",
-    "tests/integration/test_socket_in_image.py::test_socket_in_image_causes_downtime",
-    "tests/integration/test_fdstore_preserve.py::"
+    "vm/plugin/suite/test_socket_in_image.py::test_socket_in_image_causes_downtime",
+    "vm/plugin/suite/test_fdstore_preserve.py::"
     "test_stop_start_drops_the_stored_connections_without_preserve",
-    "tests/integration/test_fdstore_preserve.py::"
+    "vm/plugin/suite/test_fdstore_preserve.py::"
     "test_stop_start_keeps_every_connection_with_preserve",
-    "tests/integration/test_user_portable.py::test_user_portable_reattach_loses_no_request",
+    "vm/plugin/suite/test_user_portable.py::test_user_portable_reattach_loses_no_request",
 ]
 
 
@@ -169,15 +175,17 @@ def test_valid_options_collect_the_scenarios(collect: Collect, tmp_path: Path) -
 def test_unit_tests_ignore_the_integration_settings(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`PWT_BOX=nonsense tox -e unit` runs: the root conftest checks settings for VM runs only."""
+    """`PWT_BOX=nonsense tox -e unit` runs: the plugin reads the settings only for a session
+    that collects a test using them (no guard on paths)."""
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     monkeypatch.setenv("PWT_BOX", "nonsense")
     monkeypatch.setenv("PWT_CONCURRENCY", "0")
     unit_file = ROOT / "tests" / "unit" / "test_quirks.py"
-    args = ("--co", "-q", "-p", "no:cacheprovider", f"--rootdir={ROOT}",
+    args = ("--co", "-q", "-p", "no:cacheprovider", *PLUGIN, f"--rootdir={ROOT}",
             "-c", str(ROOT / "pyproject.toml"))
     result = pytester.runpytest_subprocess(*args, str(unit_file), timeout=60)
     assert result.ret == pytest.ExitCode.OK, output_of(result)
     # The same environment still stops a run that includes the VM tests, with one line.
-    mixed = pytester.runpytest_subprocess(*args, str(unit_file), str(INTEGRATION), timeout=60)
+    mixed = pytester.runpytest_subprocess(*args, "--pyargs", str(unit_file),
+                                          "pytest_portable_upgrade.plugin.suite", timeout=60)
     assert_usage_error(mixed, "unknown box 'nonsense'")

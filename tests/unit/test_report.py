@@ -276,13 +276,13 @@ def test_stability_table_counts_expected_verdicts_per_scenario() -> None:
 
 
 def test_readme_names_the_command_behind_every_evidence_file() -> None:
-    """README's "Reading the report" gives the exact guest command of each saved file (for
+    """docs/report.md gives the exact guest command of each saved file (for
     the default subject, the walkthrough)."""
     from support import WALKTHROUGH
 
     from pytest_portable_upgrade.systemd.portable import evidence_commands
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "report.md").read_text()
     for name, command in evidence_commands(WALKTHROUGH).items():
         assert f"| `{name}` | `{command}`" in readme, name
 def window_labels(out: Any) -> list[str]:

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["pytester"]
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -40,8 +38,32 @@ def test_an_expired_test_fails_and_its_finalisers_run(pytester: pytest.Pytester,
     assert marker.read_text() == "vm destroyed", text
 
 
-def test_the_project_bounds_each_test_by_signal_not_by_thread() -> None:
-    # The thread method ends the process with os._exit: no finaliser, a leaked VM.
-    text = (ROOT / "pyproject.toml").read_text()
-    assert 'timeout_method = "signal"' in text
-    assert "timeout_func_only = true" in text  # box build and boot have their own bounds
+def test_the_plugin_bounds_each_vm_test_by_signal_not_by_thread(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A test whose fixtures reach ``machine`` gets the vm mark and the bound by signal on its
+    body (the thread method ends the process with os._exit: no finaliser, a leaked VM); a
+    test that boots nothing gets neither."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.makepyfile(test_marks="""
+        import pytest
+
+        @pytest.fixture
+        def machine(settings):  # stands in for the plugin's VM, boots nothing
+            return "vm"
+
+        def test_on_the_vm(machine, request):
+            mark = request.node.get_closest_marker("timeout")
+            assert request.node.get_closest_marker("vm") is not None
+            assert mark.kwargs == {"method": "signal", "func_only": True}, mark
+            assert mark.args[0] >= 600
+
+        def test_without_a_vm(request):
+            assert request.node.get_closest_marker("timeout") is None
+            assert request.node.get_closest_marker("vm") is None
+    """)
+    result = pytester.runpytest_subprocess(
+        "-p", "pytest_timeout", "-p", "pytest_portable_upgrade.plugin.plugin",
+        "-p", "no:cacheprovider", f"--rootdir={pytester.path}", "--strict-markers",
+        f"--state-dir={pytester.path / 'state'}", timeout=50)
+    result.assert_outcomes(passed=2)

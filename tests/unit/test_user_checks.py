@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pytest_portable_upgrade.subject.user_checks import ROOT, run_user_checks
+import pytest
+
+from pytest_portable_upgrade.subject.user_checks import run_user_checks
 
 CHECKS = '''
 def test_passes(host, run_record):
@@ -65,8 +67,20 @@ def test_a_check_that_does_not_import_fails(tmp_path: Path) -> None:
     assert result.failures and "no_such_module" in " ".join(result.failures)
 
 
-def test_the_plugin_is_importable_from_the_path_it_is_given() -> None:
-    """The users' pytest process imports the plugin
-    (``-p pytest_portable_upgrade.subject.user_checks``)
-    from ROOT, whatever its working directory: ROOT is the repository."""
-    assert (ROOT / "vm" / "subject" / "user_checks.py").is_file()
+def test_their_process_needs_no_path_of_this_repository_and_not_the_suites_plugin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The users' pytest process finds ``run_record``'s plugin where the package is installed
+    (no PYTHONPATH), from a directory of theirs; the suite's own plugin (whose ``host`` is the
+    session's VM, not testinfra's --hosts one) stays out of it."""
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    monkeypatch.chdir(tmp_path)
+    text = (
+        "def test_not_the_suite(host, run_record, pytestconfig):\n"
+        "    assert not pytestconfig.pluginmanager.hasplugin('portable_upgrade')\n"
+        "    assert type(host).__module__.startswith('testinfra')\n"
+        "    assert run_record == {'scenario': 's'}\n"
+    )
+    result = run_user_checks(checks_dir(tmp_path, text), "local://", None, {"scenario": "s"},
+                             tmp_path / "out")
+    assert (result.run, result.failures) == (1, ()), (tmp_path / "out" / "output.txt").read_text()

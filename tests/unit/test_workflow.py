@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +14,9 @@ from pytest_portable_upgrade.boxes.fedora import FEDORA_RELEASES
 from pytest_portable_upgrade.boxes.provision import provision_commands
 from pytest_portable_upgrade.boxes.recipes import BOXES, get_box
 
-WORKFLOW = Path(__file__).resolve().parents[2] / ".github" / "workflows" / "nightly.yml"
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOW = ROOT / ".github" / "workflows" / "nightly.yml"
+REUSABLE = ROOT / ".github" / "workflows" / "portable-upgrade.yml"
 CHECKER = shutil.which("check-jsonschema")
 
 
@@ -62,10 +65,11 @@ def test_nightly_is_scheduled() -> None:
 
 @pytest.mark.skipif(CHECKER is None, reason="check-jsonschema missing (tox -e unit has it)")
 @pytest.mark.parametrize("broken", [False, True], ids=["as-committed", "misspelt-key"])
-def test_github_schema_validates_it(tmp_path: Path, broken: bool) -> None:
+@pytest.mark.parametrize("source", [WORKFLOW, REUSABLE], ids=["nightly", "reusable"])
+def test_github_schema_validates_it(tmp_path: Path, broken: bool, source: Path) -> None:
     """check-jsonschema's vendored GitHub workflow schema works offline; a typo must fail."""
-    path = tmp_path / "nightly.yml"
-    text = WORKFLOW.read_text()
+    path = tmp_path / source.name
+    text = source.read_text()
     path.write_text(text.replace("runs-on:", "runs_on:", 1) if broken else text)
     assert CHECKER is not None
     result = subprocess.run(
@@ -73,3 +77,41 @@ def test_github_schema_validates_it(tmp_path: Path, broken: bool) -> None:
         capture_output=True, text=True, check=False,
     )
     assert (result.returncode != 0) == broken, result.stdout + result.stderr
+
+
+def reusable() -> dict[object, object]:
+    data = yaml.safe_load(REUSABLE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_the_reusable_workflow_runs_the_spec_per_box_and_joins_the_matrix() -> None:
+    inputs = reusable()[True]["workflow_call"]["inputs"]  # type: ignore[index]
+    assert inputs["spec"]["required"] is True
+    assert set(inputs) == {"spec", "boxes", "install", "args"}
+    jobs = reusable()["jobs"]
+    assert isinstance(jobs, dict)
+    assert jobs["scenarios"]["strategy"]["matrix"]["box"] == "${{ fromJSON(inputs.boxes) }}"
+    steps = jobs["scenarios"]["steps"]
+    runs = " ".join(str(step.get("run", "")) for step in steps)
+    for needed in ('pip install "$INSTALL"', "portable-upgrade setup-host",
+                   'portable-upgrade run "$(basename "$SPEC")" --box "$BOX"', "--artifacts"):
+        assert needed in runs, needed
+    uploads = [s for s in steps if str(s.get("uses", "")).startswith("actions/upload-artifact")]
+    assert uploads and uploads[0]["if"] == "always()"
+    assert "${{ matrix.box }}" in uploads[0]["with"]["name"]
+    join = " ".join(str(s.get("run", "")) for s in jobs["matrix"]["steps"])
+    assert jobs["matrix"]["needs"] == "scenarios"
+    assert "python -m pytest_portable_upgrade.report.matrix join" in join
+    # the caller's inputs reach the shell as variables, never spliced into a script
+    assert all("${{ inputs." not in str(step.get("run", "")) for job in jobs.values()
+               for step in job["steps"])
+
+
+def test_the_guides_example_calls_it_with_inputs_it_has() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("uses: OWNER/pytest-portable-upgrade/.github/workflows/")[1]
+    assert block.startswith(REUSABLE.name + "@")
+    given = re.findall(r"\n      (\w+): ", block.split("```")[0])
+    inputs = reusable()[True]["workflow_call"]["inputs"]  # type: ignore[index]
+    assert given and set(given) <= set(inputs), given

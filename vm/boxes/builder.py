@@ -21,13 +21,14 @@ from pytest_portable_upgrade.core.errors import HarnessError, PrerequisiteMissin
 from pytest_portable_upgrade.core.host import pool_volumes, remove_libvirt_leftovers
 from pytest_portable_upgrade.core.log import log
 from pytest_portable_upgrade.core.proc import run_logged
+from pytest_portable_upgrade.core.resources import resource
 
 # The two scripts' names and bytes are the box's cache key (box_key): an edit rebuilds every
 # cached box and drops the guests saved from it. So their comments still name the paths from
 # before vm/ had layers (vm/box.py is this file, vm/pack-box.sh is vm/boxes/pack-box.sh, ...).
-BUILD_SCRIPT = Path(__file__).with_name("build-box.sh")
+BUILD_SCRIPT = resource("pytest_portable_upgrade.boxes", "build-box.sh")
 # The disk step, apart so a test can run it where /dev has no loop device.
-PACK_SCRIPT = Path(__file__).with_name("pack-box.sh")
+PACK_SCRIPT = resource("pytest_portable_upgrade.boxes", "pack-box.sh")
 # rootfs (~1 GB) + raw disk (sparse, ~1.5 GB used) + qcow2 + .box + the pool's copy.
 BOX_BUILD_FREE_GIB = 6.0
 MIRROR_FAILURES = ("Failed getting release file", "Could not resolve", "Temporary failure",

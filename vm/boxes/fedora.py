@@ -34,8 +34,9 @@ from pathlib import Path
 from pytest_portable_upgrade.core.cache import file_sha256
 from pytest_portable_upgrade.core.errors import HarnessError, PrerequisiteMissing
 from pytest_portable_upgrade.core.log import log
+from pytest_portable_upgrade.core.resources import resource
 
-KEY_DIR = Path(__file__).with_name("keys")
+KEY_DIR = resource("pytest_portable_upgrade.boxes", "keys")
 MIRROR = "https://download.fedoraproject.org/pub/fedora/linux/releases"
 # A read that stalls this long ends the download (a box is ~600-900 MB, so no total bound).
 READ_TIMEOUT_S = 60.0

@@ -2,7 +2,7 @@
 
 ``log.nested("booting machine")`` prints the step when it starts and
 ``(finished: booting machine, in 92.31 seconds)`` when it ends. pytest captures output, so the
-conftest installs an ``emit`` that writes past the capture to the terminal.
+plugin (plugin/plugin.py) installs an ``emit`` that writes past the capture to the terminal.
 
 Two levels: ``info`` goes to the terminal and the run's log file; ``detail`` (every guest
 command with its exit status and duration) only to the file, so the terminal stays readable

@@ -23,10 +23,10 @@ from __future__ import annotations
 import shlex
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pytest_portable_upgrade.core.config import LoadSettings
 from pytest_portable_upgrade.core.errors import GuestError
+from pytest_portable_upgrade.core.resources import resource
 from pytest_portable_upgrade.load.ab import (
     AbResult,
     ab_command,
@@ -57,9 +57,9 @@ from pytest_portable_upgrade.load.timeline import (
 from pytest_portable_upgrade.machine.machine import Machine
 
 GUEST_DIR = "/run/pwt"
-PROBE_SOURCE = Path(__file__).with_name("guest") / "probe.py"
+PROBE_SOURCE = resource("pytest_portable_upgrade.load", "guest/probe.py")
 # The long-lived keep-alive clients (their host-side summary: long_lived.py).
-HOLD_CONNECTIONS_SOURCE = Path(__file__).with_name("guest") / "hold_connections.py"
+HOLD_CONNECTIONS_SOURCE = resource("pytest_portable_upgrade.load", "guest/hold_connections.py")
 AB_UNIT = "pwt-ab.service"
 PROBE_UNIT = "pwt-probe.service"
 HOLDERS_UNIT = "pwt-holders.service"

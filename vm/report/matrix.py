@@ -152,8 +152,14 @@ class BoxOutcome:
     started: bool = True
 
 
+# The scenario suite as the package ships it (vm/plugin/suite), with its HTML report, which
+# opens with every scenario's row (and its timeline) shown (pytest-html folds passes).
+SUITE = "pytest_portable_upgrade.plugin.suite"
+SUITE_ARGS = ("--pyargs", SUITE, "--report-html", "-o", "render_collapsed=skipped")
+
+
 def pytest_runner(pytest_args: Sequence[str], quiet: bool) -> BoxRunner:
-    """A BoxRunner that runs the integration suite for a box in its own pytest process.
+    """A BoxRunner that runs the scenario suite for a box in its own pytest process.
 
     Each run gets its own run id, VM, ports and artifacts (nothing is shared but the caches).
     ``--run-timeout`` makes the child end itself cleanly within its share of the bound;
@@ -161,7 +167,7 @@ def pytest_runner(pytest_args: Sequence[str], quiet: bool) -> BoxRunner:
     """
     def run(box: str, box_dir: Path, seconds: float) -> int:
         box_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pytest", "tests/integration", f"--box={box}",
+        cmd = [sys.executable, "-m", "pytest", *SUITE_ARGS, f"--box={box}",
                f"--artifacts={box_dir}", f"--junitxml={box_dir}/junit.xml"]
         if math.isfinite(seconds):
             cmd.append(f"--run-timeout={max(1, int(seconds))}")

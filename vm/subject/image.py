@@ -13,10 +13,11 @@ from pytest_portable_upgrade.core.cache import checksum_ok, locked, recipe_hash,
 from pytest_portable_upgrade.core.errors import PrerequisiteMissing
 from pytest_portable_upgrade.core.log import log
 from pytest_portable_upgrade.core.proc import run_logged
+from pytest_portable_upgrade.core.resources import resource
 from pytest_portable_upgrade.subject.spec import Subject
 
 # Its name and bytes are in every image set's cache key.
-BUILD_SCRIPT = Path(__file__).resolve().with_name("build-image.sh")
+BUILD_SCRIPT = resource("pytest_portable_upgrade.subject", "build-image.sh")
 SOCKET_LOCATIONS = ("host", "image")
 SCOPES = ("system", "user")
 # A user's portabled (260+) looks for the image's units in the user lookup paths and attaches

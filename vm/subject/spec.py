@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_portable_upgrade.core.errors import HarnessError
+from pytest_portable_upgrade.core.resources import resource
 
 if TYPE_CHECKING:
     from pytest_portable_upgrade.scenarios.catalogue import Scenario
 
 PORTABLES = "/var/lib/portables"
-DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "images" / "walkthrough.toml"
+DEFAULT_SPEC = resource("pytest_portable_upgrade.walkthrough", "walkthrough.toml")
 PROFILES = ("default", "nonetwork", "strict", "trusted")
 # Drop-ins the suite installs for the service are named 50-pwt-*.conf: reset removes them all.
 DROPIN_PREFIX = "50-pwt-"

@@ -11,7 +11,8 @@ plugin. A separate process keeps a user's conftest, plugins or a crash out of th
 session. Each failure becomes one line in the run record, and ``verdict_of`` lists it as a
 problem: a failing user check fails its scenario.
 
-This module is also that pytest plugin (``-p pytest_portable_upgrade.subject.user_checks``).
+This module is also that pytest plugin (``-p pytest_portable_upgrade.subject.user_checks``);
+the suite's own plugin is kept out of that process (``-p no:portable_upgrade``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository: vm/ is imported from it
 RECORD_ENV = "PWT_RUN_RECORD"
 TIMEOUT_S = 300.0
 
@@ -71,13 +71,15 @@ def run_user_checks(directory: Path, hostspec: str, ssh_config: Path | None,
     junit.unlink(missing_ok=True)
     command = [sys.executable, "-m", "pytest", str(directory), "-c", str(out_dir / "pytest.ini"),
                "--rootdir", str(directory), "--confcutdir", str(directory),
-               "-p", "no:cacheprovider", "-p", "pytest_portable_upgrade.subject.user_checks",
+               # the suite's own plugin stays out: its `host` is not testinfra's --hosts one
+               "-p", "no:cacheprovider", "-p", "no:portable_upgrade", "-p", "no:html",
+               "-p", "pytest_portable_upgrade.subject.user_checks",
                f"--hosts={hostspec}",
                f"--junitxml={junit}", "-q", "-rfE"]
     if ssh_config is not None:
         command += [f"--ssh-config={ssh_config}", "--sudo"]
-    env = {**os.environ, RECORD_ENV: str(out_dir / "run_record.json"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    # The package is installed where this Python finds it: nothing to add to PYTHONPATH.
+    env = {**os.environ, RECORD_ENV: str(out_dir / "run_record.json")}
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                                 env=env, stdin=subprocess.DEVNULL, check=False)

@@ -28,6 +28,6 @@ def test_stop_start_drops_the_stored_connections_without_preserve(
 def test_stop_start_keeps_every_connection_with_preserve(
     run_recorded: Callable[[Scenario], Verdict],
 ) -> None:
-    """0 failed, no connection broken or closed, each switched Hello -> Hola in place."""
+    """0 failed, no connection broken or closed, each switched from v1 to v2 in place."""
     conclude(run_recorded(
         get_scenario("host-socket-keepalive-longlived-fdstore-stopstart-preserve")))

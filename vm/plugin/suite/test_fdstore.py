@@ -29,5 +29,5 @@ def test_draining_server_makes_long_lived_clients_reconnect(
 def test_fd_store_keeps_every_connection_across_the_reattach(
     run_recorded: Callable[[Scenario], Verdict],
 ) -> None:
-    """0 failed, no connection broken or closed, each switched Hello -> Hola in place."""
+    """0 failed, no connection broken or closed, each switched from v1 to v2 in place."""
     conclude(run_recorded(get_scenario("host-socket-keepalive-longlived-fdstore")))
