@@ -304,8 +304,9 @@ def machine(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Conf
     """The session's one VM (a ``Machine``): booted once, destroyed at the end (see --keep-vm).
 
     Asks for ``images`` so a broken image build ends the run before a boot is paid for."""
-    from pytest_portable_upgrade.boxes.fedora_box import needs_provisioning, provision_box
+    from pytest_portable_upgrade.boxes.fedora_box import needs_provisioning
     from pytest_portable_upgrade.machine.accel import choose_accel
+    from pytest_portable_upgrade.machine.provision_vm import provision_box
     from pytest_portable_upgrade.machine.runs import RunLock, reap_stale_runs
     from pytest_portable_upgrade.machine.vagrant_backend import VagrantVM
 

@@ -1,10 +1,10 @@
 """The harness of the portable-walkthrough suite, in layers. Each layer imports only from the
-layers listed before it, apart from the three exceptions named below.
+layers listed before it, apart from the two exceptions named below.
 
     core       errors, the step log, retries, subprocesses, the build cache, host facts, and the
                run settings (config.py)
     boxes      the guests: box recipes, the cached builder and its scripts, Fedora's downloaded
-               boxes (download, signature check, provisioned once)
+               boxes (download, signature check; machine/provision_vm.py provisions them once)
     subject    the service under test: its TOML spec, its portable images, the spec's own checks
     machine    one booted VM: Machine (NixOS-style verbs over SSH), the Vagrant backend, the
                Vagrantfile, saved guests, KVM or TCG, testinfra's host, the run lock and reaper
@@ -17,11 +17,9 @@ layers listed before it, apart from the three exceptions named below.
     scenarios  the catalogue, run_scenario, verdict_of (the one judge, conclude turns it into
                pytest's outcome) and the checks it is made of
 
-The exceptions, each a real dependency:
+The exceptions, each a real dependency (and no module imports in a circle):
 
 - core/config.py names the default box and subject spec (boxes/recipes.py, subject/spec.py);
-- boxes/fedora_box.py provisions a downloaded box in a VM (machine/); boxes/builder.py imports
-  it only when a Fedora box is asked for;
 - subject/spec.py checks the scenario ids a spec names (scenarios/catalogue.py, imported when a
   spec is loaded).
 
