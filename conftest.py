@@ -428,7 +428,7 @@ def clean_service(service: Any, artifacts: Path, settings: Settings,
     the reset, the evidence (journals, probe log, ab.out) of every run that did not simply pass
     is saved: an error, a FAIL, an expected loss or downtime, a refusal; --artifacts-always:
     all."""
-    from pytest_portable_upgrade.scenarios.verdict import VERDICT_KEY, evidence_reason
+    from pytest_portable_upgrade.plugin.outcome import VERDICT_KEY, evidence_reason
 
     if not service.clean_verified:  # the previous test's reset has checked it otherwise
         service.check_clean()

@@ -14,8 +14,10 @@ layers listed before it, apart from the two exceptions named below.
                scope, sysupdate rollouts, and quirks.py (every systemd-version difference)
     report     summary.json/md and the timeline PNGs; the box matrix
                (python -m pytest_portable_upgrade.report.matrix)
-    scenarios  the catalogue, run_scenario, verdict_of (the one judge, conclude turns it into
-               pytest's outcome) and the checks it is made of
+    scenarios  the catalogue, run_scenario, verdict_of (the one judge) and the checks it is
+               made of, the summary row (record.py)
+    plugin     the pytest glue: a verdict turned into pytest's outcome (outcome.py: conclude),
+               which evidence a test keeps
 
 The exceptions, each a real dependency (and no module imports in a circle):
 

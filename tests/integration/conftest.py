@@ -13,10 +13,12 @@ import pytest
 
 from pytest_portable_upgrade.core.config import Settings
 from pytest_portable_upgrade.machine.guest_host import SSH_CONFIG_HOST
+from pytest_portable_upgrade.plugin.outcome import VERDICT_KEY
 from pytest_portable_upgrade.report.report import plot_timeline, skipped_row
 from pytest_portable_upgrade.scenarios.catalogue import Scenario
+from pytest_portable_upgrade.scenarios.record import summary_row
 from pytest_portable_upgrade.scenarios.run import ScenarioUnsupported, run_scenario
-from pytest_portable_upgrade.scenarios.verdict import VERDICT_KEY, Verdict, summary_row, verdict_of
+from pytest_portable_upgrade.scenarios.verdict import Verdict, verdict_of
 from pytest_portable_upgrade.systemd.portable import ImageRefused, PortableService
 
 

@@ -12,7 +12,8 @@ import pytest_portable_upgrade as vm
 
 VM = Path(vm.__file__).resolve().parent
 PKG = vm.__name__ + "."  # the import name; the source directory is vm/
-LAYERS = ("core", "boxes", "subject", "machine", "load", "systemd", "report", "scenarios")
+LAYERS = ("core", "boxes", "subject", "machine", "load", "systemd", "report", "scenarios",
+          "plugin")
 # (importing file, imported layer): the exceptions vm/__init__.py names.
 EXCEPTIONS = {
     ("core/config.py", "boxes"),
