@@ -10,8 +10,10 @@ layers listed before it, apart from the two exceptions named below.
                Vagrantfile, saved guests, KVM or TCG, testinfra's host, the run lock and reaper
     load       the clients in the guest (ab, the probe, long-lived connections, HAProxy) and
                what they saw (timeline, latency)
-    systemd    the portable service in the guest: attach, reattach, stop + start, the user
-               scope, sysupdate rollouts, and quirks.py (every systemd-version difference)
+    systemd    the portable service in the guest: its steps (portable.py, each one request to
+               the guest program guest/portable.py), the scope (system or a user's manager) as
+               a value, stop + start, sysupdate rollouts, and quirks.py (every
+               systemd-version difference)
     report     summary.json/md and the timeline PNGs; the box matrix
                (python -m pytest_portable_upgrade.report.matrix)
     scenarios  the catalogue, run_scenario, verdict_of (the one judge) and the checks it is

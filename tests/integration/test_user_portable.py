@@ -3,7 +3,7 @@
 
 Skipped, naming what is missing, on a guest that cannot run it: systemd older than 260, or no
 systemd-mountfsd / systemd-nsresourced, bpf LSM, libbpf, kernel >= 6.5, polkit >= 124, user
-bus (vm/systemd/user_portable.py); debian-sid's recipe brings them all.
+bus (vm/systemd/scope.py); debian-sid's recipe brings them all.
 """
 
 from __future__ import annotations

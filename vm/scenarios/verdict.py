@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from pytest_portable_upgrade.load.latency import latency_report, stall_problems
 from pytest_portable_upgrade.load.load import LoadOutcome
-from pytest_portable_upgrade.scenarios.catalogue import Scenario
 from pytest_portable_upgrade.scenarios.checks import (
     counter_consistent,
     enough_load,
@@ -27,8 +26,6 @@ from pytest_portable_upgrade.scenarios.checks import (
     switched_cleanly,
 )
 from pytest_portable_upgrade.scenarios.run import ScenarioRun
-from pytest_portable_upgrade.subject.spec import Subject
-from pytest_portable_upgrade.systemd import user_portable
 from pytest_portable_upgrade.systemd.portable import ATTACHED_STATES, Upgrade
 from pytest_portable_upgrade.systemd.quirks import CHECKSUM_REFUSALS
 
@@ -137,16 +134,10 @@ def user_check_problems(run: ScenarioRun) -> list[str]:
     return [f"user check failed: {line}" for line in run.user_check_failures]
 
 
-def expected_image(subject: Subject, scenario: Scenario, version: int) -> str:
-    """The image ``version``'s unit must run from (RootImage=) in the scenario's scope."""
-    if scenario.scope == "user":
-        return user_portable.image_path(subject, version)
-    return subject.image_path(version)
-
-
 def attachment_problems(run: ScenarioRun, version: int) -> list[str]:
-    """Like systemd's TEST-29: the image is attached and the unit runs ``version``'s image."""
-    want = expected_image(run.subject, run.scenario, version)
+    """Like systemd's TEST-29: the image is attached and the unit runs ``version``'s image
+    (the path the run's scope gives it)."""
+    want = run.scope.image_path(run.subject, version)
     if run.attached_state not in ATTACHED_STATES or run.attached_image != want:
         return [f"afterwards portablectl says {run.attached_state!r} and the unit runs "
                 f"{run.attached_image!r}, not {want!r}"]
@@ -157,9 +148,10 @@ def profile_problems(run: ScenarioRun) -> list[str]:
     """The profile took effect: `trusted` runs as root, `default` as a dynamic user. A user's
     manager runs the service as that user (its profiles set no DynamicUser=)."""
     profile, user = run.profile, run.service_user
-    if run.scenario.scope == "user":
-        want = user_portable.USER
-        return [] if user == want else [f"user scope: the service runs as {user!r}, not {want!r}"]
+    if run.scope.user is not None:
+        want = run.scope.user
+        return [] if user == want else [f"{run.scope.name} scope: the service runs as {user!r}, "
+                                        f"not {want!r}"]
     if profile == "trusted":
         return [] if user == "root" else [f"profile trusted: the service runs as {user!r}, "
                                           "not root"]
