@@ -116,7 +116,7 @@ def test_ctrl_c_to_the_process_group_of_tox_leaves_nothing(
 def test_vagrant_ssh_and_destroy_know_the_sessions_machine(machine: Any,
                                                            settings: Settings) -> None:
     """Whether the guest was restored or booted cold, Vagrant sees it as its machine."""
-    from pytest_portable_upgrade.boxes.builder import vagrant_env
+    from pytest_portable_upgrade.boxes.vagrant_boxes import vagrant_env
 
     result = subprocess.run(["vagrant", "ssh", "-c", "cat /etc/hostname"], cwd=settings.run_dir,
                             env=vagrant_env(settings.state_dir), capture_output=True, text=True,

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 import queue
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,14 +26,14 @@ from pytest_portable_upgrade.machine.machine import CommandResult, Machine, SshT
 from pytest_portable_upgrade.scenarios.catalogue import Scenario
 from pytest_portable_upgrade.scenarios.checks import SocketObservation
 from pytest_portable_upgrade.scenarios.run import ScenarioRun
-from pytest_portable_upgrade.scenarios.verdict import expected_image
 from pytest_portable_upgrade.subject.spec import DEFAULT_SPEC, Subject, load_subject
-from pytest_portable_upgrade.systemd import user_portable
 from pytest_portable_upgrade.systemd.portable import Upgrade
+from pytest_portable_upgrade.systemd.scope import SCOPES
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_PY = ROOT / "images" / "server.py"
 PROBE_PY = ROOT / "vm" / "load" / "guest" / "probe.py"
+PORTABLE_PY = ROOT / "vm" / "systemd" / "guest" / "portable.py"
 DATA = Path(__file__).resolve().parent / "data"
 # The default subject (images/walkthrough.toml): v1 answers Hello, v2 Hola.
 WALKTHROUGH: Subject = load_subject(DEFAULT_SPEC)
@@ -221,6 +223,11 @@ class FakeGuest:
         self.answers = answers
         self.commands: list[str] = []
         self.calls: dict[str, int] = {}
+        self.copies: list[str] = []  # guest paths copy_from_host was asked to fill
+
+    def copy_from_host(self, source: Path, destination: str, mode: str = "0644",
+                       once: bool = False) -> None:
+        self.copies.append(destination)
 
     def __call__(self, command: str, timeout: float = 120.0) -> CommandResult:
         self.commands.append(command)
@@ -237,7 +244,25 @@ def fake_machine(answers: dict[str, Answer | list[Answer]]) -> tuple[Machine, Fa
     m = Machine("guest", SshTarget("127.0.0.1", 40123, "vagrant", Path("/k")))
     fake = FakeGuest(answers)
     m.execute = fake  # type: ignore[method-assign]
+    m.copy_from_host = fake.copy_from_host  # type: ignore[method-assign]
     return m, fake
+
+
+def program_answer(*answers: dict[str, object], ok: bool = True, **failure: object) -> Answer:
+    """What the guest program prints for a call whose steps answered ``answers`` (and, if not
+    ``ok``, failed with ``failure``: step, error, refused), as a FakeGuest answer."""
+    out = {"ok": ok, "answers": list(answers), **failure}
+    return (0 if ok else 1, json.dumps(out) + "\n")
+
+
+def sent_steps(command: str) -> list[dict[str, object]]:
+    """The requests of one guest program call, read back from its command line."""
+    import shlex
+
+    words = shlex.split(command)
+    assert words[:3] == ["python3", "/run/pwt/portable.py", "--json"], words[:3]
+    steps: list[dict[str, object]] = json.loads(words[3])
+    return steps
 
 
 # What testinfra asks a Linux guest with systemd before its first service/file verb.
@@ -253,6 +278,70 @@ def fake_host(answers: dict[str, Answer | list[Answer]]) -> tuple[Machine, objec
     command goes through Machine.execute, so the FakeGuest answers them too)."""
     m, fake = fake_machine({**answers, **LINUX_WITH_SYSTEMD})
     return m, guest_host(m, Path("/nonexistent/ssh_config")), fake
+
+
+# --- the guest program on the host, with fake systemd tools ----------------------------------
+FAKE_TOOL = """\
+#!{python} -SE
+import json, sys
+args = " ".join(sys.argv[1:])
+with open({log!r}, "a") as f:
+    f.write(json.dumps([{name!r}, *sys.argv[1:]]) + "\\n")
+for key, (rc, out, err) in json.load(open({answers!r})):
+    if key in args:
+        sys.stdout.write(out)
+        sys.stdout.flush()
+        sys.stderr.write(err)
+        sys.exit(rc)
+sys.exit(0)
+"""
+
+
+class FakeTools:
+    """Fake executables (systemctl, portablectl, ...) in a directory put first on PATH: each
+    logs its argv and answers the first (substring of its arguments -> rc, stdout, stderr)
+    given for its name; anything else exits 0 silently."""
+
+    NAMES = ("systemctl", "portablectl", "runuser", "ps", "journalctl", "loginctl", "useradd",
+             "veritysetup", "openssl", "systemd-run", "ss", "pkcheck")
+
+    def __init__(self, directory: Path,
+                 answers: dict[str, list[tuple[str, tuple[int, str, str]]]] | None = None,
+                 ) -> None:
+        self.bin = directory / "bin"
+        self.bin.mkdir(parents=True)
+        self.log = directory / "calls.jsonl"
+        self.log.touch()
+        for name in self.NAMES:
+            table = directory / f"{name}.json"
+            table.write_text(json.dumps((answers or {}).get(name, [])))
+            tool = self.bin / name
+            tool.write_text(FAKE_TOOL.format(python=sys.executable, log=str(self.log),
+                                             name=name, answers=str(table)))
+            tool.chmod(0o755)
+
+    @property
+    def calls(self) -> list[list[str]]:
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def env(self) -> dict[str, str]:
+        env = clean_env()
+        env["PATH"] = f"{self.bin}:{env['PATH']}"
+        return env
+
+
+def run_program(requests: list[dict[str, object]], tools: FakeTools | None = None,
+                ) -> dict[str, object]:
+    """vm/systemd/guest/portable.py run on the host as the harness runs it in the guest; its
+    answer (with ``exit``: its exit status)."""
+    result = subprocess.run(
+        [sys.executable, str(PORTABLE_PY), "--json", json.dumps(requests)], capture_output=True,
+        text=True, env=tools.env() if tools else clean_env(), timeout=60, check=False)
+    lines = result.stdout.strip().splitlines()
+    assert lines, f"no answer: {result.stderr}"
+    answer: dict[str, object] = json.loads(lines[-1])
+    answer["exit"] = result.returncode
+    return answer
 
 
 # --- builders of measured runs ---------------------------------------------------------------
@@ -299,7 +388,7 @@ def outcome(records: list[ProbeRecord], ab: AbResult | None = None, started: flo
 
 def reattach(started: float = T0 + 5.0, ended: float = T0 + 6.5) -> Upgrade:
     return Upgrade(command="portablectl reattach --now /var/lib/portables/x.raw",
-                    started=started, ended=ended, output="Queued /x.raw...\nPWT-TIMES")
+                    started=started, ended=ended, output="Queued /x.raw...\n")
 
 
 def clean_records() -> list[ProbeRecord]:
@@ -340,16 +429,17 @@ def scenario_run(scenario: Scenario, out: LoadOutcome | None = None,
         old, new = old_of(scenario), new_of(scenario)
         out = outcome(greeted(records, old, new), old=old, new=new)
     rollout = (dataclasses.replace(reattach(), command="systemctl start pwt-rollout.service",
-                                   output=f"{REFUSAL_LINE}\nPWT-TIMES") if refused
+                                   output=f"{REFUSAL_LINE}\n") if refused
                else reattach())
+    scope = SCOPES[scenario.scope]
     fields: dict[str, object] = dict(
-        scenario=scenario, subject=WALKTHROUGH, outcome=out, upgrade=rollout,
+        scenario=scenario, subject=WALKTHROUGH, scope=scope, outcome=out, upgrade=rollout,
         socket=healthy_socket(), final_count=100_000, min_complete=200, post_switch_s=10.0,
         attached_state="running", profile=WALKTHROUGH.profile_for(scenario),
-        attached_image=expected_image(
-            WALKTHROUGH, scenario, scenario.from_version if refused else scenario.to_version),
+        attached_image=scope.image_path(
+            WALKTHROUGH, scenario.from_version if refused else scenario.to_version),
         service_user=("root" if scenario.profile == "trusted" else
-                      user_portable.USER if scenario.scope == "user" else "portable-walkthrough"),
+                      scope.user or "portable-walkthrough"),
         dynamic_user=scenario.profile != "trusted" and scenario.scope == "system",
         rollout_ok=not refused,
     )

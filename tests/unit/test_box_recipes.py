@@ -10,12 +10,7 @@ from pathlib import Path
 import pytest
 
 from pytest_portable_upgrade.boxes import builder
-from pytest_portable_upgrade.boxes.builder import (
-    KERNEL_CMD_LINE,
-    BuiltBox,
-    box_key,
-    kernel_cmd_line,
-)
+from pytest_portable_upgrade.boxes.builder import box_key
 from pytest_portable_upgrade.boxes.recipes import (
     BASE_PACKAGES,
     BOXES,
@@ -26,6 +21,7 @@ from pytest_portable_upgrade.boxes.recipes import (
     BoxRecipe,
     get_box,
 )
+from pytest_portable_upgrade.boxes.vagrant_boxes import KERNEL_CMD_LINE, BuiltBox, kernel_cmd_line
 
 
 def test_sid_boots_with_the_bpf_lsm_on_its_own_command_line() -> None:

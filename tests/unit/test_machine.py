@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import WALKTHROUGH, FakeGuest, fake_host, fake_machine
+from support import WALKTHROUGH, FakeGuest, fake_machine, program_answer, sent_steps
 
 from pytest_portable_upgrade.core.errors import GuestError, HarnessError
 from pytest_portable_upgrade.core.log import StepLogger
@@ -186,84 +186,67 @@ def test_wait_for_unit_active() -> None:
     assert m.unit_state("x.socket") == "active"
 
 
-# --- check_clean (testinfra verbs through the fake machine) -----------------------------------
+# --- check_clean (one guest program call through the fake machine) -------------------------
 IMAGES = WALKTHROUGH.image_paths()
 UNITS = [*CLIENT_UNITS, WALKTHROUGH.socket, WALKTHROUGH.service]
 
 
-def images_answer(**words: str) -> str:
-    return "".join(f"{p} {words.get(p, 'detached')}\n" for p in IMAGES)
-
-
-def service_on(images: tuple[int, str], states: dict[str, str] | None = None,
-               cut_off: tuple[str, ...] = ()) -> PortableService:
-    """A PortableService on a fake guest whose one clean-check answer is ``images`` (the
-    portablectl loop's exit status and lines), then "UNIT WORD" for each unit: its word in
-    ``states`` (inactive), or no line at all (``cut_off``). A non-zero status (the command was
-    cut off) ends the answer after the images' part."""
-    rc, text = images
-    if rc == 0:
-        text += "".join(f"{u} {(states or {}).get(u, 'inactive')}\n" for u in UNITS
-                        if u not in cut_off)
-    m, host, _ = fake_host({"portablectl is-attached": (rc, text)})
-    return PortableService(m, 252, 240, lambda _loc: None,  # type: ignore[arg-type,return-value]
-                           WALKTHROUGH, host)
+def service_on(words: dict[str, str] | None = None, missing: tuple[str, ...] = (),
+               answer: tuple[int, str] | None = None) -> tuple[PortableService, FakeGuest]:
+    """A PortableService on a fake guest whose clean check answers each image "detached" and
+    each unit "inactive", or its word in ``words``; ``missing`` names get no word at all."""
+    said = {**{p: "detached" for p in IMAGES}, **{u: "inactive" for u in UNITS}, **(words or {})}
+    said = {k: v for k, v in said.items() if k not in missing}
+    m, fake = fake_machine({"portable.py": answer or program_answer({"words": [said]})})
+    return (PortableService(m, 252, 240, lambda _loc: None,  # type: ignore[arg-type,return-value]
+                            WALKTHROUGH, None), fake)
 
 
 def test_check_clean_of_a_clean_guest() -> None:
-    service = service_on((0, images_answer()), {WALKTHROUGH.socket: "failed"})
+    service, _ = service_on({WALKTHROUGH.socket: "failed"})
     service.check_clean()
     assert service.clean_verified
 
 
 def test_check_clean_sees_an_attached_image_and_an_active_unit() -> None:
-    service = service_on((0, images_answer(**{IMAGES[0]: "running"})),
-                         {"pwt-ab.service": "active"})
+    service, _ = service_on({IMAGES[0]: "running", "pwt-ab.service": "active"})
     with pytest.raises(GuestError, match="not clean") as e:
         service.check_clean()
     assert f"{IMAGES[0]} running" in str(e.value) and "pwt-ab.service active" in str(e.value)
     assert not service.clean_verified
 
 
-def test_check_clean_is_one_testinfra_run_asking_every_image_and_unit() -> None:
-    """The clean check goes through testinfra (``host.run``) and costs one round trip: one
-    ``host.service(u)`` per unit would cost one each, before every scenario."""
-    service = service_on((0, images_answer()))
-    runs: list[str] = []
-    real_run = service.host.run
-
-    def spy(command: str, *args: str) -> object:
-        runs.append(command)
-        return real_run(command, *args)
-
-    service.host.run = spy
+def test_check_clean_is_one_round_trip_asking_every_image_and_unit() -> None:
+    """The clean check is one call of the guest program: one ``host.service(u)`` per unit
+    would cost a round trip each, before every scenario."""
+    service, fake = service_on()
     service.check_clean()
-    fake = service.machine.execute
-    assert isinstance(fake, FakeGuest)
-    (command,) = runs
-    assert fake.commands == [command]  # testinfra asked nothing else of the guest
-    assert all(f" {u}" in command for u in UNITS) and all(p in command for p in IMAGES)
-    assert "systemctl is-active $u" in command
+    (command,) = fake.commands
+    (step,) = sent_steps(command)
+    (part,) = step["parts"]  # type: ignore[misc]
+    assert (part["images"], part["units"]) == (IMAGES, UNITS)
 
 
-@pytest.mark.parametrize(("images", "cut_off", "missing"), [
-    ((0, ""), (), IMAGES),
-    ((124, images_answer()[:40]), (), [*IMAGES[1:], *UNITS]),
-    ((0, images_answer()), (WALKTHROUGH.service,), [WALKTHROUGH.service]),
-], ids=["no-output", "cut-off", "one-unit-missing"])
-def test_check_clean_takes_missing_answers_for_dirty(images: tuple[int, str],
-                                                     cut_off: tuple[str, ...],
-                                                     missing: list[str]) -> None:
+@pytest.mark.parametrize("missing", [tuple(IMAGES), (WALKTHROUGH.service,)],
+                         ids=["no-images", "one-unit-missing"])
+def test_check_clean_takes_missing_answers_for_dirty(missing: tuple[str, ...]) -> None:
     with pytest.raises(GuestError, match="not clean") as e:
-        service_on(images, cut_off=cut_off).check_clean()
+        service_on(missing=missing)[0].check_clean()
     for name in missing:
         assert f"{name}: no answer" in str(e.value)
+
+
+def test_a_cut_off_answer_is_no_answer_never_clean() -> None:
+    service, _ = service_on(answer=(124, '{"ok": true, "answers": [{"words": [{"/var/l'))
+    with pytest.raises(GuestError, match="gave no answer"):
+        service.check_clean()
+    assert not service.clean_verified
 
 
 def test_check_clean_takes_an_activating_unit_for_dirty() -> None:
     """"activating" is not clean (testinfra's is_running would say False: not running)."""
     with pytest.raises(GuestError, match=r"portable-walkthrough\.socket activating"):
-        service_on((0, images_answer()), {WALKTHROUGH.socket: "activating"}).check_clean()
+        service_on({WALKTHROUGH.socket: "activating"})[0].check_clean()
 
 
 # --- every guest command in run.log ------------------------------------------------------------

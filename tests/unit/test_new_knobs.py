@@ -5,12 +5,11 @@ guest, when they are skipped (and why), and how verdict_of judges them."""
 from __future__ import annotations
 
 import dataclasses
-import shlex
-import subprocess
+import json
 from pathlib import Path
 
 import pytest
-from support import WALKTHROUGH, fake_host, scenario_run
+from support import WALKTHROUGH, fake_host, program_answer, run_program, scenario_run, sent_steps
 
 from pytest_portable_upgrade.core.config import Settings
 from pytest_portable_upgrade.load.long_lived import HolderSummary
@@ -18,15 +17,13 @@ from pytest_portable_upgrade.scenarios.catalogue import Scenario, get_scenario
 from pytest_portable_upgrade.scenarios.run import ScenarioUnsupported, run_scenario
 from pytest_portable_upgrade.scenarios.verdict import EXPECTED_LOSS, FAIL, PASS, verdict_of
 from pytest_portable_upgrade.systemd.portable import PortableService, dropin_files
-from pytest_portable_upgrade.systemd.stop_start import PRESERVE_LINE, stop_start_command
-from pytest_portable_upgrade.systemd.user_portable import (
+from pytest_portable_upgrade.systemd.scope import (
     USER,
-    UserPortableService,
-    image_path,
+    USER_SCOPE,
     missing_pieces,
-    parse_facts,
     state_dropin_text,
 )
+from pytest_portable_upgrade.systemd.stop_start import PRESERVE_LINE
 
 STOPSTART = get_scenario("host-socket-keepalive-longlived-fdstore-stopstart")
 PRESERVE = get_scenario("host-socket-keepalive-longlived-fdstore-stopstart-preserve")
@@ -82,12 +79,16 @@ def test_stop_start_scenarios_are_skipped_before_254(scenario: Scenario) -> None
     assert commands == []
 
 
+def preflight(**facts: str) -> tuple[int, str]:
+    return program_answer({"facts": facts})
+
+
 def test_user_scenario_is_skipped_before_260_naming_the_version() -> None:
-    svc, commands = service(257, {"echo mountfsd=": (0, "mountfsd=no\n")})
+    svc, commands = service(257, {'"step":"preflight"': preflight(mountfsd="no")})
     with pytest.raises(ScenarioUnsupported,
                        match=r"systemd 257 has no user portable services \(portablectl --user"):
         run_scenario(svc, Settings(), USER_SCENARIO)
-    assert len(commands) == 1 and commands[0].startswith("t() {")  # the preflight only
+    assert [s["step"] for c in commands for s in sent_steps(c)] == ["preflight"]
 
 
 GOOD = {"mountfsd": "yes", "nsresourced": "yes",
@@ -126,28 +127,38 @@ def test_a_kernel_of_6_5_or_newer_is_enough() -> None:
 
 
 def test_a_user_scenario_with_a_piece_missing_is_skipped_with_that_piece() -> None:
-    facts = "\n".join(f"{k}={v}" for k, v in {**GOOD, "lsm": "landlock,apparmor"}.items())
-    svc, commands = service(262, {"echo mountfsd=": (0, facts)})
+    svc, commands = service(262, {'"step":"preflight"': preflight(
+        **{**GOOD, "lsm": "landlock,apparmor"})})
     with pytest.raises(ScenarioUnsupported,
                        match=r"user portable services need: the bpf LSM \(active: landlock"):
         run_scenario(svc, Settings(), USER_SCENARIO)
     assert len(commands) == 1
 
 
-def test_the_preflight_answer_is_parsed_with_empty_values() -> None:
-    assert parse_facts("lsm=\nkernel=7.2.13\nnoise\n") == {"lsm": "", "kernel": "7.2.13"}
+def test_the_preflight_is_asked_once_per_session() -> None:
+    svc, commands = service(262, {'"step":"preflight"': preflight(**GOOD)})
+    assert svc.preflight() == GOOD and svc.in_scope(USER_SCOPE).preflight() == GOOD
+    assert len(commands) == 1
 
 
 # --- what runs in the guest ------------------------------------------------------------------
+UPGRADED = program_answer({"started": 1.0, "ended": 2.0, "rc": 0, "output": ""})
+
+
 @pytest.mark.parametrize(("major", "target"), [(254, WALKTHROUGH.symlink),
                                                 (262, "portable-walkthrough")])
 def test_stop_start_reattaches_without_restart_then_stops_and_starts(major: int,
                                                                      target: str) -> None:
-    command = stop_start_command(major, WALKTHROUGH)
-    service = WALKTHROUGH.service
-    assert command == (f"portablectl reattach {target} && systemctl stop {service}"
-                       f" && systemctl start {service}")
-    assert "--now" not in command and "restart" not in command
+    svc, commands = service(major, {"portable.py": UPGRADED})
+    upgrade = svc.stop_start(2)
+    service_unit = WALKTHROUGH.service
+    assert upgrade.command == (f"portablectl reattach {target} && systemctl stop {service_unit}"
+                               f" && systemctl start {service_unit}")
+    (step,) = sent_steps(commands[0])
+    assert step["commands"] == [["portablectl", "reattach", target],
+                                ["systemctl", "stop", service_unit],
+                                ["systemctl", "start", service_unit]]
+    assert "--now" not in upgrade.command and "restart" not in upgrade.command
 
 
 @pytest.mark.parametrize(("scenario", "preserve"), [
@@ -155,22 +166,23 @@ def test_stop_start_reattaches_without_restart_then_stops_and_starts(major: int,
     (PRESERVE, True)])
 def test_the_host_drop_in_sets_preserve_only_where_asked(scenario: Scenario, preserve: bool,
                                                          tmp_path: Path) -> None:
-    """The drop-in command as the guest runs it (into a temporary path): the subject's
+    """The drop-in step as the guest program runs it (into a temporary path): the subject's
     [shutdown] text for the mode in a valid [Service] section, and
-    FileDescriptorStorePreserve=yes only when asked; one round trip, no reload of its own
-    (the attach that follows reloads: portablectl attach does)."""
-    svc, commands = service(262, {"": (0, "")})
-    svc.install_dropins(scenario.shutdown, scenario.fdstore_preserve)
-    (command,) = commands
+    FileDescriptorStorePreserve=yes only when asked; the old ones removed first, no reload
+    of its own (the attach that follows reloads: portablectl attach does)."""
+    svc, _ = service(262)
+    (step,) = svc.dropin_steps(scenario.shutdown, scenario.fdstore_preserve)
     target = tmp_path / "portable-walkthrough.service.d"
-    subprocess.run(["bash", "-c", command.replace(WALKTHROUGH.dropin_dir, str(target))],
-                   check=True)
+    target.mkdir()
+    (target / "50-pwt-old.conf").write_text("[Service]\n")
+    moved = json.loads(json.dumps(step).replace(WALKTHROUGH.dropin_dir, str(target)))
+    assert run_program([moved])["ok"]
     assert [p.name for p in target.iterdir()] == ["50-pwt-shutdown.conf"]
     lines = (target / "50-pwt-shutdown.conf").read_text().splitlines()
     assert lines[:2] == ["[Service]", "Environment=PW_SHUTDOWN=fdstore"]
     assert (PRESERVE_LINE in lines) == preserve
     assert lines.count("[Service]") == 1  # the knob joins the mode's own section
-    assert "daemon-reload" not in command
+    assert step["step"] == "write-files"
 
 
 def test_preserve_gets_a_service_section_after_a_spec_text_ending_in_another() -> None:
@@ -185,16 +197,14 @@ def test_preserve_without_a_shutdown_mode_is_refused() -> None:
         dropin_files(WALKTHROUGH, "drain", fdstore_preserve=True)
 
 
-def test_user_commands_run_as_the_user_with_its_runtime_dir_and_bus() -> None:
-    svc, _ = service(262)
-    user = UserPortableService(svc)
-    user.uid = 1001
-    command = "portablectl --user is-attached '/home/x y.raw' | head -n1"
-    words = shlex.split(user.user_command(command))
-    assert words[:4] == ["runuser", "-u", USER, "--"]
-    assert "XDG_RUNTIME_DIR=/run/user/1001" in words
-    assert "DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/1001/bus" in words
-    assert words[-3:] == ["bash", "-c", command]  # one argument: quoted whole
+def test_the_user_scope_reaches_the_users_manager_and_bus() -> None:
+    """How the guest program runs the user's commands (tested there): as the user, with its
+    runtime directory, bus and a D-Bus timeout long enough for a first attach under TCG."""
+    wire = USER_SCOPE.wire()
+    assert wire["user"] == USER
+    assert (wire["systemctl"], wire["portablectl"]) == (["systemctl", "--user"],
+                                                        ["portablectl", "--user"])
+    assert wire["env"] == {"SYSTEMD_BUS_TIMEOUT": "120"}
 
 
 def test_the_user_units_state_lands_on_the_images_mount_point() -> None:
@@ -218,46 +228,61 @@ def test_a_subject_that_does_not_list_the_user_scope_is_skipped_before_the_prefl
     assert commands == []
 
 
+ATTACHED = program_answer({"written": []}, {"attached": "running-runtime", "sockets": {}},
+                          {"user": USER, "dynamic": False, "since": "1", "socket": "active",
+                           "attached": "running-runtime", "image": ""})
+
+
 def test_the_user_attach_installs_the_subjects_socket_and_state_for_the_user() -> None:
     """The subject's values, in the user's unit directory and image directory."""
-    svc, commands = service(262, {"is-attached": (0, "running-runtime\n"),
-                                  "is-active": (0, "active\n"), "": (0, "")})
-    user = UserPortableService(svc)
-    user.uid = 1001
-    user.attach(2)
-    script = "\n".join(commands)
+    svc, commands = service(262, {"portable.py": ATTACHED})
+    svc.in_scope(USER_SCOPE).attach(2)
+    files, attach, _observe = sent_steps(commands[0])
     units = "/home/pwt-user/.config/systemd/user"
-    assert (f"cat > {units}/portable-walkthrough.socket <<'PWT-EOF'\n"
-            f"{WALKTHROUGH.sockets[0].read_text()}PWT-EOF") in script
-    assert f"cat > {units}/portable-walkthrough.service.d/50-pwt-state.conf" in script
-    assert "/home/pwt-user/pwt-state/portable-walkthrough" in script  # made for the user
-    assert ("ln -sfn portable-walkthrough_2.raw /var/lib/pwt-user-portables/"
-            "portable-walkthrough.raw.new") in script
+    assert files["files"] == {
+        f"{units}/portable-walkthrough.socket": WALKTHROUGH.sockets[0].read_text(),
+        f"{units}/portable-walkthrough.service.d/50-pwt-state.conf":
+            state_dropin_text(WALKTHROUGH)}
+    assert files["owner"] == USER
+    assert "/home/pwt-user/pwt-state/portable-walkthrough" in files["dirs"]  # for the user
     # The sidecars' symlinks follow the image's: systemd looks beside the path it is given.
-    for suffix in (".verity", ".roothash", ".roothash.p7s"):
-        assert (f"ln -sfn portable-walkthrough_2{suffix} /var/lib/pwt-user-portables/"
-                f"portable-walkthrough{suffix}.new") in script
-    assert ("portablectl --user attach --runtime --profile default "
-            "/var/lib/pwt-user-portables/portable-walkthrough.raw") in script
-    assert "systemctl --user start portable-walkthrough.socket" in script
-    assert "> /etc/systemd/system" not in script  # nothing written to the system's units
+    assert attach["symlink"] == {"target": "portable-walkthrough_2",
+                                 "link": "/var/lib/pwt-user-portables/portable-walkthrough",
+                                 "suffixes": [".raw", ".verity", ".roothash", ".roothash.p7s"]}
+    assert attach["image"] == "/var/lib/pwt-user-portables/portable-walkthrough.raw"
+    assert (attach["flags"], attach["reload"]) == (["--runtime"], True)
+    assert attach["sockets"] == ["portable-walkthrough.socket"]
+    assert not any(p.startswith("/etc/systemd/system") for p in files["files"])
+
+
+def test_the_user_reattach_goes_by_path_with_runtime() -> None:
+    """By its path: the name would be looked up in the user's image search path."""
+    svc, _ = service(262, {"portable.py": program_answer(
+        {"started": 1.0, "ended": 2.0, "rc": 0, "output": ""})})
+    upgrade = svc.in_scope(USER_SCOPE).reattach(2)
+    assert upgrade.command == ("portablectl --user reattach --now --runtime "
+                               "/var/lib/pwt-user-portables/portable-walkthrough.raw")
 
 
 def test_the_user_side_is_dirty_while_its_socket_listens() -> None:
     """A user socket left on port 8080 would break every later system scenario."""
     from pytest_portable_upgrade.core.errors import GuestError
 
-    answers = "\n".join([f"{image_path(WALKTHROUGH, 1)} detached",
-                         f"{image_path(WALKTHROUGH, 2)} detached",
-                         "/var/lib/pwt-user-portables/portable-walkthrough.raw detached",
-                         "portable-walkthrough.socket active",
-                         "portable-walkthrough.service inactive"])
-    svc, _ = service(262, {"test -S /run/user/": (0, ""), "runuser": (0, answers)})
-    user = UserPortableService(svc)
-    with pytest.raises(GuestError, match=r"portable-walkthrough\.socket active"):
-        user.check_clean()
-    clean, _ = service(262, {"test -S /run/user/": (1, "")})  # the manager is gone
-    UserPortableService(clean).check_clean()
+    user_words = {p: "detached" for p in USER_SCOPE.image_paths(WALKTHROUGH)}
+    user_words.update({"portable-walkthrough.socket": "active",
+                       "portable-walkthrough.service": "inactive"})
+    system_words = {p: "detached" for p in WALKTHROUGH.image_paths()}
+    system_words.update({u: "inactive" for u in svc_units()})
+    svc, _ = service(262, {'"step":"attach"': ATTACHED, '"step":"clean"': program_answer(
+        {"words": [user_words, system_words]})})
+    svc.in_scope(USER_SCOPE).attach(1)
+    with pytest.raises(GuestError, match=r"user: portable-walkthrough\.socket active"):
+        svc.check_clean()
+
+
+def svc_units() -> list[str]:
+    svc, _ = service(262)
+    return svc.units()
 
 
 # --- the verdict -----------------------------------------------------------------------------
@@ -293,53 +318,19 @@ def test_user_scope_runs_as_the_user_from_the_users_image() -> None:
     system_image = verdict_of(scenario_run(USER_SCENARIO,
                                            attached_image=WALKTHROUGH.image_path(2)))
     assert system_image.kind == FAIL
-    assert image_path(WALKTHROUGH, 2) in system_image.problems[0]
+    assert USER_SCOPE.image_path(WALKTHROUGH, 2) in system_image.problems[0]
 
 
-def test_reset_after_a_broken_setup_never_touches_another_users_manager() -> None:
-    """uid 0 is unknown, not root's: no user@0.service is stopped, no runuser is run."""
-    svc, commands = service(262, {"": (0, "")})
-    UserPortableService(svc).reset()
-    assert not any("user@" in c or "runuser" in c for c in commands)
-    assert any("disable-linger pwt-user" in c for c in commands)
-
-
-def test_the_users_images_are_signed_with_the_runs_key_as_test_29_does() -> None:
-    from pytest_portable_upgrade.systemd.user_portable import (
-        VERITY_CERT,
-        sign_image_script,
-        signing_setup_script,
-    )
-
-    sign = sign_image_script("/var/lib/pwt-user-portables/portable-walkthrough_1.raw")
-    assert ("veritysetup format /var/lib/pwt-user-portables/portable-walkthrough_1.raw"
-            " /var/lib/pwt-user-portables/portable-walkthrough_1.verity --root-hash-file"
-            " /var/lib/pwt-user-portables/portable-walkthrough_1.roothash") in sign
-    assert "openssl smime -sign -nocerts -noattr -binary" in sign
-    assert "-out /var/lib/pwt-user-portables/portable-walkthrough_1.roothash.p7s" in sign
-    setup = signing_setup_script()
-    assert VERITY_CERT.startswith("/run/verity.d/") and VERITY_CERT.endswith(".crt")
-    assert f"install -D -m 0644 /run/pwt-verity/cert.pem {VERITY_CERT}" in setup
-
-
-def test_the_user_reset_forgets_the_key_the_certificate_and_the_timeout() -> None:
-    svc, commands = service(262, {"": (0, "")})
-    UserPortableService(svc).reset()
-    joined = "\n".join(commands)
-    assert "/run/pwt-verity" in joined and "/run/verity.d/pwt-user-portable.crt" in joined
-    assert "unset-environment SYSTEMD_DISSECT_VERITY_TIMEOUT_SEC" in joined
-
-
-def test_the_user_setup_certifies_the_runs_key_before_mountfsd_starts() -> None:
+def test_the_user_setup_asks_for_the_certificate_before_mountfsd() -> None:
     """mountfsd checks the signature against /run/verity.d when it mounts: the certificate
-    and the verity timeout must be in place before it (and its workers) start."""
-    from pytest_portable_upgrade.systemd.user_portable import VERITY_CERT
-
-    svc, commands = service(262, {"useradd": (0, "PWT-UID 1001\n"), "": (0, "")})
-    user = UserPortableService(svc)
-    user.setup()
-    assert user.uid == 1001
-    setup = next(c for c in commands if "useradd" in c)
-    cert = setup.index(VERITY_CERT)
-    timeout = setup.index("set-environment SYSTEMD_DISSECT_VERITY_TIMEOUT_SEC=30")
-    assert cert < timeout < setup.index("systemd-mountfsd.service")
+    and the verity timeout must be in place before it (and its workers) start; the program
+    does them in the request's order (test_guest_portable.py)."""
+    svc, commands = service(262, {"portable.py": program_answer({"uid": 1001})})
+    assert svc.in_scope(USER_SCOPE).setup_user() == 1001
+    (setup,) = sent_steps(commands[0])
+    assert setup["signing"]["cert"] == "/run/verity.d/pwt-user-portable.crt"  # type: ignore[index]
+    assert setup["environment"] == ["SYSTEMD_DISSECT_VERITY_TIMEOUT_SEC=30"]
+    assert setup["start"] == [["systemd-mountfsd.socket", "systemd-nsresourced.socket"],
+                              ["systemd-nsresourced.service", "systemd-mountfsd.service",
+                               "polkit.service"]]
+    assert setup["user_start"] == ["systemd-portabled.service"]

@@ -26,6 +26,7 @@ from pytest_portable_upgrade.boxes.provision import (
 from pytest_portable_upgrade.boxes.recipes import BOXES, LOCAL_BOXES, get_box
 from pytest_portable_upgrade.core.config import Settings
 from pytest_portable_upgrade.core.errors import HarnessError
+from pytest_portable_upgrade.machine import provision_vm
 from pytest_portable_upgrade.machine.vagrantfile import VagrantfileSpec, render
 
 FEDORA = [name for name in BOXES if name.startswith("fedora-")]
@@ -174,7 +175,7 @@ def test_the_provisioning_vm_renders_the_open_phase(tmp_path: Path,
                         lambda kind=1: 41000 + kind)
     settings = Settings(box="fedora-43", state_dir=tmp_path, run_id="20260101-000000-abcdef")
     box = BuiltBox(get_box("fedora-43"), "pwt/fedora-43-1.6-base", None)
-    vm = fedora_box.ProvisioningVM(settings, box, "tcg", tmp_path / "run" / "provision")
+    vm = provision_vm.ProvisioningVM(settings, box, "tcg", tmp_path / "run" / "provision")
     assert vm.write_vagrantfile().network == "provision"
     assert "restrict=off" in netdev((vm.run_dir / "Vagrantfile").read_text())
 
@@ -191,7 +192,7 @@ def test_the_derived_box_name_changes_with_what_went_into_it(tmp_path: Path) -> 
 
 
 def test_libvirt_box_metadata_rounds_the_disk_up() -> None:
-    assert fedora_box.libvirt_box_metadata(5 * 2**30 + 1) == {
+    assert provision_vm.libvirt_box_metadata(5 * 2**30 + 1) == {
         "provider": "libvirt", "format": "qcow2", "virtual_size": 6}
 
 

@@ -1,104 +1,120 @@
-"""vm/systemd/portable.py: the service's state in one answer, attach in one round trip, reset +
-check."""
+"""vm/systemd/portable.py, the harness's side of the steps: what each sends to the guest program
+(one round trip), and how it reads the typed answer. The program itself: test_guest_portable.py."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import shlex
 from pathlib import Path
 
 import pytest
-from support import WALKTHROUGH
+from support import WALKTHROUGH, fake_machine, program_answer, sent_steps
 
 from pytest_portable_upgrade.core.errors import GuestError
-from pytest_portable_upgrade.machine.machine import CommandResult
-from pytest_portable_upgrade.systemd.portable import ImageRefused, PortableService, ServiceFacts
+from pytest_portable_upgrade.systemd.portable import (
+    CLIENT_UNITS,
+    PROGRAM,
+    ImageRefused,
+    PortableService,
+    ServiceFacts,
+    step_command,
+)
+from pytest_portable_upgrade.systemd.scope import SYSTEM, USER_SCOPE, StepRefused
 
 SOCKET = WALKTHROUGH.socket
-FACTS = ("user=_du1234\ndynamic=yes\nsince=123456789\nsocket=active\n"
-         "attached=running\nimage=/var/lib/portables/portable-walkthrough_2.raw\n")
-ANSWER = ('answer={"t": 1700000040.0, "latency_ms": 3.0, "status": 200, "greeting": "Hola",'
-          ' "visitor": 43}\n')
+FACTS = {"user": "_du1234", "dynamic": True, "since": "123456789", "socket": "active",
+         "attached": "running", "image": "/var/lib/portables/portable-walkthrough_2.raw"}
+RECORD = {"t": 1700000040.0, "latency_ms": 3.0, "status": 200, "greeting": "Hola",
+          "visitor": 43}
 
 
 def test_service_facts_from_one_answer() -> None:
-    facts = ServiceFacts.parse(FACTS)
+    facts = ServiceFacts.from_answer(FACTS)
     assert facts == ServiceFacts("_du1234", True, "123456789", "active", "running",
                                  "/var/lib/portables/portable-walkthrough_2.raw")
     assert facts.counter is None  # not asked for
 
 
 def test_the_count_is_the_probe_requests_visitor_less_its_own() -> None:
-    assert ServiceFacts.parse(FACTS + ANSWER, count=True).counter == 42
+    assert ServiceFacts.from_answer({**FACTS, "record": RECORD}).counter == 42
 
 
 def test_no_probe_answer_through_a_dead_socket_is_none_not_zero() -> None:
-    dead = FACTS.replace("socket=active", "socket=failed") + "answer=\n"
-    assert ServiceFacts.parse(dead, count=True).counter is None
+    dead = {**FACTS, "socket": "failed", "record": None}
+    assert ServiceFacts.from_answer(dead).counter is None
 
 
 def test_an_answer_without_the_promised_counter_is_an_error() -> None:
-    no_count = ANSWER.replace(', "visitor": 43', "")
+    no_count = {k: v for k, v in RECORD.items() if k != "visitor"}
     with pytest.raises(GuestError, match="no counter in the answer"):
-        ServiceFacts.parse(FACTS + no_count, count=True)
+        ServiceFacts.from_answer({**FACTS, "record": no_count})
 
 
 def test_a_cut_off_answer_is_an_error_not_empty_facts() -> None:
-    cut = FACTS.split("attached=")[0]
+    cut = {k: v for k, v in FACTS.items() if k not in ("attached", "image")}
     with pytest.raises(GuestError, match=r"without \['attached', 'image'\]"):
-        ServiceFacts.parse(cut)
-    with pytest.raises(GuestError, match=r"without \['answer'\]"):
-        ServiceFacts.parse(FACTS, count=True)
+        ServiceFacts.from_answer(cut)
 
 
-class ScriptedMachine:
-    """Plays back one answer per ``execute``; records the commands."""
+@dataclasses.dataclass(frozen=True)
+class FakeImages:
+    """A built image set (only its guest-side names matter here)."""
 
-    def __init__(self, *answers: tuple[int, str]) -> None:
-        self.answers = list(answers)
-        self.commands: list[str] = []
-        self.waited: list[str] = []
+    stash_key: str
 
-    def execute(self, command: str, timeout: float = 120.0) -> CommandResult:
-        self.commands.append(command)
-        rc, out = self.answers.pop(0)
-        return CommandResult(command, rc, out, "", 0.3)
-
-    def wait_for_unit(self, unit: str, timeout: float = 60.0) -> None:
-        self.waited.append(unit)
-
-    def copy_from_host(self, source: Path, destination: str, mode: str = "0644",
-                       once: bool = False) -> None:
-        self.commands.append(f"copy {source.name} {destination}")
+    def path(self, version: int) -> Path:
+        return Path(f"/nonexistent/{version}.raw")
 
 
-class NoHost:
-    """A testinfra host the scenario path must not need: attach, observe and reset are one
-    round trip each through the machine."""
+def service(answers: dict[str, object], subject: object = WALKTHROUGH,
+            major: int = 252) -> tuple[PortableService, object]:
+    m, fake = fake_machine(answers)  # type: ignore[arg-type]
 
-    def __getattr__(self, name: str) -> object:
-        raise AssertionError(f"host.{name} used")
+    def build(socket_location: str, scope: str = "system") -> FakeImages:
+        return FakeImages("user" if scope == "user" else socket_location)
 
-
-def service(machine: ScriptedMachine, subject: object = WALKTHROUGH) -> PortableService:
-    return PortableService(machine, 252, 240.0, lambda loc: None,  # type: ignore[arg-type,return-value]
-                           subject, NoHost())  # type: ignore[arg-type]
+    return (PortableService(m, major, 240.0, build, subject, None),  # type: ignore[arg-type]
+            fake)
 
 
-ATTACHED = f"Created …\nPWT-ATTACHED running\nPWT-SOCKET {SOCKET} active\n"
+ATTACHED = program_answer({"written": []}, {"attached": "running", "sockets": {SOCKET: "active"}},
+                          FACTS)
 
 
-def test_attach_is_one_round_trip_with_the_socket_file_written_before_the_attach() -> None:
-    m = ScriptedMachine((0, ATTACHED))
-    service(m).attach(1)
-    (command,) = m.commands
-    assert command.index("cat > /etc/systemd/system/portable-walkthrough.socket") < \
-        command.index("ln -sfn portable-walkthrough_1.raw") < \
-        command.index("portablectl attach --profile default") < \
-        command.index(f"for u in {SOCKET}; do systemctl start $u")
-    assert "daemon-reload" not in command  # portablectl attach reloads the manager
-    assert m.waited == []
-    # The socket file is the subject's own, whole, in a quoted here-document.
-    assert f"<<'PWT-EOF'\n{WALKTHROUGH.sockets[0].read_text()}PWT-EOF\n" in command
+def one_call(fake: object) -> list[dict[str, object]]:
+    (command,) = fake.commands  # type: ignore[attr-defined]
+    return sent_steps(command)
+
+
+def test_the_logged_command_replays_the_same_steps_by_hand() -> None:
+    steps = [{"step": "write-files", "files": {"/etc/x y.conf": "it's\n[Service]\n"}}]
+    command = step_command(steps)
+    assert "\n" not in command  # one line in run.log
+    words = shlex.split(command)
+    assert words[:3] == ["python3", PROGRAM, "--json"] and json.loads(words[3]) == steps
+
+
+def test_attach_is_one_round_trip_with_the_files_before_the_attach() -> None:
+    svc, fake = service({"portable.py": ATTACHED})
+    facts = svc.attach(1, prepare=svc.dropin_steps("drain"), greeting="Hello")
+    steps = one_call(fake)
+    assert [s["step"] for s in steps] == ["write-files", "write-files", "attach", "greet",
+                                          "observe"]
+    # The socket file is the subject's own, whole, written by the program before the attach.
+    assert steps[1]["files"] == {
+        f"/etc/systemd/system/{SOCKET}": WALKTHROUGH.sockets[0].read_text()}
+    attach = steps[2]
+    assert attach["symlink"] == {"target": "portable-walkthrough_1",
+                                 "link": "/var/lib/portables/portable-walkthrough",
+                                 "suffixes": [".raw"]}
+    assert attach["image"] == WALKTHROUGH.symlink and attach["profile"] == "default"
+    assert attach["reload"] is False  # portablectl attach reloads the manager
+    assert attach["sockets"] == [SOCKET]
+    assert steps[3]["expect"] == "Hello" and steps[4]["count"] is None
+    assert all(s["scope"] == SYSTEM.wire() for s in steps)
+    assert facts.attached_state == "running"
+    assert fake.copies == ["/run/pwt/probe.py", PROGRAM]  # type: ignore[attr-defined]
 
 
 def test_every_socket_of_a_subject_is_written_and_started_in_the_same_round_trip(
@@ -106,107 +122,192 @@ def test_every_socket_of_a_subject_is_written_and_started_in_the_same_round_trip
     second = tmp_path / "portable-walkthrough-admin.socket"
     second.write_text("[Socket]\nListenStream=8081\n")
     subject = dataclasses.replace(WALKTHROUGH, sockets=(*WALKTHROUGH.sockets, second))
-    m = ScriptedMachine((0, ATTACHED + f"PWT-SOCKET {second.name} failed\n"))
-    service(m, subject).attach(2)
-    (command,) = m.commands
-    assert f"cat > /etc/systemd/system/{second.name}" in command
-    assert f"for u in {SOCKET} {second.name}; do" in command
-    assert m.waited == [second.name]  # only the one that did not come up
+    svc, fake = service({"portable.py": ATTACHED}, subject)
+    svc.attach(2)
+    files, attach = one_call(fake)[:2]
+    assert f"/etc/systemd/system/{second.name}" in files["files"]  # type: ignore[operator]
+    assert attach["sockets"] == [SOCKET, second.name]
 
 
 def test_an_image_socket_writes_no_socket_file() -> None:
-    m = ScriptedMachine((0, ATTACHED))
-    service(m).attach(1, host_socket=False)
-    assert "/etc/systemd/system/" not in m.commands[0]
-
-
-def test_a_socket_that_did_not_come_up_goes_to_wait_for_unit_for_its_reason() -> None:
-    m = ScriptedMachine((0, f"PWT-ATTACHED running\nPWT-SOCKET {SOCKET} failed\n"))
-    service(m).attach(1)
-    assert m.waited == [SOCKET]
+    svc, fake = service({"portable.py": ATTACHED})
+    svc.attach(1, host_socket=False)
+    assert [s["step"] for s in one_call(fake)] == ["attach", "observe"]
 
 
 def test_a_refused_image_ends_the_run_with_portablectls_words() -> None:
-    m = ScriptedMachine((1, "Failed to attach: image is not a portable service\n"
-                            "PWT-REFUSED 1\n"))
+    refused = program_answer(ok=False, step="attach", refused=True,
+                             error="Failed to attach: image is not a portable service")
+    svc, _ = service({"portable.py": refused})
     with pytest.raises(ImageRefused, match=r"portablectl attach /var/lib/portables/"
                                            r"portable-walkthrough\.raw \(v1, .*walkthrough"
                                            r"\.toml\): Failed to attach: image is not a "
                                            r"portable service$"):
-        service(m).attach(1)
+        svc.attach(1)
+
+
+def test_a_refused_inspect_names_the_image_and_the_spec() -> None:
+    refused = program_answer(ok=False, step="inspect", refused=True,
+                             error="portablectl inspect /var/lib/portables/x_1.raw: no unit")
+    svc, _ = service({"portable.py": refused})
+    with pytest.raises(ImageRefused, match=r"^portablectl inspect .*x_1\.raw: no unit \(.*toml\)"):
+        svc.attach(1, prepare=svc.image_steps("host"))
 
 
 def test_an_attach_that_broke_before_portablectl_is_a_guest_error() -> None:
-    m = ScriptedMachine((1, "mv: cannot move 'x': No space left on device\n"))
-    with pytest.raises(GuestError, match=r"the attach of v1 failed \(exit 1\).*No space") as e:
-        service(m).attach(1)
+    broke = program_answer(ok=False, step="attach", refused=False,
+                           error="OSError: [Errno 28] No space left on device")
+    svc, _ = service({"portable.py": broke})
+    with pytest.raises(GuestError, match=r"step attach: OSError.*No space") as e:
+        svc.attach(1)
     assert not isinstance(e.value, ImageRefused)
 
 
-def test_detached_after_attach_is_an_error() -> None:
-    m = ScriptedMachine((0, f"PWT-ATTACHED detached\nPWT-SOCKET {SOCKET} active\n"))
-    with pytest.raises(GuestError, match="is-attached says 'detached'"):
-        service(m).attach(1)
+def test_a_user_scope_refusal_is_a_guest_error_to_characterise() -> None:
+    """The user's portabled refusing an image is a result (quirks.user_attach_refused), not
+    the end of the run."""
+    refused = program_answer(ok=False, step="attach", refused=True,
+                             error="AttachImage failed: Access denied")
+    svc, _ = service({"portable.py": refused}, major=262)
+    with pytest.raises(GuestError, match="AttachImage failed: Access denied") as e:
+        svc.in_scope(USER_SCOPE).attach(1)
+    assert not isinstance(e.value, ImageRefused)
 
 
-CLEAN = "\n".join(
-    [f"/var/lib/portables/portable-walkthrough{s}.raw detached" for s in ("_1", "_2", "")]
-    + [f"{u} inactive" for u in ("pwt-ab.service", "pwt-probe.service", "pwt-holders.service",
-                                "pwt-haproxy.service", "pwt-source-http.service", SOCKET,
-                                "portable-walkthrough.service")]) + "\n"
+def test_a_program_that_gives_no_answer_is_a_guest_error_with_what_it_printed() -> None:
+    svc, _ = service({"portable.py": (1, "Traceback (most recent call last):\n  boom\n")})
+    with pytest.raises(GuestError, match=r"(?s)gave no answer.*boom"):
+        svc.observe()
+
+
+def clean_words(**dirty: str) -> dict[str, str]:
+    words = {p: "detached" for p in WALKTHROUGH.image_paths()}
+    words.update({u: "inactive" for u in (*CLIENT_UNITS, SOCKET, WALKTHROUGH.service)})
+    words.update(dirty)
+    return words
 
 
 def test_reset_checks_clean_in_the_same_round_trip_and_remembers_it() -> None:
-    m = ScriptedMachine((0, "Removed …\n" + CLEAN))
-    svc = service(m)
+    svc, fake = service({'"step":"reset"': program_answer({"words": [clean_words()]}),
+                         '"step":"attach"': ATTACHED})
     svc.reset()
-    assert len(m.commands) == 1 and svc.clean_verified
-    m.answers.append((0, ATTACHED))
+    (reset,) = one_call(fake)
+    assert svc.clean_verified
+    (part,) = reset["parts"]  # type: ignore[misc]
+    # Units stopped one by one in the program; the subject's files and state removed.
+    assert part["units"] == [*CLIENT_UNITS, SOCKET, WALKTHROUGH.service]
+    assert f"{WALKTHROUGH.dropin_dir}/50-pwt-*.conf" in part["remove"]
     svc.attach(1)
     assert not svc.clean_verified  # attached: the next test checks again
 
 
 def test_a_reset_that_leaves_a_socket_active_is_dirty() -> None:
-    m = ScriptedMachine((0, CLEAN.replace(f"{SOCKET} inactive", f"{SOCKET} active")))
-    svc = service(m)
-    with pytest.raises(GuestError, match="not clean"):
+    dirty = clean_words(**{SOCKET: "active"})
+    svc, _ = service({"portable.py": program_answer({"words": [dirty]})})
+    with pytest.raises(GuestError, match=f"not clean.*{SOCKET} active"):
         svc.reset()
     assert not svc.clean_verified
 
 
-def test_timed_commands_are_read_back_from_their_marker_line() -> None:
-    from pytest_portable_upgrade.systemd.portable import parse_timed, timed
-
-    assert "PWT-TIMES $s $e $rc $(readlink x)" in timed("true", extra="$(readlink x)")
-    out = "Queued …\n\nPWT-TIMES 1700.25 1702.5 0 portable-walkthrough_2.raw\njournal line\n"
-    assert parse_timed(out) == (1700.25, 1702.5, 0, ["portable-walkthrough_2.raw"])
-    with pytest.raises(GuestError, match="no PWT-TIMES line"):
-        parse_timed("Failed to connect to bus\n")
+def test_a_unit_without_an_answer_is_dirty_not_clean() -> None:
+    words = clean_words()
+    del words[WALKTHROUGH.service]
+    svc, _ = service({"portable.py": program_answer({"words": [words]})})
+    with pytest.raises(GuestError, match=f"{WALKTHROUGH.service}: no answer"):
+        svc.check_clean()
 
 
-def test_the_facts_before_the_load_are_one_round_trip_without_a_request() -> None:
-    m = ScriptedMachine((0, FACTS))
-    facts = service(m).observe()
-    (command,) = m.commands
-    assert "probe.py" not in command  # a request before the load would move the counter
-    assert f"systemctl is-active {SOCKET}" in command and facts.counter is None
+def test_after_a_user_scenario_the_reset_resets_the_users_side_first() -> None:
+    svc, fake = service({'"step":"attach"': ATTACHED,
+                         '"step":"reset"': program_answer({"words": [{}, clean_words()]}),
+                         '"step":"clean"': program_answer({"words": [clean_words()]})},
+                        major=262)
+    svc.in_scope(USER_SCOPE).attach(1)
+    svc.reset()
+    reset = sent_steps(fake.commands[-1])[0]  # type: ignore[attr-defined]
+    user, system = reset["parts"]  # type: ignore[misc]
+    assert user["scope"] == USER_SCOPE.wire() and system["scope"] == SYSTEM.wire()
+    assert user["detach_flags"] == ["--runtime"]
+    assert "/run/verity.d/pwt-user-portable.crt" in user["remove"]
+    assert user["unset_environment"] == ["SYSTEMD_DISSECT_VERITY_TIMEOUT_SEC"]
+    assert svc.clean_verified  # the user's manager is gone ({}): nothing of the user's runs
+    svc.check_clean()
+    assert len(sent_steps(fake.commands[-1])[0]["parts"]) == 1  # type: ignore[arg-type]
+
+
+def test_the_facts_before_the_load_come_without_a_request() -> None:
+    svc, fake = service({"portable.py": program_answer(FACTS)})
+    facts = svc.observe()
+    (observe,) = one_call(fake)
+    assert observe["count"] is None  # a request before the load would move the counter
+    assert (observe["socket"], observe["image"]) == (SOCKET, WALKTHROUGH.symlink)
+    assert facts.counter is None
 
 
 def test_the_facts_after_the_load_carry_the_count_in_the_same_round_trip() -> None:
-    m = ScriptedMachine((0, FACTS + ANSWER))
-    facts = service(m).observe(count=True)
-    copies = [c for c in m.commands if c.startswith("copy ")]
-    assert copies == ["copy probe.py /run/pwt/probe.py"]  # once per boot (Machine's once=True)
-    (command,) = [c for c in m.commands if not c.startswith("copy ")]
-    # The request only through a socket that is active: a dead one has no count to read.
-    assert '[ "$socket" = active ] && answer=$(python3 /run/pwt/probe.py --once --port 8080' \
-        in command
-    assert "--counter-regex" in command and facts.counter == 42
+    svc, fake = service({"portable.py": program_answer({**FACTS, "record": RECORD})})
+    facts = svc.observe(count=True)
+    (observe,) = one_call(fake)
+    count = observe["count"]
+    assert count["probe"] == "/run/pwt/probe.py" and count["port"] == 8080  # type: ignore[index]
+    assert "--counter-regex" in count["args"]  # type: ignore[index]
+    assert facts.counter == 42
 
 
 def test_a_subject_without_a_counter_sends_no_request_for_one() -> None:
     subject = dataclasses.replace(WALKTHROUGH, counter_regex=None)
-    m = ScriptedMachine((0, FACTS))
-    facts = service(m, subject).observe(count=True)
-    assert len(m.commands) == 1 and "probe.py" not in m.commands[0]
-    assert facts.counter is None
+    svc, fake = service({"portable.py": program_answer(FACTS)}, subject)
+    assert svc.observe(count=True).counter is None
+    assert one_call(fake)[0]["count"] is None
+
+
+def test_reattach_is_timed_by_the_guests_clock() -> None:
+    svc, fake = service({"portable.py": program_answer(
+        {"started": 1700.25, "ended": 1702.5, "rc": 0, "output": "Queued …\n"})})
+    upgrade = svc.reattach(2)
+    (step,) = one_call(fake)
+    # 252: by the image path (quirks); the symlink flipped first, in the same step.
+    assert step["commands"] == [["portablectl", "reattach", "--now", WALKTHROUGH.symlink]]
+    assert step["symlink"]["target"] == "portable-walkthrough_2"  # type: ignore[index]
+    assert upgrade.command == f"portablectl reattach --now {WALKTHROUGH.symlink}"
+    assert (upgrade.started, upgrade.duration_s) == (1700.25, 2.25)
+
+
+def test_a_failed_reattach_is_a_guest_error_with_its_words() -> None:
+    svc, _ = service({"portable.py": program_answer(
+        {"started": 1.0, "ended": 2.0, "rc": 1, "output": "ReattachImage failed: No such file"})})
+    with pytest.raises(GuestError, match="exited 1: ReattachImage failed"):
+        svc.reattach(2)
+
+
+def test_a_rollout_that_did_not_move_the_symlink_is_not_ok() -> None:
+    answer = {"started": 1.0, "ended": 3.0, "rc": 0, "output": "", "link":
+              "portable-walkthrough_1.raw"}
+    svc, fake = service({"portable.py": program_answer(answer)}, major=257)
+    rollout, ok = svc.run_rollout("pwt-rollout.service", 2)
+    assert not ok and rollout.command == "systemctl start pwt-rollout.service"
+    assert one_call(fake)[0]["journal"] == {"unit": "pwt-rollout.service", "lines": 60}
+
+
+@pytest.mark.parametrize("step", ["sysupdate", "publish"])
+def test_steps_that_make_no_sense_for_a_user_are_refused_with_the_reason(step: str) -> None:
+    svc, fake = service({}, major=262)
+    user = svc.in_scope(USER_SCOPE)
+    with pytest.raises(StepRefused, match=f"^{step} in the user scope: "):
+        if step == "publish":
+            user.publish(2)
+        else:
+            user.run_rollout("pwt-rollout.service", 2)
+    assert fake.commands == []  # type: ignore[attr-defined]
+
+
+def test_the_user_scope_inspects_nothing_and_signs_its_images() -> None:
+    svc, _ = service({}, major=262)
+    user = svc.in_scope(USER_SCOPE)
+    (use,) = user.image_steps("host")
+    assert use["source"] == "/var/lib/pwt-images/user"
+    assert use["target"] == "/var/lib/pwt-user-portables" and use["owner"] == "pwt-user"
+    assert use["sign"] == {"dir": "/run/pwt-verity"}
+    # The system scope inspects its set the first time only.
+    assert [s["step"] for s in svc.image_steps("host")] == ["use-images", "inspect"]
+    assert [s["step"] for s in svc.image_steps("host")] == ["use-images"]

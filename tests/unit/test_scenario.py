@@ -30,8 +30,9 @@ from pytest_portable_upgrade.scenarios.catalogue import (
     get_scenario,
 )
 from pytest_portable_upgrade.scenarios.checks import SocketObservation
+from pytest_portable_upgrade.scenarios.record import summary_row
 from pytest_portable_upgrade.scenarios.run import ScenarioRun
-from pytest_portable_upgrade.scenarios.verdict import loss_summary, summary_row, verdict_of
+from pytest_portable_upgrade.scenarios.verdict import loss_summary, verdict_of
 
 ID_PATTERN = re.compile(r"[a-z]+(?:-[a-z]+)+")
 

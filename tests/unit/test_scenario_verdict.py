@@ -30,10 +30,12 @@ from support import (
 
 from pytest_portable_upgrade.load.load import LoadOutcome
 from pytest_portable_upgrade.load.long_lived import HolderSummary
+from pytest_portable_upgrade.plugin.outcome import conclude, evidence_reason
 from pytest_portable_upgrade.report.matrix import build_matrix
 from pytest_portable_upgrade.report.report import stability_table
 from pytest_portable_upgrade.scenarios.catalogue import SCENARIOS, Scenario, get_scenario
 from pytest_portable_upgrade.scenarios.checks import SocketObservation
+from pytest_portable_upgrade.scenarios.record import summary_row
 from pytest_portable_upgrade.scenarios.run import ScenarioRun
 from pytest_portable_upgrade.scenarios.verdict import (
     DOWNTIME_SEEN,
@@ -43,10 +45,7 @@ from pytest_portable_upgrade.scenarios.verdict import (
     REFUSED,
     VERDICT_KINDS,
     Verdict,
-    conclude,
-    evidence_reason,
     losses_of,
-    summary_row,
     verdict_of,
 )
 

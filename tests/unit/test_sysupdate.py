@@ -14,7 +14,7 @@ from pytest_portable_upgrade.scenarios.catalogue import get_scenario
 from pytest_portable_upgrade.scenarios.checks import refused_problems
 from pytest_portable_upgrade.scenarios.verdict import FAIL, REFUSAL_REASON, REFUSED, verdict_of
 from pytest_portable_upgrade.systemd.quirks import reattach_target
-from pytest_portable_upgrade.systemd.sysupdate import SysupdateSetup, sha256sums_command
+from pytest_portable_upgrade.systemd.sysupdate import SysupdateSetup
 
 # What systemd-sysupdate's download helper prints when a url-file download does not match the
 # digest in SHA256SUMS. sysupdate runs `systemd-pull raw --direct --verify=<sha256> URL PATH`;
@@ -83,13 +83,34 @@ def test_unknown_source_is_refused() -> None:
 
 
 def test_manifest_is_sha256sums_format(tmp_path: Path) -> None:
-    (tmp_path / "portable-walkthrough_2.raw").write_bytes(b"image two")
-    (tmp_path / "other.txt").write_text("not an image")
-    command = sha256sums_command("portable-walkthrough", str(tmp_path))
-    subprocess.run(["bash", "-c", command], check=True)
-    lines = (tmp_path / "SHA256SUMS").read_text().splitlines()
+    """The guest program's publish step writes sha256sum's own format, checked by it."""
+    from support import run_program
+
+    stash, source = tmp_path / "stash", tmp_path / "source"
+    stash.mkdir()
+    (stash / "portable-walkthrough_2.raw").write_bytes(b"image two")
+    source.mkdir()
+    (source / "other.txt").write_text("not an image")
+    answer = run_program([{"step": "publish", "image": str(stash / "portable-walkthrough_2.raw"),
+                           "source": str(source), "pattern": "portable-walkthrough_*.raw"}])
+    assert answer["ok"], answer
+    lines = (source / "SHA256SUMS").read_text().splitlines()
     assert len(lines) == 1
     assert re.fullmatch(r"[0-9a-f]{64}  portable-walkthrough_2\.raw", lines[0])
+    subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=source, check=True,
+                   capture_output=True)
+
+
+def test_a_corrupt_publish_no_longer_matches_its_checksum(tmp_path: Path) -> None:
+    from support import run_program
+
+    (tmp_path / "portable-walkthrough_2.raw").write_bytes(b"image two")
+    source = tmp_path / "source"
+    run_program([{"step": "publish", "image": str(tmp_path / "portable-walkthrough_2.raw"),
+                  "source": str(source), "pattern": "portable-walkthrough_*.raw",
+                  "corrupt": True}])
+    check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=source, capture_output=True)
+    assert check.returncode != 0
 
 
 def hello_throughout() -> list:  # type: ignore[type-arg]
@@ -134,8 +155,9 @@ CORRUPT = get_scenario("host-socket-sysupdate-http-corrupt")
 
 
 def rollout_output(*lines: str) -> str:
-    return "\n".join([*lines, "", "PWT-TIMES 1700000005.0 1700000006.5 1 "
-                                   "portable-walkthrough_1.raw"])
+    """The rollout's output as the guest program's ``upgrade`` step answers it: the
+    command's output, then the unit's journal."""
+    return "\n".join(["Job for pwt-rollout.service failed.", *lines, ""])
 
 
 @pytest.mark.parametrize("major", sorted(REFUSAL_LINES))

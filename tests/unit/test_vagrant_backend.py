@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from pytest_portable_upgrade.boxes.builder import BuiltBox
 from pytest_portable_upgrade.boxes.recipes import get_box
+from pytest_portable_upgrade.boxes.vagrant_boxes import BuiltBox
 from pytest_portable_upgrade.core.config import Settings
 from pytest_portable_upgrade.core.errors import HarnessError
 from pytest_portable_upgrade.machine import vagrant_backend

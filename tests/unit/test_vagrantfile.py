@@ -162,7 +162,7 @@ def test_ruby_accepts_the_syntax(tmp_path: Path, accel: str) -> None:
 
 
 def test_a_box_built_here_boots_its_own_kernel_directly() -> None:
-    from pytest_portable_upgrade.boxes.builder import KERNEL_CMD_LINE
+    from pytest_portable_upgrade.boxes.vagrant_boxes import KERNEL_CMD_LINE
 
     text = render(spec(kernel=Path("/s/boxes/b.box.vmlinuz"), initrd=Path("/s/boxes/b.box.initrd"),
                        cmd_line=KERNEL_CMD_LINE))

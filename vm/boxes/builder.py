@@ -6,10 +6,18 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_portable_upgrade.boxes.fedora_box import fetch
 from pytest_portable_upgrade.boxes.recipes import DEBIAN_MIRROR, BoxRecipe
+from pytest_portable_upgrade.boxes.vagrant_boxes import (
+    BuiltBox,
+    _vagrant_has_box,
+    ensure_ssh_key,
+    pool_base_prefix,
+    vagrant_boxes,
+    vagrant_env,
+)
 from pytest_portable_upgrade.core.cache import (
     checksum_ok,
     file_sha256,
@@ -58,61 +66,9 @@ def explain_build_failure(build_log: Path, message: str) -> str:
     return message
 
 
-# How a locally built box boots: qemu starts the box's own kernel (no boot loader, no partition
-# table). The disk is the only virtio disk; its ext4 file system is labelled pwt-root.
-KERNEL_CMD_LINE = "root=/dev/vda ro console=ttyS0,115200 net.ifnames=0 systemd.show_status=1"
-
-
-@dataclass(frozen=True)
-class BuiltBox:
-    """A box available to Vagrant under ``vagrant_name``, logging in with ``private_key``
-    (None: a downloaded box, whose key Vagrant replaces at first boot).
-
-    ``kernel`` and ``initrd`` are set for boxes built here: libvirt boots them directly.
-    Downloaded boxes (Fedora) leave them None and boot their own way."""
-
-    recipe: BoxRecipe
-    vagrant_name: str
-    private_key: Path | None
-    kernel: Path | None = None
-    initrd: Path | None = None
-
-    @property
-    def cmd_line(self) -> str | None:
-        return kernel_cmd_line(self.recipe) if self.kernel is not None else None
-
-
-def kernel_cmd_line(recipe: BoxRecipe) -> str:
-    """The command line a box built here boots with: the common one, then the recipe's own."""
-    return f"{KERNEL_CMD_LINE} {recipe.kernel_cmd_line}".strip()
-
-
 def boot_files(box_file: Path) -> tuple[Path, Path]:
     """The kernel and initramfs that pack-box.sh writes beside ``box_file``."""
     return Path(f"{box_file}.vmlinuz"), Path(f"{box_file}.initrd")
-
-
-def vagrant_env(state_dir: Path) -> dict[str, str]:
-    """The environment every vagrant call of the suite runs in (its own VAGRANT_HOME)."""
-    env = dict(os.environ)
-    env["VAGRANT_HOME"] = str(state_dir / "vagrant-home")
-    env["VAGRANT_CHECKPOINT_DISABLE"] = "1"
-    env["VAGRANT_DEFAULT_PROVIDER"] = "libvirt"
-    env.pop("VAGRANT_CWD", None)
-    return env
-
-
-def ensure_ssh_key(state_dir: Path) -> Path:
-    """The per-host key baked into locally built boxes (never Vagrant's public insecure key)."""
-    key = state_dir / "keys" / "id_ed25519"
-    if not key.exists():
-        key.parent.mkdir(parents=True, exist_ok=True)
-        key.parent.chmod(0o700)
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pwt-box", "-f", str(key)],
-            check=True,
-        )
-    return key
 
 
 def box_key(recipe: BoxRecipe, public_key: Path) -> str:
@@ -120,29 +76,10 @@ def box_key(recipe: BoxRecipe, public_key: Path) -> str:
     return recipe_hash([BUILD_SCRIPT, PACK_SCRIPT], data)
 
 
-def vagrant_boxes(env: dict[str, str]) -> set[str]:
-    """The names of the boxes Vagrant has (``vagrant box list --machine-readable``)."""
-    out = subprocess.run(
-        ["vagrant", "box", "list", "--machine-readable"],
-        env=env, capture_output=True, text=True, check=False,
-    ).stdout
-    return {line.split(",")[3] for line in out.splitlines()
-            if ",box-name," in line and len(line.split(",")) > 3}
-
-
-def _vagrant_has_box(name: str, env: dict[str, str]) -> bool:
-    return name in vagrant_boxes(env)
-
-
 def vagrant_box_image(env: dict[str, str], name: str) -> Path:
     """Where ``vagrant box add`` put the disk image of box ``name`` (libvirt provider)."""
     return (Path(env["VAGRANT_HOME"]) / "boxes" / name.replace("/", "-VAGRANTSLASH-") / "0"
             / "libvirt" / "box.img")
-
-
-def pool_base_prefix(name: str) -> str:
-    """vagrant-libvirt uploads a box's image into the pool under this name prefix."""
-    return name.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image_"
 
 
 def added_box_problem(env: dict[str, str], name: str, libvirt_uri: str, pool: str) -> str | None:
@@ -257,8 +194,6 @@ def prune_old_boxes(recipe_name: str, keep: str, env: dict[str, str]) -> list[st
 
 def fetch_box(recipe: BoxRecipe, state_dir: Path, provider: str) -> BuiltBox:
     """A downloaded box (Fedora, from its own servers, verified): vm/boxes/fedora_box.py."""
-    from pytest_portable_upgrade.boxes.fedora_box import fetch  # imports this module
-
     if provider not in recipe.providers:
         raise HarnessError(
             f"box {recipe.name} has no {provider} version; providers: {', '.join(recipe.providers)}"

@@ -10,14 +10,18 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from pytest_portable_upgrade.core.errors import PrerequisiteMissing
+from pytest_portable_upgrade.core.errors import PrerequisiteMissing, WaitTimeout
 from pytest_portable_upgrade.core.log import log
+from pytest_portable_upgrade.core.retry import retry
 
 PROBE_SECONDS = 20.0
 BANNER = b"Linux version"
+
+
+class KvmProbeEnded(Exception):
+    """The probe's qemu exited before the kernel said anything."""
 
 
 def kvm_boots(kernel: Path, seconds: float = PROBE_SECONDS) -> bool:
@@ -32,14 +36,18 @@ def kvm_boots(kernel: Path, seconds: float = PROBE_SECONDS) -> bool:
             "-display", "none", "-serial", f"file:{serial}", "-no-reboot", "-nic", "none",
         ]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def banner(_last: bool) -> bool:
+            if serial.exists() and BANNER in serial.read_bytes():
+                return True
+            if proc.poll() is not None and not (serial.exists() and serial.stat().st_size):
+                raise KvmProbeEnded  # qemu exited without a word: KVM does not boot here
+            return False
+
         try:
-            deadline = time.monotonic() + seconds
-            while time.monotonic() < deadline:
-                if serial.exists() and BANNER in serial.read_bytes():
-                    return True
-                if proc.poll() is not None and not (serial.exists() and serial.stat().st_size):
-                    return False
-                time.sleep(0.25)
+            retry(banner, timeout=seconds, interval=0.25, what="the kernel's banner under KVM")
+            return True
+        except (WaitTimeout, KvmProbeEnded):
             return False
         finally:
             proc.kill()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_portable_upgrade.boxes.builder import BuiltBox, vagrant_env
+from pytest_portable_upgrade.boxes.vagrant_boxes import BuiltBox, vagrant_env
 from pytest_portable_upgrade.core.config import Settings
 from pytest_portable_upgrade.core.errors import HarnessError
 from pytest_portable_upgrade.core.host import (

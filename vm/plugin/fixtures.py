@@ -114,8 +114,9 @@ def machine(settings: Settings, box: Any, images: Any, pytestconfig: pytest.Conf
     """The session's one VM (a ``Machine``): booted once, destroyed at the end (see --keep-vm).
 
     Asks for ``images`` so a broken image build ends the run before a boot is paid for."""
-    from pytest_portable_upgrade.boxes.fedora_box import needs_provisioning, provision_box
+    from pytest_portable_upgrade.boxes.fedora_box import needs_provisioning
     from pytest_portable_upgrade.machine.accel import choose_accel
+    from pytest_portable_upgrade.machine.provision_vm import provision_box
     from pytest_portable_upgrade.machine.runs import RunLock, reap_stale_runs
     from pytest_portable_upgrade.machine.vagrant_backend import VagrantVM
 
@@ -237,7 +238,7 @@ def clean_service(service: Any, artifacts: Path, settings: Settings,
     the reset, the evidence (journals, probe log, ab.out) of every run that did not simply pass
     is saved: an error, a FAIL, an expected loss or downtime, a refusal; --artifacts-always:
     all."""
-    from pytest_portable_upgrade.scenarios.verdict import VERDICT_KEY, evidence_reason
+    from pytest_portable_upgrade.plugin.outcome import VERDICT_KEY, evidence_reason
 
     if not service.clean_verified:  # the previous test's reset has checked it otherwise
         service.check_clean()
@@ -306,9 +307,11 @@ def run_recorded(
     own checks run after the upgrade and their failures become problems of the run
     (verdict_of)."""
     from pytest_portable_upgrade.machine.guest_host import SSH_CONFIG_HOST
+    from pytest_portable_upgrade.plugin.outcome import VERDICT_KEY
     from pytest_portable_upgrade.report.report import plot_timeline, skipped_row
+    from pytest_portable_upgrade.scenarios.record import summary_row
     from pytest_portable_upgrade.scenarios.run import ScenarioUnsupported, run_scenario
-    from pytest_portable_upgrade.scenarios.verdict import VERDICT_KEY, summary_row, verdict_of
+    from pytest_portable_upgrade.scenarios.verdict import verdict_of
     from pytest_portable_upgrade.systemd.portable import ImageRefused
 
     def run(scenario: Scenario) -> Verdict:

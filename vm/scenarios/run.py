@@ -8,7 +8,6 @@ the load and returns everything it measured as a ``ScenarioRun``: the input of
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,16 +20,14 @@ from pytest_portable_upgrade.load.load import GUEST_DIR, LoadOutcome, LoadRun
 from pytest_portable_upgrade.scenarios.catalogue import Scenario
 from pytest_portable_upgrade.scenarios.checks import SocketObservation
 from pytest_portable_upgrade.subject.spec import Subject
-from pytest_portable_upgrade.systemd import user_portable
-from pytest_portable_upgrade.systemd.portable import PortableService, Upgrade
+from pytest_portable_upgrade.systemd.portable import PortableService, Request, Upgrade
 from pytest_portable_upgrade.systemd.quirks import (
     fdstore_preserve_missing,
-    reattach_target,
     sysupdate_missing,
     sysupdate_transfer_suffix,
     user_attach_refused,
 )
-from pytest_portable_upgrade.systemd.stop_start import clear_fd_store, stop_start_upgrade
+from pytest_portable_upgrade.systemd.scope import SCOPES, Scope, missing_pieces
 from pytest_portable_upgrade.systemd.sysupdate import PIN_UNIT, ROLLOUT_UNIT, SysupdateSetup
 
 HAPROXY_UNIT = "pwt-haproxy.service"
@@ -46,6 +43,7 @@ class ScenarioRun:
 
     scenario: Scenario
     subject: Subject  # the service under test (its spec)
+    scope: Scope  # where it was attached (the system's manager or a user's)
     outcome: LoadOutcome
     upgrade: Upgrade  # the reattach, the stop + start, or the sysupdate rollout unit that ran it
     socket: SocketObservation
@@ -69,7 +67,7 @@ class ScenarioRun:
 def _start_haproxy(service: PortableService, port: int) -> None:
     m = service.machine
     config = HaproxyConfig(server_port=service.subject.port, listen_port=port).render()
-    m.succeed(f"mkdir -p {GUEST_DIR} && cat > {GUEST_DIR}/haproxy.cfg <<'EOF'\n{config}EOF")
+    service.write_files({f"{GUEST_DIR}/haproxy.cfg": config})
     m.succeed(f"haproxy -c -q -f {GUEST_DIR}/haproxy.cfg")
     m.succeed(f"systemctl stop {HAPROXY_UNIT} 2>/dev/null; systemd-run --quiet --collect"
               f" --unit={HAPROXY_UNIT} haproxy -db -f {GUEST_DIR}/haproxy.cfg")
@@ -94,14 +92,13 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
         raise ScenarioUnsupported(reason)
     if scenario.scope == "system":
         return _run(service, settings, scenario)
-    missing = user_portable.preflight(service.machine, service.systemd_major)
+    missing = missing_pieces(service.systemd_major, service.preflight())
     if missing:
         raise ScenarioUnsupported("user portable services need: " + "; ".join(missing))
-    user = user_portable.user_scope(service)
+    user = service.in_scope(SCOPES[scenario.scope])
     try:
-        user.setup()
-        run = _run(user, settings, scenario)
-        return dataclasses.replace(run, facts={**run.facts, "user_journal": user.journal()[-3000:]})
+        user.setup_user()
+        return _run(user, settings, scenario)
     except GuestError as e:
         journal = user.journal()
         log.info(f"the user's journal (last lines):\n{journal[-3000:]}")
@@ -111,8 +108,6 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
     except BaseException:
         log.info(f"the user's journal (last lines):\n{user.journal()[-3000:]}")
         raise
-    finally:
-        user.reset()
 
 
 def _run(service: PortableService, settings: Settings, scenario: Scenario) -> ScenarioRun:
@@ -122,18 +117,20 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
     load_cfg = settings.load
     m = service.machine
     setup = _sysupdate_setup(service, scenario)
-    service.install_dropins(scenario.shutdown, scenario.fdstore_preserve)
-    service.use_images(scenario.socket_location)
+    prepare: list[Request] = [*service.dropin_steps(scenario.shutdown, scenario.fdstore_preserve),
+                              *service.image_steps(scenario.socket_location)]
     if setup is not None:
         low, high = sorted((scenario.from_version, scenario.to_version))
         # Upgrade: the old version installed and published, the new one published later.
         # Rollback: the new (older) one published but not installed: `update VERSION` pins it.
-        service.prepare_sysupdate(setup, installed=[scenario.from_version],
-                                  published=[low] if scenario.to_version == high else [low, high])
-    service.attach(scenario.from_version, profile=profile,
-                   host_socket=scenario.socket_location == "host")
-    service.wait_for_greeting(old)
-    before = service.observe()
+        prepare += service.sysupdate_steps(
+            setup, installed=[scenario.from_version],
+            published=[low] if scenario.to_version == high else [low, high])
+    # The files, the images, the attach, the first answer of the old version and the facts
+    # before the load: one round trip.
+    before = service.attach(scenario.from_version, profile=profile,
+                            host_socket=scenario.socket_location == "host", prepare=prepare,
+                            greeting=old)
     url_port = subject.port
     if scenario.proxy == "haproxy":
         url_port = proxy_port_for(subject.port)
@@ -143,7 +140,8 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
     # probe straight to the naive server would see the resets the proxy exists to absorb).
     load = LoadRun(m, load_cfg, keepalive=scenario.keepalive,
                    url=f"http://127.0.0.1:{url_port}{subject.request_path}", probe_port=url_port,
-                   client_args=subject.client_args(), holders=scenario.holders)
+                   client_args=subject.client_args(), holders=scenario.holders,
+                   service_unit=subject.service)
     title = f"{scenario.id}: load, reattach v{scenario.from_version} -> v{scenario.to_version}"
     with log.nested(title):
         load.start()
@@ -151,7 +149,7 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
         time.sleep(load_cfg.switch_after_s)
         rollout_ok = True
         if setup is None and scenario.upgrade == "stop-start":
-            upgrade = stop_start_upgrade(service, scenario.to_version)
+            upgrade = service.stop_start(scenario.to_version)
         elif setup is None:
             upgrade = service.reattach(scenario.to_version)
         else:
@@ -177,13 +175,18 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
 
     # The facts afterwards and the count in one round trip; no count from a subject without
     # a counter, or through a socket the reattach left dead (the verdict names that instead).
-    after = service.observe(count=True)
+    # A user's journal comes with them (the report keeps its end).
+    user_scope = service.scope.user is not None
+    after = service.observe(count=True, journal=user_scope)
     socket = SocketObservation(before.socket_since, after.socket_since, after.socket_state)
     facts: dict[str, Any] = {"rollout_log": upgrade.output[-1500:]} if setup is not None else {}
     if scenario.upgrade != "reattach":
         facts["upgrade_log"] = upgrade.output[-1500:]
+    if user_scope:
+        facts["user_journal"] = after.journal[-3000:]
     run = ScenarioRun(
-        scenario=scenario, subject=subject, outcome=outcome, upgrade=upgrade, socket=socket,
+        scenario=scenario, subject=subject, scope=service.scope, outcome=outcome,
+        upgrade=upgrade, socket=socket,
         final_count=after.counter, min_complete=load_cfg.min_complete,
         post_switch_s=load_cfg.post_switch_s, attached_state=after.attached_state,
         attached_image=after.attached_image, service_user=before.main_user,
@@ -191,7 +194,7 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
         max_stall_s=load_cfg.max_stall_s, facts=facts,
     )
     if scenario.fdstore_preserve:
-        clear_fd_store(service)  # after every measurement: the next scenario starts empty
+        service.clear_fd_store()  # after every measurement: the next scenario starts empty
     return run
 
 
@@ -202,8 +205,7 @@ def _sysupdate_setup(service: PortableService, scenario: Scenario) -> SysupdateS
         raise ScenarioUnsupported(why)
     return SysupdateSetup(
         source=scenario.rollout.removeprefix("sysupdate-"),
-        reattach_arg=reattach_target(service.systemd_major, service.subject.name,
-                                     service.symlink),
+        reattach_arg=service.reattach_target(),
         transfer_suffix=sysupdate_transfer_suffix(service.systemd_major),
         name=service.subject.name,
     )

@@ -1,22 +1,18 @@
 """The verdict of a run: ``verdict_of`` is the one judge.
 
-The report (summary row, stability table, matrix) writes its ``label`` and the integration
-test hands it to ``conclude``, which turns it into pytest's outcome. Nothing else decides
-whether a scenario passed. The checks it is made of are pure functions in ``checks``.
+The report (summary row: scenarios/record.py, stability table, matrix) writes its ``label``
+and the integration test hands it to ``conclude`` (plugin/outcome.py), which turns it into
+pytest's outcome. Nothing else decides whether a scenario passed. The checks it is made of are
+pure functions in ``checks``.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
-
-import pytest
 
 from pytest_portable_upgrade.load.latency import latency_report, stall_problems
 from pytest_portable_upgrade.load.load import LoadOutcome
-from pytest_portable_upgrade.report.report import scenario_record
-from pytest_portable_upgrade.scenarios.catalogue import Scenario
 from pytest_portable_upgrade.scenarios.checks import (
     counter_consistent,
     enough_load,
@@ -30,8 +26,6 @@ from pytest_portable_upgrade.scenarios.checks import (
     switched_cleanly,
 )
 from pytest_portable_upgrade.scenarios.run import ScenarioRun
-from pytest_portable_upgrade.subject.spec import Subject
-from pytest_portable_upgrade.systemd import user_portable
 from pytest_portable_upgrade.systemd.portable import ATTACHED_STATES, Upgrade
 from pytest_portable_upgrade.systemd.quirks import CHECKSUM_REFUSALS
 
@@ -140,16 +134,10 @@ def user_check_problems(run: ScenarioRun) -> list[str]:
     return [f"user check failed: {line}" for line in run.user_check_failures]
 
 
-def expected_image(subject: Subject, scenario: Scenario, version: int) -> str:
-    """The image ``version``'s unit must run from (RootImage=) in the scenario's scope."""
-    if scenario.scope == "user":
-        return user_portable.image_path(subject, version)
-    return subject.image_path(version)
-
-
 def attachment_problems(run: ScenarioRun, version: int) -> list[str]:
-    """Like systemd's TEST-29: the image is attached and the unit runs ``version``'s image."""
-    want = expected_image(run.subject, run.scenario, version)
+    """Like systemd's TEST-29: the image is attached and the unit runs ``version``'s image
+    (the path the run's scope gives it)."""
+    want = run.scope.image_path(run.subject, version)
     if run.attached_state not in ATTACHED_STATES or run.attached_image != want:
         return [f"afterwards portablectl says {run.attached_state!r} and the unit runs "
                 f"{run.attached_image!r}, not {want!r}"]
@@ -160,9 +148,10 @@ def profile_problems(run: ScenarioRun) -> list[str]:
     """The profile took effect: `trusted` runs as root, `default` as a dynamic user. A user's
     manager runs the service as that user (its profiles set no DynamicUser=)."""
     profile, user = run.profile, run.service_user
-    if run.scenario.scope == "user":
-        want = user_portable.USER
-        return [] if user == want else [f"user scope: the service runs as {user!r}, not {want!r}"]
+    if run.scope.user is not None:
+        want = run.scope.user
+        return [] if user == want else [f"{run.scope.name} scope: the service runs as {user!r}, "
+                                        f"not {want!r}"]
     if profile == "trusted":
         return [] if user == "root" else [f"profile trusted: the service runs as {user!r}, "
                                           "not root"]
@@ -231,34 +220,6 @@ def verdict_of(run: ScenarioRun) -> Verdict:
     return Verdict(DOWNTIME_SEEN if expect == "downtime" else EXPECTED_LOSS, observed=observed)
 
 
-# Where a scenario test's verdict is kept on its pytest item: the `clean_service` fixture
-# reads it to save the evidence of every run that did not simply pass.
-VERDICT_KEY = pytest.StashKey[Verdict]()
-
-
-def evidence_reason(test_failed: bool, verdict: Verdict | None, always: bool) -> str | None:
-    """Why a scenario test's journals, probe log and ab.out are worth keeping; None: they are
-    not. Every run that did not simply pass keeps them: an expected loss is evidence too."""
-    if verdict is not None and verdict.kind != PASS:
-        return verdict.label
-    if test_failed:  # a pass whose test broke later, or an error before any verdict
-        return "test failed" if verdict is not None else "no verdict: the run broke off"
-    if always:
-        return "--artifacts-always"
-    return None
-
-
-def conclude(verdict: Verdict) -> None:
-    """Turn a run's verdict into its test's outcome, the one way every scenario test does it:
-    FAIL -> pytest.fail with every problem, an expected loss -> pytest.xfail with the numbers,
-    anything else returns (the test passes)."""
-    __tracebackhide__ = True
-    if verdict.kind == FAIL:
-        pytest.fail(verdict.explain(), pytrace=False)
-    if verdict.kind == EXPECTED_LOSS:
-        pytest.xfail(verdict.observed)
-
-
 def loss_summary(run: ScenarioRun) -> str:
     ab, tl = run.outcome.ab, run.outcome.timeline
     holders = f"; holders: {run.outcome.holders.describe()}" if run.outcome.holders else ""
@@ -266,33 +227,3 @@ def loss_summary(run: ScenarioRun) -> str:
             f"{ab.failed_receive}, length {ab.failed_length}, exceptions "
             f"{ab.failed_exceptions}), non-2xx {ab.non_2xx}; probe errors {tl.errors or 'none'};"
             f" socket after: {run.socket.state_after}{holders}")
-
-
-# --- the run's row in summary.json ------------------------------------------------------
-def summary_row(run: ScenarioRun, box: str, systemd_major: int,
-                verdict: Verdict, systemd_package: str = "") -> dict[str, Any]:
-    """The run's row in summary.json: the measurements and ``verdict`` (from ``verdict_of``);
-    ``systemd_package`` is the guest's exact systemd package version."""
-    s = run.scenario
-    row = scenario_record(
-        s.id, box, systemd_major, keepalive=s.keepalive, proxy=s.proxy,
-        socket_location=s.socket_location, outcome=run.outcome, upgrade=run.upgrade,
-        counter_ok=(None if run.final_count is None
-                    else not counter_consistent(run.outcome, run.final_count)),
-        verdict=verdict.label, problems=verdict.problems, systemd_package=systemd_package,
-    )
-    if run.outcome.holders is not None:
-        h = run.outcome.holders
-        row.update(holders=h.connections, holder_requests=h.requests, holders_broken=h.broken,
-                   holders_server_closed=h.server_closed,
-                   holders_switched_in_place=h.switched_in_place, holders_intact=h.intact)
-    row.update(verdict_kind=verdict.kind, observed=verdict.observed, expect=s.expect,
-               subject=run.subject.name, spec=str(run.subject.spec),
-               user_checks_run=run.user_checks_run,
-               user_check_failures=list(run.user_check_failures),
-               shutdown=s.shutdown, profile=run.profile, from_version=s.from_version,
-               to_version=s.to_version, socket_state_after=run.socket.state_after,
-               attached_state=run.attached_state, attached_image=run.attached_image,
-               service_user=run.service_user, dynamic_user=run.dynamic_user,
-               rollout_ok=run.rollout_ok, **run.facts)
-    return row

@@ -1,13 +1,16 @@
-"""The portable service in the guest: images, attach, host socket, reattach, reset."""
+"""The portable service in the guest, seen from the harness: each step is a request to the
+guest program (vm/systemd/guest/portable.py, shipped once per boot), sent in one SSH round trip,
+and its answer read as a typed value. The scope (system or a user's manager) is a value
+(vm/systemd/scope.py) that every step takes from the service."""
 
 from __future__ import annotations
 
 import json
 import re
 import shlex
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pytest_portable_upgrade.core.errors import GuestError, HarnessError
@@ -15,21 +18,38 @@ from pytest_portable_upgrade.core.log import log
 from pytest_portable_upgrade.load.load import GUEST_DIR, PROBE_SOURCE
 from pytest_portable_upgrade.machine.machine import Machine
 from pytest_portable_upgrade.subject.image import PortableImages
-from pytest_portable_upgrade.subject.spec import DROPIN_PREFIX, PORTABLES, Subject
+from pytest_portable_upgrade.subject.spec import DROPIN_PREFIX, Subject
 from pytest_portable_upgrade.systemd import sysupdate
 from pytest_portable_upgrade.systemd.quirks import reattach_target
+from pytest_portable_upgrade.systemd.scope import (
+    SIGNING_DIR,
+    STATE_DIR,
+    STATE_DROPIN_NAME,
+    SYSTEM,
+    USER_SETUP_UNITS,
+    VERITY_CERT,
+    VERITY_TIMEOUT_ENV,
+    Scope,
+    state_dropin_text,
+)
+from pytest_portable_upgrade.systemd.stop_start import (
+    PRESERVE_LINE,
+    command_line,
+    stop_start_commands,
+)
 
 STASH = "/var/lib/pwt-images"  # every uploaded image set, by socket location
 # A host drop-in that selects a scenario's shutdown mode (drop-ins apply to portable units).
 SHUTDOWN_DROPIN = f"{DROPIN_PREFIX}shutdown.conf"
-# The line the shutdown drop-in gains to keep the fd store across a stop (254+; quirks.py,
-# stop_start.py).
-PRESERVE_LINE = "FileDescriptorStorePreserve=yes"
 # Transient units the scenarios start in the guest (load, probe, proxy).
 CLIENT_UNITS = ("pwt-ab.service", "pwt-probe.service", "pwt-holders.service",
                 "pwt-haproxy.service", sysupdate.HTTP_UNIT)
-# The end of a here-document the harness writes unit files with (never a line of one).
-HEREDOC_END = "PWT-EOF"
+# The guest program of the steps, and where it and the probe (whose one request it sends
+# to read a greeting or the counter) go in the guest: once per boot.
+PROGRAM_SOURCE = Path(__file__).with_name("guest") / "portable.py"
+PROGRAM = f"{GUEST_DIR}/portable.py"
+PROBE = f"{GUEST_DIR}/probe.py"
+Request = dict[str, Any]
 
 
 def sysupdate_files(subject: Subject) -> tuple[str, ...]:
@@ -85,14 +105,6 @@ def dropin_files(subject: Subject, shutdown: str, fdstore_preserve: bool = False
     return files
 
 
-def write_files_script(files: dict[str, str]) -> str:
-    """Shell that writes each file (path -> text) with a quoted here-document, its directory
-    made first; one line per step."""
-    return "".join(f"mkdir -p $(dirname {path}) && cat > {path} <<'{HEREDOC_END}'\n"
-                   f"{text if text.endswith(chr(10)) else text + chr(10)}{HEREDOC_END}\n"
-                   for path, text in files.items())
-
-
 ATTACHED_STATES = ("attached", "attached-runtime", "running", "running-runtime", "enabled",
                    "enabled-runtime", "linked", "linked-runtime")
 
@@ -100,17 +112,12 @@ ATTACHED_STATES = ("attached", "attached-runtime", "running", "running-runtime",
 CLEAN_WORDS = ("detached", "inactive", "failed", "unknown")
 
 
-def unclean(answers: str, names: list[str]) -> list[str]:
-    """The lines of ``answers`` ("NAME WORD" each) that are not clean, and a line for every
-    name in ``names`` that has no answer at all."""
-    said: dict[str, str] = {}
-    for line in answers.splitlines():
-        name, _, word = line.strip().partition(" ")
-        if name:
-            said[name] = word.strip()
-    dirty = [f"{name} {said[name]}" for name in names
-             if name in said and said[name] not in CLEAN_WORDS]
-    dirty += [f"{name}: no answer" for name in names if name not in said]
+def unclean(words: dict[str, str], names: list[str]) -> list[str]:
+    """``name word`` for each of ``names`` whose word (``words``) is not clean, and a line
+    for every name that has no word at all: a missing answer is dirty, never clean."""
+    dirty = [f"{name} {words[name]}" for name in names
+             if name in words and words[name] not in CLEAN_WORDS]
+    dirty += [f"{name}: no answer" for name in names if name not in words]
     return dirty
 
 
@@ -135,54 +142,30 @@ class ServiceFacts:
     # The subject's counter, read with one probe request (observe(count=True)); None when it
     # was not asked for, the subject has no counter, or the socket is not active.
     counter: int | None = None
+    journal: str = ""  # the scope user's journal, when asked for
 
     KEYS = ("user", "dynamic", "since", "socket", "attached", "image")
 
     @classmethod
-    def parse(cls, text: str, count: bool = False) -> ServiceFacts:
-        """From ``key=value`` lines; a missing key is an error (a cut-off answer). With
-        ``count``, ``answer=`` is the probe's record of one request ("" when the socket was
-        not active: no count)."""
-        said = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-        missing = [k for k in (*cls.KEYS, *(("answer",) if count else ())) if k not in said]
+    def from_answer(cls, answer: dict[str, Any]) -> ServiceFacts:
+        """From the guest program's ``observe`` answer; a missing key is an error. A
+        ``record`` (the probe's record of one request; None: the socket was not active, no
+        count) gives the counter."""
+        missing = [k for k in cls.KEYS if k not in answer]
         if missing:
-            raise GuestError(f"the service's state came back without {missing}: {text!r}")
-        counter = None
-        if count and said["answer"].strip():
-            try:
-                record = json.loads(said["answer"])
-            except ValueError:
-                raise GuestError(f"the probe's answer is no record: {said['answer']!r}") from None
-            counter = count_of(record)
-        return cls(said["user"].strip(), said["dynamic"].strip() == "yes", said["since"].strip(),
-                   said["socket"].strip(), said["attached"].strip(), said["image"].strip(),
-                   counter)
-
-
-TIMES_MARK = "PWT-TIMES"
-
-
-def timed(command: str, extra: str = "") -> str:
-    """Shell that runs ``command`` between two guest clock readings and ends with one line
-    ``PWT-TIMES start end rc [extra…]`` (read back by ``parse_timed``)."""
-    return (f"s=$(date +%s.%N); {command}; rc=$?; e=$(date +%s.%N);"
-            f" echo; echo \"{TIMES_MARK} $s $e $rc{' ' + extra if extra else ''}\"")
-
-
-def parse_timed(output: str) -> tuple[float, float, int, list[str]]:
-    """(start, end, exit status, the extra fields) from the last ``PWT-TIMES`` line."""
-    marks = [line.split() for line in output.splitlines() if line.startswith(TIMES_MARK + " ")]
-    fields = marks[-1] if marks else []
-    if len(fields) < 4:
-        raise GuestError(f"no {TIMES_MARK} line at the end of: {output[-600:]!r}")
-    return float(fields[1]), float(fields[2]), int(fields[3]), fields[4:]
+            raise GuestError(f"the service's state came back without {missing}: {answer!r}")
+        record = answer.get("record")
+        return cls(str(answer["user"]), bool(answer["dynamic"]), str(answer["since"]),
+                   str(answer["socket"]), str(answer["attached"]), str(answer["image"]),
+                   count_of(record) if record is not None else None,
+                   str(answer.get("journal", "")))
 
 
 @dataclass(frozen=True)
 class Upgrade:
     """One switch of versions under load, however it was made: ``portablectl reattach --now``
-    (``PortableService.reattach``), a stop + start (stop_start.py) or a sysupdate rollout unit
-    (``run_rollout``). What ran, its output, and when (guest epoch seconds). The report's
+    (``PortableService.reattach``), a stop + start (``stop_start``) or a sysupdate rollout
+    unit (``run_rollout``). What ran, its output, and when (guest epoch seconds). The report's
     ``reattach_started_s``/``reattach_s`` are read from it, whichever way it went."""
 
     command: str
@@ -194,30 +177,62 @@ class Upgrade:
     def duration_s(self) -> float:
         return self.ended - self.started
 
+    @classmethod
+    def from_answer(cls, command: str, answer: dict[str, Any]) -> Upgrade:
+        return cls(command, float(answer["started"]), float(answer["ended"]),
+                   str(answer["output"]))
+
 
 class ImageRefused(HarnessError):
     """portablectl would not attach (or inspect) an image: its own words end the run."""
 
 
-REFUSED_MARK = "PWT-REFUSED"
+def step_command(requests: list[Request]) -> str:
+    """The guest command line of one call of the guest program: what run.log shows, and what
+    a person pastes into a root shell in the guest to replay the steps."""
+    return shlex.join(["python3", PROGRAM, "--json", json.dumps(requests, separators=(",", ":"))])
 
 
-def replace_symlink_command(target: str, link: str) -> str:
-    """Point ``link`` at ``target``: ln -sfn then mv -T, so the symlink is replaced
-    atomically and never missing."""
-    return f"ln -sfn {target} {link}.new && mv -T {link}.new {link}"
+def answers_of(result_stdout: str, result_stderr: str, rc: int) -> dict[str, Any]:
+    """The guest program's one JSON line (the last line of its stdout); GuestError with
+    what it printed when there is none (it did not run, or died)."""
+    lines = result_stdout.strip().splitlines()
+    try:
+        answer: dict[str, Any] = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        answer = {}
+    if "ok" not in answer:
+        raise GuestError(f"the guest program gave no answer (exit {rc}): "
+                         f"{(result_stdout + result_stderr).strip()[-600:] or 'no output'}")
+    return answer
+
+
+@dataclass
+class Session:
+    """What the services of one guest share, whatever their scope: the image sets uploaded,
+    the scopes used since the last reset, the guest's preflight facts, and whether the guest
+    was found clean since the last attach."""
+
+    uploaded: set[str] = field(default_factory=set)
+    used: dict[str, Scope] = field(default_factory=dict)
+    facts: dict[str, str] | None = None
+    clean_verified: bool = False
 
 
 class PortableService:
     """Drive the subject's portable service on ``machine`` (whose systemd is
-    ``systemd_major``). Guest state is read through testinfra's ``host`` (same SSH
-    connection, see vm/machine/guest_host.py); commands and waits go through ``machine``. The
-    scenario path asks each question once: attach, the facts before and after the load and
-    the reset are one guest round trip each."""
+    ``systemd_major``), attached in ``scope``: every step is a request to the guest program,
+    one round trip each, answered in JSON.
+
+    Channels: the service's state is read by the guest program (typed answers, one round
+    trip for many facts); testinfra's ``host`` serves what the session checks once and has a
+    testinfra verb for (conftest: portablectl on PATH) and the spec's own checks.
+    """
 
     def __init__(self, machine: Machine, systemd_major: int, reattach_timeout_s: float,
                  build_images: Callable[..., PortableImages], subject: Subject, host: Any,
-                 unit_timeout_s: float = 60.0) -> None:
+                 unit_timeout_s: float = 60.0, scope: Scope = SYSTEM,
+                 session: Session | None = None) -> None:
         self.machine = machine
         self.host = host  # testinfra.host.Host
         self.subject = subject
@@ -226,341 +241,350 @@ class PortableService:
         self.reattach_timeout_s = reattach_timeout_s
         # (socket location, scope="system") -> images (built/cached on the host)
         self.build_images = build_images
-        self.uploaded: set[str] = set()
-        # True from a check that found the guest clean until the next attach: the check at a
-        # test's start is skipped when the previous test's reset has just made it.
-        self.clean_verified = False
+        self.scope = scope
+        self.session = session or Session()
+
+    def in_scope(self, scope: Scope) -> PortableService:
+        """The same guest's service attached in ``scope`` (uploads and resets shared)."""
+        return PortableService(self.machine, self.systemd_major, self.reattach_timeout_s,
+                               self.build_images, self.subject, self.host,
+                               self.unit_timeout_s, scope, self.session)
+
+    @property
+    def clean_verified(self) -> bool:
+        """True from a check that found the guest clean until the next attach: the check at
+        a test's start is skipped when the previous test's reset has just made it."""
+        return self.session.clean_verified
 
     @property
     def symlink(self) -> str:
-        return self.subject.symlink
+        return self.scope.symlink(self.subject)
 
-    def install_images(self, images: PortableImages) -> None:
-        """Upload one set of images (host- or image-socket) to the guest's stash, each named
-        ``<name>_<v>.raw`` there (portablectl matches units by that prefix)."""
-        for v in self.subject.versions:
-            self.machine.copy_from_host(
-                images.path(v),
-                f"{STASH}/{images.stash_key}/{self.subject.image_name(v)}")
+    # --- the one channel -------------------------------------------------------------------
+    def steps(self, *requests: Request, timeout: float = 120.0) -> list[dict[str, Any]]:
+        """Send ``requests`` (each ``{"step": …}``) to the guest program in one round trip;
+        their answers. An image portablectl refused raises ImageRefused (the system scope) or
+        GuestError (a scope whose refusals are characterised), any other failure GuestError,
+        each with the guest's own words."""
+        m = self.machine
+        m.copy_from_host(PROBE_SOURCE, PROBE, mode="0755", once=True)
+        m.copy_from_host(PROGRAM_SOURCE, PROGRAM, mode="0755", once=True)
+        wire = [{"scope": self.scope.wire(), **r} for r in requests]
+        result = m.execute(step_command(wire), timeout=timeout)
+        answer = answers_of(result.stdout, result.stderr, result.rc)
+        if answer["ok"]:
+            answers: list[dict[str, Any]] = answer["answers"]
+            return answers
+        words = f"{answer.get('step')}: {answer.get('error')}"
+        if answer.get("refused") and self.scope.refusal_ends_run:
+            raise ImageRefused(str(answer.get("error")))
+        raise GuestError(f"the guest program's step {words}")
 
-    def use_images(self, socket_location: str) -> None:
-        """Put that set's images in /var/lib/portables (a local copy: under a second).
+    def step(self, request: Request, timeout: float = 120.0) -> dict[str, Any]:
+        return self.steps(request, timeout=timeout)[0]
 
-        A set is built on the host and uploaded the first time a scenario needs it, and each
-        image is inspected then: one portablectl refuses ends the run with its own words.
-        """
-        first = socket_location not in self.uploaded
-        if first:
-            with log.nested(f"uploading the portable images (socket in {socket_location})"):
-                self.install_images(self.build_images(socket_location))
-            self.uploaded.add(socket_location)
-        self.machine.succeed(
-            f"for f in {STASH}/{socket_location}/*.raw; do"
-            f" cp --sparse=always \"$f\" {PORTABLES}/$(basename \"$f\").new &&"
-            f" mv -f {PORTABLES}/$(basename \"$f\").new {PORTABLES}/$(basename \"$f\"); done"
-        )
-        if first:
-            self.inspect_images()
+    # --- facts of the guest ------------------------------------------------------------------
+    def preflight(self) -> dict[str, str]:
+        """The guest's facts (systemd-sysupdate, the user scope's pieces): asked once."""
+        if self.session.facts is None:
+            answer = self.step({"step": "preflight", "sysupdate": sysupdate.SYSUPDATE}, 60)
+            self.session.facts = {k: str(v) for k, v in answer["facts"].items()}
+        return self.session.facts
 
-    def inspect_images(self) -> None:
-        """``portablectl inspect`` each version's image: a broken image (no os-release, no
-        unit of the subject's prefix) is the spec's fault, not systemd's: end the run."""
-        for v in self.subject.versions:
-            image = self.subject.image_path(v)
-            result = self.machine.execute(f"portablectl inspect {image}")
-            if not result.succeeded:
-                words = (result.stderr.strip() or result.stdout.strip()).splitlines()
-                raise ImageRefused(f"portablectl inspect {image} ({self.subject.spec}): "
-                                   f"{' / '.join(words[-3:]) or f'exit {result.rc}'}")
+    def has_sysupdate(self) -> bool:
+        return self.preflight().get("sysupdate") == "yes"
 
-    def properties(self, unit: str) -> dict[str, str]:
-        """The unit's ``systemctl show`` properties (testinfra: host.service(...))."""
-        props: dict[str, str] = self.host.service(unit).systemd_properties
-        return props
+    # --- the scope's user --------------------------------------------------------------------
+    def setup_user(self) -> int:
+        """The scope's user with lingering and a running manager whose bus answers; the run's
+        signing key and its certificate in /run/verity.d and the verity timeout set before
+        mountfsd and nsresourced start (Debian installs their sockets without enabling them);
+        the user's portabled started (D-Bus would activate it at the first call; started
+        here, a failure to start is reported as itself, not as a portablectl time-out).
+        Idempotent; the user's uid."""
+        if self.scope.user is None:
+            raise GuestError(f"the {self.scope.name} scope has no user to set up")
+        self.session.used[self.scope.name] = self.scope
+        answer = self.step({
+            "step": "setup-user", "signing": {"dir": SIGNING_DIR, "cert": VERITY_CERT,
+                                              "cn": "pwt-user-portable"},
+            "environment": [VERITY_TIMEOUT_ENV], "start": [list(u) for u in USER_SETUP_UNITS],
+            "user_start": ["systemd-portabled.service"], "timeout": 120}, timeout=300)
+        return int(answer["uid"])
 
-    def main_process_user(self) -> str:
-        """The user the service's main process runs as (a dynamic user under `default`)."""
-        pid = self.properties(self.subject.service).get("MainPID", "0")
-        if pid in ("", "0"):
-            return ""
-        user: str = self.host.file(f"/proc/{pid}").user
-        return user.strip()
-
-    def dynamic_user(self) -> bool:
-        return self.properties(self.subject.service).get("DynamicUser") == "yes"
-
-    def point_symlink_at(self, version: int) -> None:
-        self.machine.succeed(self._symlink_command(version))
-
-    def _symlink_command(self, version: int) -> str:
-        return replace_symlink_command(self.subject.image_name(version), self.symlink)
-
-    def install_dropins(self, shutdown: str, fdstore_preserve: bool = False) -> None:
-        """The subject's own host drop-ins and the one of the scenario's shutdown mode
-        (``dropin_files``), in one round trip. No reload here: the attach that follows
-        reloads the manager (portablectl does), which picks them up."""
-        d = self.subject.dropin_dir
+    # --- requests a scenario's attach is prepared with -------------------------------------
+    def dropin_steps(self, shutdown: str, fdstore_preserve: bool = False) -> list[Request]:
+        """The subject's own drop-ins and the one of the scenario's shutdown mode
+        (``dropin_files``), the old ones removed. No reload: the attach reloads."""
+        d = self.scope.dropin_dir(self.subject)
         files = {f"{d}/{name}": text
                  for name, text in dropin_files(self.subject, shutdown, fdstore_preserve).items()}
-        self.machine.succeed(f"rm -f {d}/{DROPIN_PREFIX}*.conf\n{write_files_script(files)}")
+        return [{"step": "write-files", "remove": [f"{d}/{DROPIN_PREFIX}*.conf"],
+                 "files": files, "owner": self.scope.user}]
 
-    def attach(self, version: int, profile: str = "default", host_socket: bool = True) -> None:
-        """Attach ``version`` and start the socket(s), in one guest round trip.
+    def image_steps(self, socket_location: str) -> list[Request]:
+        """That set's images into the scope's image directory (a local copy from the stash;
+        signed for the user scope), and ``portablectl inspect`` of each the first time.
 
-        The host sockets' unit files go in first, but the sockets start only after the
-        attach: a socket refuses to start without its service. ``portablectl attach`` reloads
-        the manager, so that one reload also picks up the socket files and any host drop-in
-        written before it. An image portablectl refuses raises ImageRefused with its words.
-        """
-        self.clean_verified = False
+        A set is built on the host and uploaded the first time a scenario needs it; one image
+        portablectl refuses then ends the run with its own words."""
+        key = self.scope.stash(socket_location)
+        first = key not in self.session.uploaded
+        if first:
+            with log.nested(f"uploading the portable images ({key})"):
+                self.install_images(self.build_images(socket_location, self.scope.name)
+                                    if self.scope is not SYSTEM
+                                    else self.build_images(socket_location))
+            self.session.uploaded.add(key)
+        steps: list[Request] = [{
+            "step": "use-images", "source": f"{STASH}/{key}", "target": self.scope.image_dir,
+            "owner": self.scope.user,
+            "sign": {"dir": SIGNING_DIR} if self.scope.sidecars else None}]
+        if first and dict(self.scope.refuses).get("inspect") is None:
+            steps.append({"step": "inspect", "images": [self.scope.image_path(self.subject, v)
+                                                        for v in self.subject.versions]})
+        return steps
+
+    def install_images(self, images: PortableImages) -> None:
+        """Upload one set of images to the guest's stash, each named ``<name>_<v>.raw`` there
+        (portablectl matches units by that prefix)."""
+        for v in self.subject.versions:
+            self.machine.copy_from_host(
+                images.path(v), f"{STASH}/{images.stash_key}/{self.subject.image_name(v)}")
+
+    def sysupdate_steps(self, setup: sysupdate.SysupdateSetup, installed: list[int],
+                        published: list[int]) -> list[Request]:
+        """Transfer and rollout units in place; ``installed`` versions in /var/lib/portables
+        (the others removed), ``published`` ones in the source (served over HTTP if asked)."""
+        self.scope.require("sysupdate")
+        units = "/etc/systemd/system"
+        steps: list[Request] = [
+            {"step": "write-files", "dirs": [sysupdate.SOURCE_DIR], "files": {
+                setup.transfer_path: setup.transfer(),
+                f"{units}/{sysupdate.ROLLOUT_UNIT}": setup.rollout_unit(),
+                f"{units}/{sysupdate.PIN_UNIT}": setup.pin_unit()}},
+            {"step": "reload"},
+            {"step": "remove", "paths": [self.subject.image_path(v)
+                                         for v in self.subject.versions if v not in installed]},
+            *(self.publish_step(v) for v in published)]
+        if setup.source == "http":
+            steps.append({"step": "serve", "unit": sysupdate.HTTP_UNIT, "port": sysupdate.HTTP_PORT,
+                          "argv": ["python3", "-m", "http.server", str(sysupdate.HTTP_PORT),
+                                   "--bind", "127.0.0.1", "--directory", sysupdate.SOURCE_DIR],
+                          "timeout": 30})
+        return steps
+
+    def publish_step(self, version: int, corrupt: bool = False) -> Request:
+        """``version`` into the source with a fresh SHA256SUMS; ``corrupt`` changes the
+        image's bytes after its checksum was written (a tampered download)."""
+        self.scope.require("publish")
+        return {"step": "publish", "image": f"{STASH}/host/{self.subject.image_name(version)}",
+                "source": sysupdate.SOURCE_DIR, "pattern": f"{self.subject.name}_*.raw",
+                "corrupt": corrupt}
+
+    def publish(self, version: int, corrupt: bool = False) -> None:
+        self.step(self.publish_step(version, corrupt))
+
+    def write_files(self, files: dict[str, str]) -> None:
+        """Files in the guest (path -> text), written by the guest program."""
+        self.step({"step": "write-files", "files": files})
+
+    # --- attach, observe, upgrade --------------------------------------------------------------
+    def _symlink(self, version: int) -> Request:
+        return {"target": self.subject.image_name(version).removesuffix(".raw"),
+                "link": self.symlink.removesuffix(".raw"),
+                "suffixes": [".raw", *self.scope.sidecars]}
+
+    def _probe(self) -> Request:
+        return {"probe": PROBE, "port": self.subject.port, "args": self.subject.client_args()}
+
+    def _observe(self, count: bool = False, journal: bool = False) -> Request:
         s = self.subject
-        socket_files = (write_files_script({f"/etc/systemd/system/{p.name}": p.read_text()
-                                            for p in s.sockets}) if host_socket else "")
-        result = self.machine.execute(
-            f"{socket_files}{self._symlink_command(version)} || exit 1;"
-            f" portablectl attach --profile {profile} {self.symlink}"
-            f" || {{ echo \"{REFUSED_MARK} $?\"; exit 1; }};"
-            f" echo \"PWT-ATTACHED $(portablectl is-attached {self.symlink})\";"
-            # A socket's start job ends when it is listening (or has failed).
-            f" for u in {' '.join(s.socket_units)}; do systemctl start $u;"
-            f" echo \"PWT-SOCKET $u $(systemctl is-active $u)\"; done",
-            timeout=max(180.0, self.unit_timeout_s + 60),
-        )
-        said = dict(line.split(" ", 1) for line in result.stdout.splitlines()
-                    if line.startswith(("PWT-ATTACHED ", f"{REFUSED_MARK} ")))
-        if not result.succeeded or "PWT-ATTACHED" not in said:
-            words = [line for line in (result.stdout + result.stderr).strip().splitlines()
-                     if not line.startswith(REFUSED_MARK)][-3:]
-            if REFUSED_MARK in said:
-                raise ImageRefused(f"portablectl attach {self.symlink} (v{version}, {s.spec}): "
-                                   + (" / ".join(words) or f"exit {said[REFUSED_MARK]}"))
-            raise GuestError(f"the attach of v{version} failed (exit {result.rc}): "
-                             + (" / ".join(words) or "no output"))
-        if said["PWT-ATTACHED"] not in ATTACHED_STATES:
-            raise GuestError(f"after attach, portablectl is-attached says "
-                             f"{said['PWT-ATTACHED']!r}")
-        sockets = dict(line.split(" ", 2)[1:] for line in result.stdout.splitlines()
-                       if line.startswith("PWT-SOCKET ") and len(line.split(" ", 2)) == 3)
-        for unit in s.socket_units:
-            if sockets.get(unit, "").strip() != "active":
-                # wait_for_unit says why (failed, or inactive with nothing queued), with status.
-                self.machine.wait_for_unit(unit, timeout=self.unit_timeout_s)
+        return {"step": "observe", "service": s.service, "socket": s.socket,
+                "image": self.symlink,
+                "count": self._probe() if count and s.counter_regex is not None else None,
+                "journal": 200 if journal else None}
 
-    def observe(self, count: bool = False) -> ServiceFacts:
+    def attach(self, version: int, profile: str = "default", host_socket: bool = True,
+               prepare: tuple[Request, ...] | list[Request] = (),
+               greeting: str | None = None) -> ServiceFacts:
+        """``prepare`` (drop-ins, images, sysupdate), the socket unit files, then attach
+        ``version``, start the socket(s), wait for ``greeting`` (when given) and read the
+        facts before the load: one guest round trip.
+
+        The sockets start only after the attach: a socket refuses to start without its
+        service. ``portablectl attach`` reloads the manager (the user scope reloads first),
+        so the socket files and drop-ins written before it are picked up. An image
+        portablectl refuses raises ImageRefused with its words (the user scope: GuestError).
+        """
+        self.session.clean_verified = False
+        self.session.used[self.scope.name] = self.scope
+        s, scope = self.subject, self.scope
+        files: dict[str, str] = {}
+        dirs: list[str] = []
+        if host_socket:
+            files.update({f"{scope.unit_dir}/{p.name}": p.read_text() for p in s.sockets})
+        if scope.user is not None:
+            files[f"{scope.dropin_dir(s)}/{STATE_DROPIN_NAME}"] = state_dropin_text(s)
+            dirs = [STATE_DIR, *(f"{STATE_DIR}/{d}" for d in s.state_directories),
+                    scope.unit_dir, scope.dropin_dir(s)]
+        requests: list[Request] = [*prepare]
+        if files or dirs:
+            requests.append({"step": "write-files", "files": files, "dirs": dirs,
+                             "owner": scope.user})
+        requests.append({
+            "step": "attach", "symlink": self._symlink(version), "image": self.symlink,
+            "profile": profile, "flags": list(scope.attach_flags),
+            "reload": scope.user is not None, "attached_states": list(ATTACHED_STATES),
+            "sockets": list(s.socket_units), "unit_timeout": self.unit_timeout_s,
+            "timeout": max(180.0, self.unit_timeout_s + 60)})
+        if greeting is not None:
+            requests.append({"step": "greet", **self._probe(), "expect": greeting,
+                             "timeout": 120})
+        requests.append(self._observe())
+        bound = 300 + max(180.0, self.unit_timeout_s + 60) + self.unit_timeout_s + 120
+        try:
+            answers = self.steps(*requests, timeout=bound)
+        except ImageRefused as e:
+            if str(e).startswith("portablectl inspect"):
+                raise ImageRefused(f"{e} ({s.spec})") from None
+            raise ImageRefused(f"portablectl attach {self.symlink} (v{version}, {s.spec}): "
+                               f"{e}") from None
+        return ServiceFacts.from_answer(answers[-1])
+
+    def observe(self, count: bool = False, journal: bool = False) -> ServiceFacts:
         """The service's state in one guest round trip (see ``ServiceFacts``).
 
         ``count``: also the subject's counter, read with one probe request in the same round
-        trip, when the subject has a counter and its socket is active (None otherwise)."""
-        s = self.subject
-        probe = ""
-        if count and s.counter_regex is not None:
-            self.machine.copy_from_host(PROBE_SOURCE, f"{GUEST_DIR}/probe.py", mode="0755",
-                                        once=True)
-            probe = (f" answer=; [ \"$socket\" = active ] && answer=$(python3"
-                     f" {GUEST_DIR}/probe.py --once --port {s.port}"
-                     f" {shlex.join(s.client_args())} | tail -n1); echo \"answer=$answer\";")
-        out = self.machine.execute(
-            f"pid=$(systemctl show -P MainPID {s.service});"
-            f" echo \"user=$( [ \"${{pid:-0}}\" != 0 ] && ps -o user= -p $pid)\";"
-            f" echo \"dynamic=$(systemctl show -P DynamicUser {s.service})\";"
-            f" echo \"since=$(systemctl show -P ActiveEnterTimestampMonotonic {s.socket})\";"
-            f" socket=$(systemctl is-active {s.socket}); echo \"socket=$socket\";"
-            f" echo \"attached=$(portablectl is-attached {self.symlink})\";"
-            f" echo \"image=$(systemctl show -P RootImage {s.service})\";{probe}"
-        ).stdout
-        return ServiceFacts.parse(out, count=bool(probe))
+        trip, when the subject has a counter and its socket is active (None otherwise);
+        ``journal``: the scope user's journal too."""
+        return ServiceFacts.from_answer(self.step(self._observe(count, journal)))
 
-    def socket_state(self) -> tuple[str, str]:
-        """(ActiveEnterTimestampMonotonic, ActiveState) of the subject's socket: the first is
-        unchanged as long as the socket was not restarted."""
-        props = self.properties(self.subject.socket)
-        return props.get("ActiveEnterTimestampMonotonic", ""), props.get("ActiveState", "")
+    def reattach_target(self) -> str:
+        """What to hand ``portablectl reattach``: the name, or the path where the name form
+        is broken (quirks) or would be looked up elsewhere (the user scope)."""
+        if self.scope.reattach_by_path:
+            return self.symlink
+        return reattach_target(self.systemd_major, self.subject.name, self.symlink)
 
-    def socket_active_since(self) -> str:
-        return self.socket_state()[0]
-
-    def answer_once(self) -> dict[str, Any]:
-        """One request from inside the guest, read as the probe reads it: its record
-        (``greeting`` = the version's answer, ``visitor`` = the counter, or ``error``)."""
-        self.machine.copy_from_host(PROBE_SOURCE, f"{GUEST_DIR}/probe.py", mode="0755",
-                                    once=True)
-        args = shlex.join(self.subject.client_args())
-        out = self.machine.succeed(
-            f"python3 {GUEST_DIR}/probe.py --once --port {self.subject.port} {args}")
-        record: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-        return record
-
-    def greeting(self) -> str:
-        """The version's answer of one request ("" when the answer names none)."""
-        return str(self.answer_once().get("greeting", ""))
-
-    def wait_for_greeting(self, greeting: str, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        seen = ""
-        while time.monotonic() < deadline:
-            try:
-                record = self.answer_once()
-                seen = str(record.get("greeting") or record.get("error")
-                           or f"status {record.get('status')}, no version in the answer")
-            except GuestError as e:
-                seen = str(e).splitlines()[0]
-            if seen == greeting:
-                return
-            time.sleep(1)
-        raise GuestError(f"service never answered {greeting!r} in {timeout:.0f} s; last: {seen!r}")
-
-    def counter(self) -> int | None:
-        """The subject's counter (None: it has none): the next answer's count, less the one
-        that request added."""
-        if self.subject.counter_regex is None:
-            return None
-        return count_of(self.answer_once())
+    def _upgrade(self, version: int, commands: list[list[str]]) -> Upgrade:
+        answer = self.step({"step": "upgrade", "symlink": self._symlink(version),
+                            "commands": commands, "timeout": self.reattach_timeout_s},
+                           timeout=self.reattach_timeout_s + 30)
+        if answer["rc"] != 0:
+            raise GuestError(f"`{command_line(commands)}` exited {answer['rc']}: "
+                             f"{answer['output'].strip()[-1500:]}")
+        return Upgrade.from_answer(command_line(commands), answer)
 
     def reattach(self, version: int) -> Upgrade:
-        """Flip the symlink to ``version`` and ``portablectl reattach --now`` (see quirks)."""
-        self.point_symlink_at(version)
-        target = reattach_target(self.systemd_major, self.subject.name, self.symlink)
-        command = f"portablectl reattach --now {shlex.quote(target)}"
-        out = self.machine.succeed(f"{timed(command + ' 2>&1')}; exit $rc",
-                                   timeout=self.reattach_timeout_s)
-        start, end, _rc, _ = parse_timed(out)
-        return Upgrade(command, start, end, out)
+        """Flip the symlink to ``version`` and ``portablectl reattach --now``, timed by the
+        guest's clock."""
+        return self._upgrade(version, [[*self.scope.portablectl, "reattach", "--now",
+                                        *self.scope.attach_flags, self.reattach_target()]])
 
-    def units(self) -> list[str]:
-        """Every unit a scenario may leave running: clients, the subject's sockets, service."""
-        return [*CLIENT_UNITS, *self.subject.socket_units, self.subject.service]
-
-    def reset(self) -> None:
-        """Back to a clean guest: clients and units stopped, image detached, state wiped, and
-        the clean check (``check_clean``'s) in the same round trip.
-
-        One guest script (each SSH round trip costs ~0.3 s under TCG). Units are stopped one by
-        one: one `systemctl stop A B` refuses the whole call on newer systemd when one of them
-        is not loaded. The image is detached by the path the unit really runs from (RootImage=):
-        after a failed run the symlink may point at another version. The script runs through
-        ``machine`` rather than testinfra's ``host.run``: a detach can outlast a plain
-        command's bound, and only ``machine`` takes a longer one.
-        """
-        s = self.subject
-        sockets = " ".join(f"/etc/systemd/system/{u}" for u in s.socket_units)
-        state = " ".join(f"/var/lib/private/{d} /var/lib/{d}" for d in s.state_directories)
-        result = self.machine.execute(
-            f"for u in {' '.join(self.units())}; do systemctl stop $u 2>/dev/null; done;"
-            f" img=$(systemctl show -P RootImage {s.service} 2>/dev/null);"
-            f' if [ -n "$img" ]; then portablectl detach "$img" || exit 1; fi;'
-            f" rm -rf {sockets} {s.dropin_dir}/{DROPIN_PREFIX}*.conf"
-            f" {' '.join(sysupdate_files(s))} {sysupdate.SOURCE_DIR} && systemctl daemon-reload"
-            f" && {{ systemctl reset-failed {' '.join(s.socket_units)} {s.service}"
-            f" {sysupdate.ROLLOUT_UNIT} 'pwt-pin@*' 2>/dev/null; true; }}"
-            + (f" && rm -rf {state}" if state else "")
-            + f" || exit 1; {self._clean_check_command()}",
-            timeout=180,
-        )
-        if not result.succeeded:
-            raise GuestError(f"the reset failed: {result.describe()}")
-        self._judge_clean(result.stdout, "")
-
-    def check_clean(self) -> None:
-        """Raise GuestError unless no image is attached and no socket or client is active.
-
-        Every image path and unit must answer with a clean word: a missing or cut-off answer
-        (a broken SSH channel, a command that died) is dirty, never taken for clean. One
-        round trip through testinfra (``host.run``): portablectl has no testinfra verb, and
-        one ``host.service(u)`` per unit would cost a round trip each; ``systemctl
-        is-active`` gives the state word (testinfra's ``is_running`` takes "activating" for
-        not running, which is not clean either).
-        """
-        result = self.host.run(self._clean_check_command())
-        self._judge_clean(result.stdout, "" if result.rc == 0
-                          else f"\n`{self._clean_check_command()}` exited {result.rc}")
-
-    def _clean_check_command(self) -> str:
-        # No such image file (first test): is-attached prints nothing: that is detached.
-        return (f"for p in {' '.join(self.subject.image_paths())}; do"
-                f" s=$(portablectl is-attached $p 2>/dev/null); echo \"$p ${{s:-detached}}\";"
-                f" done; for u in {' '.join(self.units())}; do"
-                f" echo \"$u $(systemctl is-active $u)\"; done")
-
-    def _judge_clean(self, answers: str, failed: str) -> None:
-        dirty = unclean(answers, [*self.subject.image_paths(), *self.units()])
-        if dirty:
-            self.clean_verified = False
-            raise GuestError(f"the guest is not clean: {dirty}{failed}")
-        self.clean_verified = True
-
-    def attached_image(self) -> str:
-        """The image the attached service runs from (its RootImage=), or "" when none is.
-
-        This tells the versions apart; ``portablectl is-attached`` does not: on 252 both
-        <name>_1.raw and _2.raw say "running" when either is attached.
-        """
-        try:
-            return self.properties(self.subject.service).get("RootImage", "")
-        except AssertionError:  # testinfra: systemctl show exited non-zero
-            return ""
-
-    def attachment_state(self, image: str | None = None) -> str:
-        """What ``portablectl is-attached IMAGE`` says: attached, running, detached, ….
-
-        Asked by path: systemd 252 records the symlink's target (<name>_1.raw), so asking by
-        the name says "detached" for an attached image. The exit status is 0 even for
-        "detached": only the word counts.
-        """
-        out: str = self.host.run(f"portablectl is-attached {image or self.symlink}").stdout
-        return out.strip()
-
-    # --- systemd-sysupdate ------------------------------------------------------------
-    def has_sysupdate(self) -> bool:
-        exists: bool = self.host.file(sysupdate.SYSUPDATE).exists
-        return exists
-
-    def prepare_sysupdate(self, setup: sysupdate.SysupdateSetup, installed: list[int],
-                          published: list[int]) -> None:
-        """Transfer and rollout units in place; ``installed`` versions in /var/lib/portables
-        (the others removed), ``published`` ones in the source (served over HTTP if asked)."""
-        m = self.machine
-        for path, text in ((setup.transfer_path, setup.transfer()),
-                           (f"/etc/systemd/system/{sysupdate.ROLLOUT_UNIT}", setup.rollout_unit()),
-                           (f"/etc/systemd/system/{sysupdate.PIN_UNIT}", setup.pin_unit())):
-            m.succeed(f"mkdir -p $(dirname {path}) && cat > {path} <<'EOF'\n{text}EOF")
-        m.succeed(f"mkdir -p {sysupdate.SOURCE_DIR} && systemctl daemon-reload")
-        for v in self.subject.versions:
-            if v not in installed:
-                m.succeed(f"rm -f {self.subject.image_path(v)}")
-        for v in published:
-            self.publish(v)
-        if setup.source == "http":
-            m.succeed(
-                f"systemd-run --quiet --collect --unit={sysupdate.HTTP_UNIT}"
-                f" python3 -m http.server {sysupdate.HTTP_PORT} --bind 127.0.0.1"
-                f" --directory {sysupdate.SOURCE_DIR}"
-            )
-            m.wait_for_open_port(sysupdate.HTTP_PORT, timeout=30)
-
-    def publish(self, version: int, corrupt: bool = False) -> None:
-        """Put ``version`` in the source with a fresh SHA256SUMS; ``corrupt`` changes the
-        image's bytes after its checksum was written (a tampered download)."""
-        name = self.subject.image_name(version)
-        m = self.machine
-        m.succeed(f"cp {STASH}/host/{name} {sysupdate.SOURCE_DIR}/{name}.tmp"
-                  f" && mv {sysupdate.SOURCE_DIR}/{name}.tmp {sysupdate.SOURCE_DIR}/{name}"
-                  f" && {sysupdate.sha256sums_command(self.subject.name)}")
-        if corrupt:
-            m.succeed(f"printf tampered >> {sysupdate.SOURCE_DIR}/{name}")
+    def stop_start(self, version: int) -> Upgrade:
+        """Flip the symlink to ``version``, reattach without restarting, stop, start (see
+        stop_start.py); timed like ``reattach``."""
+        return self._upgrade(version, stop_start_commands(
+            self.scope.portablectl, self.scope.systemctl, self.reattach_target(),
+            self.subject.service))
 
     def run_rollout(self, unit: str, version: int) -> tuple[Upgrade, bool]:
         """Start a rollout unit and wait for it; (timings, whether ``version`` now runs).
 
         The unit's exit status is not enough: a skipped ExecCondition (nothing new found)
-        makes `systemctl start` succeed while nothing happened.
-        """
-        result = self.machine.execute(
-            timed(f"systemctl start {unit}", extra=f"$(readlink {self.symlink})")
-            # Enough lines that systemd-pull's refusal is among them (262 logs more after it).
-            + f"; journalctl -q --no-pager -n 60 -u {unit}",
-            timeout=self.reattach_timeout_s,
-        )
-        start, end, rc, extra = parse_timed(result.stdout)
-        rollout = Upgrade(f"systemctl start {unit}", start, end, result.stdout)
-        moved = bool(extra) and extra[0].endswith(self.subject.image_name(version))
-        return rollout, rc == 0 and moved
+        makes `systemctl start` succeed while nothing happened. The journal is read enough
+        lines deep that systemd-pull's refusal is among them (quirks)."""
+        self.scope.require("sysupdate")
+        command = [*self.scope.systemctl, "start", unit]
+        answer = self.step({"step": "upgrade", "commands": [command], "read_link": self.symlink,
+                            "journal": {"unit": unit, "lines": 60},
+                            "timeout": self.reattach_timeout_s},
+                           timeout=self.reattach_timeout_s + 30)
+        rollout = Upgrade.from_answer(shlex.join(command), answer)
+        moved = str(answer.get("link", "")).endswith(self.subject.image_name(version))
+        return rollout, answer["rc"] == 0 and moved
+
+    def clear_fd_store(self) -> None:
+        """Stop the service and drop what its store still holds: with Preserve=yes a stopped
+        unit keeps the store, and the next scenario's server would be handed dead
+        connections."""
+        self.step({"step": "clear-fdstore", "unit": self.subject.service})
+
+    def journal(self) -> str:
+        """The scope user's manager and units this boot: the evidence the system journals
+        lack ("" for the system scope, or when the step itself fails)."""
+        try:
+            return str(self.step({"step": "journal", "lines": 200}, 60)["journal"])
+        except HarnessError as e:
+            return f"(no journal: {e})"
+
+    # --- reset and the clean check -----------------------------------------------------------
+    def units(self, scope: Scope | None = None) -> list[str]:
+        """Every unit a scenario may leave running in ``scope``: clients (the system's), the
+        subject's sockets, its service."""
+        s = self.subject
+        clients = list(CLIENT_UNITS) if (scope or self.scope) is SYSTEM else []
+        return [*clients, *s.socket_units, s.service]
+
+    def _clean_part(self, scope: Scope) -> Request:
+        return {"scope": scope.wire(), "images": scope.image_paths(self.subject),
+                "units": self.units(scope)}
+
+    def _reset_part(self, scope: Scope) -> Request:
+        s = self.subject
+        part = {**self._clean_part(scope), "service": s.service,
+                "detach_flags": list(scope.attach_flags)}
+        sockets = [f"{scope.unit_dir}/{u}" for u in s.socket_units]
+        if scope is SYSTEM:
+            state = [p for d in s.state_directories for p in (f"/var/lib/private/{d}",
+                                                              f"/var/lib/{d}")]
+            part.update(remove=[*sockets, f"{s.dropin_dir}/{DROPIN_PREFIX}*.conf",
+                                *sysupdate_files(s), sysupdate.SOURCE_DIR, *state],
+                        reset_failed=[*s.socket_units, s.service, sysupdate.ROLLOUT_UNIT,
+                                      "pwt-pin@*"])
+        else:
+            # Everything the user had, and the run's key, certificate and timeout: no user
+            # socket may stay on the port the next system scenario listens on.
+            part.update(remove=[*sockets, scope.dropin_dir(s), STATE_DIR, scope.image_dir,
+                                SIGNING_DIR, VERITY_CERT],
+                        unset_environment=[VERITY_TIMEOUT_ENV.split("=")[0]])
+        return part
+
+    def _scopes(self) -> list[Scope]:
+        """The scopes to reset or check: every one used since the last reset (a user's
+        first), and the system's always."""
+        return [*(s for s in self.session.used.values() if s is not SYSTEM), SYSTEM]
+
+    def reset(self) -> None:
+        """Back to a clean guest in every scope used since the last reset: clients and units
+        stopped, image detached, files and state removed (the user scope: its user's manager
+        stopped), and the clean check, in one round trip."""
+        scopes = self._scopes()
+        answer = self.in_scope(SYSTEM).step(
+            {"step": "reset", "parts": [self._reset_part(s) for s in scopes]}, timeout=300)
+        self.session.used.clear()
+        self._judge_clean(scopes, answer["words"])
+
+    def check_clean(self) -> None:
+        """Raise GuestError unless no image is attached and no socket or client is active,
+        in every scope used since the last reset. Every image path and unit must answer
+        with a clean word: a missing answer is dirty, never taken for clean. A user scope
+        whose manager is not running has nothing attached or listening."""
+        scopes = self._scopes()
+        answer = self.in_scope(SYSTEM).step(
+            {"step": "clean", "parts": [self._clean_part(s) for s in scopes]})
+        self._judge_clean(scopes, answer["words"])
+
+    def _judge_clean(self, scopes: list[Scope], words: list[dict[str, str]]) -> None:
+        dirty = []
+        for scope, said in zip(scopes, words, strict=True):
+            if scope is not SYSTEM and not said:
+                continue  # the user's manager is gone: nothing of the user's can run
+            part = self._clean_part(scope)
+            dirty += [f"{scope.name}: {d}" if scope is not SYSTEM else d
+                      for d in unclean(said, [*part["images"], *part["units"]])]
+        self.session.clean_verified = not dirty
+        if dirty:
+            raise GuestError(f"the guest is not clean ({', '.join(CLEAN_WORDS)} expected): "
+                             f"{dirty}")

@@ -8,20 +8,19 @@ Some workarounds need no decision: the suite does the same thing on every versio
 that works on all of them. They stay beside the code they shape, and are listed here so this
 file stays the one to read:
 
-- units are stopped one by one (``for u in ...; do systemctl stop $u``): newer systemd refuses
-  a whole ``systemctl stop A B`` when one of them is not loaded (systemd/portable.py ``reset``,
-  load/load.py ``LoadRun.start``);
+- units are stopped one by one: newer systemd refuses a whole ``systemctl stop A B`` when one
+  of them is not loaded (the guest program's ``reset`` step, load/load.py ``LoadRun.start``);
 - the attached version is read from the unit's ``RootImage=``, never from ``portablectl
   is-attached``: on 252 both ``<name>_1.raw`` and ``_2.raw`` say "running" when either is
-  attached (systemd/portable.py ``attached_image``);
+  attached (the ``observe`` step; the reset detaches by it too);
 - ``portablectl is-attached`` is asked by image path: 252 records the symlink's target, so
-  asking by name says "detached" for an attached image (systemd/portable.py
-  ``attachment_state``);
+  asking by name says "detached" for an attached image (the ``observe`` and ``clean`` steps);
 - a rollout's journal is read 60 lines deep, so that systemd-pull's refusal is among them: 262
   logs more after it (systemd/portable.py ``run_rollout``);
 - the user scope starts systemd-nsresourced, systemd-mountfsd and polkit before its first
-  attach: activated by that call under TCG, they took 28 s on 262 and portablectl's D-Bus call
-  timed out (systemd/user_portable.py ``setup``).
+  attach: activated by that call under TCG, they take long enough together (nsresourced loads
+  its BPF programs) that portablectl's D-Bus call times out on 262 (systemd/scope.py
+  ``USER_SETUP_UNITS``, the ``setup-user`` step).
 """
 
 from __future__ import annotations
@@ -134,19 +133,15 @@ def user_portables_polkit_too_old(polkit: str) -> str | None:
     return None
 
 
-# What 262.1-1 (sid) did on 2026-11-27 with the suite's images for a user's portabled, step by
-# step (a kept VM, debug logging):
-# 1. unsigned: mountfsd mounted the image once the polkit rule allowed an untrusted image, then
-#    the user's portabled failed in its dissect child ("Failed to extract portable metadata
-#    from '…raw': Permission denied"; portablectl: "AttachImage failed: Access denied");
-# 2. signed as in TEST-29 (verity sidecars, certificate in /run/verity.d): mountfsd says
-#    "Activation of Verity via root hash succeeded" under the policy root=signed+absent; the
-#    dissect child still failed with EACCES while the image lay in the user's home (0700), and
-#    succeeded from a directory anyone may read (vm/systemd/user_portable.py IMAGE_DIR);
-# 3. then portabled refuses the image itself: "Image … portable scope 'system' incompatible
-#    with portabled runtime scope 'user'". A user's portabled wants images made for it
-#    (PORTABLE_SCOPE=user or any in os-release, units in /usr/lib/systemd/user). The suite
-#    builds such a set for the user scope since (vm/subject/image.py), and the scenario passes.
+# How a user's portabled (262) refuses an image it cannot use (docs/measurements.md has how it
+# was found):
+# - unsigned, or signed but in a directory its unprivileged dissect child cannot read (the
+#   user's 0700 home): "Failed to extract portable metadata from '…raw': Permission denied"
+#   in its journal, "AttachImage failed: Access denied" from portablectl;
+# - an image made for the system: "Image … portable scope 'system' incompatible with portabled
+#   runtime scope 'user'". A user's portabled wants images made for it (PORTABLE_SCOPE=user or
+#   any in os-release, units in /usr/lib/systemd/user): the suite builds such a set
+#   (vm/subject/image.py), signed (vm/systemd/scope.py), in a directory anyone may read.
 # Should a version (or a subject's ready images) still be refused, the scenario is
 # characterised with portabled's words instead of failing the run.
 USER_IMAGE_REFUSAL = "Failed to extract portable metadata"
@@ -183,8 +178,8 @@ def unsupported_reason(systemd_major: int) -> str | None:
 # (`--verify=<sha256>`), by the first systemd version that says it that way:
 # - 254 and 257: pull_verify() in src/import/pull-common.c, the same format string in Debian's
 #   254.26-1~bpo12+1 and 257.13-1~deb13u1 (read from the binaries), %s being the URL;
-# - 262 (Debian 262.1-1, seen in the guest's journal on 2026-11-27): the raw puller checks the
-#   digest itself and says so in other words, then sysupdate reports "Bad message".
+# - 262 (Debian 262.1-1, in the guest's journal): the raw puller checks the digest itself and
+#   says so in other words, then sysupdate reports "Bad message".
 CHECKSUM_REFUSALS = {
     254: r"DOWNLOAD INVALID: Checksum of \S+ file did not check out, file has been tampered "
          r"with\.",

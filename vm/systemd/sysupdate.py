@@ -93,8 +93,3 @@ ExecStart=/usr/bin/portablectl reattach --now {self.reattach_arg}
 def transfer_stem(name: str) -> str:
     return f"{TRANSFER_DIR}/50-{name}"
 
-
-def sha256sums_command(name: str, directory: str = SOURCE_DIR) -> str:
-    """Shell: (re)write the SHA256SUMS manifest (sha256sum's own format) of the images."""
-    return (f"cd {directory} && sha256sum {name}_*.raw > SHA256SUMS.tmp"
-            " && mv SHA256SUMS.tmp SHA256SUMS")

@@ -221,7 +221,8 @@ class OpenLoopProbe:
             self.in_flight.clear()
 
 
-def main() -> None:
+def argument_parser() -> argparse.ArgumentParser:
+    """The probe's options (the guest's portable.py asks one request with the same ones)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
@@ -238,6 +239,11 @@ def main() -> None:
     parser.add_argument("--grace", type=float, default=5.0,
                         help="seconds requests in flight get after sending stops")
     parser.add_argument("--out")
+    return parser
+
+
+def main() -> None:
+    parser = argument_parser()
     args = parser.parse_args()
     reader = AnswerReader(args.version_regex, args.version_header, args.counter_regex)
     try:

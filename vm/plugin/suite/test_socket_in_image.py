@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 import pytest
 
+from pytest_portable_upgrade.plugin.outcome import conclude
 from pytest_portable_upgrade.scenarios.catalogue import Scenario, get_scenario
-from pytest_portable_upgrade.scenarios.verdict import Verdict, conclude
+from pytest_portable_upgrade.scenarios.verdict import Verdict
 
 pytestmark = pytest.mark.vm
 

@@ -3,7 +3,7 @@
 
 Skipped, naming what is missing, on a guest that cannot run it: systemd older than 260, or no
 systemd-mountfsd / systemd-nsresourced, bpf LSM, libbpf, kernel >= 6.5, polkit >= 124, user
-bus (vm/systemd/user_portable.py); debian-sid's recipe brings them all.
+bus (vm/systemd/scope.py); debian-sid's recipe brings them all.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 import pytest
 
+from pytest_portable_upgrade.plugin.outcome import conclude
 from pytest_portable_upgrade.scenarios.catalogue import Scenario, get_scenario
-from pytest_portable_upgrade.scenarios.verdict import Verdict, conclude
+from pytest_portable_upgrade.scenarios.verdict import Verdict
 
 pytestmark = pytest.mark.vm
 
