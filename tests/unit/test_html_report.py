@@ -105,6 +105,7 @@ def test_the_page_holds_the_verdicts_the_latency_the_skips_and_the_phases(report
     for needed in ("host-socket-no-keepalive", "host-socket-rollback", "pwt-fail", "pwt-pass",
                    USER_CHECK.split(":")[0], "systemd 252 has no user portable services",
                    "What the restart did to latency", "p99 ms", "boot_cold", "35.2 s",
+                   "What the host socket held", "listen overflows",
                    "Verdict"):
         assert needed in text, needed
 

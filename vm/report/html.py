@@ -10,7 +10,12 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_portable_upgrade.report.report import latency_table, markdown_table, overhead_line
+from pytest_portable_upgrade.report.report import (
+    host_socket_table,
+    latency_table,
+    markdown_table,
+    overhead_line,
+)
 
 # Columns added to pytest-html's results table: (title, key of the summary row).
 ROW_COLUMNS = (("Verdict", "verdict"), ("Failed", "failed"), ("Complete", "complete"),
@@ -75,7 +80,12 @@ def summary_html(records: Sequence[dict[str, Any]], skipped: Sequence[dict[str, 
         parts += ["<h2>What the restart did to latency</h2>",
                   "<p>The probe's requests by send time (open loop, fixed rate); latencies of "
                   "answered requests, failures by class (docs/report.md).</p>",
-                  table_html(latency_table(records))]
+                  table_html(latency_table(records)),
+                  "<h2>What the host socket held</h2>",
+                  "<p>The restart gap from the service's journal and from the probe; the guest "
+                  "kernel's listen overflows, listen drops and SYN/SYN-ACK retransmits over the "
+                  "load (docs/report.md). \"-\": not measured.</p>",
+                  table_html(host_socket_table(records))]
     if phases:
         parts += ["<h2>Phases</h2><table><tbody>", *(
             f"<tr><td>{html.escape(name)}</td><td>{secs:.1f} s</td></tr>"
