@@ -42,7 +42,11 @@ def test_the_answer_is_one_json_line_and_a_step_answers_in_order(tmp_path: Path)
     answer = run_program([
         {"step": "write-files", "remove": [str(tmp_path / "old-50-pwt-*.conf")], "files": files},
         {"step": "remove", "paths": [str(tmp_path / "y.conf")]}])
+    seconds = answer.pop("seconds")
     assert answer == {"ok": True, "answers": [{"written": sorted(files)}, {}], "exit": 0}
+    # Each step's wall time, in order: run.log says where a round trip's time went.
+    assert isinstance(seconds, list) and len(seconds) == 2
+    assert all(isinstance(s, float) and 0 <= s < 10 for s in seconds)
     # Paths with spaces, quotes in the text, a final newline added: no shell in between.
     assert (tmp_path / "a b" / "x.conf").read_text() == "[Service]\nX=it's\n"
     assert not (tmp_path / "old-50-pwt-z.conf").exists() and not (tmp_path / "y.conf").exists()
@@ -264,6 +268,30 @@ def test_use_images_copies_signs_and_gives_them_to_the_user(tmp_path: Path) -> N
     assert smime[:6] == ["openssl", "smime", "-sign", "-nocerts", "-noattr", "-binary"]
     assert smime[-1] == str(target / "p_2.roothash.p7s")
     assert "-inkey" in smime and "/run/pwt-verity/key.pem" in smime
+
+
+def test_use_images_copies_again_only_an_image_that_changed(tmp_path: Path) -> None:
+    stash, target = tmp_path / "stash", tmp_path / "target"
+    stash.mkdir()
+    for v in (1, 2):
+        (stash / f"p_{v}.raw").write_text(f"image {v}")
+    request = {"step": "use-images", "source": str(stash), "target": str(target)}
+    assert run_program([request])["ok"]
+    kept = (target / "p_1.raw").stat().st_ino
+    (stash / "p_2.raw").write_text("image 2, rebuilt")
+    os.utime(stash / "p_2.raw", ns=(1, 1))
+    (target / "p_3.raw").symlink_to(stash / "p_1.raw")  # a link is never taken for a copy
+    (stash / "p_3.raw").write_text("image 3")
+    assert run_program([request])["ok"]
+    assert (target / "p_1.raw").stat().st_ino == kept  # unchanged: not copied again
+    assert (target / "p_2.raw").read_text() == "image 2, rebuilt"
+    assert not (target / "p_3.raw").is_symlink() and (target / "p_3.raw").read_text() == "image 3"
+
+
+def test_a_failing_step_still_reports_the_time_it_took() -> None:
+    answer = run_program([{"step": "remove", "paths": []},
+                          {"step": "use-images", "source": "/nonexistent", "target": "/tmp/x"}])
+    assert answer["ok"] is False and len(answer["seconds"]) == 2  # type: ignore[arg-type]
 
 
 def test_an_empty_stash_is_an_error_not_an_attach_of_nothing(tmp_path: Path) -> None:

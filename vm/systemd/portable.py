@@ -272,6 +272,9 @@ class PortableService:
         wire = [{"scope": self.scope.wire(), **r} for r in requests]
         result = m.execute(step_command(wire), timeout=timeout)
         answer = answers_of(result.stdout, result.stderr, result.rc)
+        if seconds := answer.get("seconds"):
+            log.info("  guest steps: " + ", ".join(
+                f"{r['step']} {s:.2f} s" for r, s in zip(requests, seconds, strict=False)))
         if answer["ok"]:
             answers: list[dict[str, Any]] = answer["answers"]
             return answers
