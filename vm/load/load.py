@@ -21,12 +21,12 @@ the command's output (``split_sections``).
 from __future__ import annotations
 
 import shlex
-import time
 from dataclasses import dataclass, field
 
 from pytest_portable_upgrade.core.config import LoadSettings
 from pytest_portable_upgrade.core.errors import GuestError
 from pytest_portable_upgrade.core.resources import resource
+from pytest_portable_upgrade.core.retry import retry
 from pytest_portable_upgrade.load.ab import (
     AbResult,
     ab_command,
@@ -234,20 +234,22 @@ class LoadRun:
         """Wait until the probe has seen ``greeting`` answered for ``for_seconds``; bounded by
         the load's upper bound. Gives up early when, since ``after`` (guest epoch), the probe
         has seen nothing but errors for ``for_seconds``: the port is dead (a socket shipped in
-        the image can be left inactive). Returns the timeline seen when the wait ended."""
-        while True:
+        the image can be left inactive). Returns the timeline seen when the wait ended; the
+        verdict says what is missing, never this wait."""
+        seen: list[Timeline] = []
+
+        def over(last_try: bool) -> bool:
             now, running, text = self.poll()
             records = parse_probe_log(text)
-            timeline = Timeline.build(records, self.started, "", greeting)
-            if timeline.answered_seconds_of(greeting) >= for_seconds:
-                return timeline
-            if after is not None and dead_since(records, after) >= for_seconds:
-                return timeline
-            if now - self.started >= self.settings.max_s - 2:
-                return timeline
-            if not running:
-                return timeline  # a client ended by itself: the verdict says what is missing
-            time.sleep(1)
+            seen[:] = [Timeline.build(records, self.started, "", greeting)]
+            return (last_try or seen[0].answered_seconds_of(greeting) >= for_seconds
+                    or (after is not None and dead_since(records, after) >= for_seconds)
+                    or now - self.started >= self.settings.max_s - 2
+                    or not running)  # a client ended by itself
+
+        retry(over, timeout=self.settings.max_s, interval=1.0,
+              what=f"{for_seconds:g} s of {greeting!r} under load")
+        return seen[0]
 
     def stop(self, old: str, new: str) -> LoadOutcome:
         """SIGINT ab (it prints its report and exits), stop the probe, collect both, the
