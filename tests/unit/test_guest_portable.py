@@ -133,10 +133,13 @@ def test_the_symlink_and_its_sidecars_flip_together(tmp_path: Path) -> None:
 def test_observe_reads_the_facts_and_counts_only_through_an_active_socket(
         tmp_path: Path, start_server: StartServer) -> None:
     server = start_server(greeting="Hola")
-    shows = [("MainPID", (0, "4242\n", "")), ("DynamicUser", (0, "yes\n", "")),
-             ("ActiveEnterTimestampMonotonic", (0, "123456789\n", "")),
-             ("RootImage", (0, "/var/lib/portables/p_2.raw\n", "")),
-             ("is-active", (0, "active\n", ""))]
+    # One `systemctl show` of the service and the socket, as systemd prints it: a block per
+    # unit in the order asked, the socket's without MainPID (a socket has none).
+    shown = ("MainPID=4242\nDynamicUser=yes\nRootImage=/var/lib/portables/p_2.raw\n"
+             "ActiveState=active\nActiveEnterTimestampMonotonic=99\n\n"
+             "DynamicUser=no\nRootImage=\nActiveState=active\n"
+             "ActiveEnterTimestampMonotonic=123456789\n")
+    shows = [("show", (0, shown, ""))]
     tools = FakeTools(tmp_path / "t", {"systemctl": shows, "ps": [("", (0, "_du1234\n", ""))],
                                        "portablectl": [("is-attached", (0, "running\n", ""))]})
     count = {"probe": str(PROBE_PY), "port": server.port, "args": WALKTHROUGH.client_args()}
@@ -147,6 +150,8 @@ def test_observe_reads_the_facts_and_counts_only_through_an_active_socket(
         "user": "_du1234", "dynamic": True, "since": "123456789", "socket": "active",
         "attached": "running", "image": "/var/lib/portables/p_2.raw"}
     assert facts["record"]["greeting"] == "Hola" and facts["record"]["visitor"] == 1
+    show = [c for c in tools.calls if c[0] == "systemctl"]
+    assert len(show) == 1 and show[0][-2:] == ["p.service", "p.socket"] and "--all" in show[0]
     dead = FakeTools(tmp_path / "dead", {"systemctl": [("is-active", (3, "failed\n", ""))]})
     (facts,) = run_program([observe], dead)["answers"]  # type: ignore[misc]
     assert facts["record"] is None and facts["user"] == ""  # no MainPID: no process
