@@ -238,3 +238,11 @@ def test_settings_from_reads_the_command_line_over_the_environment(
     assert got.service == tmp_path / "spec.toml"
     with pytest.raises(SettingError, match=r"--concurrency \(PWT_CONCURRENCY\) must be an integer"):
         settings_from({"concurrency": "many"})
+
+
+def test_the_second_client_is_hey_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings_from({}).load.second_client == "hey"
+    assert settings_from({"second-client": "none"}).load.second_client == "none"
+    monkeypatch.setenv("PWT_SECOND_CLIENT", "wrk")
+    with pytest.raises(ValueError, match=r"second-client must be one of hey, none, not 'wrk'"):
+        settings_from({})
