@@ -129,6 +129,18 @@ def test_every_socket_of_a_subject_is_written_and_started_in_the_same_round_trip
     assert attach["sockets"] == [SOCKET, second.name]
 
 
+def test_attach_reads_the_count_before_the_load_in_the_same_round_trip() -> None:
+    answered = program_answer({"written": []}, {"attached": "running",
+                                                "sockets": {SOCKET: "active"}},
+                              {"record": RECORD}, {**FACTS, "record": RECORD})
+    svc, fake = service({"portable.py": answered})
+    facts = svc.attach(1, greeting="Hello", count=True)
+    steps = one_call(fake)
+    assert [s["step"] for s in steps][-2:] == ["greet", "observe"]  # the count after the greeting
+    assert "--counter-regex" in steps[-1]["count"]["args"]  # type: ignore[index]
+    assert facts.counter == 42
+
+
 def test_an_image_socket_writes_no_socket_file() -> None:
     svc, fake = service({"portable.py": ATTACHED})
     svc.attach(1, host_socket=False)

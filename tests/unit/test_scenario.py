@@ -310,3 +310,40 @@ def test_a_scenario_the_subject_does_not_list_is_skipped_with_the_reason() -> No
                                                   r"host-socket-keepalive-naive"):
         run_scenario(service, Settings(), get_scenario("host-socket-keepalive-naive"))
     assert fake.commands == []
+
+
+# --- the load a run builds: the scenario's method, hey where it runs ---------------------------
+def test_a_post_keepalive_run_loads_with_ab_hey_and_the_probe_all_posting() -> None:
+    from support import WALKTHROUGH
+
+    from pytest_portable_upgrade.core.config import Settings
+    from pytest_portable_upgrade.scenarios.run import load_for
+
+    load, why = load_for(object(), Settings(), get_scenario("host-socket-keepalive-drain-post"),
+                         WALKTHROUGH, 8080)  # type: ignore[arg-type]
+    assert why is None and load.method == "POST" and load.body == "name=visitor"
+    assert load.hey_command is not None and "-m POST -D /run/pwt/body" in load.hey_command
+    assert "-p /run/pwt/body -T application/x-www-form-urlencoded" in load.command
+    assert "--method POST --body name=visitor" in load.client_args
+
+
+def test_hey_stays_out_of_runs_without_keepalive_of_fedora_and_of_none() -> None:
+    from support import WALKTHROUGH
+
+    from pytest_portable_upgrade.core.config import LoadSettings, Settings
+    from pytest_portable_upgrade.scenarios.run import load_for
+
+    drain = get_scenario("host-socket-keepalive-drain")
+    cases = {
+        "no keep-alive": (Settings(), get_scenario("host-socket-no-keepalive"),
+                          "keep-alive scenarios only"),
+        "fedora": (Settings(box="fedora-43"), drain, "Fedora 43 packages no hey"),
+        "none": (Settings(load=LoadSettings(second_client="none")), drain,
+                 "--second-client none"),
+    }
+    for name, (settings, scenario, words) in cases.items():
+        load, why = load_for(object(), settings, scenario, WALKTHROUGH, 8080)  # type: ignore[arg-type]
+        assert load.hey_command is None and why is not None and words in why, name
+        assert load.method == "GET" and "--method" not in load.client_args, name
+    load, why = load_for(object(), Settings(), drain, WALKTHROUGH, 8080)  # type: ignore[arg-type]
+    assert why is None and load.hey_command is not None and "-m POST" not in load.hey_command

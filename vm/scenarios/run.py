@@ -12,11 +12,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_portable_upgrade.boxes.recipes import get_box
 from pytest_portable_upgrade.core.config import Settings
 from pytest_portable_upgrade.core.errors import GuestError
 from pytest_portable_upgrade.core.log import log
 from pytest_portable_upgrade.load.haproxy import HaproxyConfig, proxy_port_for
+from pytest_portable_upgrade.load.hey import hey_plan
 from pytest_portable_upgrade.load.load import GUEST_DIR, LoadOutcome, LoadRun
+from pytest_portable_upgrade.machine.machine import Machine
 from pytest_portable_upgrade.scenarios.catalogue import Scenario
 from pytest_portable_upgrade.scenarios.checks import SocketObservation
 from pytest_portable_upgrade.subject.spec import Subject
@@ -48,6 +51,9 @@ class ScenarioRun:
     upgrade: Upgrade  # the reattach, the stop + start, or the sysupdate rollout unit that ran it
     socket: SocketObservation
     final_count: int | None  # the subject's counter afterwards; None: it has no counter
+    # The counter before the load (read after the old version's greeting, in the attach's
+    # round trip): with final_count, what the server did during the load. None: no counter.
+    count_before: int | None = None
     min_complete: int
     post_switch_s: float
     attached_state: str  # portablectl is-attached afterwards
@@ -61,6 +67,8 @@ class ScenarioRun:
     # ran, and one line per failure. A failure fails the run (validity_problems).
     user_checks_run: int = 0
     user_check_failures: tuple[str, ...] = ()
+    concurrency: int = 10  # ab's and hey's -c: how many of ab's requests may be in flight at stop
+    hey_not_run: str = ""  # why hey did not run beside ab ("" when it ran)
     facts: dict[str, Any] = field(default_factory=dict)  # more for the report (rollout log)
 
 
@@ -130,22 +138,20 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
     # before the load: one round trip.
     before = service.attach(scenario.from_version, profile=profile,
                             host_socket=scenario.socket_location == "host", prepare=prepare,
-                            greeting=old)
+                            greeting=old, count=True)
     url_port = subject.port
     if scenario.proxy == "haproxy":
         url_port = proxy_port_for(subject.port)
         _start_haproxy(service, url_port)
 
-    # Every client takes the same path: behind a proxy, the probe goes through it too (a
-    # probe straight to the naive server would see the resets the proxy exists to absorb).
-    load = LoadRun(m, load_cfg, keepalive=scenario.keepalive,
-                   url=f"http://127.0.0.1:{url_port}{subject.request_path}", probe_port=url_port,
-                   client_args=subject.client_args(), holders=scenario.holders,
-                   service_unit=subject.service)
+    load, hey_not_run = load_for(m, settings, scenario, subject, url_port)
+    if hey_not_run is not None:
+        log.info(f"hey does not run: {hey_not_run}")
     title = f"{scenario.id}: load, reattach v{scenario.from_version} -> v{scenario.to_version}"
     with log.nested(title):
         load.start()
-        log.info(f"load: {load.command} (+ probe on :{url_port} at {load_cfg.probe_rate:g}/s)")
+        log.info(f"load: {load.command} (+ probe on :{url_port} at {load_cfg.probe_rate:g}/s)"
+                 + (f", {load.hey_command}" if load.hey_command is not None else ""))
         time.sleep(load_cfg.switch_after_s)
         rollout_ok = True
         if setup is None and scenario.upgrade == "stop-start":
@@ -169,7 +175,8 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
         else:
             load.wait_until_serving(new, load_cfg.post_switch_s, after=upgrade.ended)
         outcome = load.stop(old=old, new=new)
-    log.info(f"ab: {outcome.ab.describe()}; probe errors: {outcome.timeline.errors or 'none'}")
+    log.info(f"ab: {outcome.ab.describe()}; probe errors: {outcome.timeline.errors or 'none'}"
+             + (f"; hey: {outcome.hey.describe()}" if outcome.hey is not None else ""))
     if scenario.proxy == "haproxy":
         stop_haproxy(service)
 
@@ -187,15 +194,36 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
     run = ScenarioRun(
         scenario=scenario, subject=subject, scope=service.scope, outcome=outcome,
         upgrade=upgrade, socket=socket,
-        final_count=after.counter, min_complete=load_cfg.min_complete,
+        final_count=after.counter, count_before=before.counter, min_complete=load_cfg.min_complete,
         post_switch_s=load_cfg.post_switch_s, attached_state=after.attached_state,
         attached_image=after.attached_image, service_user=before.main_user,
         dynamic_user=before.dynamic_user, profile=profile, rollout_ok=rollout_ok,
-        max_stall_s=load_cfg.max_stall_s, facts=facts,
+        max_stall_s=load_cfg.max_stall_s, concurrency=load_cfg.concurrency,
+        hey_not_run=hey_not_run or "", facts=facts,
     )
     if scenario.fdstore_preserve:
         service.clear_fd_store()  # after every measurement: the next scenario starts empty
     return run
+
+
+def load_for(machine: Machine, settings: Settings, scenario: Scenario, subject: Subject,
+             url_port: int) -> tuple[LoadRun, str | None]:
+    """The load of one run, and why hey is not part of it (None: it is).
+
+    Every client takes the same path: behind a proxy, the probe goes through it too (a probe
+    straight to the naive server would see the resets the proxy exists to absorb). Every
+    client sends the scenario's method (Subject.cannot_run has checked the subject takes it).
+    hey runs beside ab in the keep-alive scenarios of a box that has it (``hey_plan``)."""
+    method = subject.method_for(scenario.method)
+    box = get_box(settings.box)
+    hey_not_run = hey_plan(settings.load.second_client, scenario.keepalive, box.package_manager,
+                           box.fedora_release)
+    load = LoadRun(machine, settings.load, keepalive=scenario.keepalive,
+                   url=f"http://127.0.0.1:{url_port}{subject.request_path}", probe_port=url_port,
+                   client_args=subject.client_args(method), holders=scenario.holders,
+                   service_unit=subject.service, hey=hey_not_run is None, method=method,
+                   body=subject.request_body, content_type=subject.request_content_type)
+    return load, hey_not_run
 
 
 def _sysupdate_setup(service: PortableService, scenario: Scenario) -> SysupdateSetup | None:

@@ -410,10 +410,12 @@ class PortableService:
 
     def attach(self, version: int, profile: str = "default", host_socket: bool = True,
                prepare: tuple[Request, ...] | list[Request] = (),
-               greeting: str | None = None) -> ServiceFacts:
+               greeting: str | None = None, count: bool = False) -> ServiceFacts:
         """``prepare`` (drop-ins, images, sysupdate), the socket unit files, then attach
         ``version``, start the socket(s), wait for ``greeting`` (when given) and read the
-        facts before the load: one guest round trip.
+        facts before the load: one guest round trip. ``count``: the facts carry the
+        subject's counter too (as ``observe(count=True)`` reads it, after the greeting), the
+        reading the done-but-unanswered figure starts from.
 
         The sockets start only after the attach: a socket refuses to start without its
         service. ``portablectl attach`` reloads the manager (the user scope reloads first),
@@ -444,7 +446,7 @@ class PortableService:
         if greeting is not None:
             requests.append({"step": "greet", **self._probe(), "expect": greeting,
                              "timeout": 120})
-        requests.append(self._observe())
+        requests.append(self._observe(count=count))
         bound = 300 + max(180.0, self.unit_timeout_s + 60) + self.unit_timeout_s + 120
         try:
             answers = self.steps(*requests, timeout=bound)
