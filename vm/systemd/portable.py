@@ -43,7 +43,7 @@ STASH = "/var/lib/pwt-images"  # every uploaded image set, by socket location
 SHUTDOWN_DROPIN = f"{DROPIN_PREFIX}shutdown.conf"
 # Transient units the scenarios start in the guest (load, probe, proxy).
 CLIENT_UNITS = ("pwt-ab.service", "pwt-probe.service", "pwt-holders.service",
-                "pwt-haproxy.service", sysupdate.HTTP_UNIT)
+                "pwt-hey.service", "pwt-haproxy.service", sysupdate.HTTP_UNIT)
 # The guest program of the steps, and where it and the probe (whose one request it sends
 # to read a greeting or the counter) go in the guest: once per boot.
 PROGRAM_SOURCE = Path(__file__).with_name("guest") / "portable.py"
@@ -70,13 +70,14 @@ def evidence_commands(subject: Subject) -> dict[str, str]:
                                  "-u systemd-portabled.service",
         "clients-journal.txt": "journalctl -b --no-pager -o short-monotonic -u pwt-ab.service "
                                "-u pwt-probe.service -u pwt-holders.service "
-                               "-u pwt-haproxy.service",
+                               "-u pwt-hey.service -u pwt-haproxy.service",
         "rollout-journal.txt": "journalctl -b --no-pager -o short-monotonic "
                                "-u pwt-rollout.service -u 'pwt-pin@*.service' "
                                "-u pwt-source-http.service",
         "portablectl-list.txt": "portablectl list; echo; systemctl status --no-pager "
                                 f"'{subject.name}*'",
         "ab.out": f"cat {GUEST_DIR}/ab.out",
+        "hey.out": f"cat {GUEST_DIR}/hey.out",
         "probe.jsonl": f"cat {GUEST_DIR}/probe.jsonl",
         "holders.jsonl": f"cat {GUEST_DIR}/holders.jsonl",
         "journal-tail.txt": "journalctl -b --no-pager -n 300",
