@@ -126,7 +126,8 @@ def count_of(record: dict[str, Any]) -> int:
     """The subject's count before a probe request, from that request's record: the request
     itself added one. GuestError when the answer carries no count."""
     if record.get("visitor") is None:
-        raise GuestError(f"no counter in the answer after the load: {record}")
+        raise GuestError(f"no counter in the answer read for the count: {record}; make the "
+                         "spec's [answer] counter_regex match the service's answer")
     return int(record["visitor"]) - 1
 
 
