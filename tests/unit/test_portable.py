@@ -323,3 +323,9 @@ def test_the_user_scope_inspects_nothing_and_signs_its_images() -> None:
     # The system scope inspects its set the first time only.
     assert [s["step"] for s in svc.image_steps("host")] == ["use-images", "inspect"]
     assert [s["step"] for s in svc.image_steps("host")] == ["use-images"]
+
+
+def test_every_client_unit_a_load_starts_is_one_reset_stops() -> None:
+    from pytest_portable_upgrade.load.load import AB_UNIT, HEY_UNIT, HOLDERS_UNIT, PROBE_UNIT
+
+    assert {AB_UNIT, PROBE_UNIT, HOLDERS_UNIT, HEY_UNIT} <= set(CLIENT_UNITS)
