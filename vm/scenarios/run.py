@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_portable_upgrade.boxes.recipes import get_box
-from pytest_portable_upgrade.core.config import Settings
+from pytest_portable_upgrade.core.config import LoadSettings, Settings
 from pytest_portable_upgrade.core.errors import GuestError
 from pytest_portable_upgrade.core.log import log
 from pytest_portable_upgrade.load.haproxy import HaproxyConfig, proxy_port_for
@@ -67,7 +67,8 @@ class ScenarioRun:
     # ran, and one line per failure. A failure fails the run (validity_problems).
     user_checks_run: int = 0
     user_check_failures: tuple[str, ...] = ()
-    concurrency: int = 10  # ab's and hey's -c: how many of ab's requests may be in flight at stop
+    # ab's and hey's -c: how many of ab's requests may have been in flight at its stop.
+    concurrency: int = LoadSettings.concurrency
     hey_not_run: str = ""  # why hey did not run beside ab ("" when it ran)
     facts: dict[str, Any] = field(default_factory=dict)  # more for the report (rollout log)
 
