@@ -224,6 +224,21 @@ def stop_answer(netstat: str = NETSTAT_OVERFLOW, journal: str | None = None) -> 
             f"{SECTION}probe\n{PROBE_LINE}\n{SECTION}holders\n")
 
 
+def test_a_command_run_after_the_stop_rides_in_its_round_trip() -> None:
+    then = 'python3 /run/pwt/portable.py --json \'[{"step":"observe"}]\''
+    machine = RecordingMachine([stop_answer() + f"\n{SECTION}then\n{{\"ok\": true}}\n"])
+    run = load_run(machine)
+    outcome = run.stop("Hello", "Hola", then=then)
+    command = machine.commands[-1]
+    # Last, after every client is stopped and read: the facts afterwards see no load.
+    assert command.index(then) > command.index(f"{SECTION}holders")
+    assert run.then_output == '{"ok": true}\n' and outcome.ab.complete > 0
+    plain = RecordingMachine([stop_answer()])
+    run = load_run(plain)
+    run.stop("Hello", "Hola")
+    assert f"{SECTION}then" not in plain.commands[-1] and run.then_output == ""
+
+
 def test_start_reads_the_kernel_counters_before_the_clients_start() -> None:
     machine = RecordingMachine()
     run = load_run(machine)

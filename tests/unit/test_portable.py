@@ -266,6 +266,20 @@ def test_the_facts_after_the_load_carry_the_count_in_the_same_round_trip() -> No
     assert facts.counter == 42
 
 
+def test_the_facts_after_the_load_can_ride_in_another_round_trip() -> None:
+    svc, fake = service({})
+    command = svc.observe_command(count=True)
+    (observe,) = sent_steps(command)
+    assert observe["step"] == "observe" and observe["count"] is not None
+    printed = program_answer({**FACTS, "record": RECORD})[1]
+    assert svc.observed(f"whatever came first\n{printed}").counter == 42
+    with pytest.raises(GuestError, match="the guest program gave no answer"):
+        svc.observed("")  # the round trip died before the program ran
+    failed = json.dumps({"ok": False, "step": "observe", "error": "bus gone", "answers": []})
+    with pytest.raises(GuestError, match="observe: bus gone"):
+        svc.observed(failed)
+
+
 def test_a_subject_without_a_counter_sends_no_request_for_one() -> None:
     subject = dataclasses.replace(WALKTHROUGH, counter_regex=None)
     svc, fake = service({"portable.py": program_answer(FACTS)}, subject)

@@ -152,6 +152,7 @@ class LoadRun:
         self.ab_started = 0.0
         self._probe_text = ""  # the probe log read so far (whole lines)
         self._tcp_before: Counts = not_read()
+        self.then_output = ""  # what stop's ``then`` printed
         self.method = method
         self.body = body
         body_file = BODY_FILE if method == "POST" else None
@@ -251,10 +252,11 @@ class LoadRun:
               what=f"{for_seconds:g} s of {greeting!r} under load")
         return seen[0]
 
-    def stop(self, old: str, new: str) -> LoadOutcome:
+    def stop(self, old: str, new: str, then: str | None = None) -> LoadOutcome:
         """SIGINT ab (it prints its report and exits), stop the probe, collect both, the
         kernel's counters after the load and the service's journal: one guest round trip, ab's
-        exit waited for in the guest (bounded)."""
+        exit waited for in the guest (bounded). ``then``: a command run last in the same
+        round trip (the facts afterwards); what it printed is ``then_output``."""
         m = self.machine
         stop_units = PROBE_UNIT + (f" {HOLDERS_UNIT}" if self.holders else "")
         interrupted = AB_UNIT + (f" {HEY_UNIT}" if self.hey_command is not None else "")
@@ -273,10 +275,12 @@ class LoadRun:
             f" echo {SECTION}netstat; cat {NETSTAT} 2>/dev/null;{journal}"
             f" echo {SECTION}ab; cat {GUEST_DIR}/ab.out;"
             f" echo; echo {SECTION}probe; cat {GUEST_DIR}/probe.jsonl 2>/dev/null;"
-            f" echo {SECTION}holders; cat {GUEST_DIR}/holders.jsonl 2>/dev/null; true",
+            f" echo {SECTION}holders; cat {GUEST_DIR}/holders.jsonl 2>/dev/null;"
+            + (f" echo; echo {SECTION}then; {then};" if then is not None else "") + " true",
             timeout=120,
         ).stdout
         sections = split_sections(out)
+        self.then_output = sections.get("then", "")
         stopped = float(sections["head"].split()[0])
         if "AB-STILL-RUNNING" in sections["head"]:
             raise GuestError(f"ab did not exit within 60 s of SIGINT:\n{out[-2000:]}")

@@ -83,8 +83,7 @@ def _start_haproxy(service: PortableService, port: int) -> None:
     m.wait_for_open_port(port, timeout=30)
 
 
-def stop_haproxy(service: PortableService) -> None:
-    service.machine.execute(f"systemctl stop {HAPROXY_UNIT}")
+STOP_HAPROXY = f"systemctl stop {HAPROXY_UNIT}"
 
 
 def run_scenario(service: PortableService, settings: Settings, scenario: Scenario) -> ScenarioRun:
@@ -175,17 +174,18 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
             time.sleep(load_cfg.post_switch_s)
         else:
             load.wait_until_serving(new, load_cfg.post_switch_s, after=upgrade.ended)
-        outcome = load.stop(old=old, new=new)
+        # The facts afterwards and the count in the stop's round trip, HAProxy stopped
+        # first; no count from a subject without a counter, or through a socket the
+        # reattach left dead (the verdict names that instead). A user's journal comes with
+        # them (the report keeps its end).
+        user_scope = service.scope.user is not None
+        then = service.observe_command(count=True, journal=user_scope)
+        if scenario.proxy == "haproxy":
+            then = f"{STOP_HAPROXY}; {then}"
+        outcome = load.stop(old=old, new=new, then=then)
     log.info(f"ab: {outcome.ab.describe()}; probe errors: {outcome.timeline.errors or 'none'}"
              + (f"; hey: {outcome.hey.describe()}" if outcome.hey is not None else ""))
-    if scenario.proxy == "haproxy":
-        stop_haproxy(service)
-
-    # The facts afterwards and the count in one round trip; no count from a subject without
-    # a counter, or through a socket the reattach left dead (the verdict names that instead).
-    # A user's journal comes with them (the report keeps its end).
-    user_scope = service.scope.user is not None
-    after = service.observe(count=True, journal=user_scope)
+    after = service.observed(load.then_output)
     socket = SocketObservation(before.socket_since, after.socket_since, after.socket_state)
     facts: dict[str, Any] = {"rollout_log": upgrade.output[-1500:]} if setup is not None else {}
     if scenario.upgrade != "reattach":

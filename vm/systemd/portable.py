@@ -268,12 +268,22 @@ class PortableService:
         their answers. An image portablectl refused raises ImageRefused (the system scope) or
         GuestError (a scope whose refusals are characterised), any other failure GuestError,
         each with the guest's own words."""
+        result = self.machine.execute(self.command(*requests), timeout=timeout)
+        return self.answers(requests, result.stdout, result.stderr, result.rc)
+
+    def command(self, *requests: Request) -> str:
+        """The guest command line of ``requests`` (uploading the program first, once per
+        boot): for ``steps``, or to run at the end of another round trip (``answers`` then
+        reads what it printed)."""
         m = self.machine
         m.copy_from_host(PROBE_SOURCE, PROBE, mode="0755", once=True)
         m.copy_from_host(PROGRAM_SOURCE, PROGRAM, mode="0755", once=True)
-        wire = [{"scope": self.scope.wire(), **r} for r in requests]
-        result = m.execute(step_command(wire), timeout=timeout)
-        answer = answers_of(result.stdout, result.stderr, result.rc)
+        return step_command([{"scope": self.scope.wire(), **r} for r in requests])
+
+    def answers(self, requests: tuple[Request, ...], stdout: str, stderr: str = "",
+                rc: int = 0) -> list[dict[str, Any]]:
+        """The answers to ``requests`` in what the guest program printed (see ``steps``)."""
+        answer = answers_of(stdout, stderr, rc)
         if seconds := answer.get("seconds"):
             log.info("  guest steps: " + ", ".join(
                 f"{r['step']} {s:.2f} s" for r, s in zip(requests, seconds, strict=False)))
@@ -466,6 +476,14 @@ class PortableService:
         trip, when the subject has a counter and its socket is active (None otherwise);
         ``journal``: the scope user's journal too."""
         return ServiceFacts.from_answer(self.step(self._observe(count, journal)))
+
+    def observe_command(self, count: bool = False, journal: bool = False) -> str:
+        """``observe`` as a command to run at the end of another round trip (the load's
+        stop); ``observed`` reads its answer from what it printed."""
+        return self.command(self._observe(count, journal))
+
+    def observed(self, output: str) -> ServiceFacts:
+        return ServiceFacts.from_answer(self.answers(({"step": "observe"},), output)[0])
 
     def reattach_target(self) -> str:
         """What to hand ``portablectl reattach``: the name, or the path where the name form
