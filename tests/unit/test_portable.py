@@ -267,7 +267,7 @@ def test_the_facts_after_the_load_carry_the_count_in_the_same_round_trip() -> No
 
 
 def test_the_facts_after_the_load_can_ride_in_another_round_trip() -> None:
-    svc, fake = service({})
+    svc, _fake = service({})
     command = svc.observe_command(count=True)
     (observe,) = sent_steps(command)
     assert observe["step"] == "observe" and observe["count"] is not None
