@@ -157,6 +157,21 @@ def test_observe_reads_the_facts_and_counts_only_through_an_active_socket(
     assert facts["record"] is None and facts["user"] == ""  # no MainPID: no process
 
 
+def test_serve_checks_first_and_names_a_refused_config_in_its_own_words(tmp_path: Path) -> None:
+    refusing = FakeTools(tmp_path / "no", {"haproxy": [("-c", (1, "", "[ALERT] bad line 3\n"))]})
+    serve = {"step": "serve", "unit": "pwt-haproxy.service", "port": 1, "timeout": 1,
+             "check": ["haproxy", "-c", "-q", "-f", "/run/pwt/haproxy.cfg"],
+             "argv": ["haproxy", "-db", "-f", "/run/pwt/haproxy.cfg"]}
+    answer = run_program([serve], refusing)
+    assert answer["ok"] is False and "refused: [ALERT] bad line 3" in str(answer["error"])
+    assert not [c for c in refusing.calls if c[0] == "systemd-run"]  # nothing started
+    listening = FakeTools(tmp_path / "ok", {"ss": [("", (0, "LISTEN 0 4096 127.0.0.1:1\n", ""))]})
+    assert run_program([serve], listening)["ok"]
+    started = [c for c in listening.calls if c[0] == "systemd-run"]
+    assert started == [["systemd-run", "--quiet", "--collect", "--unit=pwt-haproxy.service",
+                        "haproxy", "-db", "-f", "/run/pwt/haproxy.cfg"]]
+
+
 def test_greet_waits_for_the_expected_answer(tmp_path: Path, start_server: StartServer) -> None:
     server = start_server(greeting="Hello")
     greet = {"step": "greet", "probe": str(PROBE_PY), "port": server.port,

@@ -73,14 +73,15 @@ class ScenarioRun:
     facts: dict[str, Any] = field(default_factory=dict)  # more for the report (rollout log)
 
 
-def _start_haproxy(service: PortableService, port: int) -> None:
-    m = service.machine
-    config = HaproxyConfig(server_port=service.subject.port, listen_port=port).render()
-    service.write_files({f"{GUEST_DIR}/haproxy.cfg": config})
-    m.succeed(f"haproxy -c -q -f {GUEST_DIR}/haproxy.cfg")
-    m.succeed(f"systemctl stop {HAPROXY_UNIT} 2>/dev/null; systemd-run --quiet --collect"
-              f" --unit={HAPROXY_UNIT} haproxy -db -f {GUEST_DIR}/haproxy.cfg")
-    m.wait_for_open_port(port, timeout=30)
+def haproxy_steps(server_port: int, port: int) -> list[Request]:
+    """HAProxy in front of ``server_port``, listening on ``port``: its config written and
+    checked, and it started as a transient unit, in the attach's round trip (it needs no
+    backend to start: no health checks)."""
+    path = f"{GUEST_DIR}/haproxy.cfg"
+    config = HaproxyConfig(server_port=server_port, listen_port=port).render()
+    return [{"step": "write-files", "files": {path: config}},
+            {"step": "serve", "unit": HAPROXY_UNIT, "check": ["haproxy", "-c", "-q", "-f", path],
+             "argv": ["haproxy", "-db", "-f", path], "port": port, "timeout": 30}]
 
 
 STOP_HAPROXY = f"systemctl stop {HAPROXY_UNIT}"
@@ -127,6 +128,10 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
     setup = _sysupdate_setup(service, scenario)
     prepare: list[Request] = [*service.dropin_steps(scenario.shutdown, scenario.fdstore_preserve),
                               *service.image_steps(scenario.socket_location)]
+    url_port = subject.port
+    if scenario.proxy == "haproxy":
+        url_port = proxy_port_for(subject.port)
+        prepare += haproxy_steps(subject.port, url_port)
     if setup is not None:
         low, high = sorted((scenario.from_version, scenario.to_version))
         # Upgrade: the old version installed and published, the new one published later.
@@ -134,15 +139,11 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
         prepare += service.sysupdate_steps(
             setup, installed=[scenario.from_version],
             published=[low] if scenario.to_version == high else [low, high])
-    # The files, the images, the attach, the first answer of the old version and the facts
-    # before the load: one round trip.
+    # The files, the images, HAProxy, the attach, the first answer of the old version and
+    # the facts before the load: one round trip.
     before = service.attach(scenario.from_version, profile=profile,
                             host_socket=scenario.socket_location == "host", prepare=prepare,
                             greeting=old, count=True)
-    url_port = subject.port
-    if scenario.proxy == "haproxy":
-        url_port = proxy_port_for(subject.port)
-        _start_haproxy(service, url_port)
 
     load, hey_not_run = load_for(m, settings, scenario, subject, url_port)
     if hey_not_run is not None:

@@ -383,7 +383,13 @@ def step_reload(req: Request) -> Answer:
 
 
 def step_serve(req: Request) -> Answer:
-    """A transient unit ``unit`` running ``argv``, until ``port`` listens on 127.0.0.1."""
+    """A transient unit ``unit`` running ``argv``, until ``port`` listens on 127.0.0.1;
+    ``check`` (a command, optional) must succeed first: a config it refuses is named in its
+    own words, not as a unit that never listened."""
+    if req.get("check"):
+        result = run(req["check"], check=False)
+        if result.returncode != 0:
+            raise StepFailed(f"`{shlex.join(req['check'])}` refused: {words_of(result)}")
     run(["systemd-run", "--quiet", "--collect", f"--unit={req['unit']}", *req["argv"]])
     port = req["port"]
 
