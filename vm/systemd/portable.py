@@ -400,10 +400,6 @@ class PortableService:
     def publish(self, version: int, corrupt: bool = False) -> None:
         self.step(self.publish_step(version, corrupt))
 
-    def write_files(self, files: dict[str, str]) -> None:
-        """Files in the guest (path -> text), written by the guest program."""
-        self.step({"step": "write-files", "files": files})
-
     # --- attach, observe, upgrade --------------------------------------------------------------
     def _symlink(self, version: int) -> Request:
         return {"target": self.subject.image_name(version).removesuffix(".raw"),
