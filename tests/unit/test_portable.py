@@ -18,6 +18,7 @@ from pytest_portable_upgrade.systemd.portable import (
     ImageRefused,
     PortableService,
     ServiceFacts,
+    answers_of,
     step_command,
 )
 from pytest_portable_upgrade.systemd.scope import SYSTEM, USER_SCOPE, StepRefused
@@ -139,6 +140,27 @@ def test_attach_reads_the_count_before_the_load_in_the_same_round_trip() -> None
     assert [s["step"] for s in steps][-2:] == ["greet", "observe"]  # the count after the greeting
     assert "--counter-regex" in steps[-1]["count"]["args"]  # type: ignore[index]
     assert facts.counter == 42
+
+
+def test_the_load_starts_in_the_attachs_round_trip_only_after_a_good_attach() -> None:
+    rc, printed = ATTACHED
+    then = "date +%s.%N; systemd-run --unit=pwt-ab.service ab http://127.0.0.1:8080/"
+    svc, fake = service({"portable.py": (rc, printed + "1700000000.5\nstarted\n")})
+    facts = svc.attach(1, then=then)
+    (command,) = fake.commands  # type: ignore[attr-defined]
+    # `&&`: a refused or failed attach starts no load.
+    assert command.endswith(f" && {{ {then}; }}") and sent_steps(command)[-1]["step"] == "observe"
+    assert svc.then_output == "1700000000.5\nstarted\n" and facts.attached_state == "running"
+    failed, _ = service({"portable.py": (1, printed + "Failed to start transient service\n")})
+    with pytest.raises(GuestError, match=r"after the attach, `date.*exited 1: Failed to start"):
+        failed.attach(1, then=then)
+
+
+def test_the_program_answer_is_found_above_what_a_later_command_printed() -> None:
+    printed = json.dumps({"ok": True, "answers": [{}]})
+    assert answers_of(f"{printed}\n1700000000.5\n{{\"t\": 1}}\n", "", 0)["answers"] == [{}]
+    with pytest.raises(GuestError, match="gave no answer"):
+        answers_of("1700000000.5\n{not json\n", "", 0)
 
 
 def test_an_image_socket_writes_no_socket_file() -> None:

@@ -167,6 +167,11 @@ class LoadRun:
 
         The guest scripts are uploaded once per boot. ``started`` is the guest's clock before
         the probe starts, ``ab_started`` just before ab does."""
+        self.started_from(self.machine.succeed(self.start_command()))
+
+    def start_command(self) -> str:
+        """``start``'s command, to run at the end of another round trip (the attach's);
+        ``started_from`` then reads what it printed. Uploads the guest scripts first."""
         m = self.machine
         bound = int(self.settings.max_s + 60)
         m.copy_from_host(PROBE_SOURCE, f"{GUEST_DIR}/probe.py", mode="0755", once=True)
@@ -206,8 +211,11 @@ class LoadRun:
             f" {self.command}",
         ]
         # The counters first (a missing file is "not read"), then the clocks and the clients.
-        out = m.succeed(f"{steps[0]}; echo {SECTION}netstat; cat {NETSTAT} 2>/dev/null;"
-                        f" echo {SECTION}clocks; " + " && ".join(steps[1:]))
+        return (f"{steps[0]}; echo {SECTION}netstat; cat {NETSTAT} 2>/dev/null;"
+                f" echo {SECTION}clocks; " + " && ".join(steps[1:]))
+
+    def started_from(self, out: str) -> None:
+        """The clocks and the counters ``start_command`` printed."""
         sections = split_sections(out)
         stamps = [float(word) for word in sections.get("clocks", "").split()]
         self.started, self.ab_started = stamps[0], stamps[-1]

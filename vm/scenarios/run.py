@@ -139,18 +139,19 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
         prepare += service.sysupdate_steps(
             setup, installed=[scenario.from_version],
             published=[low] if scenario.to_version == high else [low, high])
-    # The files, the images, HAProxy, the attach, the first answer of the old version and
-    # the facts before the load: one round trip.
-    before = service.attach(scenario.from_version, profile=profile,
-                            host_socket=scenario.socket_location == "host", prepare=prepare,
-                            greeting=old, count=True)
-
     load, hey_not_run = load_for(m, settings, scenario, subject, url_port)
     if hey_not_run is not None:
         log.info(f"hey does not run: {hey_not_run}")
-    title = f"{scenario.id}: load, reattach v{scenario.from_version} -> v{scenario.to_version}"
+    title = (f"{scenario.id}: attach v{scenario.from_version}, load, reattach"
+             f" v{scenario.from_version} -> v{scenario.to_version}")
     with log.nested(title):
-        load.start()
+        # The files, the images, HAProxy, the attach, the first answer of the old version,
+        # the facts before the load and the load's start: one round trip.
+        before = service.attach(scenario.from_version, profile=profile,
+                                host_socket=scenario.socket_location == "host",
+                                prepare=prepare, greeting=old, count=True,
+                                then=load.start_command())
+        load.started_from(service.then_output)
         log.info(f"load: {load.command} (+ probe on :{url_port} at {load_cfg.probe_rate:g}/s)"
                  + (f", {load.hey_command}" if load.hey_command is not None else ""))
         time.sleep(load_cfg.switch_after_s)

@@ -195,14 +195,25 @@ def step_command(requests: list[Request]) -> str:
     return shlex.join(["python3", PROGRAM, "--json", json.dumps(requests, separators=(",", ":"))])
 
 
+def answer_line(stdout: str) -> int:
+    """The index of the guest program's answer among the lines of ``stdout``: the first JSON
+    object with "ok" (the program prints nothing else; a command run after it in the same
+    round trip prints below it); -1 when there is none."""
+    for i, line in enumerate(stdout.split("\n")):
+        if line.startswith("{"):
+            try:
+                if "ok" in json.loads(line):
+                    return i
+            except ValueError:
+                continue
+    return -1
+
+
 def answers_of(result_stdout: str, result_stderr: str, rc: int) -> dict[str, Any]:
-    """The guest program's one JSON line (the last line of its stdout); GuestError with
-    what it printed when there is none (it did not run, or died)."""
-    lines = result_stdout.strip().splitlines()
-    try:
-        answer: dict[str, Any] = json.loads(lines[-1]) if lines else {}
-    except ValueError:
-        answer = {}
+    """The guest program's one JSON line (``answer_line``); GuestError with what it printed
+    when there is none (it did not run, or died)."""
+    i = answer_line(result_stdout)
+    answer: dict[str, Any] = json.loads(result_stdout.split("\n")[i]) if i >= 0 else {}
     if "ok" not in answer:
         raise GuestError(f"the guest program gave no answer (exit {rc}): "
                          f"{(result_stdout + result_stderr).strip()[-600:] or 'no output'}")
@@ -245,6 +256,7 @@ class PortableService:
         self.build_images = build_images
         self.scope = scope
         self.session = session or Session()
+        self.then_output = ""  # what attach's ``then`` printed
 
     def in_scope(self, scope: Scope) -> PortableService:
         """The same guest's service attached in ``scope`` (uploads and resets shared)."""
@@ -418,7 +430,8 @@ class PortableService:
 
     def attach(self, version: int, profile: str = "default", host_socket: bool = True,
                prepare: tuple[Request, ...] | list[Request] = (),
-               greeting: str | None = None, count: bool = False) -> ServiceFacts:
+               greeting: str | None = None, count: bool = False,
+               then: str | None = None) -> ServiceFacts:
         """``prepare`` (drop-ins, images, sysupdate), the socket unit files, then attach
         ``version``, start the socket(s), wait for ``greeting`` (when given) and read the
         facts before the load: one guest round trip. ``count``: the facts carry the
@@ -456,13 +469,23 @@ class PortableService:
                              "timeout": 120})
         requests.append(self._observe(count=count))
         bound = 300 + max(180.0, self.unit_timeout_s + 60) + self.unit_timeout_s + 120
+        command = self.command(*requests)
+        if then is not None:
+            command = f"{command} && {{ {then}; }}"
         try:
-            answers = self.steps(*requests, timeout=bound)
+            result = self.machine.execute(command, timeout=bound)
+            answers = self.answers(tuple(requests), result.stdout, result.stderr, result.rc)
         except ImageRefused as e:
             if str(e).startswith("portablectl inspect"):
                 raise ImageRefused(f"{e} ({s.spec})") from None
             raise ImageRefused(f"portablectl attach {self.symlink} (v{version}, {s.spec}): "
                                f"{e}") from None
+        if then is not None:
+            # What ``then`` printed follows the program's one answer line.
+            self.then_output = result.stdout.split("\n", answer_line(result.stdout) + 1)[-1]
+            if result.rc != 0:
+                raise GuestError(f"after the attach, `{then[:120]}…` exited {result.rc}: "
+                                 f"{(self.then_output + result.stderr).strip()[-600:]}")
         return ServiceFacts.from_answer(answers[-1])
 
     def observe(self, count: bool = False, journal: bool = False) -> ServiceFacts:
