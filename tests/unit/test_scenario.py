@@ -283,3 +283,15 @@ def test_a_scenario_the_subject_does_not_list_is_skipped_with_the_reason() -> No
                                                   r"host-socket-keepalive-naive"):
         run_scenario(service, Settings(), get_scenario("host-socket-keepalive-naive"))
     assert fake.commands == []
+
+
+def test_a_scenario_raises_the_load_to_its_min_concurrency_and_never_lowers_it() -> None:
+    from pytest_portable_upgrade.core.config import LoadSettings
+    from pytest_portable_upgrade.scenarios.run import scenario_load
+
+    proxy = get_scenario("host-socket-keepalive-haproxy")
+    assert proxy.min_concurrency == 30
+    assert scenario_load(LoadSettings(concurrency=10), proxy).concurrency == 30
+    assert scenario_load(LoadSettings(concurrency=50), proxy).concurrency == 50
+    plain = get_scenario("host-socket-no-keepalive")
+    assert scenario_load(LoadSettings(concurrency=10), plain).concurrency == 10

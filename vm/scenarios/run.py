@@ -9,10 +9,10 @@ the load and returns everything it measured as a ``ScenarioRun``: the input of
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pytest_portable_upgrade.core.config import Settings
+from pytest_portable_upgrade.core.config import LoadSettings, Settings
 from pytest_portable_upgrade.core.errors import GuestError
 from pytest_portable_upgrade.core.log import log
 from pytest_portable_upgrade.load.haproxy import HaproxyConfig, proxy_port_for
@@ -78,6 +78,13 @@ def stop_haproxy(service: PortableService) -> None:
     service.machine.execute(f"systemctl stop {HAPROXY_UNIT}")
 
 
+def scenario_load(load: LoadSettings, scenario: Scenario) -> LoadSettings:
+    """The load ``scenario`` runs under: ``load``, with at least its ``min_concurrency``."""
+    if scenario.min_concurrency <= load.concurrency:
+        return load
+    return replace(load, concurrency=scenario.min_concurrency)
+
+
 def run_scenario(service: PortableService, settings: Settings, scenario: Scenario) -> ScenarioRun:
     """Attach ``from_version``, load, reattach to ``to_version`` under load, collect.
 
@@ -114,7 +121,7 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
     subject = service.subject
     old, new = subject.answer(scenario.from_version), subject.answer(scenario.to_version)
     profile = subject.profile_for(scenario)
-    load_cfg = settings.load
+    load_cfg = scenario_load(settings.load, scenario)
     m = service.machine
     setup = _sysupdate_setup(service, scenario)
     prepare: list[Request] = [*service.dropin_steps(scenario.shutdown, scenario.fdstore_preserve),
