@@ -64,6 +64,26 @@ class ScenarioRun:
     facts: dict[str, Any] = field(default_factory=dict)  # more for the report (rollout log)
 
 
+@dataclass(frozen=True)
+class Overrides:
+    """What a run changes beyond its scenario (the capacity map's knobs): host drop-ins for
+    the subject's sockets and for its service, file name -> text. They are written before the
+    attach (which reloads the manager; the socket is created anew when it starts) and removed
+    by the reset with the scenario's own (the names begin with DROPIN_PREFIX)."""
+
+    socket_dropins: dict[str, str] = field(default_factory=dict)
+    service_dropins: dict[str, str] = field(default_factory=dict)
+
+    def request(self, service: PortableService) -> Request:
+        """The guest program's step that writes them."""
+        scope, subject = service.scope, service.subject
+        files = {f"{scope.unit_dir}/{unit}.d/{name}": text
+                 for unit in subject.socket_units for name, text in self.socket_dropins.items()}
+        files.update({f"{scope.dropin_dir(subject)}/{name}": text
+                      for name, text in self.service_dropins.items()})
+        return {"step": "write-files", "files": files, "owner": scope.user}
+
+
 def _start_haproxy(service: PortableService, port: int) -> None:
     m = service.machine
     config = HaproxyConfig(server_port=service.subject.port, listen_port=port).render()
@@ -85,8 +105,10 @@ def scenario_load(load: LoadSettings, scenario: Scenario) -> LoadSettings:
     return replace(load, concurrency=scenario.min_concurrency)
 
 
-def run_scenario(service: PortableService, settings: Settings, scenario: Scenario) -> ScenarioRun:
-    """Attach ``from_version``, load, reattach to ``to_version`` under load, collect.
+def run_scenario(service: PortableService, settings: Settings, scenario: Scenario,
+                 overrides: Overrides | None = None) -> ScenarioRun:
+    """Attach ``from_version``, load, reattach to ``to_version`` under load, collect;
+    ``overrides``: drop-ins beyond the scenario's own.
 
     Raises ScenarioUnsupported (a skip, with the reason) before anything is touched when the
     subject cannot run ``scenario`` (Subject.cannot_run) or the guest lacks what it needs. A
@@ -98,14 +120,14 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
     if needs_preserve and (reason := fdstore_preserve_missing(service.systemd_major)):
         raise ScenarioUnsupported(reason)
     if scenario.scope == "system":
-        return _run(service, settings, scenario)
+        return _run(service, settings, scenario, overrides)
     missing = missing_pieces(service.systemd_major, service.preflight())
     if missing:
         raise ScenarioUnsupported("user portable services need: " + "; ".join(missing))
     user = service.in_scope(SCOPES[scenario.scope])
     try:
         user.setup_user()
-        return _run(user, settings, scenario)
+        return _run(user, settings, scenario, overrides)
     except GuestError as e:
         journal = user.journal()
         log.info(f"the user's journal (last lines):\n{journal[-3000:]}")
@@ -117,7 +139,8 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
         raise
 
 
-def _run(service: PortableService, settings: Settings, scenario: Scenario) -> ScenarioRun:
+def _run(service: PortableService, settings: Settings, scenario: Scenario,
+         overrides: Overrides | None = None) -> ScenarioRun:
     subject = service.subject
     old, new = subject.answer(scenario.from_version), subject.answer(scenario.to_version)
     profile = subject.profile_for(scenario)
@@ -126,6 +149,8 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
     setup = _sysupdate_setup(service, scenario)
     prepare: list[Request] = [*service.dropin_steps(scenario.shutdown, scenario.fdstore_preserve),
                               *service.image_steps(scenario.socket_location)]
+    if overrides is not None:
+        prepare.append(overrides.request(service))
     if setup is not None:
         low, high = sorted((scenario.from_version, scenario.to_version))
         # Upgrade: the old version installed and published, the new one published later.
