@@ -132,6 +132,11 @@ def test_the_words_are_rendered_from_the_points() -> None:
     assert "133 to 133 overflows, 150 to 150 SYN/SYN-ACK retransmits" in words
     assert "reached 7.3 s" in words and "against 2.1 s where the queue held" in words
     assert "the longest wait measured was 7.4 s" in words
+    assert "in flight" not in words  # no latency before the switch was recorded
+    calm, busy = dict(held, before_p50_ms=40.0), dict(over, probe_rate=50.0, concurrency=30,
+                                                      probe_sent_per_s=49.0, before_p50_ms=200.0)
+    flight = " ".join(guidance([calm, busy]))
+    assert "0.8-0.8 at probe 20/s + ab -c 10; 9.8-9.8 at probe 50/s + ab -c 30" in flight
     # other measurements, other words: nothing is a fixed figure
     slower = [dict(held, restart_gap_probe_s=8.0), dict(over, restart_gap_probe_s=9.0)]
     assert "8.0 to 9.0 s" in " ".join(guidance(slower))

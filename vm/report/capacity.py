@@ -50,6 +50,7 @@ def point_record(*, backlog: int | None, start_delay_s: float, probe_rate: float
         for kind, n in (window.get("failures") or {}).items():
             failures[kind] = failures.get(kind, 0) + n
     switch = latency.get("switch") or {}
+    before = latency.get("before") or {}
     return {
         "id": point_id(backlog, start_delay_s, probe_rate, concurrency),
         "backlog": backlog, "backlog_effective": backlog_effective,
@@ -65,6 +66,7 @@ def point_record(*, backlog: int | None, start_delay_s: float, probe_rate: float
         "listen_drops": row.get("listen_drops"), "tcp_syn_retrans": row.get("tcp_syn_retrans"),
         "switch_p50_ms": switch.get("p50_ms"), "switch_p99_ms": switch.get("p99_ms"),
         "switch_max_ms": switch.get("max_ms"), "max_latency_ms": row.get("max_latency_ms"),
+        "before_p50_ms": before.get("p50_ms"),
         "restart_gap_probe_s": row.get("restart_gap_probe_s"),
         "restart_gap_journal_s": row.get("restart_gap_journal_s"),
         "reattach_s": row.get("reattach_s"), "load_s": row.get("load_s"),
@@ -133,8 +135,12 @@ def _s(ms: float | None) -> str:
     return "-" if ms is None else f"{ms / 1000:.1f} s"
 
 
+def _rate_value(p: Point) -> float:
+    return float(p.get("probe_sent_per_s") or p["probe_rate"])
+
+
 def _rate(p: Point) -> str:
-    return f"{p.get('probe_sent_per_s') or p['probe_rate']:g}"
+    return f"{_rate_value(p):g}"
 
 
 def _load(p: Point) -> str:
@@ -195,6 +201,7 @@ def guidance(points: Sequence[Point]) -> list[str]:
             f"window's longest wait reached {_s(worst.get('switch_max_ms'))} ({_where(worst)})"
             + (f", against {_s(clean_max)} where the queue held." if clean_max is not None
                else "."))
+    words.extend(in_flight(points))
     lost = [p for p in points if failed_total(p) > 0]
     timed_out = [p for p in lost if (p.get("probe_failures") or {}).get("timeout")]
     if timed_out:
@@ -207,6 +214,25 @@ def guidance(points: Sequence[Point]) -> list[str]:
         words.append(f"No request timed out in this map: the longest wait measured was "
                      f"{_s(longest)}.")
     return words
+
+
+def in_flight(points: Sequence[Point]) -> list[str]:
+    """The probe's requests in flight at any instant before the switch, per offered load
+    (Little's law: its rate x its median latency): what a server that drops its connections
+    at its stop can lose of them."""
+    by_load: dict[tuple[float, int], list[float]] = {}
+    for p in points:
+        if p.get("before_p50_ms") is not None:
+            by_load.setdefault((p["probe_rate"], p["concurrency"]), []).append(
+                _rate_value(p) * p["before_p50_ms"] / 1000)
+    if not by_load:
+        return []
+    parts = [f"{min(v):.1f}-{max(v):.1f} at probe {rate:g}/s + ab -c {clients}"
+             for (rate, clients), v in sorted(by_load.items())]
+    return ["**Probe requests in flight** at any instant before the switch (its rate x its "
+            "median latency, Little's law): " + "; ".join(parts) + ". A server that drops "
+            "its connections at its stop loses what is in flight on them; the HAProxy "
+            "scenario's load is chosen by this (docs/capacity.md)."]
 
 
 def zero_downtime_end(points: Sequence[Point]) -> str:
