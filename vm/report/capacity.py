@@ -173,12 +173,12 @@ def guidance(points: Sequence[Point]) -> list[str]:
         f"first answer) measured {gaps[0]:.1f} to {gaps[-1]:.1f} s ({gap_words}). Connections "
         "that arrive in it wait in the host socket's accept queue: the probe's rate x the gap, "
         "plus one per closed-loop client (ab's concurrency).")
-    worst, worst_pred = max(judged, key=lambda x: x[1]["arrivals"])
+    most, most_pred = max(judged, key=lambda x: x[1]["arrivals"])
     rule = (f"**Give the host socket `Backlog=` >= R x T + C** for a restart gap of T s at R "
             f"new connections/s and C clients that each wait on one connection: this map's "
-            f"largest, {_rate(worst)}/s x {worst['restart_gap_probe_s']:.1f} s + "
-            f"{worst['concurrency']} ({_where(worst)}), needs `Backlog=` >= "
-            f"{math.ceil(worst_pred['arrivals'])}.")
+            f"largest, {_rate(most)}/s x {most['restart_gap_probe_s']:.1f} s + "
+            f"{most['concurrency']} ({_where(most)}), needs `Backlog=` >= "
+            f"{math.ceil(most_pred['arrivals'])}.")
     if held:
         big, big_pred = max(held, key=lambda x: x[1]["arrivals"])
         rule += (f" The kernel counted 0 listen overflows at {len(held)} of {len(judged)} "
@@ -192,8 +192,9 @@ def guidance(points: Sequence[Point]) -> list[str]:
         retrans = sorted(p.get("tcp_syn_retrans") or 0 for p, _ in over)
         clean_max = max((p.get("switch_max_ms") or 0 for p, _ in held), default=None)
         words.append(
-            f"**Past it, clients wait in SYN retransmits** (Linux resends a dropped SYN after "
-            f"1 s, then 2 s, 4 s, ... later): at {len(over)} points the queue overflowed "
+            f"**Past it, clients wait in SYN retransmits** (the kernel drops their SYN; the "
+            f"client sends it again after a wait that doubles each time): at {len(over)} "
+            f"points the queue overflowed "
             f"({min(p['listen_overflows'] for p, _ in over)} to "
             f"{max(p['listen_overflows'] for p, _ in over)} overflows, {retrans[0]} to "
             f"{retrans[-1]} SYN/SYN-ACK retransmits), the smallest excess that overflowed was "
