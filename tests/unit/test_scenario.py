@@ -290,8 +290,8 @@ def test_a_scenario_raises_the_load_to_its_min_concurrency_and_never_lowers_it()
     from pytest_portable_upgrade.scenarios.run import scenario_load
 
     proxy = get_scenario("host-socket-keepalive-haproxy")
-    assert proxy.min_concurrency == 30
-    assert scenario_load(LoadSettings(concurrency=10), proxy).concurrency == 30
-    assert scenario_load(LoadSettings(concurrency=50), proxy).concurrency == 50
+    assert proxy.min_concurrency == 50
+    assert scenario_load(LoadSettings(concurrency=10), proxy).concurrency == 50
+    assert scenario_load(LoadSettings(concurrency=60), proxy).concurrency == 60
     plain = get_scenario("host-socket-no-keepalive")
     assert scenario_load(LoadSettings(concurrency=10), plain).concurrency == 10
