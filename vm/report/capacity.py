@@ -83,8 +83,8 @@ def point_id(backlog: int | None, start_delay_s: float, probe_rate: float,
 
 def failed_total(p: Point) -> int:
     """Every request lost at the point: ab's failed and non-2xx, the probe's failures."""
-    return int(p.get("ab_failed") or 0) + int(p.get("ab_non_2xx") or 0) + sum(
-        (p.get("probe_failures") or {}).values())
+    probe = sum(int(n) for n in (p.get("probe_failures") or {}).values())
+    return int(p.get("ab_failed") or 0) + int(p.get("ab_non_2xx") or 0) + probe
 
 
 def prediction(p: Point) -> dict[str, Any] | None:
