@@ -131,7 +131,7 @@ def test_the_words_are_rendered_from_the_points() -> None:
     assert "0 listen overflows at 1 of 2 points" in words
     assert "133 to 133 overflows, 150 to 150 SYN/SYN-ACK retransmits" in words
     assert "reached 7.3 s" in words and "against 2.1 s where the queue held" in words
-    assert "the longest wait measured was 7.4 s" in words
+    assert "No request was lost in this map: the longest wait measured was 7.4 s" in words
     assert "in flight" not in words  # no latency before the switch was recorded
     calm, busy = dict(held, before_p50_ms=40.0), dict(over, probe_rate=50.0, concurrency=30,
                                                       probe_sent_per_s=49.0, before_p50_ms=200.0)
@@ -141,6 +141,19 @@ def test_the_words_are_rendered_from_the_points() -> None:
     slower = [dict(held, restart_gap_probe_s=8.0), dict(over, restart_gap_probe_s=9.0)]
     assert "8.0 to 9.0 s" in " ".join(guidance(slower))
     assert numbers(" ".join(guidance(slower))) != numbers(words)
+
+
+def test_the_words_name_what_was_lost_where() -> None:
+    lost = point(backlog=4, effective=4, overflows=900, verdict="FAIL", gap=8.0,
+                 probe_errors={"abandoned": 9, "timeout": 1}, ab_failed=2,
+                 switch_max_ms=18700.0, max_latency_ms=30020.0)
+    words = " ".join(guidance([lost, point(backlog=None, effective=4096)]))
+    assert ("at 1 of 2 points requests got no answer while the load ran: 9 abandoned, "
+            "1 timeout, 2 failed in ab at Backlog=4, start delay 2 s, probe 20/s + ab -c 10. "
+            "The longest wait that was answered took 18.7 s; the longest a lost request waited "
+            "before it was given up, 30.0 s.") in words
+    older = dict(lost, probe_errors=None, probe_failures={"other": 9, "timeout": 1})
+    assert "9 other, 1 timeout, 2 failed in ab at" in " ".join(guidance([older]))
 
 
 def test_where_zero_downtime_ended_is_the_failed_point_of_least_excess() -> None:

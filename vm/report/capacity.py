@@ -61,6 +61,7 @@ def point_record(*, backlog: int | None, start_delay_s: float, probe_rate: float
         **{f"ab_{k}": row.get(k) for k in AB_FAILURES},
         "ab_requests_per_second": row.get("requests_per_second"),
         "probe_requests": row.get("probe_requests"), "probe_failures": failures,
+        "probe_errors": dict(row.get("probe_errors") or {}),
         "probe_sent_per_s": row.get("probe_sent_per_s"),
         "listen_overflows": row.get("listen_overflows"),
         "listen_drops": row.get("listen_drops"), "tcp_syn_retrans": row.get("tcp_syn_retrans"),
@@ -204,17 +205,33 @@ def guidance(points: Sequence[Point]) -> list[str]:
                else "."))
     words.extend(in_flight(points))
     lost = [p for p in points if failed_total(p) > 0]
-    timed_out = [p for p in lost if (p.get("probe_failures") or {}).get("timeout")]
-    if timed_out:
+    if lost:
+        answered = max(p.get("switch_max_ms") or 0 for p in points)
+        given_up = max(p.get("max_latency_ms") or 0 for p in lost)
         words.append(
-            "**Clients time out** when their wait outlasts their own bound: "
-            + "; ".join(f"{(p['probe_failures'] or {}).get('timeout')} probe requests timed "
-                        f"out at {_where(p)}" for p in timed_out) + ".")
+            f"**Past a point, waits become losses**: at {len(lost)} of {len(points)} points "
+            "requests got no answer while the load ran: "
+            + "; ".join(f"{_lost(p)} at {_where(p)}" for p in lost)
+            + f". The longest wait that was answered took {_s(answered)}; the longest a lost "
+            f"request waited before it was given up, {_s(given_up)}.")
     elif over:
         longest = max(p.get("max_latency_ms") or 0 for p, _ in over)
-        words.append(f"No request timed out in this map: the longest wait measured was "
+        words.append(f"No request was lost in this map: the longest wait measured was "
                      f"{_s(longest)}.")
     return words
+
+
+def _lost(p: Point) -> str:
+    """What a point lost, by the probe's own error names when recorded (``abandoned``: still
+    waiting when the load stopped), else by class; and ab's."""
+    named = p.get("probe_errors") or {k: n for k, n in (p.get("probe_failures") or {}).items()
+                                      if n}
+    parts = [f"{n} {kind}" for kind, n in named.items()]
+    if p.get("ab_failed"):
+        parts.append(f"{p['ab_failed']} failed in ab")
+    if p.get("ab_non_2xx"):
+        parts.append(f"{p['ab_non_2xx']} non-2xx in ab")
+    return ", ".join(parts) or "nothing"
 
 
 def in_flight(points: Sequence[Point]) -> list[str]:
@@ -338,55 +355,56 @@ def markdown(points: Sequence[Point], meta: dict[str, Any]) -> str:
 def figure(points: Sequence[Point]) -> Any:
     """capacity.png: left, each point's arrivals against its queue, with the prediction's line
     (queue = arrivals: overflows below it); right, the switch window's longest wait against
-    the predicted excess."""
+    the predicted excess. Colour: what the point showed; shape: its offered load; a black
+    ring: it disagrees with the prediction."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), dpi=110)
-    styles = {"held": ("o", "#27ae60", "0 overflows, pass"),
-              "waited": ("^", "#e67e22", "overflows (SYN waits), pass"),
-              "failed": ("X", "#c0392b", "verdict not pass")}
-    drawn: set[str] = set()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5.2), dpi=110)
+    colors = {"held": ("#27ae60", "0 overflows, pass"),
+              "waited": ("#e67e22", "overflows (clients in SYN retransmits), pass"),
+              "failed": ("#c0392b", "verdict not pass")}
+    loads = sorted({(p["probe_rate"], p["concurrency"]) for p in points})
+    shapes = dict(zip(loads, "os^Dv<>p", strict=False))
     judged = [(p, pred) for p in points if (pred := prediction(p)) is not None]
     for p, pred in judged:
         kind = ("failed" if p.get("verdict_kind") != "pass"
                 else "waited" if (p.get("listen_overflows") or 0) > 0 else "held")
-        marker, color, label = styles[kind]
-        first = kind not in drawn
-        drawn.add(kind)
         ring = agreement(p) == "disagrees"
-        for ax, x, y in ((left, pred["arrivals"], pred["queue"]),
-                         (right, pred["excess"], max((p.get("switch_max_ms") or 1) / 1000,
-                                                     0.001))):
-            ax.scatter([x], [y], marker=marker, color=color, s=60, zorder=3,
-                       edgecolors="black" if ring else "none", linewidths=1.5,
-                       label=label if first and ax is left else None)
-        left.annotate(f"d{p['start_delay_s']:g} r{p['probe_rate']:g}x{p['concurrency']}",
-                      (pred["arrivals"], pred["queue"]), fontsize=6, xytext=(4, 3),
-                      textcoords="offset points")
+        wait = max((p.get("switch_max_ms") or 1) / 1000, 0.001)
+        for ax, x, y in ((left, pred["arrivals"], pred["queue"]), (right, pred["excess"], wait)):
+            ax.scatter([x], [y], marker=shapes.get((p["probe_rate"], p["concurrency"]), "o"),
+                       color=colors[kind][0], s=55, zorder=3, alpha=0.85,
+                       edgecolors="black" if ring else "none", linewidths=1.5)
+    handles = [Line2D([], [], marker="o", linestyle="", color=c, label=label)
+               for c, label in colors.values()]
+    handles += [Line2D([], [], marker=shapes[load], linestyle="", color="#777777",
+                       label=f"probe {load[0]:g}/s + ab -c {load[1]}") for load in loads]
     if judged:
         values = [v for _, pred in judged for v in (pred["arrivals"], pred["queue"])]
         lo, hi = max(1.0, min(values) / 2), max(values) * 2
-        left.plot([lo, hi], [lo, hi], color="#555555", linestyle="--",
-                  label="prediction: queue = arrivals (overflows below)")
+        left.plot([lo, hi], [lo, hi], color="#555555", linestyle="--")
+        right.axvline(0, color="#555555", linestyle="--")
         left.set_xscale("log")
         left.set_yscale("log")
-        right.axvline(0, color="#555555", linestyle="--", label="prediction: overflow right of 0")
         right.set_xscale("symlog", linthresh=10)
         right.set_yscale("log")
+    handles.append(Line2D([], [], color="#555555", linestyle="--",
+                          label="prediction: queue = arrivals (left), excess 0 (right)"))
     left.set_xlabel("arrivals during the gap: probe rate x gap + ab clients")
     left.set_ylabel("queue: the kernel's backlog + 1")
-    left.set_title("measured points against the prediction\n(black ring: disagrees)",
+    left.set_title("measured points against the prediction (overflows below the line)",
                    fontsize=10)
     right.set_xlabel("predicted excess: arrivals - queue")
     right.set_ylabel("longest wait in the switch window (s)")
-    right.set_title("what an overflow costs: SYN retransmit waits", fontsize=10)
+    right.set_title("what an overflow costs: waits in SYN retransmits", fontsize=10)
     for ax in (left, right):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig
 
 
