@@ -303,7 +303,7 @@ class FakeTools:
     given for its name; anything else exits 0 silently."""
 
     NAMES = ("systemctl", "portablectl", "runuser", "ps", "journalctl", "loginctl", "useradd",
-             "veritysetup", "openssl", "systemd-run", "ss", "pkcheck")
+             "veritysetup", "openssl", "systemd-run", "ss", "pkcheck", "haproxy")
 
     def __init__(self, directory: Path,
                  answers: dict[str, list[tuple[str, tuple[int, str, str]]]] | None = None,

@@ -263,3 +263,11 @@ def test_a_bad_capacity_list_is_one_line_naming_the_option(name: str, value: str
     with pytest.raises(SettingError, match=f"^{name} is a comma-separated list: "
                                            + why.replace("(", r"\(").replace(")", r"\)")):
         settings_from({name: value})
+
+
+def test_the_second_client_is_hey_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings_from({}).load.second_client == "hey"
+    assert settings_from({"second-client": "none"}).load.second_client == "none"
+    monkeypatch.setenv("PWT_SECOND_CLIENT", "wrk")
+    with pytest.raises(ValueError, match=r"second-client must be one of hey, none, not 'wrk'"):
+        settings_from({})

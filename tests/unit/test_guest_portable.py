@@ -42,7 +42,11 @@ def test_the_answer_is_one_json_line_and_a_step_answers_in_order(tmp_path: Path)
     answer = run_program([
         {"step": "write-files", "remove": [str(tmp_path / "old-50-pwt-*.conf")], "files": files},
         {"step": "remove", "paths": [str(tmp_path / "y.conf")]}])
+    seconds = answer.pop("seconds")
     assert answer == {"ok": True, "answers": [{"written": sorted(files)}, {}], "exit": 0}
+    # Each step's wall time, in order: run.log says where a round trip's time went.
+    assert isinstance(seconds, list) and len(seconds) == 2
+    assert all(isinstance(s, float) and 0 <= s < 10 for s in seconds)
     # Paths with spaces, quotes in the text, a final newline added: no shell in between.
     assert (tmp_path / "a b" / "x.conf").read_text() == "[Service]\nX=it's\n"
     assert not (tmp_path / "old-50-pwt-z.conf").exists() and not (tmp_path / "y.conf").exists()
@@ -129,10 +133,13 @@ def test_the_symlink_and_its_sidecars_flip_together(tmp_path: Path) -> None:
 def test_observe_reads_the_facts_and_counts_only_through_an_active_socket(
         tmp_path: Path, start_server: StartServer) -> None:
     server = start_server(greeting="Hola")
-    shows = [("MainPID", (0, "4242\n", "")), ("DynamicUser", (0, "yes\n", "")),
-             ("ActiveEnterTimestampMonotonic", (0, "123456789\n", "")),
-             ("RootImage", (0, "/var/lib/portables/p_2.raw\n", "")),
-             ("is-active", (0, "active\n", ""))]
+    # One `systemctl show` of the service and the socket, as systemd prints it: a block per
+    # unit in the order asked, the socket's without MainPID (a socket has none).
+    shown = ("MainPID=4242\nDynamicUser=yes\nRootImage=/var/lib/portables/p_2.raw\n"
+             "ActiveState=active\nActiveEnterTimestampMonotonic=99\n\n"
+             "DynamicUser=no\nRootImage=\nActiveState=active\n"
+             "ActiveEnterTimestampMonotonic=123456789\n")
+    shows = [("show", (0, shown, ""))]
     tools = FakeTools(tmp_path / "t", {"systemctl": shows, "ps": [("", (0, "_du1234\n", ""))],
                                        "portablectl": [("is-attached", (0, "running\n", ""))]})
     count = {"probe": str(PROBE_PY), "port": server.port, "args": WALKTHROUGH.client_args()}
@@ -143,9 +150,26 @@ def test_observe_reads_the_facts_and_counts_only_through_an_active_socket(
         "user": "_du1234", "dynamic": True, "since": "123456789", "socket": "active",
         "attached": "running", "image": "/var/lib/portables/p_2.raw"}
     assert facts["record"]["greeting"] == "Hola" and facts["record"]["visitor"] == 1
+    show = [c for c in tools.calls if c[0] == "systemctl"]
+    assert len(show) == 1 and show[0][-2:] == ["p.service", "p.socket"] and "--all" in show[0]
     dead = FakeTools(tmp_path / "dead", {"systemctl": [("is-active", (3, "failed\n", ""))]})
     (facts,) = run_program([observe], dead)["answers"]  # type: ignore[misc]
     assert facts["record"] is None and facts["user"] == ""  # no MainPID: no process
+
+
+def test_serve_checks_first_and_names_a_refused_config_in_its_own_words(tmp_path: Path) -> None:
+    refusing = FakeTools(tmp_path / "no", {"haproxy": [("-c", (1, "", "[ALERT] bad line 3\n"))]})
+    serve = {"step": "serve", "unit": "pwt-haproxy.service", "port": 1, "timeout": 1,
+             "check": ["haproxy", "-c", "-q", "-f", "/run/pwt/haproxy.cfg"],
+             "argv": ["haproxy", "-db", "-f", "/run/pwt/haproxy.cfg"]}
+    answer = run_program([serve], refusing)
+    assert answer["ok"] is False and "refused: [ALERT] bad line 3" in str(answer["error"])
+    assert not [c for c in refusing.calls if c[0] == "systemd-run"]  # nothing started
+    listening = FakeTools(tmp_path / "ok", {"ss": [("", (0, "LISTEN 0 4096 127.0.0.1:1\n", ""))]})
+    assert run_program([serve], listening)["ok"]
+    started = [c for c in listening.calls if c[0] == "systemd-run"]
+    assert started == [["systemd-run", "--quiet", "--collect", "--unit=pwt-haproxy.service",
+                        "haproxy", "-db", "-f", "/run/pwt/haproxy.cfg"]]
 
 
 def test_greet_waits_for_the_expected_answer(tmp_path: Path, start_server: StartServer) -> None:
@@ -264,6 +288,30 @@ def test_use_images_copies_signs_and_gives_them_to_the_user(tmp_path: Path) -> N
     assert smime[:6] == ["openssl", "smime", "-sign", "-nocerts", "-noattr", "-binary"]
     assert smime[-1] == str(target / "p_2.roothash.p7s")
     assert "-inkey" in smime and "/run/pwt-verity/key.pem" in smime
+
+
+def test_use_images_copies_again_only_an_image_that_changed(tmp_path: Path) -> None:
+    stash, target = tmp_path / "stash", tmp_path / "target"
+    stash.mkdir()
+    for v in (1, 2):
+        (stash / f"p_{v}.raw").write_text(f"image {v}")
+    request = {"step": "use-images", "source": str(stash), "target": str(target)}
+    assert run_program([request])["ok"]
+    kept = (target / "p_1.raw").stat().st_ino
+    (stash / "p_2.raw").write_text("image 2, rebuilt")
+    os.utime(stash / "p_2.raw", ns=(1, 1))
+    (target / "p_3.raw").symlink_to(stash / "p_1.raw")  # a link is never taken for a copy
+    (stash / "p_3.raw").write_text("image 3")
+    assert run_program([request])["ok"]
+    assert (target / "p_1.raw").stat().st_ino == kept  # unchanged: not copied again
+    assert (target / "p_2.raw").read_text() == "image 2, rebuilt"
+    assert not (target / "p_3.raw").is_symlink() and (target / "p_3.raw").read_text() == "image 3"
+
+
+def test_a_failing_step_still_reports_the_time_it_took() -> None:
+    answer = run_program([{"step": "remove", "paths": []},
+                          {"step": "use-images", "source": "/nonexistent", "target": "/tmp/x"}])
+    assert answer["ok"] is False and len(answer["seconds"]) == 2  # type: ignore[arg-type]
 
 
 def test_an_empty_stash_is_an_error_not_an_attach_of_nothing(tmp_path: Path) -> None:

@@ -95,3 +95,14 @@ def test_real_haproxy_rejects_a_broken_config(tmp_path: Path) -> None:
     result = haproxy_check(path)
     assert result.returncode != 0
     assert "bogus-error" in result.stdout + result.stderr
+
+
+def test_haproxy_starts_in_the_attach_round_trip_checked_first() -> None:
+    from pytest_portable_upgrade.scenarios.run import HAPROXY_UNIT, haproxy_steps
+
+    write, serve = haproxy_steps(8080, 8081)
+    (path, config), = write["files"].items()  # type: ignore[union-attr]
+    assert "bind 127.0.0.1:8081" in config and "server portable 127.0.0.1:8080" in config
+    assert serve["step"] == "serve" and serve["unit"] == HAPROXY_UNIT and serve["port"] == 8081
+    assert serve["check"] == ["haproxy", "-c", "-q", "-f", path]
+    assert serve["argv"] == ["haproxy", "-db", "-f", path]

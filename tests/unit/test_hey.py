@@ -15,6 +15,7 @@ from pytest_portable_upgrade.load.hey import (
     HeyParseError,
     error_kind,
     hey_command,
+    hey_plan,
     hey_problems,
     hey_unavailable,
     parse_hey_output,
@@ -244,6 +245,15 @@ def test_every_box_either_installs_hey_or_says_why_not(name: str) -> None:
     else:
         assert not any("hey" in c.split() for c in provision_commands(box))
         assert why is not None and f"Fedora {box.fedora_release}" in why
+
+
+def test_hey_runs_in_the_keepalive_scenarios_of_a_box_that_has_it() -> None:
+    assert hey_plan("hey", keepalive=True, package_manager="apt") is None
+    assert hey_plan("none", keepalive=True, package_manager="apt") == "--second-client none"
+    no_reuse = hey_plan("hey", keepalive=False, package_manager="apt")
+    assert no_reuse is not None and "keep-alive scenarios only" in no_reuse
+    fedora = hey_plan("hey", keepalive=True, package_manager="dnf", fedora_release=43)
+    assert fedora == hey_unavailable("dnf", 43)
 
 
 # --- the verdict's lines -----------------------------------------------------------------------

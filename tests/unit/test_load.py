@@ -150,6 +150,55 @@ def test_poll_keeps_only_whole_lines_and_asks_only_for_what_is_new() -> None:
     assert running is False and text == f"{PROBE_LINE}\n{PROBE_LINE}\n"
 
 
+def probe_line(t: float, greeting: str | None) -> str:
+    if greeting is None:
+        return json.dumps({"t": t, "latency_ms": 1.0, "error": "ConnectionRefusedError"})
+    return json.dumps({"t": t, "latency_ms": 4.0, "status": 200, "greeting": greeting,
+                       "visitor": int(t)})
+
+
+def polls(*batches: list[str], running: str = "active") -> list[str]:
+    clock = 1700000001.0
+    out = []
+    for lines in batches:
+        out.append(f"{clock}\nactive\n{running}\n{POLL_MARK}\n" + "".join(f"{x}\n"
+                                                                      for x in lines))
+        clock += 1
+    return out
+
+
+def test_the_wait_ends_when_the_new_version_has_answered_long_enough(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pytest_portable_upgrade.core.retry.time.sleep", lambda s: None)
+    t0 = 1700000000.5  # the load's start, as RecordingMachine's first `date` answers it
+    hello = [probe_line(t0 + i * 0.5, "Hello") for i in range(4)]
+    hola = [probe_line(t0 + 2 + i * 0.5, "Hola") for i in range(8)]  # 3.5 s of v2
+    machine = RecordingMachine(polls(hello, hola[:3], hola[3:]))
+    run = load_run(machine)
+    run.start()
+    timeline = run.wait_until_serving("Hola", 3.0)
+    assert timeline.answered_seconds_of("Hola") >= 3.0
+    assert not machine.answers  # three polls: not done after the first two
+
+
+def test_the_wait_gives_up_on_a_port_that_only_fails_and_on_a_client_that_ended(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pytest_portable_upgrade.core.retry.time.sleep", lambda s: None)
+    t0 = 1700000000.5
+    dead = [probe_line(t0 + 1 + i * 0.5, None) for i in range(8)]  # 3.5 s of refusals
+    machine = RecordingMachine(polls([probe_line(t0, "Hello")], dead, ["never read"]))
+    run = load_run(machine)
+    run.start()
+    assert run.wait_until_serving("Hola", 3.0, after=t0 + 0.5).answered_seconds_of("Hola") == 0
+    assert machine.answers == [polls(["never read"])[0].replace("1700000001.0",
+                                                               "1700000003.0")]
+    ended = RecordingMachine(polls([probe_line(t0, "Hello")], running="inactive"))
+    run = load_run(ended)
+    run.start()
+    run.wait_until_serving("Hola", 3.0)  # ab is gone: no point waiting out the bound
+    assert not ended.answers
+
+
 def test_split_sections() -> None:
     out = f"1700000009.0\n{SECTION}ab\nreport\n{SECTION}probe\n{PROBE_LINE}\n{SECTION}holders\n"
     assert split_sections(out) == {"head": "1700000009.0\n", "ab": "report\n",
@@ -173,6 +222,21 @@ def stop_answer(netstat: str = NETSTAT_OVERFLOW, journal: str | None = None) -> 
     read = "" if journal is None else f"{SECTION}journal\n{journal}"
     return (f"1795770313.0\n{SECTION}netstat\n{netstat}{read}{SECTION}ab\n{AB_REPORT}\n"
             f"{SECTION}probe\n{PROBE_LINE}\n{SECTION}holders\n")
+
+
+def test_a_command_run_after_the_stop_rides_in_its_round_trip() -> None:
+    then = 'python3 /run/pwt/portable.py --json \'[{"step":"observe"}]\''
+    machine = RecordingMachine([stop_answer() + f"\n{SECTION}then\n{{\"ok\": true}}\n"])
+    run = load_run(machine)
+    outcome = run.stop("Hello", "Hola", then=then)
+    command = machine.commands[-1]
+    # Last, after every client is stopped and read: the facts afterwards see no load.
+    assert command.index(then) > command.index(f"{SECTION}holders")
+    assert run.then_output == '{"ok": true}\n' and outcome.ab.complete > 0
+    plain = RecordingMachine([stop_answer()])
+    run = load_run(plain)
+    run.stop("Hello", "Hola")
+    assert f"{SECTION}then" not in plain.commands[-1] and run.then_output == ""
 
 
 def test_start_reads_the_kernel_counters_before_the_clients_start() -> None:

@@ -136,7 +136,14 @@ EXPECTED_IDS = [
     "[host-socket-keepalive-drain]",
     "vm/plugin/suite/test_keepalive.py::test_keepalive_loses_no_request"
     "[host-socket-keepalive-haproxy]",
-    "vm/plugin/suite/test_keepalive.py::test_keepalive_to_naive_server_loses_requests",
+    "vm/plugin/suite/test_keepalive.py::test_keepalive_loses_no_request"
+    "[host-socket-keepalive-drain-post]",
+    "vm/plugin/suite/test_keepalive.py::test_keepalive_loses_no_request"
+    "[host-socket-keepalive-haproxy-post]",
+    "vm/plugin/suite/test_keepalive.py::test_keepalive_to_naive_server_loses_requests"
+    "[host-socket-keepalive-naive]",
+    "vm/plugin/suite/test_keepalive.py::test_keepalive_to_naive_server_loses_requests"
+    "[host-socket-keepalive-naive-post]",
     "vm/plugin/suite/test_reattach.py::test_reattach_loses_no_request"
     "[host-socket-no-keepalive]",
     "vm/plugin/suite/test_reattach.py::test_reattach_loses_no_request[host-socket-rollback]",

@@ -18,6 +18,7 @@ from pytest_portable_upgrade.systemd.portable import (
     ImageRefused,
     PortableService,
     ServiceFacts,
+    answers_of,
     step_command,
 )
 from pytest_portable_upgrade.systemd.scope import SYSTEM, USER_SCOPE, StepRefused
@@ -127,6 +128,39 @@ def test_every_socket_of_a_subject_is_written_and_started_in_the_same_round_trip
     files, attach = one_call(fake)[:2]
     assert f"/etc/systemd/system/{second.name}" in files["files"]  # type: ignore[operator]
     assert attach["sockets"] == [SOCKET, second.name]
+
+
+def test_attach_reads_the_count_before_the_load_in_the_same_round_trip() -> None:
+    answered = program_answer({"written": []}, {"attached": "running",
+                                                "sockets": {SOCKET: "active"}},
+                              {"record": RECORD}, {**FACTS, "record": RECORD})
+    svc, fake = service({"portable.py": answered})
+    facts = svc.attach(1, greeting="Hello", count=True)
+    steps = one_call(fake)
+    assert [s["step"] for s in steps][-2:] == ["greet", "observe"]  # the count after the greeting
+    assert "--counter-regex" in steps[-1]["count"]["args"]  # type: ignore[index]
+    assert facts.counter == 42
+
+
+def test_the_load_starts_in_the_attachs_round_trip_only_after_a_good_attach() -> None:
+    rc, printed = ATTACHED
+    then = "date +%s.%N; systemd-run --unit=pwt-ab.service ab http://127.0.0.1:8080/"
+    svc, fake = service({"portable.py": (rc, printed + "1700000000.5\nstarted\n")})
+    facts = svc.attach(1, then=then)
+    (command,) = fake.commands  # type: ignore[attr-defined]
+    # `&&`: a refused or failed attach starts no load.
+    assert command.endswith(f" && {{ {then}; }}") and sent_steps(command)[-1]["step"] == "observe"
+    assert svc.then_output == "1700000000.5\nstarted\n" and facts.attached_state == "running"
+    failed, _ = service({"portable.py": (1, printed + "Failed to start transient service\n")})
+    with pytest.raises(GuestError, match=r"after the attach, `date.*exited 1: Failed to start"):
+        failed.attach(1, then=then)
+
+
+def test_the_program_answer_is_found_above_what_a_later_command_printed() -> None:
+    printed = json.dumps({"ok": True, "answers": [{}]})
+    assert answers_of(f"{printed}\n1700000000.5\n{{\"t\": 1}}\n", "", 0)["answers"] == [{}]
+    with pytest.raises(GuestError, match="gave no answer"):
+        answers_of("1700000000.5\n{not json\n", "", 0)
 
 
 def test_an_image_socket_writes_no_socket_file() -> None:
@@ -256,6 +290,20 @@ def test_the_facts_after_the_load_carry_the_count_in_the_same_round_trip() -> No
     assert facts.counter == 42
 
 
+def test_the_facts_after_the_load_can_ride_in_another_round_trip() -> None:
+    svc, _fake = service({})
+    command = svc.observe_command(count=True)
+    (observe,) = sent_steps(command)
+    assert observe["step"] == "observe" and observe["count"] is not None
+    printed = program_answer({**FACTS, "record": RECORD})[1]
+    assert svc.observed(f"whatever came first\n{printed}").counter == 42
+    with pytest.raises(GuestError, match="the guest program gave no answer"):
+        svc.observed("")  # the round trip died before the program ran
+    failed = json.dumps({"ok": False, "step": "observe", "error": "bus gone", "answers": []})
+    with pytest.raises(GuestError, match="observe: bus gone"):
+        svc.observed(failed)
+
+
 def test_a_subject_without_a_counter_sends_no_request_for_one() -> None:
     subject = dataclasses.replace(WALKTHROUGH, counter_regex=None)
     svc, fake = service({"portable.py": program_answer(FACTS)}, subject)
@@ -330,3 +378,9 @@ def test_overrides_write_the_socket_and_service_dropins_where_the_reset_removes_
                      f"{WALKTHROUGH.dropin_dir}/50-pwt-delay.conf": "x"}
     removed = svc._reset_part(svc.scope)["remove"]
     assert all(any(fnmatch(path, pattern) for pattern in removed) for path in files)
+
+
+def test_every_client_unit_a_load_starts_is_one_reset_stops() -> None:
+    from pytest_portable_upgrade.load.load import AB_UNIT, HEY_UNIT, HOLDERS_UNIT, PROBE_UNIT
+
+    assert {AB_UNIT, PROBE_UNIT, HOLDERS_UNIT, HEY_UNIT} <= set(CLIENT_UNITS)

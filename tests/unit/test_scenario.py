@@ -114,7 +114,7 @@ PROMISED = {
 def shape(s: Scenario) -> tuple[Any, ...]:
     return (s.expect, s.keepalive, s.proxy, s.socket_location, s.shutdown, s.profile,
             s.from_version, s.to_version, s.holders, s.rollout, s.corrupt, s.upgrade,
-            s.fdstore_preserve, s.scope)
+            s.fdstore_preserve, s.scope, s.method)
 
 
 def test_catalog_has_the_seven_promised_shapes() -> None:
@@ -127,6 +127,31 @@ def test_catalog_has_the_seven_promised_shapes() -> None:
 def test_catalog_shapes_are_distinct() -> None:
     shapes = [shape(s) for s in SCENARIOS]
     assert len(set(shapes)) == len(shapes)
+
+
+# POST beside GET: each keep-alive scenario of the issue has a POST twin with the same shape.
+POST_TWINS = {
+    "host-socket-keepalive-drain-post": ("host-socket-keepalive-drain", "zero-downtime"),
+    "host-socket-keepalive-naive-post": ("host-socket-keepalive-naive", "characterise"),
+    # HAProxy's retry-on replays a POST like a GET (its documentation names events, not
+    # methods): the clients must lose nothing, as with GET.
+    "host-socket-keepalive-haproxy-post": ("host-socket-keepalive-haproxy", "zero-downtime"),
+}
+
+
+@pytest.mark.parametrize("post_id", POST_TWINS)
+def test_the_post_twins_have_their_get_scenarios_shape(post_id: str) -> None:
+    get_id, expect = POST_TWINS[post_id]
+    post, get = get_scenario(post_id), get_scenario(get_id)
+    assert (post.method, get.method) == ("POST", None)
+    assert post.expect == expect and post.keepalive
+    assert shape(post)[1:-1] == shape(get)[1:-1]  # only the method (and maybe expect) differ
+    assert "POST" in post.description
+
+
+def test_a_scenario_sends_the_subjects_method_unless_it_names_one() -> None:
+    assert Scenario("host-socket-x").method is None
+    assert Scenario("host-socket-x", method="GET").method == "GET"
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -156,6 +181,8 @@ def test_bad_expectation(expect: str) -> None:
         ("socket_location", "guest", "host, image"),
         ("profile", "trustd", "default, trusted"),
         ("rollout", "sysupdate", "portablectl, sysupdate-dir, sysupdate-http"),
+        ("method", "PUT", "None, GET, POST"),
+        ("method", "post", "None, GET, POST"),
     ],
 )
 def test_bad_field_names_the_field_and_the_choices(field: str, value: str, allowed: str) -> None:
@@ -295,3 +322,55 @@ def test_a_scenario_raises_the_load_to_its_min_concurrency_and_never_lowers_it()
     assert scenario_load(LoadSettings(concurrency=60), proxy).concurrency == 60
     plain = get_scenario("host-socket-no-keepalive")
     assert scenario_load(LoadSettings(concurrency=10), plain).concurrency == 10
+
+
+# --- the load a run builds: the scenario's method, hey where it runs ---------------------------
+def test_a_post_keepalive_run_loads_with_ab_hey_and_the_probe_all_posting() -> None:
+    from support import WALKTHROUGH
+
+    from pytest_portable_upgrade.core.config import Settings
+    from pytest_portable_upgrade.scenarios.run import load_for
+
+    load, why = load_for(object(), Settings(), get_scenario("host-socket-keepalive-drain-post"),
+                         WALKTHROUGH, 8080)  # type: ignore[arg-type]
+    assert why is None and load.method == "POST" and load.body == "name=visitor"
+    assert load.hey_command is not None and "-m POST -D /run/pwt/body" in load.hey_command
+    assert "-p /run/pwt/body -T application/x-www-form-urlencoded" in load.command
+    assert "--method POST --body name=visitor" in load.client_args
+
+
+def test_hey_stays_out_of_runs_without_keepalive_of_fedora_and_of_none() -> None:
+    from support import WALKTHROUGH
+
+    from pytest_portable_upgrade.core.config import LoadSettings, Settings
+    from pytest_portable_upgrade.scenarios.run import load_for
+
+    drain = get_scenario("host-socket-keepalive-drain")
+    cases = {
+        "no keep-alive": (Settings(), get_scenario("host-socket-no-keepalive"),
+                          "keep-alive scenarios only"),
+        "fedora": (Settings(box="fedora-43"), drain, "Fedora 43 packages no hey"),
+        "none": (Settings(load=LoadSettings(second_client="none")), drain,
+                 "--second-client none"),
+    }
+    for name, (settings, scenario, words) in cases.items():
+        load, why = load_for(object(), settings, scenario, WALKTHROUGH, 8080)  # type: ignore[arg-type]
+        assert load.hey_command is None and why is not None and words in why, name
+        assert load.method == "GET" and "--method" not in load.client_args, name
+    load, why = load_for(object(), Settings(), drain, WALKTHROUGH, 8080)  # type: ignore[arg-type]
+    assert why is None and load.hey_command is not None and "-m POST" not in load.hey_command
+
+
+def test_the_load_of_a_run_is_the_scenarios_load() -> None:
+    from support import WALKTHROUGH
+
+    from pytest_portable_upgrade.core.config import Settings
+    from pytest_portable_upgrade.scenarios.run import load_for
+
+    settings = Settings()
+    proxy = get_scenario("host-socket-keepalive-haproxy")
+    load, _ = load_for(object(), settings, proxy, WALKTHROUGH, 8081)  # type: ignore[arg-type]
+    assert " -c 50 " in load.command
+    plain = get_scenario("host-socket-no-keepalive")
+    load, _ = load_for(object(), settings, plain, WALKTHROUGH, 8080)  # type: ignore[arg-type]
+    assert f" -c {settings.load.concurrency} " in load.command

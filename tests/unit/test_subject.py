@@ -236,3 +236,21 @@ def test_a_spec_that_posts_by_default(spec_dir: Path) -> None:
     assert args[args.index("--body") + 1] == ""
     assert args[args.index("--content-type") + 1] == "application/json; charset=utf-8"
     assert "--method" not in subject.client_args("GET")
+
+
+def test_a_subject_without_a_body_skips_the_post_scenarios_with_the_reason(
+        spec_dir: Path) -> None:
+    path = spoil(spec_dir, 'scenarios = ["host-socket-no-keepalive"', 'scenarios = ["*"')
+    subject = load_subject(path)
+    why = subject.cannot_run(get_scenario("host-socket-keepalive-drain-post"))
+    assert why is not None and "has no [request] body: a POST needs one" in why
+    assert subject.cannot_run(get_scenario("host-socket-keepalive-drain")) is None
+    # The walkthrough has a body: it runs every POST scenario.
+    assert WALKTHROUGH.cannot_run(get_scenario("host-socket-keepalive-naive-post")) is None
+
+
+def test_a_spec_that_names_a_post_scenario_without_a_body_is_refused(spec_dir: Path) -> None:
+    path = spoil(spec_dir, 'scenarios = ["host-socket-no-keepalive"',
+                 'scenarios = ["host-socket-keepalive-haproxy-post"')
+    with pytest.raises(SpecError, match=r"scenarios: .* has no \[request\] body"):
+        load_subject(path)

@@ -25,6 +25,9 @@ KEEP_VM_CHOICES = ("never", "on-error", "always")
 PROVIDER_CHOICES = ("libvirt", "virtualbox")
 ACCEL_CHOICES = ("auto", "kvm", "tcg")
 RESTORE_CHOICES = ("on", "off")
+# The client beside ab in the keep-alive scenarios: hey (Go's net/http, which resends a GET
+# whose reused connection died: vm/load/hey.py), or none (ab and the probe only).
+SECOND_CLIENT_CHOICES = ("hey", "none")
 # One thread per request in the guest: beyond this the probe, not ab, would be the load.
 MAX_PROBE_RATE = 200.0
 # How a PWT_* variable spells a yes or a no for a flag (its option takes no value).
@@ -226,6 +229,10 @@ class LoadSettings:
     probe_rate: float = option(20.0, name="probe-rate", kind=float, check=probe_rate_problem,
                                value_name="RATE",
                                help="the probe's fixed arrival rate, requests/s")
+    second_client: str = option("hey", name="second-client", choices=SECOND_CLIENT_CHOICES,
+                                help="the client beside ab in the keep-alive scenarios: hey "
+                                     "(Go's HTTP stack, which resends a GET; docs/clients.md)"
+                                     " or none; a box without hey runs ab alone and says so")
     max_stall_s: float | None = option(None, name="max-stall", kind=float,
                                        check=positive_seconds, default_doc="off",
                                        help="fail a run whose longest gap without an answer "

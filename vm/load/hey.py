@@ -214,6 +214,20 @@ def hey_unavailable(package_manager: str, fedora_release: int | None = None) -> 
             "runs are skipped on this box; ab still runs")
 
 
+def hey_plan(second_client: str, keepalive: bool, package_manager: str,
+             fedora_release: int | None = None) -> str | None:
+    """Why hey does not run in a scenario (the report's words), or None when it runs.
+
+    hey runs beside ab where connections are kept alive (``--second-client hey``, the
+    default): its resend of a GET happens only on a reused connection, so without keep-alive
+    it would show what ab shows. A box without hey (``hey_unavailable``) runs ab alone."""
+    if second_client == "none":
+        return "--second-client none"
+    if not keepalive:
+        return "hey runs in the keep-alive scenarios only (it resends on reused connections)"
+    return hey_unavailable(package_manager, fedora_release)
+
+
 def hey_problems(result: HeyResult | None, min_answered: int = 1) -> list[str]:
     """The zero-downtime verdict's lines about hey (none when it did not run): any failure or
     non-2xx answer, and a load too small to count (fewer than ``min_answered`` answers)."""

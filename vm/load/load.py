@@ -21,12 +21,12 @@ the command's output (``split_sections``).
 from __future__ import annotations
 
 import shlex
-import time
 from dataclasses import dataclass, field
 
 from pytest_portable_upgrade.core.config import LoadSettings
 from pytest_portable_upgrade.core.errors import GuestError
 from pytest_portable_upgrade.core.resources import resource
+from pytest_portable_upgrade.core.retry import retry
 from pytest_portable_upgrade.load.ab import (
     AbResult,
     ab_command,
@@ -152,6 +152,7 @@ class LoadRun:
         self.ab_started = 0.0
         self._probe_text = ""  # the probe log read so far (whole lines)
         self._tcp_before: Counts = not_read()
+        self.then_output = ""  # what stop's ``then`` printed
         self.method = method
         self.body = body
         body_file = BODY_FILE if method == "POST" else None
@@ -166,6 +167,11 @@ class LoadRun:
 
         The guest scripts are uploaded once per boot. ``started`` is the guest's clock before
         the probe starts, ``ab_started`` just before ab does."""
+        self.started_from(self.machine.succeed(self.start_command()))
+
+    def start_command(self) -> str:
+        """``start``'s command, to run at the end of another round trip (the attach's);
+        ``started_from`` then reads what it printed. Uploads the guest scripts first."""
         m = self.machine
         bound = int(self.settings.max_s + 60)
         m.copy_from_host(PROBE_SOURCE, f"{GUEST_DIR}/probe.py", mode="0755", once=True)
@@ -205,8 +211,11 @@ class LoadRun:
             f" {self.command}",
         ]
         # The counters first (a missing file is "not read"), then the clocks and the clients.
-        out = m.succeed(f"{steps[0]}; echo {SECTION}netstat; cat {NETSTAT} 2>/dev/null;"
-                        f" echo {SECTION}clocks; " + " && ".join(steps[1:]))
+        return (f"{steps[0]}; echo {SECTION}netstat; cat {NETSTAT} 2>/dev/null;"
+                f" echo {SECTION}clocks; " + " && ".join(steps[1:]))
+
+    def started_from(self, out: str) -> None:
+        """The clocks and the counters ``start_command`` printed."""
         sections = split_sections(out)
         stamps = [float(word) for word in sections.get("clocks", "").split()]
         self.started, self.ab_started = stamps[0], stamps[-1]
@@ -234,25 +243,28 @@ class LoadRun:
         """Wait until the probe has seen ``greeting`` answered for ``for_seconds``; bounded by
         the load's upper bound. Gives up early when, since ``after`` (guest epoch), the probe
         has seen nothing but errors for ``for_seconds``: the port is dead (a socket shipped in
-        the image can be left inactive). Returns the timeline seen when the wait ended."""
-        while True:
+        the image can be left inactive). Returns the timeline seen when the wait ended; the
+        verdict says what is missing, never this wait."""
+        seen: list[Timeline] = []
+
+        def over(last_try: bool) -> bool:
             now, running, text = self.poll()
             records = parse_probe_log(text)
-            timeline = Timeline.build(records, self.started, "", greeting)
-            if timeline.answered_seconds_of(greeting) >= for_seconds:
-                return timeline
-            if after is not None and dead_since(records, after) >= for_seconds:
-                return timeline
-            if now - self.started >= self.settings.max_s - 2:
-                return timeline
-            if not running:
-                return timeline  # a client ended by itself: the verdict says what is missing
-            time.sleep(1)
+            seen[:] = [Timeline.build(records, self.started, "", greeting)]
+            return (last_try or seen[0].answered_seconds_of(greeting) >= for_seconds
+                    or (after is not None and dead_since(records, after) >= for_seconds)
+                    or now - self.started >= self.settings.max_s - 2
+                    or not running)  # a client ended by itself
 
-    def stop(self, old: str, new: str) -> LoadOutcome:
+        retry(over, timeout=self.settings.max_s, interval=1.0,
+              what=f"{for_seconds:g} s of {greeting!r} under load")
+        return seen[0]
+
+    def stop(self, old: str, new: str, then: str | None = None) -> LoadOutcome:
         """SIGINT ab (it prints its report and exits), stop the probe, collect both, the
         kernel's counters after the load and the service's journal: one guest round trip, ab's
-        exit waited for in the guest (bounded)."""
+        exit waited for in the guest (bounded). ``then``: a command run last in the same
+        round trip (the facts afterwards); what it printed is ``then_output``."""
         m = self.machine
         stop_units = PROBE_UNIT + (f" {HOLDERS_UNIT}" if self.holders else "")
         interrupted = AB_UNIT + (f" {HEY_UNIT}" if self.hey_command is not None else "")
@@ -271,10 +283,12 @@ class LoadRun:
             f" echo {SECTION}netstat; cat {NETSTAT} 2>/dev/null;{journal}"
             f" echo {SECTION}ab; cat {GUEST_DIR}/ab.out;"
             f" echo; echo {SECTION}probe; cat {GUEST_DIR}/probe.jsonl 2>/dev/null;"
-            f" echo {SECTION}holders; cat {GUEST_DIR}/holders.jsonl 2>/dev/null; true",
+            f" echo {SECTION}holders; cat {GUEST_DIR}/holders.jsonl 2>/dev/null;"
+            + (f" echo; echo {SECTION}then; {then};" if then is not None else "") + " true",
             timeout=120,
         ).stdout
         sections = split_sections(out)
+        self.then_output = sections.get("then", "")
         stopped = float(sections["head"].split()[0])
         if "AB-STILL-RUNNING" in sections["head"]:
             raise GuestError(f"ab did not exit within 60 s of SIGINT:\n{out[-2000:]}")

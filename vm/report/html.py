@@ -11,15 +11,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from pytest_portable_upgrade.report.report import (
+    clients_table,
     host_socket_table,
     latency_table,
     markdown_table,
     overhead_line,
+    unanswered_reasons,
 )
 
 # Columns added to pytest-html's results table: (title, key of the summary row).
 ROW_COLUMNS = (("Verdict", "verdict"), ("Failed", "failed"), ("Complete", "complete"),
-               ("Longest gap ms", "longest_gap_ms"), ("Reattach s", "reattach_s"))
+               ("Longest gap ms", "longest_gap_ms"), ("Reattach s", "reattach_s"),
+               ("Method", "method"))
 VERDICT_CLASSES = {"pass": "pwt-pass", "fail": "pwt-fail"}
 STYLE = """<style>
 .pwt table { border-collapse: collapse; margin: 0.5em 0 1.2em; font-size: 12px; }
@@ -81,7 +84,16 @@ def summary_html(records: Sequence[dict[str, Any]], skipped: Sequence[dict[str, 
                   "<p>The probe's requests by send time (open loop, fixed rate); latencies of "
                   "answered requests, failures by class (docs/report.md).</p>",
                   table_html(latency_table(records)),
-                  "<h2>What the host socket held</h2>",
+                  "<h2>Each client's view</h2>",
+                  "<p>What each client got: answered (2xx) / failed, with the kinds of failure;"
+                  " done but unanswered: what the server counted beyond every client's answers"
+                  " (exact, or a bound lo..hi; docs/clients.md).</p>",
+                  table_html(clients_table(records))]
+        if reasons := unanswered_reasons(records):
+            parts.append("<ul>" + "".join(
+                f"<li><b>{html.escape(name)}</b>: {html.escape(why)}</li>"
+                for name, why in reasons) + "</ul>")
+        parts += ["<h2>What the host socket held</h2>",
                   "<p>The restart gap from the service's journal and from the probe; the guest "
                   "kernel's listen overflows, listen drops and SYN/SYN-ACK retransmits over the "
                   "load (docs/report.md). \"-\": not measured.</p>",

@@ -55,6 +55,15 @@ def column_of(row: dict[str, Any]) -> str:
     return f"{row['box']} (systemd {version}{', moving suite' if moving else ''})"
 
 
+def unanswered_text(row: dict[str, Any]) -> str:
+    """The done-but-unanswered figure of a row: "0" (exact), "3..13" (a bound), "-" (none).
+    Here, not in report.py, so that joining summaries needs the standard library alone."""
+    figure = row.get("unanswered")
+    if not figure:
+        return "-"
+    return str(figure["low"]) if figure["exact"] else f"{figure['low']}..{figure['high']}"
+
+
 def _cell(row: dict[str, Any]) -> str:
     if "skipped" in row:
         return f"skipped: {row['skipped']}"
@@ -67,8 +76,14 @@ def _cell(row: dict[str, Any]) -> str:
     kernel = "".join(f", {row[key]} {what}" for key, what in (
         ("listen_overflows", "listen overflows"), ("listen_drops", "listen drops"))
         if isinstance(row.get(key), int) and row[key])
+    hey = row.get("hey")
+    second = f", hey {hey['failed']} failed / {hey['requests']}" if hey else ""
+    # What the server did beyond the answers, where it is a figure rather than a verdict (the
+    # naive and HAProxy rows); where 0 is expected, a nonzero one is already the FAIL's reason.
+    unanswered = (f", done but unanswered {unanswered_text(row)}"
+                  if row.get("unanswered") and not row.get("unanswered_expected_zero") else "")
     return (f"{row['verdict']} ({row['failed']} failed / {row['complete']}{dead}{conns}"
-            f"{kernel})")
+            f"{kernel}{second}{unanswered})")
 
 
 def _verdict_class(verdict: str) -> str:
@@ -110,7 +125,9 @@ def render_markdown(matrix: dict[str, Any]) -> str:
     lines = [
         "# Zero-downtime reattach across systemd versions",
         "",
-        "Cells: verdict (failed / complete ab requests). **Bold** rows differ between versions.",
+        "Cells: verdict (failed / complete ab requests; hey's failed / requests where it ran; "
+        "the done-but-unanswered figure of the naive and HAProxy rows, exact or lo..hi). "
+        "**Bold** rows differ between versions.",
         "Columns name the systemd package read from each guest; a moving suite's column names "
         "its build's package, so a rebuild that changed a verdict shows as a new column.",
         "",

@@ -11,6 +11,7 @@ from pytest_portable_upgrade.load.kernel import COUNTERS
 from pytest_portable_upgrade.load.latency import WINDOWS, LatencyReport, latency_report
 from pytest_portable_upgrade.load.load import LoadOutcome
 from pytest_portable_upgrade.load.timeline import FAILURE_CLASSES
+from pytest_portable_upgrade.report.matrix import unanswered_text
 from pytest_portable_upgrade.systemd.portable import Upgrade
 
 SUMMARY_COLUMNS = (
@@ -68,7 +69,67 @@ def scenario_record(
         **{key: outcome.tcp.get(key) for key in COUNTERS},  # the kernel's, over the load
         "counter_ok": counter_ok, "verdict": verdict, "problems": list(problems),
         "ab_command": outcome.ab_command,
+        **client_fields(outcome),
     }
+
+
+def client_fields(outcome: LoadOutcome) -> dict[str, Any]:
+    """Each client's answered and failed, by kind (docs/clients.md): the method every client
+    sent, ab's 2xx answers (its failures by kind are the row's ``failed_*``), hey's report
+    (None: it did not run), the probe's answers."""
+    tl = outcome.timeline
+    return {
+        "method": outcome.method,
+        "ab_answered": outcome.ab.successful,
+        "hey": outcome.hey.as_dict() if outcome.hey is not None else None,
+        "hey_command": outcome.hey_command,
+        "probe_answered": sum(1 for r in tl.records if r.ok),
+        "probe_failed": len(tl.records) - sum(1 for r in tl.records if r.ok),
+    }
+
+
+def ab_clients_cell(row: dict[str, Any]) -> str:
+    """ab's answered / failed, its failures by kind."""
+    kinds = ", ".join(f"{name} {row.get(f'failed_{name}', 0)}" for name in
+                      ("connect", "receive", "length", "exceptions")
+                      if row.get(f"failed_{name}"))
+    answered = row.get("ab_answered", "-")
+    return f"{answered} / {row.get('failed', '-')}" + (f" ({kinds})" if kinds else "")
+
+
+def hey_clients_cell(row: dict[str, Any]) -> str:
+    """hey's answered / failed by kind, or why it did not run ("-": not a keep-alive row)."""
+    hey = row.get("hey")
+    if hey is None:
+        why = row.get("hey_not_run")
+        return f"not run: {why}" if why and row.get("keepalive") else "-"
+    kinds = ", ".join(f"{k} {n}" for k, n in hey["failed_by_kind"].items() if n)
+    non_2xx = f", non-2xx {hey['non_2xx']}" if hey["non_2xx"] else ""
+    return f"{hey['answered']} / {hey['failed']}" + (f" ({kinds}{non_2xx})" if kinds or non_2xx
+                                                      else "")
+
+
+def clients_table(records: Sequence[dict[str, Any]]) -> str:
+    """Per scenario: each client's answered / failed (by kind), the method, and what the
+    server did that no client got answered (docs/clients.md; "-": not measured)."""
+    lines = ["| scenario | method | ab answered / failed | hey answered / failed | "
+             "probe answered / failed | done but unanswered |", "|---|---|---|---|---|---|"]
+    for rec in records:
+        probe = (f"{rec['probe_answered']} / {rec['probe_failed']}"
+                 if "probe_answered" in rec else "-")
+        figure = unanswered_text(rec)
+        if figure != "-" and rec.get("unanswered_expected_zero"):
+            figure += " (expected 0)"
+        lines.append(f"| {rec.get('scenario')} | {rec.get('method', '-')} | "
+                     f"{ab_clients_cell(rec)} | {hey_clients_cell(rec)} | {probe} | {figure} |")
+    return "\n".join(lines)
+
+
+def unanswered_reasons(records: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(scenario, how its figure was found or why it is only a bound), for every row with
+    a figure: the words beside clients_table."""
+    return [(str(rec.get("scenario")), str(rec["unanswered"]["reason"])) for rec in records
+            if rec.get("unanswered")]
 
 
 def journal_fields(outcome: LoadOutcome) -> dict[str, Any]:
@@ -187,6 +248,13 @@ def write_summary(directory: Path, records: Sequence[dict[str, Any]],
         "The probe's requests by send time (open loop, fixed rate); latencies of answered "
         "requests, failures by class. See README, \"Reading the report\".\n\n"
         f"{latency_table(records)}\n\n"
+        "## Each client's view\n\n"
+        "What each client got: answered (2xx) / failed, with the kinds of failure; the done-"
+        "but-unanswered figure is what the server counted beyond every client's answers "
+        "(exact, or a bound lo..hi; docs/clients.md).\n\n"
+        f"{clients_table(records)}\n\n"
+        + "".join(f"- {name}: {why}\n" for name, why in unanswered_reasons(records))
+        + ("\n" if unanswered_reasons(records) else "") +
         "## What the host socket held\n\n"
         "The restart gap from the service's journal (old main process gone -> new one "
         "started) and from the probe (first request that waited -> v2's first answer); the "

@@ -6,6 +6,11 @@ image, which version replaces which, how (reattach or stop + start, by portablec
 sysupdate rollout) and what the run must show (``expect``). ``SCENARIOS`` is the catalogue;
 README "Add a scenario" says what each field means. ``run.run_scenario`` runs one the same way
 for every shape, ``verdict.verdict_of`` judges it.
+
+The keep-alive scenarios also run hey (``--second-client``, vm/load/hey.py) beside ab: a client
+that resends matters only where a connection is reused, so that is where hey runs. Their
+``-post`` variants send POST (``method``), which no client resends, so a loss a GET's resend
+hides shows there.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ PROFILES = ("default", "trusted")
 UPGRADES = ("reattach", "stop-start")
 # Whose service manager runs the service: the system's, or a user's (`portablectl --user`).
 SCOPES = ("system", "user")
+# What the clients send: None (the subject's own [request] method), or GET or POST.
+METHODS = (None, "GET", "POST")
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class Scenario:
     # FileDescriptorStorePreserve=yes in the host drop-in (254+): keep the store across a stop.
     fdstore_preserve: bool = False
     scope: str = "system"  # or user: attached with portablectl --user, the socket a user unit
+    method: str | None = None  # None: the subject's [request] method; or "GET" / "POST"
     # The fewest ab clients (-c) that test this scenario's promise: --concurrency applies
     # when it is higher. The proxy's retries are tested only by requests in flight on the
     # server connections the naive server drops (docs/capacity.md says why 50).
@@ -61,7 +69,7 @@ class Scenario:
         choices: dict[str, tuple[str | None, ...]] = {
             "expect": EXPECTATIONS, "rollout": ROLLOUTS, "proxy": PROXIES,
             "socket_location": SOCKET_LOCATIONS, "shutdown": SHUTDOWNS, "profile": PROFILES,
-            "upgrade": UPGRADES, "scope": SCOPES,
+            "upgrade": UPGRADES, "scope": SCOPES, "method": METHODS,
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -130,6 +138,23 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("host-socket-user-portable", scope="user",
              description="attached for a user's service manager (portablectl --user, 260+), "
                          "the socket a user unit; reattach under load, 0 failed"),
+    # POST beside GET in the keep-alive scenarios: hey resends a GET on a reused connection
+    # that died, never a POST, so the POST runs show what the GET runs may hide.
+    Scenario("host-socket-keepalive-drain-post", keepalive=True, method="POST",
+             description="ab -k and hey POST; the server drains on SIGTERM: no client loses "
+                         "a request and the server did none it did not answer"),
+    Scenario("host-socket-keepalive-naive-post", expect="characterise", keepalive=True,
+             shutdown="immediate", method="POST",
+             description="ab -k and hey POST to the server that exits at once: the requests "
+                         "on open connections break, and no client resends a POST"),
+    # HAProxy documents retry-on as a list of failure events, not of methods: it replays any
+    # request whose server connection failed (a POST too, when its body fits a buffer), and
+    # leaves excluding one to `http-request disable-l7-retry`, which the config does not set.
+    Scenario("host-socket-keepalive-haproxy-post", keepalive=True, proxy="haproxy",
+             shutdown="immediate", method="POST",
+             description="ab -k and hey POST through HAProxy to the naive server: HAProxy "
+                         "documents its retry-on as replaying a POST like a GET, so no client "
+                         "should lose one (the run decides; the server may do one twice)"),
 )
 
 

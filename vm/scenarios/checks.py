@@ -8,6 +8,15 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from pytest_portable_upgrade.load.accounting import (
+    Unanswered,
+    ab_count,
+    hey_count,
+    holders_count,
+    probe_count,
+    unanswered_figure,
+)
+from pytest_portable_upgrade.load.hey import hey_problems
 from pytest_portable_upgrade.load.load import LoadOutcome
 from pytest_portable_upgrade.load.timeline import ProbeRecord
 from pytest_portable_upgrade.systemd.portable import Upgrade
@@ -74,11 +83,13 @@ def load_spanned_switch(
 
 
 def failed_requests(outcome: LoadOutcome) -> list[str]:
-    """Requests that failed, by ab's and the probe's count: the loss itself."""
+    """Requests that failed, by ab's, hey's (when it ran) and the probe's count: the loss
+    itself."""
     ab = outcome.ab
     problems = []
     if ab.failed or ab.non_2xx:
         problems.append(f"ab saw failures: {ab.describe()}")
+    problems += hey_problems(outcome.hey, min_answered=0)  # its failures only: no load bar here
     if outcome.timeline.errors:
         problems.append(f"the probe saw failed requests: {outcome.timeline.errors}")
     return problems
@@ -144,14 +155,49 @@ def explain_losses(outcome: LoadOutcome, upgrade: Upgrade, keepalive: bool, prox
     if ab.failed_connect and not refused:
         why.append(f"why: ab could not connect {ab.failed_connect} times: the port was closed "
                    "for a moment (the socket restarted?)")
+    why += _hey_why(outcome, keepalive, proxy)
+    return why
+
+
+def _hey_why(outcome: LoadOutcome, keepalive: bool, proxy: bool) -> list[str]:
+    """hey's failures in words: which of them Go's client would have resent, and why not."""
+    hey = outcome.hey
+    if hey is None or not hey.failed:
+        return []
+    kinds = hey.failed_by_kind
+    cut = kinds.get("reset", 0) + kinds.get("eof", 0)
+    why = []
+    if cut and outcome.method == "POST":
+        why.append(f"why: hey lost {cut} POSTs on connections that broke (reset "
+                   f"{kinds.get('reset', 0)}, eof {kinds.get('eof', 0)}): Go's client never "
+                   "resends a POST, so what a GET's resend hides shows here: the server closed "
+                   "connections it had read requests on"
+                   + ("; drain keep-alive connections on stop (Connection: close on an "
+                      "answer), or put a proxy in front" if keepalive and not proxy else ""))
+    elif cut:
+        why.append(f"why: hey lost {cut} GETs on connections that broke (reset "
+                   f"{kinds.get('reset', 0)}, eof {kinds.get('eof', 0)}) although Go resends a "
+                   "GET whose reused connection died before its answer began: the connections "
+                   "broke on new connections or halfway through an answer")
+    if refused := kinds.get("refused", 0):
+        why.append(f"why: hey could not connect {refused} times: nothing listened on the port "
+                   "for a moment (the socket restarted?)")
+    if timeouts := kinds.get("timeout", 0):
+        why.append(f"why: {timeouts} of hey's requests got no answer within its -t: the queued "
+                   "connections were not served in time")
     return why
 
 
 def enough_load(outcome: LoadOutcome, min_complete: int) -> list[str]:
-    """ab completed at least ``min_complete`` requests: the load was real load."""
+    """ab completed at least ``min_complete`` requests, and so did hey when it ran (its 2xx
+    answers): the load was real load for every client."""
+    problems = []
     if outcome.ab.complete < min_complete:
-        return [f"ab completed only {outcome.ab.complete} requests (< {min_complete})"]
-    return []
+        problems.append(f"ab completed only {outcome.ab.complete} requests (< {min_complete})")
+    if outcome.hey is not None and outcome.hey.successful < min_complete:
+        problems += [p for p in hey_problems(outcome.hey, min_complete)
+                     if not p.startswith("hey saw failures")]
+    return problems
 
 
 def zero_failures(outcome: LoadOutcome, min_complete: int) -> list[str]:
@@ -189,13 +235,40 @@ def counter_consistent(outcome: LoadOutcome, final_count: int) -> list[str]:
     regressions = outcome.timeline.counter_regressions()
     if regressions:
         problems.append(f"the counter went back or repeated: {regressions[:5]}")
-    answered = outcome.ab.successful + len(outcome.timeline.answered)
+    hey = outcome.hey.successful if outcome.hey is not None else 0
+    answered = outcome.ab.successful + hey + len(outcome.timeline.answered)
     if final_count < answered:
+        hey_part = f" + hey {hey}" if outcome.hey is not None else ""
         problems.append(
             f"the counter ends at {final_count}, below the {answered} answered requests "
-            f"(ab {outcome.ab.successful} + probe {len(outcome.timeline.answered)}): counts lost"
+            f"(ab {outcome.ab.successful}{hey_part} + probe {len(outcome.timeline.answered)}):"
+            " counts lost"
         )
     return problems
+
+
+def counter_went_back(count_before: int | None, count_after: int | None) -> list[str]:
+    """The counter read after the load is not below the one read before it."""
+    if count_before is not None and count_after is not None and count_after < count_before:
+        return [f"the counter went back over the load: {count_before} before it, "
+                f"{count_after} after it (the state was not kept)"]
+    return []
+
+
+def done_but_unanswered(outcome: LoadOutcome, count_before: int | None,
+                        count_after: int | None, concurrency: int) -> Unanswered | None:
+    """What the server did during the load beyond what every client that ran got answered
+    (vm/load/accounting.py): bounded, as ab records no visitor numbers. None without both
+    counter readings, or when the counter went back (``counter_went_back`` says so)."""
+    if count_before is None or count_after is None or count_after < count_before:
+        return None
+    clients = [ab_count(outcome.ab, concurrency), probe_count(outcome.timeline.records)]
+    if outcome.hey is not None:
+        # The load waits for hey's exit after SIGINT (or fails): every worker finished.
+        clients.append(hey_count(outcome.hey, concurrency))
+    if outcome.holders is not None:
+        clients.append(holders_count(outcome.holders))
+    return unanswered_figure(count_before, count_after, clients)
 
 
 def zero_downtime_problems(

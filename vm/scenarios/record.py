@@ -7,7 +7,11 @@ from typing import Any
 from pytest_portable_upgrade.report.report import scenario_record
 from pytest_portable_upgrade.scenarios.checks import counter_consistent
 from pytest_portable_upgrade.scenarios.run import ScenarioRun
-from pytest_portable_upgrade.scenarios.verdict import Verdict
+from pytest_portable_upgrade.scenarios.verdict import (
+    Verdict,
+    expects_zero_unanswered,
+    unanswered_of,
+)
 
 
 def summary_row(run: ScenarioRun, box: str, systemd_major: int,
@@ -36,4 +40,9 @@ def summary_row(run: ScenarioRun, box: str, systemd_major: int,
                attached_state=run.attached_state, attached_image=run.attached_image,
                service_user=run.service_user, dynamic_user=run.dynamic_user,
                rollout_ok=run.rollout_ok, **run.facts)
+    figure = unanswered_of(run)
+    row.update(hey_not_run=run.hey_not_run or None, count_before=run.count_before,
+               count_after=run.final_count,
+               unanswered=figure.as_dict() if figure is not None else None,
+               unanswered_expected_zero=expects_zero_unanswered(run))
     return row

@@ -12,11 +12,14 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pytest_portable_upgrade.boxes.recipes import get_box
 from pytest_portable_upgrade.core.config import LoadSettings, Settings
 from pytest_portable_upgrade.core.errors import GuestError
 from pytest_portable_upgrade.core.log import log
 from pytest_portable_upgrade.load.haproxy import HaproxyConfig, proxy_port_for
+from pytest_portable_upgrade.load.hey import hey_plan
 from pytest_portable_upgrade.load.load import GUEST_DIR, LoadOutcome, LoadRun
+from pytest_portable_upgrade.machine.machine import Machine
 from pytest_portable_upgrade.scenarios.catalogue import Scenario
 from pytest_portable_upgrade.scenarios.checks import SocketObservation
 from pytest_portable_upgrade.subject.spec import Subject
@@ -48,6 +51,9 @@ class ScenarioRun:
     upgrade: Upgrade  # the reattach, the stop + start, or the sysupdate rollout unit that ran it
     socket: SocketObservation
     final_count: int | None  # the subject's counter afterwards; None: it has no counter
+    # The counter before the load (read after the old version's greeting, in the attach's
+    # round trip): with final_count, what the server did during the load. None: no counter.
+    count_before: int | None = None
     min_complete: int
     post_switch_s: float
     attached_state: str  # portablectl is-attached afterwards
@@ -61,6 +67,9 @@ class ScenarioRun:
     # ran, and one line per failure. A failure fails the run (validity_problems).
     user_checks_run: int = 0
     user_check_failures: tuple[str, ...] = ()
+    # ab's and hey's -c: how many of ab's requests may have been in flight at its stop.
+    concurrency: int = LoadSettings.concurrency
+    hey_not_run: str = ""  # why hey did not run beside ab ("" when it ran)
     facts: dict[str, Any] = field(default_factory=dict)  # more for the report (rollout log)
 
 
@@ -84,18 +93,18 @@ class Overrides:
         return {"step": "write-files", "files": files, "owner": scope.user}
 
 
-def _start_haproxy(service: PortableService, port: int) -> None:
-    m = service.machine
-    config = HaproxyConfig(server_port=service.subject.port, listen_port=port).render()
-    service.write_files({f"{GUEST_DIR}/haproxy.cfg": config})
-    m.succeed(f"haproxy -c -q -f {GUEST_DIR}/haproxy.cfg")
-    m.succeed(f"systemctl stop {HAPROXY_UNIT} 2>/dev/null; systemd-run --quiet --collect"
-              f" --unit={HAPROXY_UNIT} haproxy -db -f {GUEST_DIR}/haproxy.cfg")
-    m.wait_for_open_port(port, timeout=30)
+def haproxy_steps(server_port: int, port: int) -> list[Request]:
+    """HAProxy in front of ``server_port``, listening on ``port``: its config written and
+    checked, and it started as a transient unit, in the attach's round trip (it needs no
+    backend to start: no health checks)."""
+    path = f"{GUEST_DIR}/haproxy.cfg"
+    config = HaproxyConfig(server_port=server_port, listen_port=port).render()
+    return [{"step": "write-files", "files": {path: config}},
+            {"step": "serve", "unit": HAPROXY_UNIT, "check": ["haproxy", "-c", "-q", "-f", path],
+             "argv": ["haproxy", "-db", "-f", path], "port": port, "timeout": 30}]
 
 
-def stop_haproxy(service: PortableService) -> None:
-    service.machine.execute(f"systemctl stop {HAPROXY_UNIT}")
+STOP_HAPROXY = f"systemctl stop {HAPROXY_UNIT}"
 
 
 def scenario_load(load: LoadSettings, scenario: Scenario) -> LoadSettings:
@@ -151,6 +160,10 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario,
                               *service.image_steps(scenario.socket_location)]
     if overrides is not None:
         prepare.append(overrides.request(service))
+    url_port = subject.port
+    if scenario.proxy == "haproxy":
+        url_port = proxy_port_for(subject.port)
+        prepare += haproxy_steps(subject.port, url_port)
     if setup is not None:
         low, high = sorted((scenario.from_version, scenario.to_version))
         # Upgrade: the old version installed and published, the new one published later.
@@ -158,26 +171,21 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario,
         prepare += service.sysupdate_steps(
             setup, installed=[scenario.from_version],
             published=[low] if scenario.to_version == high else [low, high])
-    # The files, the images, the attach, the first answer of the old version and the facts
-    # before the load: one round trip.
-    before = service.attach(scenario.from_version, profile=profile,
-                            host_socket=scenario.socket_location == "host", prepare=prepare,
-                            greeting=old)
-    url_port = subject.port
-    if scenario.proxy == "haproxy":
-        url_port = proxy_port_for(subject.port)
-        _start_haproxy(service, url_port)
-
-    # Every client takes the same path: behind a proxy, the probe goes through it too (a
-    # probe straight to the naive server would see the resets the proxy exists to absorb).
-    load = LoadRun(m, load_cfg, keepalive=scenario.keepalive,
-                   url=f"http://127.0.0.1:{url_port}{subject.request_path}", probe_port=url_port,
-                   client_args=subject.client_args(), holders=scenario.holders,
-                   service_unit=subject.service)
-    title = f"{scenario.id}: load, reattach v{scenario.from_version} -> v{scenario.to_version}"
+    load, hey_not_run = load_for(m, settings, scenario, subject, url_port)
+    if hey_not_run is not None:
+        log.info(f"hey does not run: {hey_not_run}")
+    title = (f"{scenario.id}: attach v{scenario.from_version}, load, reattach"
+             f" v{scenario.from_version} -> v{scenario.to_version}")
     with log.nested(title):
-        load.start()
-        log.info(f"load: {load.command} (+ probe on :{url_port} at {load_cfg.probe_rate:g}/s)")
+        # The files, the images, HAProxy, the attach, the first answer of the old version,
+        # the facts before the load and the load's start: one round trip.
+        before = service.attach(scenario.from_version, profile=profile,
+                                host_socket=scenario.socket_location == "host",
+                                prepare=prepare, greeting=old, count=True,
+                                then=load.start_command())
+        load.started_from(service.then_output)
+        log.info(f"load: {load.command} (+ probe on :{url_port} at {load_cfg.probe_rate:g}/s)"
+                 + (f", {load.hey_command}" if load.hey_command is not None else ""))
         time.sleep(load_cfg.switch_after_s)
         rollout_ok = True
         if setup is None and scenario.upgrade == "stop-start":
@@ -200,16 +208,18 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario,
             time.sleep(load_cfg.post_switch_s)
         else:
             load.wait_until_serving(new, load_cfg.post_switch_s, after=upgrade.ended)
-        outcome = load.stop(old=old, new=new)
-    log.info(f"ab: {outcome.ab.describe()}; probe errors: {outcome.timeline.errors or 'none'}")
-    if scenario.proxy == "haproxy":
-        stop_haproxy(service)
-
-    # The facts afterwards and the count in one round trip; no count from a subject without
-    # a counter, or through a socket the reattach left dead (the verdict names that instead).
-    # A user's journal comes with them (the report keeps its end).
-    user_scope = service.scope.user is not None
-    after = service.observe(count=True, journal=user_scope)
+        # The facts afterwards and the count in the stop's round trip, HAProxy stopped
+        # first; no count from a subject without a counter, or through a socket the
+        # reattach left dead (the verdict names that instead). A user's journal comes with
+        # them (the report keeps its end).
+        user_scope = service.scope.user is not None
+        then = service.observe_command(count=True, journal=user_scope)
+        if scenario.proxy == "haproxy":
+            then = f"{STOP_HAPROXY}; {then}"
+        outcome = load.stop(old=old, new=new, then=then)
+    log.info(f"ab: {outcome.ab.describe()}; probe errors: {outcome.timeline.errors or 'none'}"
+             + (f"; hey: {outcome.hey.describe()}" if outcome.hey is not None else ""))
+    after = service.observed(load.then_output)
     socket = SocketObservation(before.socket_since, after.socket_since, after.socket_state)
     facts: dict[str, Any] = {"rollout_log": upgrade.output[-1500:]} if setup is not None else {}
     if scenario.upgrade != "reattach":
@@ -219,15 +229,37 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario,
     run = ScenarioRun(
         scenario=scenario, subject=subject, scope=service.scope, outcome=outcome,
         upgrade=upgrade, socket=socket,
-        final_count=after.counter, min_complete=load_cfg.min_complete,
+        final_count=after.counter, count_before=before.counter, min_complete=load_cfg.min_complete,
         post_switch_s=load_cfg.post_switch_s, attached_state=after.attached_state,
         attached_image=after.attached_image, service_user=before.main_user,
         dynamic_user=before.dynamic_user, profile=profile, rollout_ok=rollout_ok,
-        max_stall_s=load_cfg.max_stall_s, facts=facts,
+        max_stall_s=load_cfg.max_stall_s, concurrency=load_cfg.concurrency,
+        hey_not_run=hey_not_run or "", facts=facts,
     )
     if scenario.fdstore_preserve:
         service.clear_fd_store()  # after every measurement: the next scenario starts empty
     return run
+
+
+def load_for(machine: Machine, settings: Settings, scenario: Scenario, subject: Subject,
+             url_port: int) -> tuple[LoadRun, str | None]:
+    """The load of one run, and why hey is not part of it (None: it is).
+
+    Every client takes the same path: behind a proxy, the probe goes through it too (a probe
+    straight to the naive server would see the resets the proxy exists to absorb). Every
+    client sends the scenario's method (Subject.cannot_run has checked the subject takes it),
+    at the scenario's load (``scenario_load``). hey runs beside ab in the keep-alive scenarios
+    of a box that has it (``hey_plan``)."""
+    method = subject.method_for(scenario.method)
+    box = get_box(settings.box)
+    hey_not_run = hey_plan(settings.load.second_client, scenario.keepalive, box.package_manager,
+                           box.fedora_release)
+    load = LoadRun(machine, scenario_load(settings.load, scenario), keepalive=scenario.keepalive,
+                   url=f"http://127.0.0.1:{url_port}{subject.request_path}", probe_port=url_port,
+                   client_args=subject.client_args(method), holders=scenario.holders,
+                   service_unit=subject.service, hey=hey_not_run is None, method=method,
+                   body=subject.request_body, content_type=subject.request_content_type)
+    return load, hey_not_run
 
 
 def _sysupdate_setup(service: PortableService, scenario: Scenario) -> SysupdateSetup | None:

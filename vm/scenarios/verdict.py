@@ -11,10 +11,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from pytest_portable_upgrade.load.accounting import (
+    Unanswered,
+    expects_no_unanswered,
+    unanswered_problems,
+)
 from pytest_portable_upgrade.load.latency import latency_report, stall_problems
 from pytest_portable_upgrade.load.load import LoadOutcome
 from pytest_portable_upgrade.scenarios.checks import (
     counter_consistent,
+    counter_went_back,
+    done_but_unanswered,
     enough_load,
     explain_losses,
     failed_requests,
@@ -81,9 +88,33 @@ class Verdict:
         return "\n".join(lines)
 
 
+def unanswered_of(run: ScenarioRun) -> Unanswered | None:
+    """The done-but-unanswered figure of the run (None: the subject has no counter)."""
+    return done_but_unanswered(run.outcome, run.count_before, run.final_count,
+                               run.concurrency)
+
+
+def expects_zero_unanswered(run: ScenarioRun) -> bool:
+    """Whether the run's done-but-unanswered figure must be 0 (host socket, draining server,
+    no proxy: ``expects_no_unanswered``); elsewhere it is a figure of the characterisation."""
+    s = run.scenario
+    return expects_no_unanswered(s.socket_location, s.shutdown, s.proxy)
+
+
+def unanswered_check(run: ScenarioRun) -> list[str]:
+    """The figure's problems: nonzero where 0 is expected, below 0 anywhere (the clients got
+    answers the counter never counted), a counter that went back."""
+    problems = counter_went_back(run.count_before, run.final_count)
+    figure = unanswered_of(run)
+    if figure is not None:
+        problems += unanswered_problems(figure, expect_zero=expects_zero_unanswered(run))
+    return problems
+
+
 def losses_of(run: ScenarioRun) -> list[str]:
-    """What the clients lost: failed requests, broken long-lived connections, and (socket in
-    the image) a port the reattach left dead. The loss a characterisation exists to show."""
+    """What the clients lost: failed requests (ab's, hey's, the probe's), broken long-lived
+    connections, and (socket in the image) a port the reattach left dead. The loss a
+    characterisation exists to show."""
     out = run.outcome
     losses = failed_requests(out)
     if run.scenario.socket_location == "image":
@@ -118,6 +149,9 @@ def validity_problems(run: ScenarioRun) -> list[str]:
         problems += socket_untouched(run.socket)
     if run.final_count is not None:  # only a subject with a counter has this check
         problems += counter_consistent(out, run.final_count)
+    # Requests the server did whose answers no client got: 0 where the design allows none
+    # (the whole run is then in doubt, not only a zero-downtime one); a figure elsewhere.
+    problems += unanswered_check(run)
     if s.holders and (out.holders is None or out.holders.requests == 0):
         problems.append(f"the {s.holders} long-lived clients never sent a request")
     if not run.rollout_ok:
@@ -173,6 +207,7 @@ def refusal_problems(run: ScenarioRun) -> list[str]:
                         f"{run.upgrade.output[-600:]!r}")
     if run.final_count is not None:
         problems += counter_consistent(run.outcome, run.final_count)
+    problems += unanswered_check(run)
     problems += attachment_problems(run, run.scenario.from_version)
     problems += profile_problems(run)
     problems += user_check_problems(run)
@@ -223,7 +258,18 @@ def verdict_of(run: ScenarioRun) -> Verdict:
 def loss_summary(run: ScenarioRun) -> str:
     ab, tl = run.outcome.ab, run.outcome.timeline
     holders = f"; holders: {run.outcome.holders.describe()}" if run.outcome.holders else ""
+    hey = run.outcome.hey
+    if hey is not None:
+        second = f"; hey {hey.describe()}"
+    elif run.scenario.keepalive and run.hey_not_run:
+        second = f"; hey did not run: {run.hey_not_run}"
+    else:
+        second = ""
+    figure = unanswered_of(run)
+    unanswered = f"; {figure.describe()}" if figure is not None else ""
+    method = f"; {run.outcome.method}" if run.outcome.method != "GET" else ""
     return (f"ab {ab.failed} failed of {ab.complete} (connect {ab.failed_connect}, receive "
             f"{ab.failed_receive}, length {ab.failed_length}, exceptions "
-            f"{ab.failed_exceptions}), non-2xx {ab.non_2xx}; probe errors {tl.errors or 'none'};"
-            f" socket after: {run.socket.state_after}{holders}")
+            f"{ab.failed_exceptions}), non-2xx {ab.non_2xx}{second}; probe errors "
+            f"{tl.errors or 'none'}; socket after: {run.socket.state_after}{holders}{method}"
+            f"{unanswered}")

@@ -180,7 +180,7 @@ class Subject:
         if scenario.shutdown != "drain" and scenario.shutdown not in self.shutdown:
             return (f"{where} has no way to shut down {scenario.shutdown!r} "
                     f"([shutdown] {scenario.shutdown} = drop-in text)")
-        return None
+        return self.cannot_send(self.method_for(scenario.method))
 
     def profile_for(self, scenario: Scenario) -> str:
         """The profile a scenario attaches with: its own unless it just says "default"."""

@@ -43,7 +43,7 @@ STASH = "/var/lib/pwt-images"  # every uploaded image set, by socket location
 SHUTDOWN_DROPIN = f"{DROPIN_PREFIX}shutdown.conf"
 # Transient units the scenarios start in the guest (load, probe, proxy).
 CLIENT_UNITS = ("pwt-ab.service", "pwt-probe.service", "pwt-holders.service",
-                "pwt-haproxy.service", sysupdate.HTTP_UNIT)
+                "pwt-hey.service", "pwt-haproxy.service", sysupdate.HTTP_UNIT)
 # The guest program of the steps, and where it and the probe (whose one request it sends
 # to read a greeting or the counter) go in the guest: once per boot.
 PROGRAM_SOURCE = Path(__file__).with_name("guest") / "portable.py"
@@ -70,13 +70,14 @@ def evidence_commands(subject: Subject) -> dict[str, str]:
                                  "-u systemd-portabled.service",
         "clients-journal.txt": "journalctl -b --no-pager -o short-monotonic -u pwt-ab.service "
                                "-u pwt-probe.service -u pwt-holders.service "
-                               "-u pwt-haproxy.service",
+                               "-u pwt-hey.service -u pwt-haproxy.service",
         "rollout-journal.txt": "journalctl -b --no-pager -o short-monotonic "
                                "-u pwt-rollout.service -u 'pwt-pin@*.service' "
                                "-u pwt-source-http.service",
         "portablectl-list.txt": "portablectl list; echo; systemctl status --no-pager "
                                 f"'{subject.name}*'",
         "ab.out": f"cat {GUEST_DIR}/ab.out",
+        "hey.out": f"cat {GUEST_DIR}/hey.out",
         "probe.jsonl": f"cat {GUEST_DIR}/probe.jsonl",
         "holders.jsonl": f"cat {GUEST_DIR}/holders.jsonl",
         "journal-tail.txt": "journalctl -b --no-pager -n 300",
@@ -125,7 +126,8 @@ def count_of(record: dict[str, Any]) -> int:
     """The subject's count before a probe request, from that request's record: the request
     itself added one. GuestError when the answer carries no count."""
     if record.get("visitor") is None:
-        raise GuestError(f"no counter in the answer after the load: {record}")
+        raise GuestError(f"no counter in the answer read for the count: {record}; make the "
+                         "spec's [answer] counter_regex match the service's answer")
     return int(record["visitor"]) - 1
 
 
@@ -193,14 +195,25 @@ def step_command(requests: list[Request]) -> str:
     return shlex.join(["python3", PROGRAM, "--json", json.dumps(requests, separators=(",", ":"))])
 
 
+def answer_line(stdout: str) -> int:
+    """The index of the guest program's answer among the lines of ``stdout``: the first JSON
+    object with "ok" (the program prints nothing else; a command run after it in the same
+    round trip prints below it); -1 when there is none."""
+    for i, line in enumerate(stdout.split("\n")):
+        if line.startswith("{"):
+            try:
+                if "ok" in json.loads(line):
+                    return i
+            except ValueError:
+                continue
+    return -1
+
+
 def answers_of(result_stdout: str, result_stderr: str, rc: int) -> dict[str, Any]:
-    """The guest program's one JSON line (the last line of its stdout); GuestError with
-    what it printed when there is none (it did not run, or died)."""
-    lines = result_stdout.strip().splitlines()
-    try:
-        answer: dict[str, Any] = json.loads(lines[-1]) if lines else {}
-    except ValueError:
-        answer = {}
+    """The guest program's one JSON line (``answer_line``); GuestError with what it printed
+    when there is none (it did not run, or died)."""
+    i = answer_line(result_stdout)
+    answer: dict[str, Any] = json.loads(result_stdout.split("\n")[i]) if i >= 0 else {}
     if "ok" not in answer:
         raise GuestError(f"the guest program gave no answer (exit {rc}): "
                          f"{(result_stdout + result_stderr).strip()[-600:] or 'no output'}")
@@ -243,6 +256,7 @@ class PortableService:
         self.build_images = build_images
         self.scope = scope
         self.session = session or Session()
+        self.then_output = ""  # what attach's ``then`` printed
 
     def in_scope(self, scope: Scope) -> PortableService:
         """The same guest's service attached in ``scope`` (uploads and resets shared)."""
@@ -266,12 +280,25 @@ class PortableService:
         their answers. An image portablectl refused raises ImageRefused (the system scope) or
         GuestError (a scope whose refusals are characterised), any other failure GuestError,
         each with the guest's own words."""
+        result = self.machine.execute(self.command(*requests), timeout=timeout)
+        return self.answers(requests, result.stdout, result.stderr, result.rc)
+
+    def command(self, *requests: Request) -> str:
+        """The guest command line of ``requests`` (uploading the program first, once per
+        boot): for ``steps``, or to run at the end of another round trip (``answers`` then
+        reads what it printed)."""
         m = self.machine
         m.copy_from_host(PROBE_SOURCE, PROBE, mode="0755", once=True)
         m.copy_from_host(PROGRAM_SOURCE, PROGRAM, mode="0755", once=True)
-        wire = [{"scope": self.scope.wire(), **r} for r in requests]
-        result = m.execute(step_command(wire), timeout=timeout)
-        answer = answers_of(result.stdout, result.stderr, result.rc)
+        return step_command([{"scope": self.scope.wire(), **r} for r in requests])
+
+    def answers(self, requests: tuple[Request, ...], stdout: str, stderr: str = "",
+                rc: int = 0) -> list[dict[str, Any]]:
+        """The answers to ``requests`` in what the guest program printed (see ``steps``)."""
+        answer = answers_of(stdout, stderr, rc)
+        if seconds := answer.get("seconds"):
+            log.info("  guest steps: " + ", ".join(
+                f"{r['step']} {s:.2f} s" for r, s in zip(requests, seconds, strict=False)))
         if answer["ok"]:
             answers: list[dict[str, Any]] = answer["answers"]
             return answers
@@ -385,10 +412,6 @@ class PortableService:
     def publish(self, version: int, corrupt: bool = False) -> None:
         self.step(self.publish_step(version, corrupt))
 
-    def write_files(self, files: dict[str, str]) -> None:
-        """Files in the guest (path -> text), written by the guest program."""
-        self.step({"step": "write-files", "files": files})
-
     # --- attach, observe, upgrade --------------------------------------------------------------
     def _symlink(self, version: int) -> Request:
         return {"target": self.subject.image_name(version).removesuffix(".raw"),
@@ -407,10 +430,13 @@ class PortableService:
 
     def attach(self, version: int, profile: str = "default", host_socket: bool = True,
                prepare: tuple[Request, ...] | list[Request] = (),
-               greeting: str | None = None) -> ServiceFacts:
+               greeting: str | None = None, count: bool = False,
+               then: str | None = None) -> ServiceFacts:
         """``prepare`` (drop-ins, images, sysupdate), the socket unit files, then attach
         ``version``, start the socket(s), wait for ``greeting`` (when given) and read the
-        facts before the load: one guest round trip.
+        facts before the load: one guest round trip. ``count``: the facts carry the
+        subject's counter too (as ``observe(count=True)`` reads it, after the greeting), the
+        reading the done-but-unanswered figure starts from.
 
         The sockets start only after the attach: a socket refuses to start without its
         service. ``portablectl attach`` reloads the manager (the user scope reloads first),
@@ -441,15 +467,25 @@ class PortableService:
         if greeting is not None:
             requests.append({"step": "greet", **self._probe(), "expect": greeting,
                              "timeout": 120})
-        requests.append(self._observe())
+        requests.append(self._observe(count=count))
         bound = 300 + max(180.0, self.unit_timeout_s + 60) + self.unit_timeout_s + 120
+        command = self.command(*requests)
+        if then is not None:
+            command = f"{command} && {{ {then}; }}"
         try:
-            answers = self.steps(*requests, timeout=bound)
+            result = self.machine.execute(command, timeout=bound)
+            answers = self.answers(tuple(requests), result.stdout, result.stderr, result.rc)
         except ImageRefused as e:
             if str(e).startswith("portablectl inspect"):
                 raise ImageRefused(f"{e} ({s.spec})") from None
             raise ImageRefused(f"portablectl attach {self.symlink} (v{version}, {s.spec}): "
                                f"{e}") from None
+        if then is not None:
+            # What ``then`` printed follows the program's one answer line.
+            self.then_output = result.stdout.split("\n", answer_line(result.stdout) + 1)[-1]
+            if result.rc != 0:
+                raise GuestError(f"after the attach, `{then[:120]}…` exited {result.rc}: "
+                                 f"{(self.then_output + result.stderr).strip()[-600:]}")
         return ServiceFacts.from_answer(answers[-1])
 
     def observe(self, count: bool = False, journal: bool = False) -> ServiceFacts:
@@ -459,6 +495,14 @@ class PortableService:
         trip, when the subject has a counter and its socket is active (None otherwise);
         ``journal``: the scope user's journal too."""
         return ServiceFacts.from_answer(self.step(self._observe(count, journal)))
+
+    def observe_command(self, count: bool = False, journal: bool = False) -> str:
+        """``observe`` as a command to run at the end of another round trip (the load's
+        stop); ``observed`` reads its answer from what it printed."""
+        return self.command(self._observe(count, journal))
+
+    def observed(self, output: str) -> ServiceFacts:
+        return ServiceFacts.from_answer(self.answers(({"step": "observe"},), output)[0])
 
     def reattach_target(self) -> str:
         """What to hand ``portablectl reattach``: the name, or the path where the name form
