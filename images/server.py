@@ -23,6 +23,11 @@ Shutdown modes (``PW_SHUTDOWN``):
              process gets them back in ``LISTEN_FDS`` (named ``conn-…`` in ``LISTEN_FDNAMES``)
              and keeps serving them: the client never sees its connection close.
 Whatever the mode, connections found in the fd store at start are adopted.
+
+``PW_START_DELAY`` (seconds, default 0): at every start, wait that long after taking the
+sockets before accepting, as a service with a slow start-up does. The capacity map
+(docs/capacity.md) sets it in a host drop-in to lengthen the restart gap; the connections
+that arrive meanwhile wait in the host socket's queue.
 """
 
 from __future__ import annotations
@@ -351,13 +356,34 @@ def inherited_sockets() -> tuple[socket.socket, list[tuple[socket.socket, str]]]
     return listener, stored
 
 
+def start_delay(raw: str) -> float:
+    """PW_START_DELAY's seconds; SystemExit (one line) unless a finite number >= 0.
+
+    >>> start_delay("2.5")
+    2.5
+    """
+    try:
+        delay = float(raw)
+    except ValueError:
+        delay = -1.0
+    if not 0 <= delay < float("inf"):
+        raise SystemExit(f"PW_START_DELAY must be a number of seconds >= 0, not {raw!r}")
+    return delay
+
+
 def main() -> None:
     greeting = os.environ.get("GREETING", "Hello")
     shutdown = os.environ.get("PW_SHUTDOWN", "drain")
     if shutdown not in ("drain", "immediate", "fdstore"):
         raise SystemExit(f"PW_SHUTDOWN must be drain, immediate or fdstore, not {shutdown!r}")
+    delay = start_delay(os.environ.get("PW_START_DELAY", "0"))
     state_dir = os.environ.get("STATE_DIRECTORY", "/var/lib/portable-walkthrough").split(":")[0]
     listener, stored = inherited_sockets()
+    if delay > 0:
+        # Before the SIGTERM handler: a stop now ends the process at once, and what it has
+        # not accepted stays queued in the host socket for the next one.
+        log(f"{greeting} server waits {delay:g} s before accepting (PW_START_DELAY)")
+        time.sleep(delay)
     server = Server(listener, Counter(state_dir), greeting, fdstore=shutdown == "fdstore")
     for sock, name in stored:
         server.adopt(sock, name)

@@ -72,3 +72,20 @@ def test_the_package_registers_the_command_and_the_plugin() -> None:
     assert script.load() is cli.main
     (plugin,) = [e for e in entry_points(group="pytest11") if e.name == "portable_upgrade"]
     assert plugin.value == "pytest_portable_upgrade.plugin.plugin"
+
+
+def test_capacity_is_pytest_on_the_capacity_map_with_the_same_options(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    cli._run_parser(sub, "capacity", "the map")
+    spec, rest = cli.split_spec(["capacity", "spec.toml", "--capacity-delays", "0", "-x"])
+    args, rest = parser.parse_known_args(rest)
+    args.spec = spec
+    command = cli.pytest_command(args, rest)
+    assert command[3:5] == ["--pyargs", "pytest_portable_upgrade.plugin.capacity"]
+    assert "--report-html" not in command and SUITE not in command
+    assert "--service=spec.toml" in command and "--capacity-delays=0" in command
+    assert command[-1] == "-x"

@@ -240,6 +240,31 @@ def test_settings_from_reads_the_command_line_over_the_environment(
         settings_from({"concurrency": "many"})
 
 
+def test_the_capacity_lists_parse_into_backlogs_delays_and_rates() -> None:
+    from pytest_portable_upgrade.core.config import backlogs_of, delays_of, rates_of
+
+    settings = Settings()
+    assert backlogs_of(settings.capacity_backlogs) == (4, 16, 64, None)
+    assert delays_of(settings.capacity_delays) == (0.0, 2.0, 5.0)
+    assert rates_of(settings.capacity_rates) == ((20.0, 10), (50.0, 30))
+
+
+@pytest.mark.parametrize(("name", "value", "why"), [
+    ("capacity-backlogs", "0,4", "a backlog is a whole number >= 1 or default, not '0'"),
+    ("capacity-backlogs", " , ", "the list is empty"),
+    ("capacity-delays", "2,-1", "a start delay is 0 to 60 seconds, not '-1'"),
+    ("capacity-delays", "soon", "a start delay is 0 to 60 seconds, not 'soon'"),
+    ("capacity-rates", "20", "a rate is PROBE_RATE/CONCURRENCY"),
+    ("capacity-rates", "500/10", "a rate is PROBE_RATE/CONCURRENCY"),
+    ("capacity-rates", "20/0", "a rate is PROBE_RATE/CONCURRENCY"),
+])
+def test_a_bad_capacity_list_is_one_line_naming_the_option(name: str, value: str,
+                                                           why: str) -> None:
+    with pytest.raises(SettingError, match=f"^{name} is a comma-separated list: "
+                                           + why.replace("(", r"\(").replace(")", r"\)")):
+        settings_from({name: value})
+
+
 def test_the_second_client_is_hey_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings_from({}).load.second_client == "hey"
     assert settings_from({"second-client": "none"}).load.second_client == "none"

@@ -12,7 +12,9 @@ from support import DATA
 from pytest_portable_upgrade.load.kernel import (
     COUNTERS,
     counter_delta,
+    listen_backlog_command,
     not_read,
+    parse_listen_backlog,
     parse_netstat,
     tcp_counters,
 )
@@ -86,3 +88,13 @@ def test_a_counter_not_read_on_either_side_has_no_delta_never_zero() -> None:
     assert counter_delta(partial, full)["listen_overflows"] == 0
     # Counters only grow: a smaller one afterwards is another count, not a negative one.
     assert counter_delta(full, tcp_counters(HOST)) == dict.fromkeys(COUNTERS)
+
+
+def test_the_listen_backlog_is_send_q_of_the_listener() -> None:
+    assert listen_backlog_command(8080) == "ss -Hltn 'sport = :8080'"
+    text = "LISTEN 0      4096               *:8080            *:*    \n"
+    assert parse_listen_backlog(text) == 4096
+    assert parse_listen_backlog("LISTEN 3 4 0.0.0.0:8080 0.0.0.0:*\n"
+                                "LISTEN 0 16 [::]:8080 [::]:*\n") == 16
+    assert parse_listen_backlog("") is None
+    assert parse_listen_backlog("ESTAB 0 0 1.2.3.4:8080 5.6.7.8:1\nLISTEN x y z w\n") is None

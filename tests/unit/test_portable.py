@@ -231,6 +231,8 @@ def test_reset_checks_clean_in_the_same_round_trip_and_remembers_it() -> None:
     # Units stopped one by one in the program; the subject's files and state removed.
     assert part["units"] == [*CLIENT_UNITS, SOCKET, WALKTHROUGH.service]
     assert f"{WALKTHROUGH.dropin_dir}/50-pwt-*.conf" in part["remove"]
+    # the capacity map's Backlog= drop-in for the host socket (run.Overrides)
+    assert f"/etc/systemd/system/{SOCKET}.d/50-pwt-*.conf" in part["remove"]
     svc.attach(1)
     assert not svc.clean_verified  # attached: the next test checks again
 
@@ -359,6 +361,23 @@ def test_the_user_scope_inspects_nothing_and_signs_its_images() -> None:
     # The system scope inspects its set the first time only.
     assert [s["step"] for s in svc.image_steps("host")] == ["use-images", "inspect"]
     assert [s["step"] for s in svc.image_steps("host")] == ["use-images"]
+
+
+def test_overrides_write_the_socket_and_service_dropins_where_the_reset_removes_them() -> None:
+    from fnmatch import fnmatch
+
+    from pytest_portable_upgrade.scenarios.run import Overrides
+
+    svc, _fake = service({})
+    request = Overrides(socket_dropins={"50-pwt-backlog.conf": "[Socket]\nBacklog=4\n"},
+                        service_dropins={"50-pwt-delay.conf": "x"}).request(svc)
+    assert request["step"] == "write-files"
+    files = request["files"]
+    assert files == {f"/etc/systemd/system/{SOCKET}.d/50-pwt-backlog.conf":
+                     "[Socket]\nBacklog=4\n",
+                     f"{WALKTHROUGH.dropin_dir}/50-pwt-delay.conf": "x"}
+    removed = svc._reset_part(svc.scope)["remove"]
+    assert all(any(fnmatch(path, pattern) for pattern in removed) for path in files)
 
 
 def test_every_client_unit_a_load_starts_is_one_reset_stops() -> None:

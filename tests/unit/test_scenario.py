@@ -312,6 +312,18 @@ def test_a_scenario_the_subject_does_not_list_is_skipped_with_the_reason() -> No
     assert fake.commands == []
 
 
+def test_a_scenario_raises_the_load_to_its_min_concurrency_and_never_lowers_it() -> None:
+    from pytest_portable_upgrade.core.config import LoadSettings
+    from pytest_portable_upgrade.scenarios.run import scenario_load
+
+    proxy = get_scenario("host-socket-keepalive-haproxy")
+    assert proxy.min_concurrency == 50
+    assert scenario_load(LoadSettings(concurrency=10), proxy).concurrency == 50
+    assert scenario_load(LoadSettings(concurrency=60), proxy).concurrency == 60
+    plain = get_scenario("host-socket-no-keepalive")
+    assert scenario_load(LoadSettings(concurrency=10), plain).concurrency == 10
+
+
 # --- the load a run builds: the scenario's method, hey where it runs ---------------------------
 def test_a_post_keepalive_run_loads_with_ab_hey_and_the_probe_all_posting() -> None:
     from support import WALKTHROUGH
@@ -347,3 +359,18 @@ def test_hey_stays_out_of_runs_without_keepalive_of_fedora_and_of_none() -> None
         assert load.method == "GET" and "--method" not in load.client_args, name
     load, why = load_for(object(), Settings(), drain, WALKTHROUGH, 8080)  # type: ignore[arg-type]
     assert why is None and load.hey_command is not None and "-m POST" not in load.hey_command
+
+
+def test_the_load_of_a_run_is_the_scenarios_load() -> None:
+    from support import WALKTHROUGH
+
+    from pytest_portable_upgrade.core.config import Settings
+    from pytest_portable_upgrade.scenarios.run import load_for
+
+    settings = Settings()
+    proxy = get_scenario("host-socket-keepalive-haproxy")
+    load, _ = load_for(object(), settings, proxy, WALKTHROUGH, 8081)  # type: ignore[arg-type]
+    assert " -c 50 " in load.command
+    plain = get_scenario("host-socket-no-keepalive")
+    load, _ = load_for(object(), settings, plain, WALKTHROUGH, 8080)  # type: ignore[arg-type]
+    assert f" -c {settings.load.concurrency} " in load.command

@@ -301,6 +301,24 @@ def test_bogus_shutdown_mode_exits_non_zero(start_server: StartServer) -> None:
                for ln in server.lines)
 
 
+def test_start_delay_holds_a_queued_request_until_it_has_passed(
+        start_server: StartServer) -> None:
+    started = time.monotonic()
+    server = start_server(greeting="Hola", wait_ready=False, PW_START_DELAY="1.5")
+    answer = get(server.port)  # queued in the listener while the server waits
+    assert time.monotonic() - started >= 1.5
+    assert answer.text == "Hola! You are visitor #1!\n"
+    assert any("waits 1.5 s before accepting (PW_START_DELAY)" in ln for ln in server.lines)
+
+
+@pytest.mark.parametrize("raw", ["-1", "soon", "inf", "nan"])
+def test_bad_start_delay_exits_non_zero(start_server: StartServer, raw: str) -> None:
+    server = start_server(wait_ready=False, PW_START_DELAY=raw)
+    assert server.wait(timeout=10) != 0
+    assert any(f"PW_START_DELAY must be a number of seconds >= 0, not {raw!r}" in ln
+               for ln in server.lines)
+
+
 def run_server(env: dict[str, str], listener: socket.socket | None = None
                ) -> subprocess.CompletedProcess[str]:
     if listener is None:

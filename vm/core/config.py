@@ -114,6 +114,77 @@ def probe_rate_problem(value: float) -> str | None:
             f"not {value:g}")
 
 
+def backlogs_of(text: str) -> tuple[int | None, ...]:
+    """--capacity-backlogs: each a socket's Backlog= (>= 1) or ``default`` (None: no drop-in).
+
+    >>> backlogs_of("4, 16,default")
+    (4, 16, None)
+    """
+    values: list[int | None] = []
+    for word in _words(text):
+        if word == "default":
+            values.append(None)
+        elif not word.isdigit() or int(word) < 1:
+            raise ValueError(f"a backlog is a whole number >= 1 or default, not {word!r}")
+        else:
+            values.append(int(word))
+    return tuple(values)
+
+
+def delays_of(text: str) -> tuple[float, ...]:
+    """--capacity-delays: the new version's start delays, seconds >= 0."""
+    values = []
+    for word in _words(text):
+        try:
+            value = float(word)
+        except ValueError:
+            value = -1.0
+        if not 0 <= value <= 60:
+            raise ValueError(f"a start delay is 0 to 60 seconds, not {word!r}")
+        values.append(value)
+    return tuple(values)
+
+
+def rates_of(text: str) -> tuple[tuple[float, int], ...]:
+    """--capacity-rates: each ``PROBE_RATE/CONCURRENCY``, the probe's open-loop rate (per s)
+    and ab's concurrency.
+
+    >>> rates_of("20/10,50/30")
+    ((20.0, 10), (50.0, 30))
+    """
+    values = []
+    for word in _words(text):
+        rate, sep, clients = word.partition("/")
+        try:
+            value = (float(rate), int(clients))
+        except ValueError:
+            value = (0.0, 0)
+        if not sep or probe_rate_problem(value[0]) is not None or value[1] < 1:
+            raise ValueError(f"a rate is PROBE_RATE/CONCURRENCY (probe requests/s in "
+                             f"(0, {MAX_PROBE_RATE:g}], ab clients >= 1), not {word!r}")
+        values.append(value)
+    return tuple(values)
+
+
+def _words(text: str) -> list[str]:
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    if not words:
+        raise ValueError("the list is empty")
+    return words
+
+
+def list_check(parse: Callable[[str], Any]) -> Check:
+    """A check that ``parse`` accepts the comma-separated list (its problem, or None)."""
+    def check(value: str) -> str | None:
+        try:
+            parse(value)
+        except ValueError as e:
+            return f"is a comma-separated list: {e}"
+        return None
+
+    return check
+
+
 def ssh_port_problem(value: int) -> str | None:
     return None if value == 0 or 1024 <= value <= 65535 else (
         f"must be 0 (pick one) or 1024..65535, not {value}")
@@ -233,6 +304,22 @@ class Settings:
     ssh_port: int = option(0, name="ssh-port", kind=int, check=ssh_port_problem,
                            default_doc="0: a free one",
                            help="127.0.0.1 port for the VM's SSH")
+    # The capacity map (portable-upgrade capacity, tox -e capacity): every combination of
+    # the three lists is one reattach under load (docs/capacity.md).
+    capacity_backlogs: str = option("4,16,64,default", name="capacity-backlogs",
+                                    check=list_check(backlogs_of), value_name="LIST",
+                                    help="capacity map: the host socket's Backlog= values; "
+                                         "the word default runs the unit's own (no "
+                                         "drop-in)")
+    capacity_delays: str = option("0,2,5", name="capacity-delays",
+                                  check=list_check(delays_of), value_name="LIST",
+                                  help="capacity map: seconds the service waits at each start "
+                                       "before it accepts (PW_START_DELAY in a service "
+                                       "drop-in; the walkthrough server honours it)")
+    capacity_rates: str = option("20/10,50/30", name="capacity-rates",
+                                 check=list_check(rates_of), value_name="LIST",
+                                 help="capacity map: offered loads, each PROBE_RATE/CONCURRENCY "
+                                      "(the probe's open-loop rate per s, ab's -c)")
     load: LoadSettings = field(default_factory=LoadSettings)
     # Not options: fixed by the suite or made per run.
     run_id: str = field(default_factory=new_run_id)

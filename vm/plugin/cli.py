@@ -3,13 +3,16 @@
     portable-upgrade setup-host            # once, as root: the repository's ./setup-host
     portable-upgrade run spec.toml         # the scenario suite against that spec
     portable-upgrade run spec.toml -k rollback --box debian-trixie
+    portable-upgrade capacity              # the switch-capacity map (docs/capacity.md)
     portable-upgrade matrix --boxes debian-bookworm,debian-trixie -- --service spec.toml
     portable-upgrade options               # docs/options.md, from core/config.py
 
 ``run`` is pytest on the suite the package ships (``--pyargs pytest_portable_upgrade.plugin
 .suite``) with the plugin's HTML report on; the report lands in ./artifacts/<run id>/ unless
 ``--artifacts`` says otherwise. Its options are the settings (docs/options.md); every other
-argument goes to pytest as it is (``-k``, ``-x``, ``--junitxml=...``).
+argument goes to pytest as it is (``-k``, ``-x``, ``--junitxml=...``). ``capacity`` takes the
+same and runs the capacity map's points (``--pyargs pytest_portable_upgrade.plugin.capacity``)
+instead of the scenarios.
 """
 
 from __future__ import annotations
@@ -25,15 +28,17 @@ from pytest_portable_upgrade.core.resources import resource
 from pytest_portable_upgrade.report.matrix import SUITE_ARGS
 
 PROG = "portable-upgrade"
+CAPACITY_ARGS = ("--pyargs", "pytest_portable_upgrade.plugin.capacity")
 
 
-def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str = "run",
+                what: str = "the scenario suite") -> None:
     # SPEC is taken by hand (split_spec): as an argparse positional it would swallow the
     # value of a pytest option it does not know ("-k rollback").
     run = sub.add_parser(
-        "run", allow_abbrev=False, help="run the scenario suite against a spec",
-        usage=f"{PROG} run [SPEC] [options] [pytest arguments]",
-        description="Run the scenario suite against SPEC (the subject spec, TOML: the same "
+        name, allow_abbrev=False, help=f"run {what} against a spec",
+        usage=f"{PROG} {name} [SPEC] [options] [pytest arguments]",
+        description=f"Run {what} against SPEC (the subject spec, TOML: the same "
                     "as --service); every argument that is not an option below goes to pytest.")
     for s in SETTINGS:
         if s.flag:
@@ -47,14 +52,15 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def split_spec(argv: Sequence[str]) -> tuple[Path | None, list[str]]:
     """``run SPEC ...``: the spec is the first argument after ``run`` if it is no option."""
     argv = list(argv)
-    if len(argv) > 1 and argv[0] == "run" and not argv[1].startswith("-"):
+    if len(argv) > 1 and argv[0] in ("run", "capacity") and not argv[1].startswith("-"):
         return Path(argv[1]), [argv[0], *argv[2:]]
     return None, argv
 
 
 def pytest_command(args: argparse.Namespace, passthrough: Sequence[str]) -> list[str]:
     """The pytest command ``run`` stands for (the settings as the plugin's own options)."""
-    command = [sys.executable, "-m", "pytest", *SUITE_ARGS,
+    suite = CAPACITY_ARGS if args.command == "capacity" else SUITE_ARGS
+    command = [sys.executable, "-m", "pytest", *suite,
                # its own (empty) configuration: whatever pytest.ini the directory holds
                "-c", str(resource("pytest_portable_upgrade.plugin.suite", "pytest.ini")),
                f"--rootdir={Path.cwd()}", "-p", "no:cacheprovider"]
@@ -72,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
+    _run_parser(sub, "capacity", "the switch-capacity map (docs/capacity.md)")
     setup = sub.add_parser("setup-host", help="set up this host (root): packages, libvirt, "
                                               "the storage pool")
     setup.add_argument("--stop-daemons", action="store_true",

@@ -9,7 +9,7 @@ the load and returns everything it measured as a ``ScenarioRun``: the input of
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pytest_portable_upgrade.boxes.recipes import get_box
@@ -73,6 +73,26 @@ class ScenarioRun:
     facts: dict[str, Any] = field(default_factory=dict)  # more for the report (rollout log)
 
 
+@dataclass(frozen=True)
+class Overrides:
+    """What a run changes beyond its scenario (the capacity map's knobs): host drop-ins for
+    the subject's sockets and for its service, file name -> text. They are written before the
+    attach (which reloads the manager; the socket is created anew when it starts) and removed
+    by the reset with the scenario's own (the names begin with DROPIN_PREFIX)."""
+
+    socket_dropins: dict[str, str] = field(default_factory=dict)
+    service_dropins: dict[str, str] = field(default_factory=dict)
+
+    def request(self, service: PortableService) -> Request:
+        """The guest program's step that writes them."""
+        scope, subject = service.scope, service.subject
+        files = {f"{scope.unit_dir}/{unit}.d/{name}": text
+                 for unit in subject.socket_units for name, text in self.socket_dropins.items()}
+        files.update({f"{scope.dropin_dir(subject)}/{name}": text
+                      for name, text in self.service_dropins.items()})
+        return {"step": "write-files", "files": files, "owner": scope.user}
+
+
 def haproxy_steps(server_port: int, port: int) -> list[Request]:
     """HAProxy in front of ``server_port``, listening on ``port``: its config written and
     checked, and it started as a transient unit, in the attach's round trip (it needs no
@@ -87,8 +107,17 @@ def haproxy_steps(server_port: int, port: int) -> list[Request]:
 STOP_HAPROXY = f"systemctl stop {HAPROXY_UNIT}"
 
 
-def run_scenario(service: PortableService, settings: Settings, scenario: Scenario) -> ScenarioRun:
-    """Attach ``from_version``, load, reattach to ``to_version`` under load, collect.
+def scenario_load(load: LoadSettings, scenario: Scenario) -> LoadSettings:
+    """The load ``scenario`` runs under: ``load``, with at least its ``min_concurrency``."""
+    if scenario.min_concurrency <= load.concurrency:
+        return load
+    return replace(load, concurrency=scenario.min_concurrency)
+
+
+def run_scenario(service: PortableService, settings: Settings, scenario: Scenario,
+                 overrides: Overrides | None = None) -> ScenarioRun:
+    """Attach ``from_version``, load, reattach to ``to_version`` under load, collect;
+    ``overrides``: drop-ins beyond the scenario's own.
 
     Raises ScenarioUnsupported (a skip, with the reason) before anything is touched when the
     subject cannot run ``scenario`` (Subject.cannot_run) or the guest lacks what it needs. A
@@ -100,14 +129,14 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
     if needs_preserve and (reason := fdstore_preserve_missing(service.systemd_major)):
         raise ScenarioUnsupported(reason)
     if scenario.scope == "system":
-        return _run(service, settings, scenario)
+        return _run(service, settings, scenario, overrides)
     missing = missing_pieces(service.systemd_major, service.preflight())
     if missing:
         raise ScenarioUnsupported("user portable services need: " + "; ".join(missing))
     user = service.in_scope(SCOPES[scenario.scope])
     try:
         user.setup_user()
-        return _run(user, settings, scenario)
+        return _run(user, settings, scenario, overrides)
     except GuestError as e:
         journal = user.journal()
         log.info(f"the user's journal (last lines):\n{journal[-3000:]}")
@@ -119,15 +148,18 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
         raise
 
 
-def _run(service: PortableService, settings: Settings, scenario: Scenario) -> ScenarioRun:
+def _run(service: PortableService, settings: Settings, scenario: Scenario,
+         overrides: Overrides | None = None) -> ScenarioRun:
     subject = service.subject
     old, new = subject.answer(scenario.from_version), subject.answer(scenario.to_version)
     profile = subject.profile_for(scenario)
-    load_cfg = settings.load
+    load_cfg = scenario_load(settings.load, scenario)
     m = service.machine
     setup = _sysupdate_setup(service, scenario)
     prepare: list[Request] = [*service.dropin_steps(scenario.shutdown, scenario.fdstore_preserve),
                               *service.image_steps(scenario.socket_location)]
+    if overrides is not None:
+        prepare.append(overrides.request(service))
     url_port = subject.port
     if scenario.proxy == "haproxy":
         url_port = proxy_port_for(subject.port)
@@ -215,13 +247,14 @@ def load_for(machine: Machine, settings: Settings, scenario: Scenario, subject: 
 
     Every client takes the same path: behind a proxy, the probe goes through it too (a probe
     straight to the naive server would see the resets the proxy exists to absorb). Every
-    client sends the scenario's method (Subject.cannot_run has checked the subject takes it).
-    hey runs beside ab in the keep-alive scenarios of a box that has it (``hey_plan``)."""
+    client sends the scenario's method (Subject.cannot_run has checked the subject takes it),
+    at the scenario's load (``scenario_load``). hey runs beside ab in the keep-alive scenarios
+    of a box that has it (``hey_plan``)."""
     method = subject.method_for(scenario.method)
     box = get_box(settings.box)
     hey_not_run = hey_plan(settings.load.second_client, scenario.keepalive, box.package_manager,
                            box.fedora_release)
-    load = LoadRun(machine, settings.load, keepalive=scenario.keepalive,
+    load = LoadRun(machine, scenario_load(settings.load, scenario), keepalive=scenario.keepalive,
                    url=f"http://127.0.0.1:{url_port}{subject.request_path}", probe_port=url_port,
                    client_args=subject.client_args(method), holders=scenario.holders,
                    service_unit=subject.service, hey=hey_not_run is None, method=method,

@@ -583,8 +583,11 @@ class PortableService:
         if scope is SYSTEM:
             state = [p for d in s.state_directories for p in (f"/var/lib/private/{d}",
                                                               f"/var/lib/{d}")]
-            part.update(remove=[*sockets, f"{s.dropin_dir}/{DROPIN_PREFIX}*.conf",
-                                *sysupdate_files(s), sysupdate.SOURCE_DIR, *state],
+            socket_dropins = [f"{scope.unit_dir}/{u}.d/{DROPIN_PREFIX}*.conf"
+                              for u in s.socket_units]
+            part.update(remove=[*sockets, *socket_dropins,
+                                f"{s.dropin_dir}/{DROPIN_PREFIX}*.conf", *sysupdate_files(s),
+                                sysupdate.SOURCE_DIR, *state],
                         reset_failed=[*s.socket_units, s.service, sysupdate.ROLLOUT_UNIT,
                                       "pwt-pin@*"])
         else:
