@@ -151,7 +151,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     # request whose server connection failed (a POST too, when its body fits a buffer), and
     # leaves excluding one to `http-request disable-l7-retry`, which the config does not set.
     Scenario("host-socket-keepalive-haproxy-post", keepalive=True, proxy="haproxy",
-             shutdown="immediate", method="POST",
+             shutdown="immediate", method="POST", min_concurrency=50,
              description="ab -k and hey POST through HAProxy to the naive server: HAProxy "
                          "documents its retry-on as replaying a POST like a GET, so no client "
                          "should lose one (the run decides; the server may do one twice)"),
