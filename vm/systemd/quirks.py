@@ -185,3 +185,37 @@ CHECKSUM_REFUSALS = {
          r"with\.",
     262: r"Checksum of downloaded resource does not match expected checksum, yikes\.",
 }
+
+
+# Portable extensions: `portablectl attach/reattach --extension EXT BASE` layers app images
+# over a base image (the runtime) that stays (249, as issue 19 and TEST-29 date them).
+PORTABLE_EXTENSIONS_FROM = 249
+
+
+def extensions_missing(systemd_major: int) -> str | None:
+    """Why the extension scenarios cannot run here, or None."""
+    if systemd_major < PORTABLE_EXTENSIONS_FROM:
+        return (f"systemd {systemd_major} has no portable extensions "
+                f"(portablectl --extension, added in {PORTABLE_EXTENSIONS_FROM})")
+    return None
+
+
+# An extension names its base in /usr/lib/extension-release.d/extension-release.<NAME>. Before
+# 256 NAME must be the image file's name exactly, version and all (app_1.raw needs
+# extension-release.app_1); from 256 (systemd PR #31435) the version after the first '_' is
+# ignored, so extension-release.app serves every app_<V>.raw. The exact name is looked up first
+# on every version, so the builder ships both names (vm/subject/build-image.sh) and one image
+# set serves every box.
+EXTENSION_RELEASE_VERSION_IGNORED_FROM = 256
+
+# Versioned directories (vpick, systemd.v(7)): portablectl attaches <name>.v/ and uses the
+# newest <name>_<V>.raw in it, and `reattach` picks again (256).
+VERSIONED_DIRS_FROM = 256
+
+
+def versioned_dir_missing(systemd_major: int) -> str | None:
+    """Why the versioned-directory scenarios cannot run here, or None."""
+    if systemd_major < VERSIONED_DIRS_FROM:
+        return (f"systemd {systemd_major} has no versioned directories (<name>.v/, vpick: "
+                f"added in {VERSIONED_DIRS_FROM})")
+    return None
