@@ -130,3 +130,27 @@ def test_a_user_attach_refused_for_its_scope_names_the_missing_images() -> None:
     assert why is not None and why.startswith("characterised on systemd 262")
     assert "portable scope 'system' incompatible with portabled runtime scope 'user'" in why
     assert "PORTABLE_SCOPE=user" in why
+
+
+# --- the layouts: extensions (249) and versioned directories (256) ----------------------------
+@pytest.mark.parametrize(("major", "missing"), [(248, True), (249, False), (252, False)])
+def test_portable_extensions_need_249(major: int, missing: bool) -> None:
+    from pytest_portable_upgrade.systemd.quirks import extensions_missing
+
+    why = extensions_missing(major)
+    assert (why is not None) == missing
+    if why is not None:
+        assert why == (f"systemd {major} has no portable extensions (portablectl --extension, "
+                       "added in 249)")
+
+
+@pytest.mark.parametrize(("major", "missing"), [(252, True), (255, True), (256, False),
+                                                (257, False), (262, False)])
+def test_versioned_directories_need_256(major: int, missing: bool) -> None:
+    from pytest_portable_upgrade.systemd.quirks import versioned_dir_missing
+
+    why = versioned_dir_missing(major)
+    assert (why is not None) == missing
+    if why is not None:
+        assert why == (f"systemd {major} has no versioned directories (<name>.v/, vpick: "
+                       "added in 256)")
