@@ -160,8 +160,8 @@ def ready_spec(spec_dir: Path, release: str) -> Path:
     for v in (1, 2):
         squashfs(spec_dir, f"ext{v}.raw", {
             "usr/lib/extension-release.d/extension-release.portable-walkthrough": release})
-    spec = spec_with(spec_dir, "[extension]\n", '[extension]\nbase = "base.raw"\n')
-    spec = spec_with(spec_dir, 'answer = "Hello"', 'answer = "Hello"\nextension = "ext1.raw"')
+    spec_with(spec_dir, "[extension]\n", '[extension]\nbase = "base.raw"\n')
+    spec_with(spec_dir, 'answer = "Hello"', 'answer = "Hello"\nextension = "ext1.raw"')
     return spec_with(spec_dir, 'answer = "Hola"', 'answer = "Hola"\nextension = "ext2.raw"')
 
 
@@ -189,8 +189,8 @@ def test_ready_extensions_that_match_are_the_subjects(spec_dir: Path) -> None:
 def test_a_ready_extension_that_is_no_squashfs_is_left_to_portabled(spec_dir: Path) -> None:
     for name in ("base.raw", "ext1.raw", "ext2.raw"):
         (spec_dir / name).write_bytes(b"\0" * 4096)  # e.g. a GPT image: portabled reads it
-    spec = spec_with(spec_dir, "[extension]\n", '[extension]\nbase = "base.raw"\n')
-    spec = spec_with(spec_dir, 'answer = "Hello"', 'answer = "Hello"\nextension = "ext1.raw"')
+    spec_with(spec_dir, "[extension]\n", '[extension]\nbase = "base.raw"\n')
+    spec_with(spec_dir, 'answer = "Hello"', 'answer = "Hello"\nextension = "ext1.raw"')
     spec = spec_with(spec_dir, 'answer = "Hola"', 'answer = "Hola"\nextension = "ext2.raw"')
     assert load_subject(spec).extension is not None
 
