@@ -154,3 +154,13 @@ def test_versioned_directories_need_256(major: int, missing: bool) -> None:
     if why is not None:
         assert why == (f"systemd {major} has no versioned directories (<name>.v/, vpick: "
                        "added in 256)")
+
+
+def test_what_follows_a_sysupdate_pull_is_the_statement_of_the_version_looked_at() -> None:
+    from pytest_portable_upgrade.systemd.quirks import after_sysupdate_pull
+
+    assert after_sysupdate_pull(257).startswith("as seen on 257: systemd-sysupdate.service")
+    assert after_sysupdate_pull(260).startswith("as seen on 257: ")  # the newest at or below
+    assert "OnCompletedUpdate" in after_sysupdate_pull(262)
+    assert "OnCompletedUpdate" not in after_sysupdate_pull(257)
+    assert after_sysupdate_pull(254) == "systemd 254: not looked at (seen: [257, 262])"

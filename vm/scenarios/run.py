@@ -25,6 +25,7 @@ from pytest_portable_upgrade.scenarios.checks import SocketObservation
 from pytest_portable_upgrade.subject.spec import Subject
 from pytest_portable_upgrade.systemd.portable import PortableService, Request, Upgrade
 from pytest_portable_upgrade.systemd.quirks import (
+    after_sysupdate_pull,
     extensions_missing,
     fdstore_preserve_missing,
     sysupdate_missing,
@@ -202,7 +203,10 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario) -> Sc
              + (f"; hey: {outcome.hey.describe()}" if outcome.hey is not None else ""))
     after = service.observed(load.then_output)
     socket = SocketObservation(before.socket_since, after.socket_since, after.socket_state)
-    facts: dict[str, Any] = {"rollout_log": upgrade.output[-1500:]} if setup is not None else {}
+    facts: dict[str, Any] = {} if setup is None else {
+        "rollout_log": upgrade.output[-1500:],
+        # What systemd would run after the pull itself (quirks): the report shows it.
+        "after_pull": after_sysupdate_pull(service.systemd_major)}
     if scenario.upgrade != "reattach":
         facts["upgrade_log"] = upgrade.output[-1500:]
     if user_scope:

@@ -219,3 +219,36 @@ def versioned_dir_missing(systemd_major: int) -> str | None:
         return (f"systemd {systemd_major} has no versioned directories (<name>.v/, vpick: "
                 f"added in {VERSIONED_DIRS_FROM})")
     return None
+
+
+# What systemd itself offers to run the reattach after a sysupdate pull, by version (issue 19
+# item 4; what was seen in the guests and where it was read: docs/measurements.md). None of it
+# calls portabled: the suite's rollout unit runs `portablectl reattach --now` after `update`
+# (vm/systemd/sysupdate.py).
+AFTER_SYSUPDATE_PULL = {
+    257: "systemd-sysupdate.service (ExecStart=systemd-sysupdate update) and its .timer, and "
+         "systemd-sysupdate-reboot.service/.timer (reboot when a newer version is installed "
+         "than booted); no post-update hook (a transfer has no command key, the binary's "
+         "callout is its systemd-pull/import download helper); Debian ships no "
+         "systemd-sysupdated, no updatectl, no org.freedesktop.sysupdate1; nothing reattaches "
+         "a portable service",
+    262: "systemd-sysupdate-update.service (update --component-all --cleanup=yes) and .timer, "
+         "the old names kept as aliases; a Varlink API io.systemd.SysUpdate "
+         "(systemd-sysupdate.socket, Accept=yes, systemd-sysupdate@.service) whose TargetClass "
+         "names portable; after an update sysupdate calls "
+         "io.systemd.SysUpdate.Notify.OnCompletedUpdate on every socket in "
+         "/run/systemd/sysupdate/notify/, where only io.systemd.sysext listens "
+         "(systemd-sysupdate-notify-sysext.socket runs systemd-sysext); no portabled socket "
+         "there, so nothing reattaches a portable service; Debian ships no systemd-sysupdated "
+         "and no updatectl",
+}
+
+
+def after_sysupdate_pull(systemd_major: int) -> str:
+    """What this systemd offers after a sysupdate pull: the statement of the newest version
+    at or below ``systemd_major`` that was looked at, or that none was."""
+    seen = [v for v in AFTER_SYSUPDATE_PULL if v <= systemd_major]
+    if not seen:
+        return f"systemd {systemd_major}: not looked at (seen: {sorted(AFTER_SYSUPDATE_PULL)})"
+    version = max(seen)
+    return f"as seen on {version}: {AFTER_SYSUPDATE_PULL[version]}"
