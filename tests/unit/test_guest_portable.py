@@ -148,7 +148,7 @@ def test_observe_reads_the_facts_and_counts_only_through_an_active_socket(
     (facts,) = run_program([observe], tools)["answers"]  # type: ignore[misc]
     assert {k: v for k, v in facts.items() if k != "record"} == {
         "user": "_du1234", "dynamic": True, "since": "123456789", "socket": "active",
-        "attached": "running", "image": "/var/lib/portables/p_2.raw"}
+        "attached": "running", "image": "/var/lib/portables/p_2.raw", "extensions": []}
     assert facts["record"]["greeting"] == "Hola" and facts["record"]["visitor"] == 1
     show = [c for c in tools.calls if c[0] == "systemctl"]
     assert len(show) == 1 and show[0][-2:] == ["p.service", "p.socket"] and "--all" in show[0]
@@ -363,3 +363,103 @@ def test_publish_then_clear_fdstore_steps_chain_in_one_call(tmp_path: Path,
     assert (tmp_path / "src" / "p_2.raw").read_bytes().endswith(b"tampered") == corrupt
     assert tools.calls == [["systemctl", "stop", "p.service"],
                            ["systemctl", "clean", "--what=fdstore", "p.service"]]
+
+
+# --- the extension and versioned-dir layouts -------------------------------------------------
+def test_an_extension_attach_names_each_extension_the_base_and_the_unit_prefix(
+        tmp_path: Path) -> None:
+    tools = FakeTools(tmp_path / "t", {"portablectl": [("is-attached", (0, "running\n", ""))],
+                                       "systemctl": [("is-active", (0, "active\n", ""))]})
+    request = attach_request(tmp_path, symlink=None, image="/x/p-base.raw",
+                             extensions=["/x/p_1.raw"], matches=["p"])
+    answer = run_program([request], tools)
+    assert answer["ok"], answer
+    assert ["portablectl", "attach", "--profile", "default", "--extension", "/x/p_1.raw",
+            "/x/p-base.raw", "p"] in tools.calls
+    # is-attached is asked of the same base and extension, not of the base alone.
+    assert ["portablectl", "is-attached", "--extension", "/x/p_1.raw",
+            "/x/p-base.raw"] in tools.calls
+    assert not (tmp_path / "p.raw").exists()  # no symlink in this layout
+
+
+def test_observe_reads_the_units_extension_images_as_paths(tmp_path: Path) -> None:
+    # systemctl show prints ExtensionImages= as [-]SOURCE[:PARTITION:OPTIONS], space-separated.
+    shown = ("MainPID=0\nDynamicUser=yes\nRootImage=/x/p-base.raw\n"
+             "ExtensionImages=/x/p_2.raw -/x/q_1.raw:root:ro\nActiveState=active\n"
+             "ActiveEnterTimestampMonotonic=9\n\n"
+             "DynamicUser=no\nRootImage=\nExtensionImages=\nActiveState=active\n"
+             "ActiveEnterTimestampMonotonic=7\n")
+    tools = FakeTools(tmp_path / "t", {"systemctl": [("show", (0, shown, ""))],
+                                       "portablectl": [("is-attached", (0, "running\n", ""))]})
+    observe = {"step": "observe", "scope": SCOPE, "service": "p.service", "socket": "p.socket",
+               "image": "/x/p-base.raw", "extensions": ["/x/p_2.raw"]}
+    (facts,) = run_program([observe], tools)["answers"]  # type: ignore[misc]
+    assert facts["extensions"] == ["/x/p_2.raw", "/x/q_1.raw"]
+    assert facts["image"] == "/x/p-base.raw" and facts["attached"] == "running"
+    assert ["portablectl", "is-attached", "--extension", "/x/p_2.raw", "/x/p-base.raw"] in \
+        tools.calls
+
+
+def test_the_versioned_dir_is_made_anew_with_exactly_the_versions_asked(tmp_path: Path) -> None:
+    stash = tmp_path / "stash"
+    stash.mkdir()
+    for v in (1, 2):
+        (stash / f"p_{v}.raw").write_text(f"v{v}")
+    directory = tmp_path / "pwt-versioned" / "p.v"
+    directory.mkdir(parents=True)
+    (directory / "p_9.raw").write_text("left over")
+    answer = run_program([{"step": "versioned-dir", "dir": str(directory),
+                           "images": [str(stash / "p_1.raw")]}])
+    assert answer["ok"], answer
+    assert sorted(p.name for p in directory.iterdir()) == ["p_1.raw"]
+    assert (directory / "p_1.raw").read_text() == "v1"
+    empty = run_program([{"step": "versioned-dir", "dir": str(directory), "images": []}])
+    assert empty["exit"] == 1 and "no version to put in it" in str(empty["error"])
+
+
+def test_an_upgrade_places_or_removes_the_versioned_file_before_the_clock_starts(
+        tmp_path: Path) -> None:
+    stash, directory = tmp_path / "stash", tmp_path / "v" / "p.v"
+    stash.mkdir()
+    directory.mkdir(parents=True)
+    (stash / "p_2.raw").write_text("v2")
+    (directory / "p_1.raw").write_text("v1")
+    tools = FakeTools(tmp_path / "t")
+    reattach = ["portablectl", "reattach", "--now", f"{directory}/", "p"]
+    placed = run_program([{"step": "upgrade", "scope": SCOPE, "commands": [reattach],
+                           "place": {"source": str(stash / "p_2.raw"),
+                                     "dir": str(directory)}}], tools)
+    assert placed["ok"], placed
+    # The new file is whole in the directory (written beside it, renamed in), no temporary.
+    assert sorted(p.name for p in directory.iterdir()) == ["p_1.raw", "p_2.raw"]
+    assert sorted(p.name for p in directory.parent.iterdir()) == ["p.v"]
+    assert tools.calls == [reattach]
+    removed = run_program([{"step": "upgrade", "scope": SCOPE, "commands": [reattach],
+                            "remove": [str(directory / "p_2.raw")]}], tools)
+    assert removed["ok"] and sorted(p.name for p in directory.iterdir()) == ["p_1.raw"]
+
+
+def test_reset_detaches_the_base_with_the_extensions_the_unit_runs(tmp_path: Path) -> None:
+    tools = FakeTools(tmp_path / "t", {"systemctl": [
+        ("RootImage", (0, "/x/p-base.raw\n", "")),
+        ("ExtensionImages", (0, "/x/p_2.raw\n", ""))]})
+    part = {"scope": SCOPE, "service": "p.service", "units": [], "images": []}
+    assert run_program([{"step": "reset", "parts": [part]}], tools)["ok"]
+    assert ["portablectl", "detach", "--extension", "/x/p_2.raw", "/x/p-base.raw"] in tools.calls
+
+
+def test_reset_detaches_a_picked_image_by_its_versioned_dir_when_its_path_is_refused(
+        tmp_path: Path) -> None:
+    tools = FakeTools(tmp_path / "t", {
+        "systemctl": [("RootImage", (0, "/x/p.v/p_2.raw\n", ""))],
+        "portablectl": [("p_2.raw", (1, "", "DetachImage failed: No such image\n"))]})
+    part = {"scope": SCOPE, "service": "p.service", "units": [], "images": []}
+    assert run_program([{"step": "reset", "parts": [part]}], tools)["ok"]
+    detaches = [c for c in tools.calls if c[:2] == ["portablectl", "detach"]]
+    assert detaches == [["portablectl", "detach", "/x/p.v/p_2.raw"],
+                        ["portablectl", "detach", "/x/p.v"]]
+    refused = FakeTools(tmp_path / "r", {
+        "systemctl": [("RootImage", (0, "/x/p_2.raw\n", ""))],
+        "portablectl": [("detach", (1, "", "DetachImage failed: No such image\n"))]})
+    answer = run_program([{"step": "reset", "parts": [part]}], refused)
+    assert "DetachImage failed: No such image" in str(answer["error"])

@@ -155,6 +155,13 @@ EXPECTED_IDS = [
     "vm/plugin/suite/test_fdstore_preserve.py::"
     "test_stop_start_keeps_every_connection_with_preserve",
     "vm/plugin/suite/test_user_portable.py::test_user_portable_reattach_loses_no_request",
+    "vm/plugin/suite/test_layouts.py::test_extension_upgrade[host-socket-extension-no-keepalive]",
+    "vm/plugin/suite/test_layouts.py::test_extension_upgrade[host-socket-extension-rollback]",
+    "vm/plugin/suite/test_layouts.py::test_extension_upgrade[image-socket-extension-no-keepalive]",
+    "vm/plugin/suite/test_layouts.py::test_versioned_dir_upgrade"
+    "[host-socket-versioned-dir-no-keepalive]",
+    "vm/plugin/suite/test_layouts.py::test_versioned_dir_upgrade"
+    "[host-socket-versioned-dir-rollback]",
 ]
 
 

@@ -63,6 +63,7 @@ class FakeImages:
     """A built image set (only its guest-side names matter here)."""
 
     stash_key: str
+    base: Path | None = None
 
     def path(self, version: int) -> Path:
         return Path(f"/nonexistent/{version}.raw")

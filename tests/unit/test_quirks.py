@@ -130,3 +130,37 @@ def test_a_user_attach_refused_for_its_scope_names_the_missing_images() -> None:
     assert why is not None and why.startswith("characterised on systemd 262")
     assert "portable scope 'system' incompatible with portabled runtime scope 'user'" in why
     assert "PORTABLE_SCOPE=user" in why
+
+
+# --- the layouts: extensions (249) and versioned directories (256) ----------------------------
+@pytest.mark.parametrize(("major", "missing"), [(248, True), (249, False), (252, False)])
+def test_portable_extensions_need_249(major: int, missing: bool) -> None:
+    from pytest_portable_upgrade.systemd.quirks import extensions_missing
+
+    why = extensions_missing(major)
+    assert (why is not None) == missing
+    if why is not None:
+        assert why == (f"systemd {major} has no portable extensions (portablectl --extension, "
+                       "added in 249)")
+
+
+@pytest.mark.parametrize(("major", "missing"), [(252, True), (255, True), (256, False),
+                                                (257, False), (262, False)])
+def test_versioned_directories_need_256(major: int, missing: bool) -> None:
+    from pytest_portable_upgrade.systemd.quirks import versioned_dir_missing
+
+    why = versioned_dir_missing(major)
+    assert (why is not None) == missing
+    if why is not None:
+        assert why == (f"systemd {major} has no versioned directories (<name>.v/, vpick: "
+                       "added in 256)")
+
+
+def test_what_follows_a_sysupdate_pull_is_the_statement_of_the_version_looked_at() -> None:
+    from pytest_portable_upgrade.systemd.quirks import after_sysupdate_pull
+
+    assert after_sysupdate_pull(257).startswith("as seen on 257: systemd-sysupdate.service")
+    assert after_sysupdate_pull(260).startswith("as seen on 257: ")  # the newest at or below
+    assert "OnCompletedUpdate" in after_sysupdate_pull(262)
+    assert "OnCompletedUpdate" not in after_sysupdate_pull(257)
+    assert after_sysupdate_pull(254) == "systemd 254: not looked at (seen: [257, 262])"

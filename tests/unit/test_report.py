@@ -347,3 +347,15 @@ def test_summary_gives_the_median_overhead() -> None:
         "Overhead per scenario (wall time beyond the load window): median 8.4 s, 8.0 to 21.7 s "
         "over 4 scenarios.")
     assert overhead_line([{"scenario": "x"}]) == ""
+
+
+def test_the_summary_shows_each_sets_image_sizes() -> None:
+    from pytest_portable_upgrade.report.report import image_sizes_table
+
+    rows = [{"scenario": "host-socket-extension-no-keepalive",
+             "image_bytes": {"p-base.raw": 31_500_000, "p_2.raw": 8192}},
+            {"scenario": "host-socket-no-keepalive"}]
+    assert image_sizes_table(rows).splitlines() == [
+        "| scenario | files (MB) |", "|---|---|",
+        "| host-socket-extension-no-keepalive | p-base.raw 31.50, p_2.raw 0.01 |"]
+    assert image_sizes_table(rows[1:]) == ""

@@ -95,14 +95,17 @@ def box(settings: Settings, pytestconfig: pytest.Config, artifacts: Path) -> Any
 @pytest.fixture(scope="session")
 def images(settings: Settings, subject: Subject, pytestconfig: pytest.Config,
            artifacts: Path) -> Any:
-    """(socket location, scope) -> the subject's images of that shape (its ready files, or
-    built on the host when first asked)."""
+    """(socket location, scope, layout) -> the subject's images of that shape (its ready
+    files, or built on the host when first asked: the base and extensions only when an
+    extension scenario runs)."""
     from pytest_portable_upgrade.subject.image import ensure_images
 
-    def build(socket_location: str, scope: str = "system") -> Any:
+    def build(socket_location: str, scope: str = "system", layout: str = "image") -> Any:
         what = f"{socket_location} socket" if scope == "system" else f"{scope} scope"
+        if layout != "image":
+            what = f"{layout}, {what}"
         return _harness_step(f"images ({what})", pytestconfig, ensure_images,
-                             settings.state_dir, subject, socket_location, scope)
+                             settings.state_dir, subject, socket_location, scope, layout)
 
     build("host")  # before the VM boots: a broken image build should not cost a boot
     return build

@@ -215,6 +215,20 @@ def host_socket_table(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def image_sizes_table(records: Sequence[dict[str, Any]]) -> str:
+    """Per scenario: the files of its image set as uploaded (``image_bytes``), in MB: what an
+    upgrade moves (a whole image, or an extension beside a base that stays); "" when no row
+    has them."""
+    rows = [rec for rec in records if rec.get("image_bytes")]
+    if not rows:
+        return ""
+    lines = ["| scenario | files (MB) |", "|---|---|"]
+    for rec in rows:
+        files = ", ".join(f"{name} {size / 1e6:.2f}" for name, size in rec["image_bytes"].items())
+        lines.append(f"| {rec.get('scenario')} | {files} |")
+    return "\n".join(lines)
+
+
 def stability_table(records: Sequence[dict[str, Any]]) -> str:
     """Per scenario: how many runs gave the expected verdict (only when run more than once)."""
     by_scenario: dict[str, list[str]] = {}
@@ -263,6 +277,9 @@ def write_summary(directory: Path, records: Sequence[dict[str, Any]],
         "guest. \"-\": not measured.\n\n"
         f"{host_socket_table(records)}\n\n"
     )
+    sizes = image_sizes_table(records)
+    if sizes:
+        latency_md += f"## Image sizes\n\nThe files each scenario's set uploads.\n\n{sizes}\n\n"
     (directory / "summary.md").write_text(
         f"# Zero-downtime reattach: results\n\n{markdown_table(records)}\n\n"
         f"{overhead_line(records)}{skipped_md}{latency_md}{stability_md}## Phases\n{phase_lines}\n"

@@ -34,6 +34,11 @@ UPGRADES = ("reattach", "stop-start")
 SCOPES = ("system", "user")
 # What the clients send: None (the subject's own [request] method), or GET or POST.
 METHODS = (None, "GET", "POST")
+# How the versions are laid out for portabled: a whole image per version behind the symlink
+# <name>.raw; a base image (the runtime) that stays, with one small app extension per version
+# (`portablectl attach --extension`, 249+); or a versioned directory <name>.v/ whose newest
+# <name>_<V>.raw portabled picks itself (vpick, 256+).
+LAYOUTS = ("image", "extension", "versioned-dir")
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class Scenario:
     # when it is higher. The proxy's retries are tested only by requests in flight on the
     # server connections the naive server drops (docs/capacity.md says why 50).
     min_concurrency: int = 1
+    layout: str = "image"  # or extension / versioned-dir (LAYOUTS)
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -69,7 +75,7 @@ class Scenario:
         choices: dict[str, tuple[str | None, ...]] = {
             "expect": EXPECTATIONS, "rollout": ROLLOUTS, "proxy": PROXIES,
             "socket_location": SOCKET_LOCATIONS, "shutdown": SHUTDOWNS, "profile": PROFILES,
-            "upgrade": UPGRADES, "scope": SCOPES, "method": METHODS,
+            "upgrade": UPGRADES, "scope": SCOPES, "method": METHODS, "layout": LAYOUTS,
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -89,6 +95,15 @@ class Scenario:
                              "rollout without a proxy")
         if self.scope == "user" and self.socket_location != "host":
             raise ValueError("the user scope has its socket as a user unit, outside the image")
+        if self.layout != "image" and (
+            self.rollout != "portablectl" or self.upgrade != "reattach"
+            or self.scope != "system" or self.proxy is not None
+        ):
+            raise ValueError(f"the {self.layout} layout is a plain `portablectl reattach --now` "
+                             "of the system's manager, without a proxy")
+        if self.layout == "versioned-dir" and self.socket_location != "host":
+            raise ValueError("the versioned-dir layout holds whole images: its socket is the "
+                             "host's (image-socket-no-keepalive is the control)")
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -155,6 +170,25 @@ SCENARIOS: tuple[Scenario, ...] = (
              description="ab -k and hey POST through HAProxy to the naive server: HAProxy "
                          "documents its retry-on as replaying a POST like a GET, so no client "
                          "should lose one (the run decides; the server may do one twice)"),
+    # The other two layouts of an upgrade (systemd's TEST-29-PORTABLE checks them with
+    # is-active only): under load here, with the same checks as the whole-image reattach.
+    Scenario("host-socket-extension-no-keepalive", layout="extension",
+             description="a base image (the runtime) stays attached; only the app extension "
+                         "changes: reattach --now --extension app_2.raw base.raw, 0 failed"),
+    Scenario("host-socket-extension-rollback", layout="extension", from_version=2,
+             to_version=1,
+             description="the extension rolled back v2 -> v1 on the same base, under load"),
+    Scenario("image-socket-extension-no-keepalive", expect="downtime", socket_location="image",
+             layout="extension",
+             description="negative control: the extension ships the .socket, so the reattach "
+                         "restarts it too"),
+    Scenario("host-socket-versioned-dir-no-keepalive", layout="versioned-dir",
+             description="<name>.v/ attached; the new version's file dropped into it and "
+                         "reattach --now picks the newest (256+), 0 failed"),
+    Scenario("host-socket-versioned-dir-rollback", layout="versioned-dir", from_version=2,
+             to_version=1,
+             description="the newest file removed from <name>.v/ and reattach --now picks the "
+                         "one before it (256+), 0 failed"),
 )
 
 

@@ -25,10 +25,13 @@ from pytest_portable_upgrade.scenarios.checks import SocketObservation
 from pytest_portable_upgrade.subject.spec import Subject
 from pytest_portable_upgrade.systemd.portable import PortableService, Request, Upgrade
 from pytest_portable_upgrade.systemd.quirks import (
+    after_sysupdate_pull,
+    extensions_missing,
     fdstore_preserve_missing,
     sysupdate_missing,
     sysupdate_transfer_suffix,
     user_attach_refused,
+    versioned_dir_missing,
 )
 from pytest_portable_upgrade.systemd.scope import SCOPES, Scope, missing_pieces
 from pytest_portable_upgrade.systemd.sysupdate import PIN_UNIT, ROLLOUT_UNIT, SysupdateSetup
@@ -71,6 +74,12 @@ class ScenarioRun:
     concurrency: int = LoadSettings.concurrency
     hey_not_run: str = ""  # why hey did not run beside ab ("" when it ran)
     facts: dict[str, Any] = field(default_factory=dict)  # more for the report (rollout log)
+    # The layouts other than whole images (vm/systemd/layout.py): the RootImage= the new
+    # version runs from ("": the scope's image of it), and the unit's ExtensionImages=
+    # afterwards beside the ones it should name.
+    expected_image: str = ""
+    attached_extensions: tuple[str, ...] = ()
+    expected_extensions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,10 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
     needs_preserve = scenario.upgrade == "stop-start" or scenario.fdstore_preserve
     if needs_preserve and (reason := fdstore_preserve_missing(service.systemd_major)):
         raise ScenarioUnsupported(reason)
+    layout_missing = {"extension": extensions_missing, "versioned-dir": versioned_dir_missing}
+    if scenario.layout in layout_missing and (
+            reason := layout_missing[scenario.layout](service.systemd_major)):
+        raise ScenarioUnsupported(reason)
     if scenario.scope == "system":
         return _run(service, settings, scenario, overrides)
     missing = missing_pieces(service.systemd_major, service.preflight())
@@ -150,6 +163,7 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
 
 def _run(service: PortableService, settings: Settings, scenario: Scenario,
          overrides: Overrides | None = None) -> ScenarioRun:
+    service = service.in_layout(scenario.layout)
     subject = service.subject
     old, new = subject.answer(scenario.from_version), subject.answer(scenario.to_version)
     profile = subject.profile_for(scenario)
@@ -157,7 +171,8 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario,
     m = service.machine
     setup = _sysupdate_setup(service, scenario)
     prepare: list[Request] = [*service.dropin_steps(scenario.shutdown, scenario.fdstore_preserve),
-                              *service.image_steps(scenario.socket_location)]
+                              *service.image_steps(scenario.socket_location,
+                                                   scenario.from_version)]
     if overrides is not None:
         prepare.append(overrides.request(service))
     url_port = subject.port
@@ -191,7 +206,7 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario,
         if setup is None and scenario.upgrade == "stop-start":
             upgrade = service.stop_start(scenario.to_version)
         elif setup is None:
-            upgrade = service.reattach(scenario.to_version)
+            upgrade = service.reattach(scenario.to_version, scenario.from_version)
         else:
             if scenario.to_version > scenario.from_version:
                 service.publish(scenario.to_version, corrupt=scenario.corrupt)
@@ -213,7 +228,8 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario,
         # reattach left dead (the verdict names that instead). A user's journal comes with
         # them (the report keeps its end).
         user_scope = service.scope.user is not None
-        then = service.observe_command(count=True, journal=user_scope)
+        then = service.observe_command(count=True, journal=user_scope,
+                                       version=scenario.to_version)
         if scenario.proxy == "haproxy":
             then = f"{STOP_HAPROXY}; {then}"
         outcome = load.stop(old=old, new=new, then=then)
@@ -221,11 +237,16 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario,
              + (f"; hey: {outcome.hey.describe()}" if outcome.hey is not None else ""))
     after = service.observed(load.then_output)
     socket = SocketObservation(before.socket_since, after.socket_since, after.socket_state)
-    facts: dict[str, Any] = {"rollout_log": upgrade.output[-1500:]} if setup is not None else {}
+    facts: dict[str, Any] = {} if setup is None else {
+        "rollout_log": upgrade.output[-1500:],
+        # What systemd would run after the pull itself (quirks): the report shows it.
+        "after_pull": after_sysupdate_pull(service.systemd_major)}
     if scenario.upgrade != "reattach":
         facts["upgrade_log"] = upgrade.output[-1500:]
     if user_scope:
         facts["user_journal"] = after.journal[-3000:]
+    facts["image_bytes"] = service.image_sizes(scenario.socket_location)
+    layout = service.layout
     run = ScenarioRun(
         scenario=scenario, subject=subject, scope=service.scope, outcome=outcome,
         upgrade=upgrade, socket=socket,
@@ -235,6 +256,10 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario,
         dynamic_user=before.dynamic_user, profile=profile, rollout_ok=rollout_ok,
         max_stall_s=load_cfg.max_stall_s, concurrency=load_cfg.concurrency,
         hey_not_run=hey_not_run or "", facts=facts,
+        expected_image=(layout.expected_image(scenario.to_version)
+                        if layout.kind != "image" else ""),
+        attached_extensions=after.extensions,
+        expected_extensions=tuple(layout.extensions(scenario.to_version)),
     )
     if scenario.fdstore_preserve:
         service.clear_fd_store()  # after every measurement: the next scenario starts empty

@@ -170,12 +170,17 @@ def user_check_problems(run: ScenarioRun) -> list[str]:
 
 def attachment_problems(run: ScenarioRun, version: int) -> list[str]:
     """Like systemd's TEST-29: the image is attached and the unit runs ``version``'s image
-    (the path the run's scope gives it)."""
-    want = run.scope.image_path(run.subject, version)
+    (the path the run's scope gives it, or the layout's: the base, or the file picked from
+    the versioned directory) with the extensions it should (the extension layout's)."""
+    want = run.expected_image or run.scope.image_path(run.subject, version)
+    problems = []
     if run.attached_state not in ATTACHED_STATES or run.attached_image != want:
-        return [f"afterwards portablectl says {run.attached_state!r} and the unit runs "
-                f"{run.attached_image!r}, not {want!r}"]
-    return []
+        problems.append(f"afterwards portablectl says {run.attached_state!r} and the unit runs "
+                        f"{run.attached_image!r}, not {want!r}")
+    if run.attached_extensions != run.expected_extensions:
+        problems.append(f"afterwards the unit runs the extensions "
+                        f"{list(run.attached_extensions)}, not {list(run.expected_extensions)}")
+    return problems
 
 
 def profile_problems(run: ScenarioRun) -> list[str]:

@@ -6,8 +6,14 @@
 # In: SUITE MIRROR ROOTFS (cached base tree; built if missing) OUT_DIR NAME VERSIONS ("1 2")
 #     OS_RELEASE_EXTRA (optional lines appended to each image's os-release)
 #     PACKAGES (comma-separated, may be empty) STATE_DIRS (space-separated names under /var/lib)
+#     LAYOUT (image: a whole image per version; extension: one base <NAME>-base.raw, the tree
+#       with no overlay, and per version an extension <NAME>_<V>.raw holding only the overlay
+#       and its extension-release)
+#     EXTENSION_RELEASE (extension layout, optional: the file to ship as extension-release;
+#       empty: ID= and VERSION_ID= of the base's os-release)
 set -euo pipefail
 : "${SUITE:?}" "${MIRROR:?}" "${ROOTFS:?}" "${OUT_DIR:?}" "${NAME:?}" "${VERSIONS:?}"
+LAYOUT="${LAYOUT:-image}"
 
 if [ ! -e "$ROOTFS/.complete" ]; then
   echo "==> debootstrap $SUITE minbase + ${PACKAGES:-nothing more} into $ROOTFS"
@@ -19,20 +25,14 @@ if [ ! -e "$ROOTFS/.complete" ]; then
   touch "$ROOTFS/.complete"
 fi
 
-mkdir -p "$OUT_DIR"
-for version in $VERSIONS; do
-  tree="$OUT_DIR/tree-$version"
-  echo "==> image $NAME v$version"
-  rm -rf "$tree"
-  cp -a "$ROOTFS" "$tree"
-  rm -f "$tree/.complete"
-  cp -a "$OUT_DIR/overlay-$version/." "$tree/"
-  # What a read-only portable image needs: os-release, an empty machine-id and resolv.conf
-  # (bind-mount targets), and the StateDirectory mount points.
+# What a read-only portable image needs: os-release (naming it $1 $2), an empty machine-id and
+# resolv.conf (bind-mount targets), and the StateDirectory mount points.
+finish_portable_tree() {
+  local tree="$1" image_id="$2" version="$3"
   rm -f "$tree/etc/os-release"
   cp "$tree/usr/lib/os-release" "$tree/etc/os-release"
   printf 'IMAGE_ID=%s\nIMAGE_VERSION=%s\nPORTABLE_PRETTY_NAME="%s v%s"\n' \
-    "$NAME" "$version" "$NAME" "$version" >> "$tree/etc/os-release"
+    "$image_id" "$version" "$image_id" "$version" >> "$tree/etc/os-release"
   # Images for a user's portabled (260+) say so: PORTABLE_SCOPE=user.
   if [ -n "${OS_RELEASE_EXTRA:-}" ]; then
     printf '%s\n' "$OS_RELEASE_EXTRA" >> "$tree/etc/os-release"
@@ -43,9 +43,55 @@ for version in $VERSIONS; do
   for dir in ${STATE_DIRS:-}; do
     mkdir -p "$tree/var/lib/$dir"
   done
-  out="$OUT_DIR/${NAME}_$version.raw"
+}
+
+pack() {
+  local tree="$1" out="$2"
   mksquashfs "$tree" "$out.tmp" -noappend -comp zstd -all-root -quiet -mkfs-time 0 -all-time 0
   mv "$out.tmp" "$out"
   rm -rf "$tree"
-  echo "==> $out ($(du -h "$out" | cut -f1))"
+  echo "==> $out ($(du -h "$out" | cut -f1), $(stat -c %s "$out") bytes)"
+}
+
+mkdir -p "$OUT_DIR"
+if [ "$LAYOUT" = image ]; then
+  for version in $VERSIONS; do
+    tree="$OUT_DIR/tree-$version"
+    echo "==> image $NAME v$version"
+    rm -rf "$tree"
+    cp -a "$ROOTFS" "$tree"
+    rm -f "$tree/.complete"
+    cp -a "$OUT_DIR/overlay-$version/." "$tree/"
+    finish_portable_tree "$tree" "$NAME" "$version"
+    pack "$tree" "$OUT_DIR/${NAME}_$version.raw"
+  done
+  exit 0
+fi
+
+[ "$LAYOUT" = extension ] || { echo "LAYOUT must be image or extension, not $LAYOUT" >&2; exit 2; }
+tree="$OUT_DIR/tree-base"
+echo "==> base image $NAME-base (the runtime: $SUITE minbase + ${PACKAGES:-nothing more})"
+rm -rf "$tree"
+cp -a "$ROOTFS" "$tree"
+rm -f "$tree/.complete"
+finish_portable_tree "$tree" "$NAME-base" 1
+release="$OUT_DIR/extension-release"
+if [ -n "${EXTENSION_RELEASE:-}" ]; then
+  cp "$EXTENSION_RELEASE" "$release"
+else
+  # portabled matches an extension to its base by ID= and VERSION_ID= (sid has no VERSION_ID).
+  grep -E '^(ID|VERSION_ID)=' "$tree/usr/lib/os-release" > "$release"
+fi
+pack "$tree" "$OUT_DIR/$NAME-base.raw"
+for version in $VERSIONS; do
+  tree="$OUT_DIR/tree-ext-$version"
+  echo "==> extension $NAME v$version"
+  rm -rf "$tree"
+  mkdir -p "$tree/usr/lib/extension-release.d"
+  cp -a "$OUT_DIR/overlay-$version/." "$tree/"
+  # Both names: systemd < 256 wants the image file's name exactly, version and all; 256+ also
+  # takes the name without the version (vm/systemd/quirks.py).
+  cp "$release" "$tree/usr/lib/extension-release.d/extension-release.$NAME"
+  cp "$release" "$tree/usr/lib/extension-release.d/extension-release.${NAME}_$version"
+  pack "$tree" "$OUT_DIR/${NAME}_$version.raw"
 done

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import subprocess
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
 UNIT_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._-]*\.socket$")
 TOP_KEYS = frozenset({"name", "service", "port", "profile", "sockets", "scenarios",
                       "state_directories", "checks", "request", "answer", "dropins",
-                      "shutdown", "build", "versions"})
+                      "shutdown", "build", "versions", "extension", "versioned_dir"})
 REQUEST_KEYS = frozenset({"path", "host", "method", "body", "content_type"})
 # The methods the clients send: GET, and POST with the spec's body (a POST is not resent by
 # Go's client, so a lost one shows where a GET's loss hides: vm/load/hey.py).
@@ -45,7 +46,15 @@ METHODS = ("GET", "POST")
 DEFAULT_CONTENT_TYPE = "text/plain"
 ANSWER_KEYS = frozenset({"version_regex", "version_header", "counter_regex"})
 BUILD_KEYS = frozenset({"suite", "packages", "files"})
-VERSION_KEYS = frozenset({"answer", "image"})
+VERSION_KEYS = frozenset({"answer", "image", "extension"})
+EXTENSION_KEYS = frozenset({"base", "release"})
+# What an extension may carry: the hierarchies systemd merges from it (its sysext default).
+EXTENSION_HIERARCHIES = ("/usr/", "/opt/")
+EXTENSION_RELEASE_DIR = "/usr/lib/extension-release.d"
+# The os-release VERSION_ID of the Debian suites a built base comes from (sid has none): what a
+# built extension's own extension-release is checked against before anything boots.
+DEBIAN_VERSION_IDS: dict[str, str | None] = {"bookworm": "12", "trixie": "13", "forky": "14",
+                                             "sid": None, "unstable": None}
 
 
 class SpecError(HarnessError):
@@ -67,6 +76,22 @@ class Build:
     suite: str
     packages: tuple[str, ...]
     files: tuple[tuple[str, Path], ...]
+
+
+@dataclass(frozen=True)
+class Extension:
+    """The subject as a base image (the runtime, attached as is) with one app extension image
+    per version (``portablectl attach --extension``): ready files, or built from ``[build]``
+    (the base: minbase + packages; each extension: ``[build.files]`` and its
+    ``extension-release.<name>``)."""
+
+    base: Path | None = None  # a ready base image; None: built
+    images: dict[int, Path] = field(default_factory=dict)  # ready extension images by version
+    release: Path | None = None  # built: the extension-release to ship (None: the base's IDs)
+
+    @property
+    def ready(self) -> bool:
+        return self.base is not None
 
 
 @dataclass(frozen=True)
@@ -94,6 +119,8 @@ class Subject:
     shutdown: dict[str, str] = field(default_factory=dict)  # scenario shutdown mode -> text
     build: Build | None = None
     checks: Path | None = None  # a directory of the user's own pytest files
+    extension: Extension | None = None  # how it splits into a base and extensions
+    versioned_dir: Path | None = None  # a ready <name>.v/ its versions' images come from
 
     # --- names in the guest ---------------------------------------------------------------
     @property
@@ -117,6 +144,11 @@ class Subject:
 
     def image_paths(self) -> list[str]:
         return [self.image_path(v) for v in self.versions] + [self.symlink]
+
+    @property
+    def base_name(self) -> str:
+        """The base image's file name in the extension layout."""
+        return f"{self.name}-base.raw"
 
     @property
     def dropin_dir(self) -> str:
@@ -177,6 +209,17 @@ class Subject:
         if scenario.socket_location == "image" and self.build is None:
             return (f"{where}: a socket inside the image needs images built by the suite "
                     "([build]); ready images cannot be changed")
+        if scenario.layout != "extension" and self.build is None and any(
+                v.image is None for v in self.versions.values()):
+            return (f"{where} has only extensions: a whole image per version "
+                    "(versions.N.image or [build]) runs the other scenarios")
+        if scenario.layout == "extension" and self.extension is None:
+            return (f"{where} has no [extension]: the extension scenarios need the service "
+                    "as a base image and an app extension per version")
+        if (scenario.layout == "extension" and scenario.socket_location == "image"
+                and self.extension is not None and self.extension.ready):
+            return (f"{where}: a socket inside the extension needs extensions built by the "
+                    "suite; ready ones cannot be changed")
         if scenario.shutdown != "drain" and scenario.shutdown not in self.shutdown:
             return (f"{where} has no way to shut down {scenario.shutdown!r} "
                     f"([shutdown] {scenario.shutdown} = drop-in text)")
@@ -360,9 +403,13 @@ def load_subject(spec: Path) -> Subject:
             raise _fail(spec, "answer.counter_regex", "needs one group around the number")
 
     versions = _versions(spec, _table(spec, raw, "versions", None))
+    versioned_dir = None
+    if "versioned_dir" in raw:
+        versioned_dir, versions = _versioned_dir(spec, name, raw["versioned_dir"], versions)
     build = _build(spec, _table(spec, raw, "build", BUILD_KEYS)) if "build" in raw else None
+    extension = (_extension(spec, name, raw, versions, build) if "extension" in raw else None)
     for v in versions.values():
-        if v.image is None and build is None:
+        if v.image is None and build is None and (extension is None or not extension.ready):
             raise _fail(spec, f"versions.{v.number}.image",
                         "missing: give a ready image, or a [build] recipe for all versions")
 
@@ -379,6 +426,7 @@ def load_subject(spec: Path) -> Subject:
         counter_regex=counter, state_directories=state_dirs,
         dropins=_dropins(spec, raw, "dropins", names=True),
         shutdown=_dropins(spec, raw, "shutdown", names=False), build=build, checks=checks,
+        extension=extension, versioned_dir=versioned_dir,
     )
     _check_scenarios(subject)
     return subject
@@ -399,6 +447,8 @@ def _versions(spec: Path, table: dict[str, Any]) -> dict[int, Version]:
         if "answer" not in value:
             raise _fail(spec, f"{where}.answer", "missing: what the version's answers say")
         image = _file(spec, value["image"], f"{where}.image") if "image" in value else None
+        if "extension" in value:
+            _file(spec, value["extension"], f"{where}.extension")  # read by _extension
         versions[int(key)] = Version(int(key), _str(spec, value["answer"], f"{where}.answer"),
                                      image)
     if len(versions) < 2:
@@ -435,6 +485,143 @@ def _build(spec: Path, table: dict[str, Any]) -> Build:
             raise _fail(spec, "build.packages", f"{p!r} is no Debian package name")
     return Build(suite=_str(spec, table.get("suite", "bookworm"), "build.suite"),
                  packages=packages, files=tuple(out))
+
+
+def release_fields(text: str) -> dict[str, str]:
+    """The KEY=value pairs of an os-release or extension-release text (quotes removed)."""
+    fields = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        fields[key.strip()] = value.strip().strip("\"'")
+    return fields
+
+
+def release_mismatch(base: dict[str, str], extension: dict[str, str]) -> str | None:
+    """Why portabled refuses an extension with this extension-release on a base with this
+    os-release, or None: systemd's extension_release_validate for the portable scope (scope,
+    ID or ID_LIKE, then SYSEXT_LEVEL or VERSION_ID; no version on the base matches all)."""
+    scope = extension.get("SYSEXT_SCOPE")
+    if scope is not None and "portable" not in scope.split():
+        return f"SYSEXT_SCOPE={scope} does not name portable"
+    ext_id = extension.get("ID", "")
+    if not ext_id:
+        return "it has no ID="
+    if ext_id == "_any":
+        return None
+    if ext_id != base.get("ID") and ext_id not in base.get("ID_LIKE", "").split():
+        return f"ID={ext_id}, but the base says ID={base.get('ID', '')}"
+    version, level = base.get("VERSION_ID", ""), base.get("SYSEXT_LEVEL", "")
+    if not version and not level:
+        return None
+    if level and extension.get("SYSEXT_LEVEL"):
+        if extension["SYSEXT_LEVEL"] != level:
+            return f"SYSEXT_LEVEL={extension['SYSEXT_LEVEL']}, but the base says {level}"
+        return None
+    if version and extension.get("VERSION_ID", "") != version:
+        said = extension.get("VERSION_ID")
+        return (f"VERSION_ID={said}" if said else "no VERSION_ID=") + (
+            f", but the base says VERSION_ID={version}")
+    return None
+
+
+def squashfs_file(image: Path, paths: list[str]) -> str | None:
+    """The first of ``paths`` that a squashfs ``image`` holds, read with unsquashfs; None when
+    the image is no squashfs (or holds none of them): portabled is then the judge."""
+    for path in paths:
+        try:
+            result = subprocess.run(["unsquashfs", "-cat", str(image), path.lstrip("/")],
+                                    capture_output=True, text=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if result.returncode == 0 and result.stdout.strip():
+            return result.stdout
+    return None
+
+
+def extension_release_paths(name: str, version: int) -> list[str]:
+    """Where an extension of ``name`` keeps its extension-release (both names: quirks.py)."""
+    return [f"{EXTENSION_RELEASE_DIR}/extension-release.{name}",
+            f"{EXTENSION_RELEASE_DIR}/extension-release.{name}_{version}"]
+
+
+def _extension(spec: Path, name: str, raw: dict[str, Any], versions: dict[int, Version],
+               build: Build | None) -> Extension:
+    table = _table(spec, raw, "extension", EXTENSION_KEYS)
+    given = {n: raw["versions"][str(n)].get("extension") for n in versions}
+    if "base" in table:
+        base = _file(spec, table["base"], "extension.base")
+        images = {}
+        for n, value in given.items():
+            if value is None:
+                raise _fail(spec, f"versions.{n}.extension", "missing: a ready base needs a "
+                                                             "ready extension for every version")
+            images[n] = _file(spec, value, f"versions.{n}.extension")
+        if "release" in table:
+            raise _fail(spec, "extension.release", "only for built extensions: a ready one "
+                                                   "carries its own")
+        os_release = squashfs_file(base, ["/etc/os-release", "/usr/lib/os-release"])
+        for n, image in images.items():
+            ext = squashfs_file(image, extension_release_paths(name, n))
+            if os_release is None or ext is None:
+                continue  # not squashfs: portabled reads them (its refusal ends the run)
+            why = release_mismatch(release_fields(os_release), release_fields(ext))
+            if why is not None:
+                raise _fail(spec, f"versions.{n}.extension",
+                            f"{image.name}'s extension-release does not match the base "
+                            f"{base.name}: {why}; make its ID= and VERSION_ID= the base's "
+                            "os-release values (or ID=_any)")
+        return Extension(base=base, images=images)
+    if build is None:
+        raise _fail(spec, "extension", "a built extension needs [build] (the base: suite and "
+                                       "packages; the extension: [build.files]), or give "
+                                       "extension.base and versions.N.extension")
+    for n, value in given.items():
+        if value is not None:
+            raise _fail(spec, f"versions.{n}.extension", "a ready extension needs a ready "
+                                                         "base: extension.base = \"...\"")
+    for target, _ in build.files:
+        if not target.startswith(EXTENSION_HIERARCHIES):
+            raise _fail(spec, f"build.files.{target}",
+                        "an extension carries /usr and /opt only (the hierarchies systemd "
+                        "merges): move it under /usr")
+    release = None
+    if "release" in table:
+        release = _file(spec, table["release"], "extension.release")
+        if build.suite in DEBIAN_VERSION_IDS:
+            version = DEBIAN_VERSION_IDS[build.suite]
+            base_ids = {"ID": "debian", **({"VERSION_ID": version} if version else {})}
+            why = release_mismatch(base_ids, release_fields(release.read_text()))
+            if why is not None:
+                wanted = " ".join(f"{k}={v}" for k, v in base_ids.items())
+                raise _fail(spec, "extension.release",
+                            f"{release}: {why} (a base of {build.suite}); write {wanted} in "
+                            "it, or drop the key and the suite writes one")
+    return Extension(release=release)
+
+
+def _versioned_dir(spec: Path, name: str, value: Any, versions: dict[int, Version],
+                   ) -> tuple[Path, dict[int, Version]]:
+    """A ready ``<name>.v/`` directory: each ``<name>_<N>.raw`` in it is version N's image."""
+    directory = _file(spec, value, "versioned_dir", directory=True)
+    if directory.suffix != ".v":
+        raise _fail(spec, "versioned_dir", f"{directory} is no versioned directory: name it "
+                                           f"{name}.v")
+    found = {}
+    for path in directory.iterdir():
+        match = re.fullmatch(rf"{re.escape(name)}_(\d+)\.raw", path.name)
+        if match:
+            found[int(match.group(1))] = path
+    if not found:
+        raise _fail(spec, "versioned_dir", f"{directory} holds no version: put the versions' "
+                                           f"images in it as {name}_1.raw, {name}_2.raw, ...")
+    missing = sorted(set(versions) - set(found))
+    if missing:
+        raise _fail(spec, "versioned_dir", f"{directory} has no {name}_{missing[0]}.raw for "
+                                           f"versions.{missing[0]}: add it there")
+    return directory, {n: Version(n, v.answer, v.image or found[n]) for n, v in versions.items()}
 
 
 def _check_scenarios(subject: Subject) -> None:

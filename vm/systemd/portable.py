@@ -20,6 +20,7 @@ from pytest_portable_upgrade.machine.machine import Machine
 from pytest_portable_upgrade.subject.image import PortableImages
 from pytest_portable_upgrade.subject.spec import DROPIN_PREFIX, Subject
 from pytest_portable_upgrade.systemd import sysupdate
+from pytest_portable_upgrade.systemd.layout import EXTENSION_DIR, VERSIONED_ROOT, Layout
 from pytest_portable_upgrade.systemd.quirks import reattach_target
 from pytest_portable_upgrade.systemd.scope import (
     SIGNING_DIR,
@@ -145,6 +146,7 @@ class ServiceFacts:
     # was not asked for, the subject has no counter, or the socket is not active.
     counter: int | None = None
     journal: str = ""  # the scope user's journal, when asked for
+    extensions: tuple[str, ...] = ()  # the unit's ExtensionImages= (paths)
 
     KEYS = ("user", "dynamic", "since", "socket", "attached", "image")
 
@@ -160,7 +162,8 @@ class ServiceFacts:
         return cls(str(answer["user"]), bool(answer["dynamic"]), str(answer["since"]),
                    str(answer["socket"]), str(answer["attached"]), str(answer["image"]),
                    count_of(record) if record is not None else None,
-                   str(answer.get("journal", "")))
+                   str(answer.get("journal", "")),
+                   tuple(str(e) for e in answer.get("extensions", [])))
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,7 @@ class Session:
     used: dict[str, Scope] = field(default_factory=dict)
     facts: dict[str, str] | None = None
     clean_verified: bool = False
+    sizes: dict[str, dict[str, int]] = field(default_factory=dict)  # stash key -> file -> bytes
 
 
 class PortableService:
@@ -245,7 +249,7 @@ class PortableService:
     def __init__(self, machine: Machine, systemd_major: int, reattach_timeout_s: float,
                  build_images: Callable[..., PortableImages], subject: Subject, host: Any,
                  unit_timeout_s: float = 60.0, scope: Scope = SYSTEM,
-                 session: Session | None = None) -> None:
+                 session: Session | None = None, layout: str = "image") -> None:
         self.machine = machine
         self.host = host  # testinfra.host.Host
         self.subject = subject
@@ -257,12 +261,20 @@ class PortableService:
         self.scope = scope
         self.session = session or Session()
         self.then_output = ""  # what attach's ``then`` printed
+        self.layout = Layout(layout, subject)
 
     def in_scope(self, scope: Scope) -> PortableService:
         """The same guest's service attached in ``scope`` (uploads and resets shared)."""
         return PortableService(self.machine, self.systemd_major, self.reattach_timeout_s,
                                self.build_images, self.subject, self.host,
-                               self.unit_timeout_s, scope, self.session)
+                               self.unit_timeout_s, scope, self.session, self.layout.kind)
+
+    def in_layout(self, layout: str) -> PortableService:
+        """The same guest's service with its versions laid out as ``layout``
+        (vm/systemd/layout.py: whole images, a base with extensions, a versioned dir)."""
+        return PortableService(self.machine, self.systemd_major, self.reattach_timeout_s,
+                               self.build_images, self.subject, self.host,
+                               self.unit_timeout_s, self.scope, self.session, layout)
 
     @property
     def clean_verified(self) -> bool:
@@ -349,20 +361,30 @@ class PortableService:
         return [{"step": "write-files", "remove": [f"{d}/{DROPIN_PREFIX}*.conf"],
                  "files": files, "owner": self.scope.user}]
 
-    def image_steps(self, socket_location: str) -> list[Request]:
+    def image_steps(self, socket_location: str, from_version: int | None = None,
+                    ) -> list[Request]:
         """That set's images into the scope's image directory (a local copy from the stash;
-        signed for the user scope), and ``portablectl inspect`` of each the first time.
+        signed for the user scope), and ``portablectl inspect`` of each the first time. The
+        extension layout's base and extensions go to their own directory; the versioned-dir
+        layout's directory is made anew with every version up to ``from_version``.
 
         A set is built on the host and uploaded the first time a scenario needs it; one image
         portablectl refuses then ends the run with its own words."""
-        key = self.scope.stash(socket_location)
+        extension = self.layout.kind == "extension"
+        key = f"extension-{socket_location}" if extension else self.scope.stash(socket_location)
         first = key not in self.session.uploaded
         if first:
             with log.nested(f"uploading the portable images ({key})"):
-                self.install_images(self.build_images(socket_location, self.scope.name)
-                                    if self.scope is not SYSTEM
-                                    else self.build_images(socket_location))
+                if extension:
+                    images = self.build_images(socket_location, "system", "extension")
+                elif self.scope is not SYSTEM:
+                    images = self.build_images(socket_location, self.scope.name)
+                else:
+                    images = self.build_images(socket_location)
+                self.install_images(images)
             self.session.uploaded.add(key)
+        if extension:
+            return [{"step": "use-images", "source": f"{STASH}/{key}", "target": EXTENSION_DIR}]
         steps: list[Request] = [{
             "step": "use-images", "source": f"{STASH}/{key}", "target": self.scope.image_dir,
             "owner": self.scope.user,
@@ -370,14 +392,36 @@ class PortableService:
         if first and dict(self.scope.refuses).get("inspect") is None:
             steps.append({"step": "inspect", "images": [self.scope.image_path(self.subject, v)
                                                         for v in self.subject.versions]})
+        if self.layout.kind == "versioned-dir":
+            assert from_version is not None, "the versioned directory holds up to from_version"
+            steps.append({"step": "versioned-dir", "dir": self.layout.versioned_dir, "images": [
+                f"{STASH}/{key}/{self.subject.image_name(v)}"
+                for v in self.layout.versions_at_attach(from_version)]})
         return steps
 
     def install_images(self, images: PortableImages) -> None:
         """Upload one set of images to the guest's stash, each named ``<name>_<v>.raw`` there
-        (portablectl matches units by that prefix)."""
+        (portablectl matches units by that prefix), the extension layout's base as
+        ``<name>-base.raw``; their sizes are kept for the report (``image_sizes``)."""
+        base = images.base
+        if base is not None:
+            self.machine.copy_from_host(base, f"{STASH}/{images.stash_key}/"
+                                              f"{self.subject.base_name}")
         for v in self.subject.versions:
             self.machine.copy_from_host(
                 images.path(v), f"{STASH}/{images.stash_key}/{self.subject.image_name(v)}")
+        named = {self.subject.image_name(v): images.path(v) for v in self.subject.versions}
+        if base is not None:
+            named = {self.subject.base_name: base, **named}
+        self.session.sizes[images.stash_key] = {
+            name: path.stat().st_size for name, path in named.items() if path.exists()}
+
+    def image_sizes(self, socket_location: str) -> dict[str, int]:
+        """The uploaded files of this layout's set (file name -> bytes; {} before the
+        upload): the report shows what an upgrade moves."""
+        key = (f"extension-{socket_location}" if self.layout.kind == "extension"
+               else self.scope.stash(socket_location))
+        return dict(self.session.sizes.get(key, {}))
 
     def sysupdate_steps(self, setup: sysupdate.SysupdateSetup, installed: list[int],
                         published: list[int]) -> list[Request]:
@@ -421,10 +465,16 @@ class PortableService:
     def _probe(self) -> Request:
         return {"probe": PROBE, "port": self.subject.port, "args": self.subject.client_args()}
 
-    def _observe(self, count: bool = False, journal: bool = False) -> Request:
-        s = self.subject
+    def _observe(self, count: bool = False, journal: bool = False,
+                 version: int | None = None) -> Request:
+        """``version``: the one that should run (the extension is-attached is asked with)."""
+        s, layout = self.subject, self.layout
+        image, extensions = self.symlink, []
+        if layout.kind != "image":
+            image = layout.target
+            extensions = layout.extensions(version) if version is not None else []
         return {"step": "observe", "service": s.service, "socket": s.socket,
-                "image": self.symlink,
+                "image": image, "extensions": extensions,
                 "count": self._probe() if count and s.counter_regex is not None else None,
                 "journal": 200 if journal else None}
 
@@ -458,8 +508,13 @@ class PortableService:
         if files or dirs:
             requests.append({"step": "write-files", "files": files, "dirs": dirs,
                              "owner": scope.user})
+        layout = self.layout
+        target: Request = {"symlink": self._symlink(version), "image": self.symlink}
+        if layout.kind != "image":
+            target = {"symlink": None, "image": layout.target,
+                      "extensions": layout.extensions(version), "matches": layout.matches}
         requests.append({
-            "step": "attach", "symlink": self._symlink(version), "image": self.symlink,
+            "step": "attach", **target,
             "profile": profile, "flags": list(scope.attach_flags),
             "reload": scope.user is not None, "attached_states": list(ATTACHED_STATES),
             "sockets": list(s.socket_units), "unit_timeout": self.unit_timeout_s,
@@ -467,7 +522,7 @@ class PortableService:
         if greeting is not None:
             requests.append({"step": "greet", **self._probe(), "expect": greeting,
                              "timeout": 120})
-        requests.append(self._observe(count=count))
+        requests.append(self._observe(count=count, version=version))
         bound = 300 + max(180.0, self.unit_timeout_s + 60) + self.unit_timeout_s + 120
         command = self.command(*requests)
         if then is not None:
@@ -478,7 +533,9 @@ class PortableService:
         except ImageRefused as e:
             if str(e).startswith("portablectl inspect"):
                 raise ImageRefused(f"{e} ({s.spec})") from None
-            raise ImageRefused(f"portablectl attach {self.symlink} (v{version}, {s.spec}): "
+            what = self.symlink if layout.kind == "image" else shlex.join(
+                [*layout.extension_args(version), layout.target])
+            raise ImageRefused(f"portablectl attach {what} (v{version}, {s.spec}): "
                                f"{e}") from None
         if then is not None:
             # What ``then`` printed follows the program's one answer line.
@@ -488,18 +545,20 @@ class PortableService:
                                  f"{(self.then_output + result.stderr).strip()[-600:]}")
         return ServiceFacts.from_answer(answers[-1])
 
-    def observe(self, count: bool = False, journal: bool = False) -> ServiceFacts:
+    def observe(self, count: bool = False, journal: bool = False,
+                version: int | None = None) -> ServiceFacts:
         """The service's state in one guest round trip (see ``ServiceFacts``).
 
         ``count``: also the subject's counter, read with one probe request in the same round
         trip, when the subject has a counter and its socket is active (None otherwise);
         ``journal``: the scope user's journal too."""
-        return ServiceFacts.from_answer(self.step(self._observe(count, journal)))
+        return ServiceFacts.from_answer(self.step(self._observe(count, journal, version)))
 
-    def observe_command(self, count: bool = False, journal: bool = False) -> str:
+    def observe_command(self, count: bool = False, journal: bool = False,
+                        version: int | None = None) -> str:
         """``observe`` as a command to run at the end of another round trip (the load's
         stop); ``observed`` reads its answer from what it printed."""
-        return self.command(self._observe(count, journal))
+        return self.command(self._observe(count, journal, version))
 
     def observed(self, output: str) -> ServiceFacts:
         return ServiceFacts.from_answer(self.answers(({"step": "observe"},), output)[0])
@@ -511,8 +570,12 @@ class PortableService:
             return self.symlink
         return reattach_target(self.systemd_major, self.subject.name, self.symlink)
 
-    def _upgrade(self, version: int, commands: list[list[str]]) -> Upgrade:
-        answer = self.step({"step": "upgrade", "symlink": self._symlink(version),
+    def _upgrade(self, version: int, commands: list[list[str]],
+                 change: Request | None = None) -> Upgrade:
+        """``change``: what the upgrade step does before the commands, instead of flipping
+        the symlink (the versioned directory's file placed or removed; nothing)."""
+        change = {"symlink": self._symlink(version)} if change is None else change
+        answer = self.step({"step": "upgrade", **change,
                             "commands": commands, "timeout": self.reattach_timeout_s},
                            timeout=self.reattach_timeout_s + 30)
         if answer["rc"] != 0:
@@ -520,11 +583,28 @@ class PortableService:
                              f"{answer['output'].strip()[-1500:]}")
         return Upgrade.from_answer(command_line(commands), answer)
 
-    def reattach(self, version: int) -> Upgrade:
+    def reattach(self, version: int, from_version: int | None = None) -> Upgrade:
         """Flip the symlink to ``version`` and ``portablectl reattach --now``, timed by the
-        guest's clock."""
-        return self._upgrade(version, [[*self.scope.portablectl, "reattach", "--now",
-                                        *self.scope.attach_flags, self.reattach_target()]])
+        guest's clock. The extension layout reattaches the base with ``version``'s
+        extension; the versioned-dir layout first drops ``version``'s file into the
+        directory (an upgrade) or removes ``from_version``'s (the newest: a rollback)."""
+        layout = self.layout
+        if layout.kind == "image":
+            return self._upgrade(version, [[*self.scope.portablectl, "reattach", "--now",
+                                            *self.scope.attach_flags, self.reattach_target()]])
+        change: Request = {}
+        if layout.kind == "versioned-dir":
+            if from_version is None:
+                raise ValueError("a versioned-dir upgrade needs the version it leaves")
+            if version > from_version:
+                change = {"place": {"source": f"{STASH}/{self.scope.stash('host')}/"
+                                              f"{self.subject.image_name(version)}",
+                                    "dir": layout.versioned_dir}}
+            else:
+                change = {"remove": [layout.versioned_file(v) for v in self.subject.versions
+                                     if v > version]}
+        argv = layout.reattach_argv(self.scope.portablectl, self.scope.attach_flags, version)
+        return self._upgrade(version, [argv], change)
 
     def stop_start(self, version: int) -> Upgrade:
         """Flip the symlink to ``version``, reattach without restarting, stop, start (see
@@ -587,7 +667,7 @@ class PortableService:
                               for u in s.socket_units]
             part.update(remove=[*sockets, *socket_dropins,
                                 f"{s.dropin_dir}/{DROPIN_PREFIX}*.conf", *sysupdate_files(s),
-                                sysupdate.SOURCE_DIR, *state],
+                                sysupdate.SOURCE_DIR, VERSIONED_ROOT, *state],
                         reset_failed=[*s.socket_units, s.service, sysupdate.ROLLOUT_UNIT,
                                       "pwt-pin@*"])
         else:

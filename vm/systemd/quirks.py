@@ -185,3 +185,70 @@ CHECKSUM_REFUSALS = {
          r"with\.",
     262: r"Checksum of downloaded resource does not match expected checksum, yikes\.",
 }
+
+
+# Portable extensions: `portablectl attach/reattach --extension EXT BASE` layers app images
+# over a base image (the runtime) that stays (249, as issue 19 and TEST-29 date them).
+PORTABLE_EXTENSIONS_FROM = 249
+
+
+def extensions_missing(systemd_major: int) -> str | None:
+    """Why the extension scenarios cannot run here, or None."""
+    if systemd_major < PORTABLE_EXTENSIONS_FROM:
+        return (f"systemd {systemd_major} has no portable extensions "
+                f"(portablectl --extension, added in {PORTABLE_EXTENSIONS_FROM})")
+    return None
+
+
+# An extension names its base in /usr/lib/extension-release.d/extension-release.<NAME>. Before
+# 256 NAME must be the image file's name exactly, version and all (app_1.raw needs
+# extension-release.app_1); from 256 (systemd PR #31435) the version after the first '_' is
+# ignored, so extension-release.app serves every app_<V>.raw. The exact name is looked up first
+# on every version, so the builder ships both names (vm/subject/build-image.sh) and one image
+# set serves every box.
+EXTENSION_RELEASE_VERSION_IGNORED_FROM = 256
+
+# Versioned directories (vpick, systemd.v(7)): portablectl attaches <name>.v/ and uses the
+# newest <name>_<V>.raw in it, and `reattach` picks again (256).
+VERSIONED_DIRS_FROM = 256
+
+
+def versioned_dir_missing(systemd_major: int) -> str | None:
+    """Why the versioned-directory scenarios cannot run here, or None."""
+    if systemd_major < VERSIONED_DIRS_FROM:
+        return (f"systemd {systemd_major} has no versioned directories (<name>.v/, vpick: "
+                f"added in {VERSIONED_DIRS_FROM})")
+    return None
+
+
+# What systemd itself offers to run the reattach after a sysupdate pull, by version (issue 19
+# item 4; what was seen in the guests and where it was read: docs/measurements.md). None of it
+# calls portabled: the suite's rollout unit runs `portablectl reattach --now` after `update`
+# (vm/systemd/sysupdate.py).
+AFTER_SYSUPDATE_PULL = {
+    257: "systemd-sysupdate.service (ExecStart=systemd-sysupdate update) and its .timer, and "
+         "systemd-sysupdate-reboot.service/.timer (reboot when a newer version is installed "
+         "than booted); no post-update hook (a transfer has no command key, the binary's "
+         "callout is its systemd-pull/import download helper); Debian ships no "
+         "systemd-sysupdated, no updatectl, no org.freedesktop.sysupdate1; nothing reattaches "
+         "a portable service",
+    262: "systemd-sysupdate-update.service (update --component-all --cleanup=yes) and .timer, "
+         "the old names kept as aliases; a Varlink API io.systemd.SysUpdate "
+         "(systemd-sysupdate.socket, Accept=yes, systemd-sysupdate@.service) whose TargetClass "
+         "names portable; after an update sysupdate calls "
+         "io.systemd.SysUpdate.Notify.OnCompletedUpdate on every socket in "
+         "/run/systemd/sysupdate/notify/, where only io.systemd.sysext listens "
+         "(systemd-sysupdate-notify-sysext.socket runs systemd-sysext); no portabled socket "
+         "there, so nothing reattaches a portable service; Debian ships no systemd-sysupdated "
+         "and no updatectl",
+}
+
+
+def after_sysupdate_pull(systemd_major: int) -> str:
+    """What this systemd offers after a sysupdate pull: the statement of the newest version
+    at or below ``systemd_major`` that was looked at, or that none was."""
+    seen = [v for v in AFTER_SYSUPDATE_PULL if v <= systemd_major]
+    if not seen:
+        return f"systemd {systemd_major}: not looked at (seen: {sorted(AFTER_SYSUPDATE_PULL)})"
+    version = max(seen)
+    return f"as seen on {version}: {AFTER_SYSUPDATE_PULL[version]}"

@@ -129,12 +129,25 @@ def is_active(scope: Request, unit: str) -> str:
     return run(systemctl(scope, "is-active", unit), check=False).stdout.strip()
 
 
-def is_attached(scope: Request, image: str, silent: str = "detached") -> str:
-    """What ``portablectl is-attached IMAGE`` says; ``silent`` when it says nothing (no such
-    image file yet: detached). Only the word counts: the exit status is 0 even for
-    "detached"."""
-    result = run(portablectl(scope, "is-attached", image), check=False)
+def extension_args(extensions: list[str]) -> list[str]:
+    """``--extension E`` for each of ``extensions`` (the app images layered on a base)."""
+    return [arg for e in extensions for arg in ("--extension", e)]
+
+
+def is_attached(scope: Request, image: str, silent: str = "detached",
+                extensions: list[str] | None = None) -> str:
+    """What ``portablectl is-attached [--extension E]... IMAGE`` says; ``silent`` when it says
+    nothing (no such image file yet: detached). Only the word counts: the exit status is 0
+    even for "detached"."""
+    result = run(portablectl(scope, "is-attached", *extension_args(extensions or []), image),
+                 check=False)
     return result.stdout.strip() or silent
+
+
+def extension_images(shown: str) -> list[str]:
+    """The paths of a unit's ``ExtensionImages=`` as ``systemctl show`` prints them:
+    ``[-]SOURCE[:PARTITION:OPTIONS]...``, one entry per image, separated by spaces."""
+    return [entry.lstrip("-").split(":", 1)[0] for entry in shown.split()]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str,
@@ -196,6 +209,18 @@ def replace_symlink(target: str, link: str) -> None:
         os.unlink(tmp)
     os.symlink(target, tmp)
     os.replace(tmp, link)
+
+
+def place_file(source: str, directory: str) -> str:
+    """``source`` copied into ``directory`` under its own name, written beside the directory
+    and renamed in: a reader of the directory (vpick) never sees half a file."""
+    make_dirs(directory)
+    dest = os.path.join(directory, os.path.basename(source))
+    tmp = os.path.join(os.path.dirname(directory.rstrip("/")),
+                       f".{os.path.basename(source)}.pwt-tmp")
+    run(["cp", "--sparse=always", source, tmp])
+    os.replace(tmp, dest)
+    return dest
 
 
 def point_symlink(req: Request) -> None:
@@ -377,6 +402,17 @@ def step_publish(req: Request) -> Answer:
     return {"published": dest}
 
 
+def step_versioned_dir(req: Request) -> Answer:
+    """``dir`` (a versioned directory, <name>.v/) made anew holding exactly ``images`` (each
+    placed under its own name, ``place_file``)."""
+    directory = req["dir"]
+    remove(directory)
+    placed = [place_file(image, directory) for image in req["images"]]
+    if not placed:
+        raise StepFailed(f"{directory}: no version to put in it")
+    return {"placed": placed}
+
+
 def step_reload(req: Request) -> Answer:
     run(systemctl(req["scope"], "daemon-reload"))
     return {}
@@ -403,22 +439,25 @@ def step_serve(req: Request) -> Answer:
 
 
 def step_attach(req: Request) -> Answer:
-    """The symlink at the version, ``portablectl attach`` (``flags``, ``--profile``) of
-    ``image``, is-attached asked, then each of ``sockets`` started (a socket refuses to start
+    """The symlink at the version (when given), ``portablectl attach`` (``flags``,
+    ``--profile``, each of ``extensions``) of ``image`` with ``matches`` (unit prefixes),
+    is-attached asked, then each of ``sockets`` started (a socket refuses to start
     before its service exists) and waited for until active (``unit_timeout``). The manager
     reloads during the attach: it picks up unit files and drop-ins written before it. An
     image portablectl refuses is ``refused`` with its words."""
     scope = req["scope"]
-    point_symlink(req["symlink"])
+    if req.get("symlink"):
+        point_symlink(req["symlink"])
     if req.get("reload"):
         run(systemctl(scope, "daemon-reload"))
-    image = req["image"]
+    image, extensions = req["image"], req.get("extensions", [])
     attach = portablectl(scope, "attach", *req.get("flags", []), "--profile",
-                         req.get("profile", "default"), image)
+                         req.get("profile", "default"), *extension_args(extensions), image,
+                         *req.get("matches", []))
     result = run(attach, check=False, timeout=req.get("timeout", 240))
     if result.returncode != 0:
         raise StepFailed(words_of(result), refused=True)
-    state = is_attached(scope, image)
+    state = is_attached(scope, image, extensions=extensions)
     if state not in req["attached_states"]:
         raise StepFailed(f"after the attach, portablectl is-attached {image} says {state!r}")
     sockets = {}
@@ -488,12 +527,13 @@ def step_greet(req: Request) -> Answer:
 
 def step_observe(req: Request) -> Answer:
     """The service's state: its main process's user, DynamicUser=, the socket's
-    ActiveEnterTimestampMonotonic and state, is-attached of ``image`` and the unit's
-    RootImage=; ``count`` (probe.py's request arguments): one request's record, only
-    through an active socket; ``journal``: the scope user's journal lines."""
+    ActiveEnterTimestampMonotonic and state, is-attached of ``image`` (with ``extensions``),
+    the unit's RootImage= and ExtensionImages=; ``count`` (probe.py's request arguments): one
+    request's record, only through an active socket; ``journal``: the scope user's journal
+    lines."""
     scope, service, socket = req["scope"], req["service"], req["socket"]
-    props = ["MainPID", "DynamicUser", "RootImage", "ActiveEnterTimestampMonotonic",
-             "ActiveState"]
+    props = ["MainPID", "DynamicUser", "RootImage", "ExtensionImages",
+             "ActiveEnterTimestampMonotonic", "ActiveState"]
     shown = show_units(scope, [service, socket], props)
     svc, sock = shown if shown is not None else ({}, {})
     pid = svc.get("MainPID", "")
@@ -507,8 +547,10 @@ def step_observe(req: Request) -> Answer:
         "since": sock.get("ActiveEnterTimestampMonotonic", ""),
         # A manager that does not answer: what is-active says of it (as the clean check).
         "socket": sock["ActiveState"] if sock else is_active(scope, socket),
-        "attached": is_attached(scope, req["image"], silent=""),
+        "attached": is_attached(scope, req["image"], silent="",
+                                extensions=req.get("extensions", [])),
         "image": svc.get("RootImage", ""),
+        "extensions": extension_images(svc.get("ExtensionImages", "")),
     }
     if req.get("count") is not None:
         facts["record"] = ask(req["count"]) if facts["socket"] == "active" else None
@@ -532,14 +574,20 @@ def step_journal(req: Request) -> Answer:
 
 
 def step_upgrade(req: Request) -> Answer:
-    """The symlink at the new version (``symlink``, optional), then ``commands`` (argv
-    lists, in order, stopping at the first that fails: ``&&``) between two readings of the
-    guest clock; their output (stdout and stderr together), the ``journal`` lines of a unit
-    after them, and where ``read_link`` points afterwards. A failed command is an answer,
-    not an error: ``rc`` says it (a refused rollout is a result)."""
+    """The symlink at the new version (``symlink``, optional), ``remove`` removed and
+    ``place`` (``{"source", "dir"}``: the new version into a versioned directory) placed,
+    then ``commands`` (argv lists, in order, stopping at the first that fails: ``&&``)
+    between two readings of the guest clock; their output (stdout and stderr together), the
+    ``journal`` lines of a unit after them, and where ``read_link`` points afterwards. A
+    failed command is an answer, not an error: ``rc`` says it (a refused rollout is a
+    result)."""
     scope = req["scope"]
     if req.get("symlink"):
         point_symlink(req["symlink"])
+    for pattern in req.get("remove", []):
+        remove(pattern)
+    if req.get("place"):
+        place_file(req["place"]["source"], req["place"]["dir"])
     output, rc = "", 0
     started = time.time()
     for argv in req["commands"]:
@@ -607,8 +655,8 @@ def reset_scope(part: Request) -> None:
             run(systemctl(scope, "stop", unit), check=False)
         image = show(scope, "RootImage", part["service"])
         if image:
-            run(portablectl(scope, "detach", *part.get("detach_flags", []), image),
-                timeout=180, check=not user)
+            detach(scope, part, image, extension_images(
+                show(scope, "ExtensionImages", part["service"])), check=not user)
     for pattern in part.get("remove", []):
         remove(pattern)
     if not user:
@@ -623,6 +671,21 @@ def reset_scope(part: Request) -> None:
             check=False, timeout=120)
 
 
+def detach(scope: Request, part: Request, image: str, extensions: list[str],
+           check: bool) -> None:
+    """``portablectl detach`` of what the unit runs: its base with each extension, or its
+    image; an image picked from a versioned directory (<name>.v/) is detached by the
+    directory when its own path is refused."""
+    flags = [*part.get("detach_flags", []), *extension_args(extensions)]
+    result = run(portablectl(scope, "detach", *flags, image), timeout=180, check=False)
+    parent = os.path.dirname(image.rstrip("/"))
+    if result.returncode != 0 and parent.endswith(".v"):
+        result = run(portablectl(scope, "detach", *flags, parent), timeout=180, check=False)
+    if check and result.returncode != 0:
+        raise StepFailed(f"`portablectl detach {shlex.join([*flags, image])}` exited "
+                         f"{result.returncode}: {words_of(result)}")
+
+
 def step_reset(req: Request) -> Answer:
     """Each scope of ``parts`` back to clean (``reset_scope``), then the clean check's words
     of them all (``clean``)."""
@@ -635,6 +698,7 @@ STEPS: dict[str, Callable[[Request], Answer]] = {
     "preflight": step_preflight, "setup-user": step_setup_user,
     "write-files": step_write_files, "use-images": step_use_images, "inspect": step_inspect,
     "remove": step_remove, "publish": step_publish, "reload": step_reload,
+    "versioned-dir": step_versioned_dir,
     "serve": step_serve, "attach": step_attach, "greet": step_greet,
     "observe": step_observe, "journal": step_journal, "upgrade": step_upgrade,
     "clear-fdstore": step_clear_fdstore, "clean": step_clean, "reset": step_reset,
