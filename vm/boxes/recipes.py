@@ -139,7 +139,7 @@ BOXES: dict[str, BoxRecipe] = {
 
 LOCAL_BOXES = tuple(name for name, box in BOXES.items() if box.buildable_offline)
 
-DEFAULT_BOX = "debian-bookworm"
+DEFAULT_BOX = "debian-trixie"
 
 
 def get_box(name: str) -> BoxRecipe:
