@@ -119,3 +119,15 @@ def test_the_verdict_table_is_summary_md_s_own() -> None:
     assert "<th>longest gap ms</th>" in html
     page = summary_html(rows, [], {"boot": 1.0})
     assert "<h2>Phases</h2>" in page and "Skipped" not in page
+
+
+def test_the_image_sizes_are_on_the_page_as_in_summary_md() -> None:
+    """The point of an extension is a small upgrade: report.html gives the sizes summary.md
+    gives, and no table where no row has them."""
+    rows = [{"scenario": "host-socket-extension-no-keepalive", "verdict": "pass",
+             "image_bytes": {"portable-walkthrough-base.raw": 41_000_000,
+                             "portable-walkthrough_2.raw": 12_288}}]
+    page = summary_html(rows, [], {})
+    assert "<h2>Image sizes</h2>" in page
+    assert "<td>portable-walkthrough-base.raw 41.00, portable-walkthrough_2.raw 0.01</td>" in page
+    assert "Image sizes" not in summary_html([{"scenario": "a", "verdict": "pass"}], [], {})

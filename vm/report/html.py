@@ -1,5 +1,6 @@
 """What report.html adds to pytest-html's own page: the summary on top (the verdict table,
-the skipped scenarios with their reasons, the latency table, the phases) and the verdict
+the skipped scenarios with their reasons, the latency, clients', host socket's and image
+sizes' tables, the phases) and the verdict
 columns of the results table. The tables are summary.md's own (report.py), turned into HTML,
 so both reports always show the same columns. The plugin (plugin/plugin.py) hands these to
 pytest-html's hooks; each scenario's timeline PNG is an extra of its test, embedded."""
@@ -13,6 +14,7 @@ from typing import Any
 from pytest_portable_upgrade.report.report import (
     clients_table,
     host_socket_table,
+    image_sizes_table,
     latency_table,
     markdown_table,
     overhead_line,
@@ -98,6 +100,11 @@ def summary_html(records: Sequence[dict[str, Any]], skipped: Sequence[dict[str, 
                   "kernel's listen overflows, listen drops and SYN/SYN-ACK retransmits over the "
                   "load (docs/report.md). \"-\": not measured.</p>",
                   table_html(host_socket_table(records))]
+        if sizes := image_sizes_table(records):
+            parts += ["<h2>Image sizes</h2>",
+                      "<p>The files each scenario's set uploads, in MB: what an upgrade moves "
+                      "(a whole image, or an extension beside a base that stays).</p>",
+                      table_html(sizes)]
     if phases:
         parts += ["<h2>Phases</h2><table><tbody>", *(
             f"<tr><td>{html.escape(name)}</td><td>{secs:.1f} s</td></tr>"
