@@ -12,13 +12,13 @@ import pytest
 from support import WALKTHROUGH, fake_machine, program_answer, sent_steps
 
 from pytest_portable_upgrade.core.errors import GuestError
+from pytest_portable_upgrade.machine.guest_program import answers_of
 from pytest_portable_upgrade.systemd.portable import (
     CLIENT_UNITS,
     PROGRAM,
     ImageRefused,
     PortableService,
     ServiceFacts,
-    answers_of,
     step_command,
 )
 from pytest_portable_upgrade.systemd.scope import SYSTEM, USER_SCOPE, StepRefused
@@ -385,3 +385,4 @@ def test_every_client_unit_a_load_starts_is_one_reset_stops() -> None:
     from pytest_portable_upgrade.load.load import AB_UNIT, HEY_UNIT, HOLDERS_UNIT, PROBE_UNIT
 
     assert {AB_UNIT, PROBE_UNIT, HOLDERS_UNIT, HEY_UNIT} <= set(CLIENT_UNITS)
+
