@@ -83,15 +83,14 @@ def load_steps(machine: Machine, *requests: Request, then: str | None = None,
     when a step fails."""
     result = machine.execute(and_then(PROGRAM.command(machine, list(requests)), then),
                              timeout=timeout)
-    answer = answers_of(result.stdout, result.stderr, result.rc)
-    if not answer["ok"]:
-        raise GuestError(f"the load's step {answer.get('step')}: {answer.get('error')}")
-    return answer["answers"], printed_after(result.stdout) if then is not None else ""
+    answers = answers_to(result.stdout, result.stderr, result.rc)
+    return answers, printed_after(result.stdout) if then is not None else ""
 
 
-def answers_to(out: str) -> list[dict[str, Any]]:
-    """The answers the load's guest program printed in ``out`` (a round trip it ended)."""
-    answer = answers_of(out, "", 0)
+def answers_to(out: str, err: str = "", rc: int = 0) -> list[dict[str, Any]]:
+    """The answers the load's guest program printed in ``out`` (also when it ended another
+    round trip); GuestError with the guest's words when a step failed."""
+    answer = answers_of(out, err, rc)
     if not answer["ok"]:
         raise GuestError(f"the load's step {answer.get('step')}: {answer.get('error')}")
     answers: list[dict[str, Any]] = answer["answers"]
