@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVER_PY = ROOT / "images" / "server.py"
 PROBE_PY = ROOT / "vm" / "load" / "guest" / "probe.py"
 PORTABLE_PY = ROOT / "vm" / "systemd" / "guest" / "portable.py"
+LOAD_PY = ROOT / "vm" / "load" / "guest" / "load.py"
 DATA = Path(__file__).resolve().parent / "data"
 # The default subject (images/walkthrough.toml): v1 answers Hello, v2 Hola.
 WALKTHROUGH: Subject = load_subject(DEFAULT_SPEC)
@@ -255,12 +256,13 @@ def program_answer(*answers: dict[str, object], ok: bool = True, **failure: obje
     return (0 if ok else 1, json.dumps(out) + "\n")
 
 
-def sent_steps(command: str) -> list[dict[str, object]]:
-    """The requests of one guest program call, read back from its command line."""
+def sent_steps(command: str, program: str = "portable.py") -> list[dict[str, object]]:
+    """The requests of one call of a guest program (``program``, in /run/pwt), read back from
+    its command line."""
     import shlex
 
     words = shlex.split(command)
-    assert words[:3] == ["python3", "/run/pwt/portable.py", "--json"], words[:3]
+    assert words[:3] == ["python3", f"/run/pwt/{program}", "--json"], words[:3]
     steps: list[dict[str, object]] = json.loads(words[3])
     return steps
 
@@ -331,11 +333,12 @@ class FakeTools:
 
 
 def run_program(requests: list[dict[str, object]], tools: FakeTools | None = None,
-                ) -> dict[str, object]:
-    """vm/systemd/guest/portable.py run on the host as the harness runs it in the guest; its
-    answer (with ``exit``: its exit status)."""
+                program: Path = PORTABLE_PY) -> dict[str, object]:
+    """A guest program (vm/systemd/guest/portable.py unless ``program`` names another) run on
+    the host as the harness runs it in the guest; its answer (with ``exit``: its exit
+    status)."""
     result = subprocess.run(
-        [sys.executable, str(PORTABLE_PY), "--json", json.dumps(requests)], capture_output=True,
+        [sys.executable, str(program), "--json", json.dumps(requests)], capture_output=True,
         text=True, env=tools.env() if tools else clean_env(), timeout=60, check=False)
     lines = result.stdout.strip().splitlines()
     assert lines, f"no answer: {result.stderr}"

@@ -14,7 +14,6 @@ from pytest_portable_upgrade.load.ab import (
     AbResult,
     ab_command,
     parse_ab_output,
-    write_body_command,
 )
 
 
@@ -163,14 +162,6 @@ def test_ab_command_refuses_a_body_that_does_not_fit(method: str, body_file: str
         ab_command("http://127.0.0.1:8080/", 2, 10, False, method=method, body_file=body_file)
 
 
-@pytest.mark.parametrize("body", ["name=visitor", "", "100% \\n 'quoted' $HOME `x`\n"])
-def test_write_body_command_writes_the_body_byte_for_byte(tmp_path: Path, body: str) -> None:
-    target = tmp_path / "dir with space" / "body"
-    target.parent.mkdir()
-    subprocess.run(["sh", "-c", write_body_command(str(target), body)], check=True, timeout=10)
-    assert target.read_bytes() == body.encode()
-
-
 @pytest.mark.skipif(shutil.which("ab") is None, reason="ab (apache2-utils) is not installed")
 def test_real_ab_posts_and_the_server_counts_each(start_server: StartServer, state_dir: Path,
                                                   tmp_path: Path) -> None:
@@ -178,8 +169,7 @@ def test_real_ab_posts_and_the_server_counts_each(start_server: StartServer, sta
     of the next request line on the keep-alive connection, and answer that with 400."""
     server = start_server(greeting="Hola")
     body = tmp_path / "body"
-    subprocess.run(["sh", "-c", write_body_command(str(body), '{"name": "visitor"}')],
-                   check=True)
+    body.write_text('{"name": "visitor"}')
     cmd = ab_command(f"http://127.0.0.1:{server.port}/", concurrency=2, max_seconds=5,
                      keepalive=True, method="POST", body_file=str(body),
                      content_type="application/json")

@@ -6,11 +6,14 @@ a map measured on a real VM (tests/unit/data/capacity_bookworm.json)."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from support import WALKTHROUGH, fake_machine, sent_steps
 
 from pytest_portable_upgrade.core.config import Settings
 from pytest_portable_upgrade.report.capacity import (
@@ -32,6 +35,7 @@ from pytest_portable_upgrade.scenarios.capacity import (
     DELAY_DROPIN,
     CapacityPoint,
     capacity_points,
+    read_after_point,
 )
 
 
@@ -206,3 +210,15 @@ def test_the_dropins_are_named_for_the_reset_to_remove(name: str) -> None:
 def test_the_default_markdown_names_the_prediction() -> None:
     md = markdown([point()], {})
     assert "arrivals = the probe's rate x the restart gap (probe) + ab's clients" in md
+
+
+def test_the_backlog_and_the_counters_after_a_point_are_one_call_of_the_load_program() -> None:
+    listening = "LISTEN 0 16 *:8080 *:*\n"
+    answer = {"ok": True, "answers": [{"listeners": listening}, {"netstat": None}]}
+    machine, fake = fake_machine({"load.py": (0, json.dumps(answer) + "\n")})
+    service = SimpleNamespace(machine=machine, subject=WALKTHROUGH)
+    assert read_after_point(service) == (listening, "")  # type: ignore[arg-type]
+    (command,) = fake.commands
+    assert sent_steps(command, program="load.py") == [
+        {"step": "listeners", "port": WALKTHROUGH.port},
+        {"step": "netstat", "path": "/proc/net/netstat"}]

@@ -7,13 +7,14 @@ times of the probe_restart recording, so both gaps can be compared."""
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 from support import DATA
 
 from pytest_portable_upgrade.load.journal import (
     JournalEntry,
-    journal_command,
+    journal_argv,
     journal_restart_gap,
     parse_journal_json,
 )
@@ -28,12 +29,13 @@ def sample(name: str) -> list[JournalEntry]:
 
 
 def test_the_command_asks_for_the_managers_lines_about_the_unit_since_the_load() -> None:
-    command = journal_command(UNIT, 1795770304.9)
+    command = shlex.join(journal_argv(UNIT, 1795770304.9))
     assert command.startswith("journalctl --no-pager -o json --output-fields=MESSAGE,")
     assert " --since @1795770304 " in command
     assert command.endswith(f" UNIT={UNIT} + USER_UNIT={UNIT}")
     assert " -n 500 " in command  # bounded
-    assert "'x y.service'" in journal_command("x y.service", 0)  # quoted for the shell
+    # One argument each: the guest program runs it without a shell.
+    assert journal_argv("x y.service", 0)[-3:] == ["UNIT=x y.service", "+", "USER_UNIT=x y.service"]
 
 
 def test_a_reattach_gap_is_deactivated_to_started() -> None:

@@ -12,7 +12,6 @@ from support import DATA
 from pytest_portable_upgrade.load.kernel import (
     COUNTERS,
     counter_delta,
-    listen_backlog_command,
     not_read,
     parse_listen_backlog,
     parse_netstat,
@@ -91,7 +90,6 @@ def test_a_counter_not_read_on_either_side_has_no_delta_never_zero() -> None:
 
 
 def test_the_listen_backlog_is_send_q_of_the_listener() -> None:
-    assert listen_backlog_command(8080) == "ss -Hltn 'sport = :8080'"
     text = "LISTEN 0      4096               *:8080            *:*    \n"
     assert parse_listen_backlog(text) == 4096
     assert parse_listen_backlog("LISTEN 3 4 0.0.0.0:8080 0.0.0.0:*\n"

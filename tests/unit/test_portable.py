@@ -9,16 +9,16 @@ import shlex
 from pathlib import Path
 
 import pytest
-from support import WALKTHROUGH, fake_machine, program_answer, sent_steps
+from support import DATA, WALKTHROUGH, fake_machine, program_answer, sent_steps
 
 from pytest_portable_upgrade.core.errors import GuestError
+from pytest_portable_upgrade.machine.guest_program import answers_of
 from pytest_portable_upgrade.systemd.portable import (
     CLIENT_UNITS,
     PROGRAM,
     ImageRefused,
     PortableService,
     ServiceFacts,
-    answers_of,
     step_command,
 )
 from pytest_portable_upgrade.systemd.scope import SYSTEM, USER_SCOPE, StepRefused
@@ -385,3 +385,30 @@ def test_every_client_unit_a_load_starts_is_one_reset_stops() -> None:
     from pytest_portable_upgrade.load.load import AB_UNIT, HEY_UNIT, HOLDERS_UNIT, PROBE_UNIT
 
     assert {AB_UNIT, PROBE_UNIT, HOLDERS_UNIT, HEY_UNIT} <= set(CLIENT_UNITS)
+
+
+def test_the_load_starts_and_stops_inside_the_portable_programs_round_trips() -> None:
+    """run_scenario's composition: the load's start after the attach, the facts afterwards
+    after the load's stop; two round trips in all, each answer read from its own line."""
+    from pytest_portable_upgrade.core.config import LoadSettings
+    from pytest_portable_upgrade.load.load import AB_UNIT, PROBE_UNIT, LoadRun
+
+    rc, printed = ATTACHED
+    clocks = {PROBE_UNIT: 1700000001.0, AB_UNIT: 1700000001.5}
+    started = json.dumps({"ok": True, "answers": [{"netstat": None, "started": clocks}]})
+    stopped = json.dumps({"ok": True, "answers": [{
+        "stopped": 1700000030.0, "still_running": [], "netstat": None,
+        "files": {"ab": (DATA / "ab_clean.txt").read_text(), "probe": "", "holders": None}}]})
+    observed = program_answer({**FACTS, "image": "/var/lib/portables/v2.raw"})[1]
+    svc, fake = service({'"step":"stop"': (0, f"{stopped}\n{observed}"),
+                         "portable.py": (rc, f"{printed}{started}\n")})
+    load = LoadRun(svc.machine, LoadSettings(), keepalive=False, url="http://127.0.0.1:8080/",
+                   probe_port=8080, client_args=WALKTHROUGH.client_args())
+    before = svc.attach(1, then=load.start_command())
+    load.started_from(svc.then_output)
+    assert (load.started, load.ab_started) == (1700000001.0, 1700000001.5)
+    outcome = load.stop("Hello", "Hola", then=svc.observe_command())
+    after = svc.observed(load.then_output)
+    assert len(fake.commands) == 2  # type: ignore[attr-defined]
+    assert before.attached_image != after.attached_image == "/var/lib/portables/v2.raw"
+    assert outcome.ab.complete > 0 and outcome.stopped == 1700000030.0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import asdict, dataclass
 
 
@@ -92,8 +91,8 @@ def ab_command(url: str, concurrency: int, max_seconds: float, keepalive: bool,
     errors, count them), -t as the upper bound; -n after -t, or -t caps it at 50000.
     -n allows 5000 req/s for the whole bound (ab allocates its stats for -n up front).
 
-    A POST sends the file ``body_file`` (a path in the guest, written there before ab starts:
-    ``write_body_command``) with ``-p FILE -T TYPE``."""
+    A POST sends the file ``body_file`` (a path in the guest, written there before ab starts
+    by the load's guest program) with ``-p FILE -T TYPE``."""
     if method not in ("GET", "POST"):
         raise ValueError(f"ab_command: method must be GET or POST, not {method!r}")
     if (method == "POST") != (body_file is not None):
@@ -106,8 +105,3 @@ def ab_command(url: str, concurrency: int, max_seconds: float, keepalive: bool,
         cmd += ["-p", body_file, "-T", content_type]
     return [*cmd, url]
 
-
-def write_body_command(path: str, body: str) -> str:
-    """The guest shell command that writes a POST's ``body`` to ``path`` byte for byte (no
-    newline added; ``%`` and backslashes are data), for ab's ``-p`` and hey's ``-D``."""
-    return f"printf '%s' {shlex.quote(body)} > {shlex.quote(path)}"

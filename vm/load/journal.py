@@ -1,6 +1,6 @@
 """The restart gap as the service manager logged it: old main process gone -> new one started.
 
-LoadRun reads the service's journal in the round trip that stops the load (``journal_command``:
+LoadRun reads the service's journal in the round trip that stops the load (``journal_argv``:
 the manager's own lines about the unit, ``journalctl -o json``). This module is the pure part:
 the JSON lines in, the gap out.
 
@@ -18,7 +18,6 @@ started after it: no gap (None), never 0.
 from __future__ import annotations
 
 import json
-import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,13 +33,12 @@ GONE_WORDS = ("Main process exited", "Deactivated successfully", "Failed with re
 FIELDS = ("MESSAGE", "MESSAGE_ID", "UNIT", "USER_UNIT", "_PID")
 
 
-def journal_command(unit: str, since: float) -> str:
+def journal_argv(unit: str, since: float) -> list[str]:
     """The guest command: the service manager's lines about ``unit`` (``UNIT=`` from PID 1,
     ``USER_UNIT=`` from a user's manager) since ``since`` (epoch s), one JSON object a line;
     bounded to the last 500."""
-    u = shlex.quote(unit)
-    return (f"journalctl --no-pager -o json --output-fields={','.join(FIELDS)}"
-            f" --since @{int(since)} -n 500 UNIT={u} + USER_UNIT={u}")
+    return ["journalctl", "--no-pager", "-o", "json", f"--output-fields={','.join(FIELDS)}",
+            "--since", f"@{int(since)}", "-n", "500", f"UNIT={unit}", "+", f"USER_UNIT={unit}"]
 
 
 @dataclass(frozen=True)

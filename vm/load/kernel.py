@@ -76,15 +76,11 @@ def counter_delta(before: Counts, after: Counts) -> Counts:
     return delta
 
 
-def listen_backlog_command(port: int) -> str:
-    """The guest command: the listening TCP sockets on ``port`` (``ss``: for a listener,
-    Send-Q is its backlog as the kernel holds it, after net.core.somaxconn's cap)."""
-    return f"ss -Hltn 'sport = :{port}'"
-
-
 def parse_listen_backlog(text: str) -> int | None:
-    """The largest backlog among the listeners of ``ss -Hltn`` output (State Recv-Q Send-Q
-    Local Peer); None when no line is a listener with a number there."""
+    """The largest backlog among the listeners of ``ss -Hltn 'sport = :PORT'`` output (State
+    Recv-Q Send-Q Local Peer; for a listener, Send-Q is its backlog as the kernel holds it,
+    after net.core.somaxconn's cap: the load's guest program's ``listeners`` step reads it);
+    None when no line is a listener with a number there."""
     found = [int(words[2]) for line in text.splitlines()
              if len(words := line.split()) >= 4 and words[0] == "LISTEN" and words[2].isdigit()]
     return max(found, default=None)

@@ -12,31 +12,28 @@ worker is in and prints its report). A POST load (``method="POST"``) writes the 
 ``BODY_FILE`` in the guest first; ab sends it with ``-p``, hey with ``-D``, the probe and the
 long-lived clients from their own arguments (``client_args``).
 
+Each of start, poll and stop is one call of the load's guest program (guest/load.py, shipped
+once per boot beside probe.py), in one round trip, answered in JSON (vm/machine/guest_program.py).
 The same round trips read the guest kernel's TCP counters (``kernel.NETSTAT``) before the load
 starts and after it stops, and, when the service's unit is named, its journal since the load
-start (the restart gap as the manager logged it, ``journal.py``). Each read is a section of
-the command's output (``split_sections``).
+start (the restart gap as the manager logged it, ``journal.py``).
 """
 
 from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
+from typing import Any
 
 from pytest_portable_upgrade.core.config import LoadSettings
 from pytest_portable_upgrade.core.errors import GuestError
 from pytest_portable_upgrade.core.resources import resource
 from pytest_portable_upgrade.core.retry import retry
-from pytest_portable_upgrade.load.ab import (
-    AbResult,
-    ab_command,
-    parse_ab_output,
-    write_body_command,
-)
+from pytest_portable_upgrade.load.ab import AbResult, ab_command, parse_ab_output
 from pytest_portable_upgrade.load.hey import HeyResult, hey_command, parse_hey_output
 from pytest_portable_upgrade.load.journal import (
     RestartGap,
-    journal_command,
+    journal_argv,
     journal_restart_gap,
     parse_journal_json,
 )
@@ -54,10 +51,20 @@ from pytest_portable_upgrade.load.timeline import (
     parse_probe_log,
     parse_probe_skips,
 )
+from pytest_portable_upgrade.machine.guest_program import (
+    GUEST_DIR,
+    GuestProgram,
+    Request,
+    and_then,
+    answers_of,
+    printed_after,
+)
 from pytest_portable_upgrade.machine.machine import Machine
 
-GUEST_DIR = "/run/pwt"
 PROBE_SOURCE = resource("pytest_portable_upgrade.load", "guest/probe.py")
+# The guest program of the load's steps (start, poll, stop; listeners and netstat).
+PROGRAM = GuestProgram(resource("pytest_portable_upgrade.load", "guest/load.py"),
+                       companions=(PROBE_SOURCE,))
 # The long-lived keep-alive clients (their host-side summary: long_lived.py).
 HOLD_CONNECTIONS_SOURCE = resource("pytest_portable_upgrade.load", "guest/hold_connections.py")
 AB_UNIT = "pwt-ab.service"
@@ -65,6 +72,29 @@ PROBE_UNIT = "pwt-probe.service"
 HOLDERS_UNIT = "pwt-holders.service"
 HEY_UNIT = "pwt-hey.service"
 BODY_FILE = f"{GUEST_DIR}/body"  # a POST's body, for ab -p and hey -D
+AB_OUT, HEY_OUT = f"{GUEST_DIR}/ab.out", f"{GUEST_DIR}/hey.out"
+PROBE_LOG, HOLDERS_LOG = f"{GUEST_DIR}/probe.jsonl", f"{GUEST_DIR}/holders.jsonl"
+
+
+def load_steps(machine: Machine, *requests: Request, then: str | None = None,
+               timeout: float = 120.0) -> tuple[list[dict[str, Any]], str]:
+    """Send ``requests`` to the load's guest program in one round trip, ``then`` (a command)
+    after them; their answers and what ``then`` printed. GuestError with the guest's words
+    when a step fails."""
+    result = machine.execute(and_then(PROGRAM.command(machine, list(requests)), then),
+                             timeout=timeout)
+    answers = answers_to(result.stdout, result.stderr, result.rc)
+    return answers, printed_after(result.stdout) if then is not None else ""
+
+
+def answers_to(out: str, err: str = "", rc: int = 0) -> list[dict[str, Any]]:
+    """The answers the load's guest program printed in ``out`` (also when it ended another
+    round trip); GuestError with the guest's words when a step failed."""
+    answer = answers_of(out, err, rc)
+    if not answer["ok"]:
+        raise GuestError(f"the load's step {answer.get('step')}: {answer.get('error')}")
+    answers: list[dict[str, Any]] = answer["answers"]
+    return answers
 
 
 @dataclass(frozen=True)
@@ -111,23 +141,6 @@ def dead_since(records: list[ProbeRecord], after: float) -> float:
     return recent[-1].t - last_ok
 
 
-POLL_MARK = "PWT-PROBE-LOG"
-SECTION = "PWT-SECTION:"
-
-
-def split_sections(output: str) -> dict[str, str]:
-    """``head`` (before the first marker) and each ``PWT-SECTION:<name>`` part of ``output``."""
-    sections = {"head": ""}
-    name = "head"
-    for line in output.splitlines(keepends=True):
-        if line.startswith(SECTION):
-            name = line[len(SECTION):].strip()
-            sections[name] = ""
-        else:
-            sections[name] += line
-    return sections
-
-
 class LoadRun:
     """ab -c N (optionally -k) against ``url`` and the probe, in the guest."""
 
@@ -142,7 +155,7 @@ class LoadRun:
         written to BODY_FILE in the guest)."""
         self.machine = machine
         self.service_unit = service_unit
-        self.client_args = shlex.join(client_args)
+        self.client_args = list(client_args)
         self.holders = holders
         self.settings = settings
         self.keepalive = keepalive
@@ -151,92 +164,89 @@ class LoadRun:
         self.started = 0.0
         self.ab_started = 0.0
         self._probe_text = ""  # the probe log read so far (whole lines)
+        self._probe_offset = 0  # its length in bytes: where the next poll reads from
         self._tcp_before: Counts = not_read()
         self.then_output = ""  # what stop's ``then`` printed
         self.method = method
         self.body = body
         body_file = BODY_FILE if method == "POST" else None
-        self.command = shlex.join(ab_command(url, settings.concurrency, settings.max_s, keepalive,
-                                             method, body_file, content_type))
-        self.hey_command = shlex.join(hey_command(
-            url, settings.concurrency, settings.max_s, keepalive, method, body_file,
-            content_type)) if hey else None
+        self.ab_argv = ab_command(url, settings.concurrency, settings.max_s, keepalive, method,
+                                  body_file, content_type)
+        self.hey_argv = hey_command(url, settings.concurrency, settings.max_s, keepalive,
+                                    method, body_file, content_type) if hey else None
+        # As the report and the log show them.
+        self.command = shlex.join(self.ab_argv)
+        self.hey_command = shlex.join(self.hey_argv) if self.hey_argv is not None else None
 
     def start(self) -> None:
         """Start the probe (and the long-lived holders), then ab, in one guest round trip.
 
-        The guest scripts are uploaded once per boot. ``started`` is the guest's clock before
+        The guest programs are uploaded once per boot. ``started`` is the guest's clock before
         the probe starts, ``ab_started`` just before ab does."""
-        self.started_from(self.machine.succeed(self.start_command()))
+        self._ship_holders()
+        answers, _ = load_steps(self.machine, self.start_request())
+        self._started_with(answers[0])
+
+    def start_request(self) -> Request:
+        """The guest program's ``start``: every client unit stopped and its file removed, the
+        body written (a POST), the counters read, then the probe, the holders, hey and ab."""
+        bound = int(self.settings.max_s + 60)
+        max_s = f"{self.settings.max_s:.0f}"
+        clients: list[Request] = [{"unit": PROBE_UNIT, "bound": bound, "argv": [
+            "python3", f"{GUEST_DIR}/probe.py", "--port", str(self.probe_port),
+            *self.client_args, "--rate", f"{self.settings.probe_rate:g}",
+            "--max-in-flight", str(self.settings.probe_max_in_flight),
+            "--out", PROBE_LOG, "--max-seconds", max_s]}]
+        if self.holders:
+            clients.append({"unit": HOLDERS_UNIT, "bound": bound, "argv": [
+                "python3", f"{GUEST_DIR}/hold_connections.py", "--port", str(self.probe_port),
+                *self.client_args, "--connections", str(self.holders), "--out", HOLDERS_LOG,
+                "--max-seconds", max_s]})
+        if self.hey_argv is not None:
+            clients.append({"unit": HEY_UNIT, "bound": bound, "stdout": HEY_OUT,
+                            "argv": self.hey_argv})
+        clients.append({"unit": AB_UNIT, "bound": bound, "stdout": AB_OUT,
+                        "argv": self.ab_argv})
+        return {"step": "start", "stop": [AB_UNIT, PROBE_UNIT, HOLDERS_UNIT, HEY_UNIT],
+                "remove": [AB_OUT, PROBE_LOG, HOLDERS_LOG, HEY_OUT, BODY_FILE],
+                "files": {BODY_FILE: self.body or ""} if self.method == "POST" else {},
+                "netstat": NETSTAT, "clients": clients}
 
     def start_command(self) -> str:
         """``start``'s command, to run at the end of another round trip (the attach's);
-        ``started_from`` then reads what it printed. Uploads the guest scripts first."""
-        m = self.machine
-        bound = int(self.settings.max_s + 60)
-        m.copy_from_host(PROBE_SOURCE, f"{GUEST_DIR}/probe.py", mode="0755", once=True)
+        ``started_from`` then reads what it printed. Uploads the guest programs first."""
+        self._ship_holders()
+        return PROGRAM.command(self.machine, [self.start_request()])
+
+    def _ship_holders(self) -> None:
+        """The long-lived clients' script, once per boot, when this load has them."""
         if self.holders:
-            m.copy_from_host(HOLD_CONNECTIONS_SOURCE, f"{GUEST_DIR}/hold_connections.py",
-                             mode="0755", once=True)
-        steps = [
-            # One by one: newer systemd refuses a whole `stop A B` when one is not loaded.
-            f"for u in {AB_UNIT} {PROBE_UNIT} {HOLDERS_UNIT} {HEY_UNIT}; do systemctl stop $u"
-            f" 2>/dev/null; done; mkdir -p {GUEST_DIR} && rm -f {GUEST_DIR}/ab.out"
-            f" {GUEST_DIR}/probe.jsonl {GUEST_DIR}/holders.jsonl {GUEST_DIR}/hey.out {BODY_FILE}"
-            + (f" && {write_body_command(BODY_FILE, self.body or '')}"
-               if self.method == "POST" else ""),
-            "date +%s.%N",
-            f"systemd-run --quiet --collect --unit={PROBE_UNIT} -p RuntimeMaxSec={bound}"
-            f" python3 {GUEST_DIR}/probe.py --port {self.probe_port} {self.client_args}"
-            f" --rate {self.settings.probe_rate:g}"
-            f" --max-in-flight {self.settings.probe_max_in_flight}"
-            f" --out {GUEST_DIR}/probe.jsonl --max-seconds {self.settings.max_s:.0f}",
-        ]
-        if self.holders:
-            steps.append(
-                f"systemd-run --quiet --collect --unit={HOLDERS_UNIT} -p RuntimeMaxSec={bound}"
-                f" python3 {GUEST_DIR}/hold_connections.py --port {self.probe_port}"
-                f" {self.client_args} --connections {self.holders} --out {GUEST_DIR}/holders.jsonl"
-                f" --max-seconds {self.settings.max_s:.0f}"
-            )
-        if self.hey_command is not None:
-            steps.append(
-                f"systemd-run --quiet --collect --unit={HEY_UNIT} -p RuntimeMaxSec={bound}"
-                f" -p StandardOutput=file:{GUEST_DIR}/hey.out -p StandardError=journal"
-                f" {self.hey_command}")
-        steps += [
-            "date +%s.%N",
-            f"systemd-run --quiet --collect --unit={AB_UNIT} -p RuntimeMaxSec={bound}"
-            f" -p StandardOutput=file:{GUEST_DIR}/ab.out -p StandardError=journal"
-            f" {self.command}",
-        ]
-        # The counters first (a missing file is "not read"), then the clocks and the clients.
-        return (f"{steps[0]}; echo {SECTION}netstat; cat {NETSTAT} 2>/dev/null;"
-                f" echo {SECTION}clocks; " + " && ".join(steps[1:]))
+            self.machine.copy_from_host(HOLD_CONNECTIONS_SOURCE,
+                                        f"{GUEST_DIR}/{HOLD_CONNECTIONS_SOURCE.name}",
+                                        mode="0755", once=True)
 
     def started_from(self, out: str) -> None:
-        """The clocks and the counters ``start_command`` printed."""
-        sections = split_sections(out)
-        stamps = [float(word) for word in sections.get("clocks", "").split()]
-        self.started, self.ab_started = stamps[0], stamps[-1]
-        self._tcp_before = tcp_counters(sections.get("netstat"))
-        self._probe_text = ""
+        """The clocks and the counters ``start_command`` printed (its answer line)."""
+        self._started_with(answers_to(out)[0])
+
+    def _started_with(self, answer: dict[str, Any]) -> None:
+        self.started = float(answer["started"][PROBE_UNIT])
+        self.ab_started = float(answer["started"][AB_UNIT])
+        self._tcp_before = tcp_counters(answer.get("netstat"))
+        self._probe_text, self._probe_offset = "", 0
 
     def poll(self) -> tuple[float, bool, str]:
         """One guest round trip: (guest clock, both clients still running, the probe log so
-        far). Only what the probe wrote since the last poll travels."""
-        offset = len(self._probe_text.encode())
-        out = self.machine.execute(
-            f"date +%s.%N; systemctl is-active {AB_UNIT} {PROBE_UNIT}; echo {POLL_MARK};"
-            f" tail -c +{offset + 1} {GUEST_DIR}/probe.jsonl 2>/dev/null; true"
-        ).stdout
-        head, _, new = out.partition(f"{POLL_MARK}\n")
-        lines = head.split()
-        # Keep whole lines only: the probe may be writing the last one right now.
-        complete = new[: new.rfind("\n") + 1]
-        self._probe_text += complete
-        running = len(lines) >= 3 and all(w in ("active", "activating") for w in lines[1:3])
-        return float(lines[0]), running, self._probe_text
+        far). Only what the probe wrote since the last poll travels, in whole lines."""
+        answers, _ = load_steps(self.machine, {
+            "step": "poll", "units": [AB_UNIT, PROBE_UNIT], "log": PROBE_LOG,
+            "offset": self._probe_offset})
+        answer = answers[0]
+        self._probe_text += str(answer["log"])
+        self._probe_offset = int(answer["offset"])
+        states = answer["states"]
+        running = all(states.get(u) in ("active", "activating") for u in (AB_UNIT, PROBE_UNIT))
+        return float(answer["now"]), running, self._probe_text
 
     def wait_until_serving(self, greeting: str, for_seconds: float,
                            after: float | None = None) -> Timeline:
@@ -265,59 +275,45 @@ class LoadRun:
         kernel's counters after the load and the service's journal: one guest round trip, ab's
         exit waited for in the guest (bounded). ``then``: a command run last in the same
         round trip (the facts afterwards); what it printed is ``then_output``."""
-        m = self.machine
-        stop_units = PROBE_UNIT + (f" {HOLDERS_UNIT}" if self.holders else "")
-        interrupted = AB_UNIT + (f" {HEY_UNIT}" if self.hey_command is not None else "")
-        journal = "" if self.service_unit is None else (
-            f" echo {SECTION}journal; {journal_command(self.service_unit, self.started)}"
-            " 2>/dev/null;")
-        out = m.execute(
-            f"date +%s.%N; for u in {interrupted}; do systemctl kill --signal=SIGINT $u; done;"
-            f" for i in $(seq 600); do systemctl is-active --quiet {AB_UNIT} || break;"
-            f" sleep 0.1; done; systemctl is-active --quiet {AB_UNIT} && echo AB-STILL-RUNNING;"
-            + (f" for i in $(seq 600); do systemctl is-active --quiet {HEY_UNIT} || break;"
-               f" sleep 0.1; done; systemctl is-active --quiet {HEY_UNIT} &&"
-               f" echo HEY-STILL-RUNNING; echo {SECTION}hey; cat {GUEST_DIR}/hey.out; echo;"
-               if self.hey_command is not None else "") +
-            f" for u in {stop_units}; do systemctl stop $u; done;"
-            f" echo {SECTION}netstat; cat {NETSTAT} 2>/dev/null;{journal}"
-            f" echo {SECTION}ab; cat {GUEST_DIR}/ab.out;"
-            f" echo; echo {SECTION}probe; cat {GUEST_DIR}/probe.jsonl 2>/dev/null;"
-            f" echo {SECTION}holders; cat {GUEST_DIR}/holders.jsonl 2>/dev/null;"
-            + (f" echo; echo {SECTION}then; {then};" if then is not None else "") + " true",
-            timeout=120,
-        ).stdout
-        sections = split_sections(out)
-        self.then_output = sections.get("then", "")
-        stopped = float(sections["head"].split()[0])
-        if "AB-STILL-RUNNING" in sections["head"]:
-            raise GuestError(f"ab did not exit within 60 s of SIGINT:\n{out[-2000:]}")
+        hey_runs = self.hey_argv is not None
+        interrupted = [AB_UNIT, *([HEY_UNIT] if hey_runs else [])]
+        read = {"ab": AB_OUT, "probe": PROBE_LOG, "holders": HOLDERS_LOG}
+        if hey_runs:
+            read["hey"] = HEY_OUT
+        journal = (None if self.service_unit is None
+                   else journal_argv(self.service_unit, self.started))
+        answers, self.then_output = load_steps(self.machine, {
+            "step": "stop", "interrupt": interrupted, "wait": 60,
+            "stop": [PROBE_UNIT, *([HOLDERS_UNIT] if self.holders else [])],
+            "netstat": NETSTAT, "journal": journal, "read": read}, then=then, timeout=120)
+        answer = answers[0]
+        files = {name: text or "" for name, text in answer["files"].items()}
+        for unit, client in ((AB_UNIT, "ab"), (HEY_UNIT, "hey")):
+            if unit in answer["still_running"]:
+                raise GuestError(f"{client} did not exit within 60 s of SIGINT; its last "
+                                 f"words: {files.get(client, '')[-600:]!r}")
         hey = None
-        if self.hey_command is not None:
-            if "HEY-STILL-RUNNING" in sections["head"]:
-                raise GuestError(f"hey did not exit within 60 s of SIGINT:\n{out[-2000:]}")
+        if hey_runs:
             try:
-                hey = parse_hey_output(sections.get("hey", ""))
+                hey = parse_hey_output(files["hey"])
             except ValueError as e:
-                raise GuestError(f"hey printed no report ({e}):\n"
-                                 f"{sections.get('hey', '')[-2000:]}") from e
+                raise GuestError(f"hey printed no report ({e}):\n{files['hey'][-2000:]}") from e
         holders = None
         if self.holders:
-            records = parse_holder_log(sections.get("holders", ""))
-            holders = summarise(records, self.holders, old, new)
-        output = sections.get("ab", "")
+            holders = summarise(parse_holder_log(files["holders"]), self.holders, old, new)
+        output = files["ab"]
         try:
             ab = parse_ab_output(output)
         except ValueError as e:
             raise GuestError(f"ab printed no report ({e}):\n{output[-2000:]}") from e
-        text = sections.get("probe", "")
+        text = files["probe"]
         timeline = Timeline.build(parse_probe_log(text), self.started, old, new,
                                   skipped=parse_probe_skips(text))
-        tcp = counter_delta(self._tcp_before, tcp_counters(sections.get("netstat")))
-        read = "journal" in sections
-        gap = journal_restart_gap(parse_journal_json(sections["journal"]), self.service_unit,
-                                  after=self.started) if read else None
-        return LoadOutcome(ab, output, timeline, self.started, stopped, self.command, holders,
-                           self.ab_started, tcp=tcp, journal_gap=gap, journal_read=read,
-                           hey=hey, hey_output=sections.get("hey", ""),
+        tcp = counter_delta(self._tcp_before, tcp_counters(answer.get("netstat")))
+        journal_read = "journal" in answer
+        gap = journal_restart_gap(parse_journal_json(answer["journal"]), self.service_unit,
+                                  after=self.started) if journal_read else None
+        return LoadOutcome(ab, output, timeline, self.started, float(answer["stopped"]),
+                           self.command, holders, self.ab_started, tcp=tcp, journal_gap=gap,
+                           journal_read=journal_read, hey=hey, hey_output=files.get("hey", ""),
                            hey_command=self.hey_command, method=self.method)

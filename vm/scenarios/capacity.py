@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pytest_portable_upgrade.core.config import Settings, backlogs_of, delays_of, rates_of
-from pytest_portable_upgrade.load.kernel import listen_backlog_command, parse_listen_backlog
+from pytest_portable_upgrade.load.kernel import NETSTAT, parse_listen_backlog
+from pytest_portable_upgrade.load.load import load_steps
 from pytest_portable_upgrade.report.capacity import Point, point_id, point_record
 from pytest_portable_upgrade.scenarios.catalogue import get_scenario
 from pytest_portable_upgrade.scenarios.record import summary_row
@@ -28,7 +29,6 @@ from pytest_portable_upgrade.systemd.portable import PortableService
 SCENARIO = "host-socket-no-keepalive"
 BACKLOG_DROPIN = f"{DROPIN_PREFIX}capacity-backlog.conf"
 DELAY_DROPIN = f"{DROPIN_PREFIX}capacity-start-delay.conf"
-NETSTAT_MARK = "PWT-NETSTAT"
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,14 @@ class Measured:
     netstat_after: str  # /proc/net/netstat after the load (the record's counters: LoadRun's)
 
 
+def read_after_point(service: PortableService) -> tuple[str, str]:
+    """The socket's listeners (``ss``) and /proc/net/netstat, in one round trip of the load's
+    guest program ("" for a file not there)."""
+    answers, _ = load_steps(service.machine, {"step": "listeners", "port": service.subject.port},
+                            {"step": "netstat", "path": NETSTAT}, timeout=30)
+    return str(answers[0]["listeners"]), str(answers[1]["netstat"] or "")
+
+
 def measure_point(service: PortableService, settings: Settings, point: CapacityPoint,
                   systemd_package: str = "") -> Measured:
     """One reattach under load at ``point``, judged by ``verdict_of``; the socket's backlog
@@ -78,10 +86,7 @@ def measure_point(service: PortableService, settings: Settings, point: CapacityP
     start = time.monotonic()
     run = run_scenario(service, point.settings(settings), get_scenario(SCENARIO),
                        point.overrides())
-    read = service.machine.execute(
-        f"{listen_backlog_command(service.subject.port)}; echo {NETSTAT_MARK};"
-        " cat /proc/net/netstat", timeout=30)
-    listeners, _, netstat = read.stdout.partition(f"{NETSTAT_MARK}\n")
+    listeners, netstat = read_after_point(service)
     verdict = verdict_of(run)
     row: dict[str, Any] = summary_row(run, settings.box, service.systemd_major, verdict,
                                       systemd_package=systemd_package)

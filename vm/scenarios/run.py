@@ -18,12 +18,13 @@ from pytest_portable_upgrade.core.errors import GuestError
 from pytest_portable_upgrade.core.log import log
 from pytest_portable_upgrade.load.haproxy import HaproxyConfig, proxy_port_for
 from pytest_portable_upgrade.load.hey import hey_plan
-from pytest_portable_upgrade.load.load import GUEST_DIR, LoadOutcome, LoadRun
+from pytest_portable_upgrade.load.load import LoadOutcome, LoadRun
+from pytest_portable_upgrade.machine.guest_program import GUEST_DIR, Request
 from pytest_portable_upgrade.machine.machine import Machine
 from pytest_portable_upgrade.scenarios.catalogue import Scenario
 from pytest_portable_upgrade.scenarios.checks import SocketObservation
 from pytest_portable_upgrade.subject.spec import Subject
-from pytest_portable_upgrade.systemd.portable import PortableService, Request, Upgrade
+from pytest_portable_upgrade.systemd.portable import PortableService, Upgrade
 from pytest_portable_upgrade.systemd.quirks import (
     after_sysupdate_pull,
     extensions_missing,

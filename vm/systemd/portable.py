@@ -5,7 +5,6 @@ and its answer read as a typed value. The scope (system or a user's manager) is 
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 from collections.abc import Callable
@@ -15,7 +14,15 @@ from typing import Any
 
 from pytest_portable_upgrade.core.errors import GuestError, HarnessError
 from pytest_portable_upgrade.core.log import log
-from pytest_portable_upgrade.load.load import GUEST_DIR, PROBE_SOURCE
+from pytest_portable_upgrade.load.load import PROBE_SOURCE
+from pytest_portable_upgrade.machine.guest_program import (
+    GUEST_DIR,
+    GuestProgram,
+    Request,
+    and_then,
+    answers_of,
+    printed_after,
+)
 from pytest_portable_upgrade.machine.machine import Machine
 from pytest_portable_upgrade.subject.image import PortableImages
 from pytest_portable_upgrade.subject.spec import DROPIN_PREFIX, Subject
@@ -48,9 +55,9 @@ CLIENT_UNITS = ("pwt-ab.service", "pwt-probe.service", "pwt-holders.service",
 # The guest program of the steps, and where it and the probe (whose one request it sends
 # to read a greeting or the counter) go in the guest: once per boot.
 PROGRAM_SOURCE = Path(__file__).with_name("guest") / "portable.py"
-PROGRAM = f"{GUEST_DIR}/portable.py"
-PROBE = f"{GUEST_DIR}/probe.py"
-Request = dict[str, Any]
+PORTABLE = GuestProgram(PROGRAM_SOURCE, companions=(PROBE_SOURCE,))
+PROGRAM = PORTABLE.path
+PROBE = f"{GUEST_DIR}/{PROBE_SOURCE.name}"
 
 
 def sysupdate_files(subject: Subject) -> tuple[str, ...]:
@@ -195,32 +202,7 @@ class ImageRefused(HarnessError):
 def step_command(requests: list[Request]) -> str:
     """The guest command line of one call of the guest program: what run.log shows, and what
     a person pastes into a root shell in the guest to replay the steps."""
-    return shlex.join(["python3", PROGRAM, "--json", json.dumps(requests, separators=(",", ":"))])
-
-
-def answer_line(stdout: str) -> int:
-    """The index of the guest program's answer among the lines of ``stdout``: the first JSON
-    object with "ok" (the program prints nothing else; a command run after it in the same
-    round trip prints below it); -1 when there is none."""
-    for i, line in enumerate(stdout.split("\n")):
-        if line.startswith("{"):
-            try:
-                if "ok" in json.loads(line):
-                    return i
-            except ValueError:
-                continue
-    return -1
-
-
-def answers_of(result_stdout: str, result_stderr: str, rc: int) -> dict[str, Any]:
-    """The guest program's one JSON line (``answer_line``); GuestError with what it printed
-    when there is none (it did not run, or died)."""
-    i = answer_line(result_stdout)
-    answer: dict[str, Any] = json.loads(result_stdout.split("\n")[i]) if i >= 0 else {}
-    if "ok" not in answer:
-        raise GuestError(f"the guest program gave no answer (exit {rc}): "
-                         f"{(result_stdout + result_stderr).strip()[-600:] or 'no output'}")
-    return answer
+    return PORTABLE.line(requests)
 
 
 @dataclass
@@ -299,10 +281,8 @@ class PortableService:
         """The guest command line of ``requests`` (uploading the program first, once per
         boot): for ``steps``, or to run at the end of another round trip (``answers`` then
         reads what it printed)."""
-        m = self.machine
-        m.copy_from_host(PROBE_SOURCE, PROBE, mode="0755", once=True)
-        m.copy_from_host(PROGRAM_SOURCE, PROGRAM, mode="0755", once=True)
-        return step_command([{"scope": self.scope.wire(), **r} for r in requests])
+        return PORTABLE.command(self.machine,
+                                [{"scope": self.scope.wire(), **r} for r in requests])
 
     def answers(self, requests: tuple[Request, ...], stdout: str, stderr: str = "",
                 rc: int = 0) -> list[dict[str, Any]]:
@@ -524,9 +504,7 @@ class PortableService:
                              "timeout": 120})
         requests.append(self._observe(count=count, version=version))
         bound = 300 + max(180.0, self.unit_timeout_s + 60) + self.unit_timeout_s + 120
-        command = self.command(*requests)
-        if then is not None:
-            command = f"{command} && {{ {then}; }}"
+        command = and_then(self.command(*requests), then)
         try:
             result = self.machine.execute(command, timeout=bound)
             answers = self.answers(tuple(requests), result.stdout, result.stderr, result.rc)
@@ -538,8 +516,7 @@ class PortableService:
             raise ImageRefused(f"portablectl attach {what} (v{version}, {s.spec}): "
                                f"{e}") from None
         if then is not None:
-            # What ``then`` printed follows the program's one answer line.
-            self.then_output = result.stdout.split("\n", answer_line(result.stdout) + 1)[-1]
+            self.then_output = printed_after(result.stdout)
             if result.rc != 0:
                 raise GuestError(f"after the attach, `{then[:120]}…` exited {result.rc}: "
                                  f"{(self.then_output + result.stderr).strip()[-600:]}")
