@@ -221,6 +221,38 @@ def versioned_dir_missing(systemd_major: int) -> str | None:
     return None
 
 
+def sysupdate_versioned_dir_missing(systemd_major: int, installed: bool) -> str | None:
+    """Why a sysupdate rollout into a versioned directory cannot run here, or None: sysupdate
+    must be there (bookworm's 252 has none) and portabled must pick from <name>.v/ (254 has
+    sysupdate but no vpick)."""
+    return sysupdate_missing(systemd_major, installed) or versioned_dir_missing(systemd_major)
+
+
+# sysupdate's notify callout: after an update that installed a version, systemd-sysupdate
+# calls the Varlink method io.systemd.SysUpdate.Notify.OnCompletedUpdate on every socket in
+# /run/systemd/sysupdate/notify/ and waits for each reply (262; 257 has neither the directory
+# nor the callout, the versions between were not looked at). systemd's own update unit of 262,
+# systemd-sysupdate-update.service, runs `update --component-all --cleanup=yes`: it updates
+# the components (/etc/sysupdate.<component>.d/), so the suite's transfer for it goes into a
+# component named after the subject (vm/systemd/sysupdate.py).
+SYSUPDATE_NOTIFY_FROM = 262
+SYSUPDATE_NOTIFY_DIR = "/run/systemd/sysupdate/notify"
+SYSUPDATE_NOTIFY_METHOD = "io.systemd.SysUpdate.Notify.OnCompletedUpdate"
+SYSUPDATE_UPDATE_UNIT = "systemd-sysupdate-update.service"
+
+
+def sysupdate_notify_missing(systemd_major: int, installed: bool) -> str | None:
+    """Why the scenario whose reattach sysupdate's notify callout drives cannot run here, or
+    None."""
+    if why := sysupdate_versioned_dir_missing(systemd_major, installed):
+        return why
+    if systemd_major < SYSUPDATE_NOTIFY_FROM:
+        return (f"systemd {systemd_major} has no sysupdate notify callout "
+                f"({SYSUPDATE_NOTIFY_DIR}/, {SYSUPDATE_NOTIFY_METHOD}: seen in "
+                f"{SYSUPDATE_NOTIFY_FROM}) and no {SYSUPDATE_UPDATE_UNIT}")
+    return None
+
+
 # What systemd itself offers to run the reattach after a sysupdate pull, by version (issue 19
 # item 4; what was seen in the guests and where it was read: docs/measurements.md). None of it
 # calls portabled: the suite's rollout unit runs `portablectl reattach --now` after `update`
