@@ -201,7 +201,7 @@ def test_a_rollout_into_the_directory_counts_when_the_new_file_is_there() -> Non
     svc, fake = service(262, upgraded=there)
     upgrade, ok, calls = svc.run_rollout(quirks.SYSUPDATE_UPDATE_UNIT, 2, notify=True)
     (step,) = sent_steps(fake.commands[0])  # type: ignore[attr-defined]
-    assert step["commands"] == [["systemctl", "start", quirks.SYSUPDATE_UPDATE_UNIT]]
+    assert step["commands"] == [["systemctl", "start", "--wait", quirks.SYSUPDATE_UPDATE_UNIT]]
     assert step["exists"] == [f"{VDIR}/{NAME}_2.raw"] and "read_link" not in step
     assert step["read"] == [NOTIFY_LOG]
     assert ok and calls == [call] and upgrade.duration_s == 2.5

@@ -643,7 +643,9 @@ class PortableService:
         journal is read enough lines deep that systemd-pull's refusal is among them
         (quirks)."""
         self.scope.require("sysupdate")
-        command = [*self.scope.systemctl, "start", unit]
+        # systemd's update unit is Type=simple (its start returns at once): --wait until it
+        # exits, the notify callout's reattach included.
+        command = [*self.scope.systemctl, "start", *(["--wait"] if notify else []), unit]
         request: Request = {"step": "upgrade", "commands": [command],
                             "journal": {"unit": unit, "lines": 60},
                             "timeout": self.reattach_timeout_s}

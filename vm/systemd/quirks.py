@@ -234,7 +234,8 @@ def sysupdate_versioned_dir_missing(systemd_major: int, installed: bool) -> str 
 # nor the callout, the versions between were not looked at). systemd's own update unit of 262,
 # systemd-sysupdate-update.service, runs `update --component-all --cleanup=yes`: it updates
 # the components (/etc/sysupdate.<component>.d/), so the suite's transfer for it goes into a
-# component named after the subject (vm/systemd/sysupdate.py).
+# component named after the subject (vm/systemd/sysupdate.py). It is Type=simple: `systemctl
+# start` returns before the update has run, so the rollout starts it with --wait.
 SYSUPDATE_NOTIFY_FROM = 262
 SYSUPDATE_NOTIFY_DIR = "/run/systemd/sysupdate/notify"
 SYSUPDATE_NOTIFY_METHOD = "io.systemd.SysUpdate.Notify.OnCompletedUpdate"
