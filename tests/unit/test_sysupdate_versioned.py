@@ -76,6 +76,7 @@ def test_the_notify_listener_is_a_socket_in_sysupdates_notify_directory() -> Non
     socket_unit = setup.notify_socket_unit()
     assert f"ListenStream={quirks.SYSUPDATE_NOTIFY_DIR}/" in socket_unit
     assert f"ListenStream={NOTIFY_SOCKET}\n" in socket_unit and "Accept=yes" in socket_unit
+    assert "RemoveOnStop=yes" in socket_unit
     unit = setup.notify_service_unit(NOTIFY_PROGRAM)
     assert "StandardInput=socket\nStandardOutput=socket\n" in unit
     assert (f"ExecStart=/usr/bin/python3 {NOTIFY_PROGRAM} --log {NOTIFY_LOG} -- "

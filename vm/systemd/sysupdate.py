@@ -120,6 +120,8 @@ Description=Reattach {self.name} when systemd-sysupdate completes an update
 ListenStream={NOTIFY_SOCKET}
 # One service per call: sysupdate connects, calls OnCompletedUpdate once, waits for the reply.
 Accept=yes
+# No stale socket is left for sysupdate to call once the listener is gone.
+RemoveOnStop=yes
 """
 
     def notify_service_unit(self, program: str) -> str:
