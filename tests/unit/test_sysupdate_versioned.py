@@ -69,6 +69,9 @@ def test_a_component_transfer_goes_into_the_components_directory() -> None:
     setup = versioned_setup(component=NAME)
     assert setup.transfer_path == f"/etc/sysupdate.{NAME}.d/50-{NAME}.transfer"
     assert setup.transfer_dir == f"/etc/sysupdate.{NAME}.d"
+    assert setup.component_path == f"/etc/sysupdate.{NAME}.component"
+    assert "[Component]\nDescription=" in setup.component_file()
+    assert versioned_setup().component_path is None
 
 
 def test_the_notify_listener_is_a_socket_in_sysupdates_notify_directory() -> None:
@@ -184,6 +187,7 @@ def test_the_notify_setup_writes_the_component_and_the_listener_and_starts_its_s
     assert setup.transfer_dir in write["dirs"]  # type: ignore[operator]
     files = write["files"]
     assert setup.transfer_path in files  # type: ignore[operator]
+    assert f"/etc/sysupdate.{NAME}.component" in files  # type: ignore[operator]
     assert f"/etc/systemd/system/{NOTIFY_SOCKET_UNIT}" in files  # type: ignore[operator]
     assert "/etc/systemd/system/pwt-notify-reattach@.service" in files  # type: ignore[operator]
     assert reload == {"step": "reload", "start": [NOTIFY_SOCKET_UNIT]}

@@ -62,6 +62,7 @@ def sysupdate_files(subject: Subject) -> tuple[str, ...]:
     stem = sysupdate.transfer_stem(subject.name)
     units = "/etc/systemd/system"
     return (f"{stem}.transfer", f"{stem}.conf", sysupdate.transfer_dir(subject.name),
+            f"/etc/sysupdate.{subject.name}.component",
             f"{units}/{sysupdate.ROLLOUT_UNIT}", f"{units}/{sysupdate.PIN_UNIT}",
             f"{units}/{sysupdate.NOTIFY_SOCKET_UNIT}", f"{units}/{sysupdate.NOTIFY_SERVICE_UNIT}",
             sysupdate.NOTIFY_LOG)
@@ -449,6 +450,8 @@ class PortableService:
                           f"{units}/{sysupdate.NOTIFY_SERVICE_UNIT}":
                               setup.notify_service_unit(NOTIFY_PROGRAM)})
             start.append(sysupdate.NOTIFY_SOCKET_UNIT)
+        if setup.component_path is not None:
+            files[setup.component_path] = setup.component_file()
         steps: list[Request] = [
             {"step": "write-files", "dirs": [sysupdate.SOURCE_DIR, setup.transfer_dir],
              "files": files},

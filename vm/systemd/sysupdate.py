@@ -87,6 +87,18 @@ MatchPattern={self.name}_@v.raw
 {symlink}InstancesMax={self.instances_max}
 """
 
+    @property
+    def component_path(self) -> str | None:
+        """The component's description file (sysupdate.components(5)), or None: no component."""
+        return None if self.component is None else f"/etc/sysupdate.{self.component}.component"
+
+    def component_file(self) -> str:
+        return f"""\
+# Rendered by vm/systemd/sysupdate.py: {self.name}, updated apart from the OS.
+[Component]
+Description=The portable service {self.name}
+"""
+
     def rollout_unit(self) -> str:
         return f"""\
 [Unit]
