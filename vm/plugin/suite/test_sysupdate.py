@@ -33,9 +33,10 @@ def test_tampered_update_is_refused_and_v1_serves_on(
     conclude(run_recorded(get_scenario("host-socket-sysupdate-http-corrupt")))
 
 
+@pytest.mark.parametrize("scenario_id", ["host-socket-sysupdate-notify"])
 def test_sysupdates_notify_callout_drives_the_reattach(
-    run_recorded: Callable[[Scenario], Verdict],
+    scenario_id: str, run_recorded: Callable[[Scenario], Verdict],
 ) -> None:
     """systemd's own update unit pulls into <name>.v/, and its OnCompletedUpdate call to the
     suite's listener reattaches: 0 failed. Skipped before 262 with the reason (quirks)."""
-    conclude(run_recorded(get_scenario("host-socket-sysupdate-notify")))
+    conclude(run_recorded(get_scenario(scenario_id)))
