@@ -62,7 +62,7 @@ def sysupdate_files(subject: Subject) -> tuple[str, ...]:
     stem = sysupdate.transfer_stem(subject.name)
     units = "/etc/systemd/system"
     return (f"{stem}.transfer", f"{stem}.conf", sysupdate.transfer_dir(subject.name),
-            f"/etc/sysupdate.{subject.name}.component",
+            sysupdate.component_path(subject.name),
             f"{units}/{sysupdate.ROLLOUT_UNIT}", f"{units}/{sysupdate.PIN_UNIT}",
             f"{units}/{sysupdate.NOTIFY_SOCKET_UNIT}", f"{units}/{sysupdate.NOTIFY_SERVICE_UNIT}",
             sysupdate.NOTIFY_LOG)

@@ -90,7 +90,7 @@ MatchPattern={self.name}_@v.raw
     @property
     def component_path(self) -> str | None:
         """The component's description file (sysupdate.components(5)), or None: no component."""
-        return None if self.component is None else f"/etc/sysupdate.{self.component}.component"
+        return None if self.component is None else component_path(self.component)
 
     def component_file(self) -> str:
         return f"""\
@@ -155,6 +155,11 @@ StandardError=journal
 def transfer_dir(component: str | None = None) -> str:
     """/etc/sysupdate.d, or a component's /etc/sysupdate.<component>.d."""
     return TRANSFER_DIR if component is None else f"/etc/sysupdate.{component}.d"
+
+
+def component_path(component: str) -> str:
+    """A component's description file: /etc/sysupdate.<component>.component."""
+    return f"/etc/sysupdate.{component}.component"
 
 
 def transfer_stem(name: str, component: str | None = None) -> str:
