@@ -335,7 +335,7 @@ def test_a_rollout_that_did_not_move_the_symlink_is_not_ok() -> None:
     answer = {"started": 1.0, "ended": 3.0, "rc": 0, "output": "", "link":
               "portable-walkthrough_1.raw"}
     svc, fake = service({"portable.py": program_answer(answer)}, major=257)
-    rollout, ok = svc.run_rollout("pwt-rollout.service", 2)
+    rollout, ok, _ = svc.run_rollout("pwt-rollout.service", 2)
     assert not ok and rollout.command == "systemctl start pwt-rollout.service"
     assert one_call(fake)[0]["journal"] == {"unit": "pwt-rollout.service", "lines": 60}
 

@@ -205,15 +205,18 @@ def test_the_layout_scenarios_are_selectable_by_their_words() -> None:
     assert extension == ["host-socket-extension-no-keepalive", "host-socket-extension-rollback",
                          "image-socket-extension-no-keepalive"]
     assert versioned == ["host-socket-versioned-dir-no-keepalive",
-                         "host-socket-versioned-dir-rollback"]
+                         "host-socket-versioned-dir-rollback",
+                         "host-socket-sysupdate-versioned-dir"]
     assert all(get_scenario(i).layout == "extension" for i in extension)
     assert get_scenario("image-socket-extension-no-keepalive").expect == "downtime"
 
 
 @pytest.mark.parametrize(("changes", "message"), [
     ({"layout": "overlay"}, "layout must be one of image, extension, versioned-dir"),
-    ({"layout": "extension", "rollout": "sysupdate-dir"}, "the extension layout is a plain"),
-    ({"layout": "versioned-dir", "scope": "user"}, "the versioned-dir layout is a plain"),
+    ({"layout": "extension", "rollout": "sysupdate-dir"},
+     "a sysupdate rollout outside the image layout is sysupdate-dir into the versioned-dir"),
+    ({"layout": "versioned-dir", "scope": "user"},
+     "the versioned-dir layout is a `portablectl reattach --now` of the system's manager"),
     ({"layout": "extension", "proxy": "haproxy"}, "without a proxy"),
     ({"layout": "versioned-dir", "socket_location": "image"}, "holds whole images"),
 ])

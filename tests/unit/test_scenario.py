@@ -115,7 +115,7 @@ PROMISED = {
 def shape(s: Scenario) -> tuple[Any, ...]:
     return (s.expect, s.keepalive, s.proxy, s.socket_location, s.shutdown, s.profile,
             s.from_version, s.to_version, s.holders, s.rollout, s.corrupt, s.upgrade,
-            s.fdstore_preserve, s.scope, s.layout, s.method)
+            s.fdstore_preserve, s.scope, s.layout, s.after_pull, s.method)
 
 
 def test_catalog_has_the_seven_promised_shapes() -> None:

@@ -39,6 +39,13 @@ METHODS = (None, "GET", "POST")
 # (`portablectl attach --extension`, 249+); or a versioned directory <name>.v/ whose newest
 # <name>_<V>.raw portabled picks itself (vpick, 256+).
 LAYOUTS = ("image", "extension", "versioned-dir")
+# What runs the reattach after a sysupdate pull: the suite's oneshot (pwt-rollout.service:
+# update, then portablectl), or sysupdate's own notify callout (262: systemd's
+# systemd-sysupdate-update.service pulls, and a listener the suite puts in
+# /run/systemd/sysupdate/notify/ reattaches; vm/systemd/sysupdate.py).
+AFTER_PULLS = ("oneshot", "notify")
+# What drove the reattach, as summary.json's `reattach_driven_by` says it (Scenario.driver).
+DRIVERS = ("test", "suite-oneshot", "sysupdate-notify")
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,7 @@ class Scenario:
     # server connections the naive server drops (docs/capacity.md says why 50).
     min_concurrency: int = 1
     layout: str = "image"  # or extension / versioned-dir (LAYOUTS)
+    after_pull: str = "oneshot"  # or notify (AFTER_PULLS): only with a sysupdate rollout
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -76,6 +84,7 @@ class Scenario:
             "expect": EXPECTATIONS, "rollout": ROLLOUTS, "proxy": PROXIES,
             "socket_location": SOCKET_LOCATIONS, "shutdown": SHUTDOWNS, "profile": PROFILES,
             "upgrade": UPGRADES, "scope": SCOPES, "method": METHODS, "layout": LAYOUTS,
+            "after_pull": AFTER_PULLS,
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -96,14 +105,35 @@ class Scenario:
         if self.scope == "user" and self.socket_location != "host":
             raise ValueError("the user scope has its socket as a user unit, outside the image")
         if self.layout != "image" and (
-            self.rollout != "portablectl" or self.upgrade != "reattach"
-            or self.scope != "system" or self.proxy is not None
+            self.upgrade != "reattach" or self.scope != "system" or self.proxy is not None
         ):
-            raise ValueError(f"the {self.layout} layout is a plain `portablectl reattach --now` "
+            raise ValueError(f"the {self.layout} layout is a `portablectl reattach --now` "
                              "of the system's manager, without a proxy")
+        # sysupdate writes into a versioned directory (no symlink); its rollback by pinning and
+        # the tampered download are the whole-image rows'.
+        if self.layout != "image" and self.rollout != "portablectl" and (
+            self.layout != "versioned-dir" or self.rollout != "sysupdate-dir"
+            or self.to_version < self.from_version or self.corrupt
+        ):
+            raise ValueError("a sysupdate rollout outside the image layout is sysupdate-dir "
+                             "into the versioned-dir layout, an upgrade, not corrupt")
+        if self.after_pull != "oneshot" and (
+            self.rollout == "portablectl" or self.layout != "versioned-dir"
+        ):
+            raise ValueError("after_pull='notify' reattaches after a sysupdate pull into the "
+                             "versioned-dir layout: it needs rollout='sysupdate-dir' and "
+                             "layout='versioned-dir'")
         if self.layout == "versioned-dir" and self.socket_location != "host":
             raise ValueError("the versioned-dir layout holds whole images: its socket is the "
                              "host's (image-socket-no-keepalive is the control)")
+
+    @property
+    def driver(self) -> str:
+        """What runs the switch (DRIVERS): the test itself (portablectl), the suite's rollout
+        unit after sysupdate's pull, or sysupdate's notify callout."""
+        if self.rollout == "portablectl":
+            return "test"
+        return "sysupdate-notify" if self.after_pull == "notify" else "suite-oneshot"
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -189,6 +219,17 @@ SCENARIOS: tuple[Scenario, ...] = (
              to_version=1,
              description="the newest file removed from <name>.v/ and reattach --now picks the "
                          "one before it (256+), 0 failed"),
+    # sysupdate with no symlink: the transfer's target is <name>.v/ itself, and portabled picks
+    # the newest file sysupdate put there.
+    Scenario("host-socket-sysupdate-versioned-dir", rollout="sysupdate-dir",
+             layout="versioned-dir",
+             description="v2 published; pwt-rollout.service runs sysupdate update into <name>.v/ "
+                         "(no CurrentSymlink=), then reattach --now <name>.v/ (256+), 0 failed"),
+    Scenario("host-socket-sysupdate-notify", rollout="sysupdate-dir", layout="versioned-dir",
+             after_pull="notify",
+             description="systemd's own systemd-sysupdate-update.service pulls v2 into "
+                         "<name>.v/; its OnCompletedUpdate call to the suite's listener in "
+                         "/run/systemd/sysupdate/notify/ runs the reattach (262+), 0 failed"),
 )
 
 

@@ -39,7 +39,7 @@ def summary_row(run: ScenarioRun, box: str, systemd_major: int,
                to_version=s.to_version, socket_state_after=run.socket.state_after,
                attached_state=run.attached_state, attached_image=run.attached_image,
                service_user=run.service_user, dynamic_user=run.dynamic_user,
-               rollout_ok=run.rollout_ok, **run.facts)
+               rollout_ok=run.rollout_ok, reattach_driven_by=s.driver, **run.facts)
     figure = unanswered_of(run)
     row.update(hey_not_run=run.hey_not_run or None, count_before=run.count_before,
                count_after=run.final_count,

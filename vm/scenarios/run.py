@@ -26,16 +26,24 @@ from pytest_portable_upgrade.scenarios.checks import SocketObservation
 from pytest_portable_upgrade.subject.spec import Subject
 from pytest_portable_upgrade.systemd.portable import PortableService, Upgrade
 from pytest_portable_upgrade.systemd.quirks import (
+    SYSUPDATE_UPDATE_UNIT,
     after_sysupdate_pull,
     extensions_missing,
     fdstore_preserve_missing,
     sysupdate_missing,
+    sysupdate_notify_missing,
     sysupdate_transfer_suffix,
+    sysupdate_versioned_dir_missing,
     user_attach_refused,
     versioned_dir_missing,
 )
 from pytest_portable_upgrade.systemd.scope import SCOPES, Scope, missing_pieces
-from pytest_portable_upgrade.systemd.sysupdate import PIN_UNIT, ROLLOUT_UNIT, SysupdateSetup
+from pytest_portable_upgrade.systemd.sysupdate import (
+    PIN_UNIT,
+    ROLLOUT_UNIT,
+    SysupdateSetup,
+    reattach_arg,
+)
 
 HAPROXY_UNIT = "pwt-haproxy.service"
 
@@ -135,6 +143,8 @@ def run_scenario(service: PortableService, settings: Settings, scenario: Scenari
     system side is reset by the caller)."""
     if (why := service.subject.cannot_run(scenario)) is not None:
         raise ScenarioUnsupported(why)
+    if scenario.rollout != "portablectl" and (reason := rollout_missing(service, scenario)):
+        raise ScenarioUnsupported(reason)
     needs_preserve = scenario.upgrade == "stop-start" or scenario.fdstore_preserve
     if needs_preserve and (reason := fdstore_preserve_missing(service.systemd_major)):
         raise ScenarioUnsupported(reason)
@@ -186,7 +196,8 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario,
         # Rollback: the new (older) one published but not installed: `update VERSION` pins it.
         prepare += service.sysupdate_steps(
             setup, installed=[scenario.from_version],
-            published=[low] if scenario.to_version == high else [low, high])
+            published=[low] if scenario.to_version == high else [low, high],
+            notify=scenario.after_pull == "notify")
     load, hey_not_run = load_for(m, settings, scenario, subject, url_port)
     if hey_not_run is not None:
         log.info(f"hey does not run: {hey_not_run}")
@@ -204,17 +215,21 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario,
                  + (f", {load.hey_command}" if load.hey_command is not None else ""))
         time.sleep(load_cfg.switch_after_s)
         rollout_ok = True
+        notify_calls: list[dict[str, Any]] = []
         if setup is None and scenario.upgrade == "stop-start":
             upgrade = service.stop_start(scenario.to_version)
         elif setup is None:
             upgrade = service.reattach(scenario.to_version, scenario.from_version)
         else:
+            notify = scenario.after_pull == "notify"
             if scenario.to_version > scenario.from_version:
                 service.publish(scenario.to_version, corrupt=scenario.corrupt)
-                unit = ROLLOUT_UNIT
+                # systemd's own update unit: its notify callout runs the suite's listener.
+                unit = SYSUPDATE_UPDATE_UNIT if notify else ROLLOUT_UNIT
             else:
                 unit = PIN_UNIT.replace("@", f"@{scenario.to_version}")
-            upgrade, rollout_ok = service.run_rollout(unit, scenario.to_version)
+            upgrade, rollout_ok, notify_calls = service.run_rollout(unit, scenario.to_version,
+                                                                    notify=notify)
         log.info(f"{'reattach' if setup is None else 'rollout'} took "
                  f"{upgrade.duration_s:.1f} s: {upgrade.command}"
                  f"{'' if rollout_ok else ' (failed)'}")
@@ -242,6 +257,9 @@ def _run(service: PortableService, settings: Settings, scenario: Scenario,
         "rollout_log": upgrade.output[-1500:],
         # What systemd would run after the pull itself (quirks): the report shows it.
         "after_pull": after_sysupdate_pull(service.systemd_major)}
+    if scenario.after_pull == "notify":
+        # What sysupdate's callout sent the listener, and how long its reattach took.
+        facts["notify_calls"] = notify_calls
     if scenario.upgrade != "reattach":
         facts["upgrade_log"] = upgrade.output[-1500:]
     if user_scope:
@@ -288,14 +306,30 @@ def load_for(machine: Machine, settings: Settings, scenario: Scenario, subject: 
     return load, hey_not_run
 
 
+def rollout_missing(service: PortableService, scenario: Scenario) -> str | None:
+    """Why the guest cannot run ``scenario``'s sysupdate rollout, or None: sysupdate first
+    (252 has none), then vpick for a versioned directory (254 has sysupdate, not vpick), then
+    the notify callout."""
+    check = sysupdate_missing
+    if scenario.after_pull == "notify":
+        check = sysupdate_notify_missing
+    elif scenario.layout == "versioned-dir":
+        check = sysupdate_versioned_dir_missing
+    return check(service.systemd_major, service.has_sysupdate())
+
+
 def _sysupdate_setup(service: PortableService, scenario: Scenario) -> SysupdateSetup | None:
+    """The transfer and units of ``scenario``'s rollout (run_scenario has checked the guest
+    has what it needs): into /var/lib/portables behind the symlink, or into the versioned
+    directory, as a component of its own when systemd's update unit pulls it (quirks)."""
     if scenario.rollout == "portablectl":
         return None
-    if (why := sysupdate_missing(service.systemd_major, service.has_sysupdate())) is not None:
-        raise ScenarioUnsupported(why)
+    source = scenario.rollout.removeprefix("sysupdate-")
+    suffix = sysupdate_transfer_suffix(service.systemd_major)
+    name, layout = service.subject.name, service.layout
+    if layout.kind == "image":
+        return SysupdateSetup(source, service.reattach_target(), suffix, name=name)
     return SysupdateSetup(
-        source=scenario.rollout.removeprefix("sysupdate-"),
-        reattach_arg=service.reattach_target(),
-        transfer_suffix=sysupdate_transfer_suffix(service.systemd_major),
-        name=service.subject.name,
-    )
+        source, reattach_arg(layout.target, layout.matches), suffix, name=name,
+        target_dir=layout.versioned_dir, current_symlink=False,
+        component=name if scenario.after_pull == "notify" else None)

@@ -28,7 +28,7 @@ from pytest_portable_upgrade.subject.image import PortableImages
 from pytest_portable_upgrade.subject.spec import DROPIN_PREFIX, Subject
 from pytest_portable_upgrade.systemd import sysupdate
 from pytest_portable_upgrade.systemd.layout import EXTENSION_DIR, VERSIONED_ROOT, Layout
-from pytest_portable_upgrade.systemd.quirks import reattach_target
+from pytest_portable_upgrade.systemd.quirks import SYSUPDATE_UPDATE_UNIT, reattach_target
 from pytest_portable_upgrade.systemd.scope import (
     SIGNING_DIR,
     STATE_DIR,
@@ -51,20 +51,28 @@ STASH = "/var/lib/pwt-images"  # every uploaded image set, by socket location
 SHUTDOWN_DROPIN = f"{DROPIN_PREFIX}shutdown.conf"
 # Transient units the scenarios start in the guest (load, probe, proxy).
 CLIENT_UNITS = ("pwt-ab.service", "pwt-probe.service", "pwt-holders.service",
-                "pwt-hey.service", "pwt-haproxy.service", sysupdate.HTTP_UNIT)
+                "pwt-hey.service", "pwt-haproxy.service", sysupdate.HTTP_UNIT,
+                sysupdate.NOTIFY_SOCKET_UNIT)
 # The guest program of the steps, and where it and the probe (whose one request it sends
 # to read a greeting or the counter) go in the guest: once per boot.
 PROGRAM_SOURCE = Path(__file__).with_name("guest") / "portable.py"
 PORTABLE = GuestProgram(PROGRAM_SOURCE, companions=(PROBE_SOURCE,))
 PROGRAM = PORTABLE.path
 PROBE = f"{GUEST_DIR}/{PROBE_SOURCE.name}"
+# The notify listener's program (vm/systemd/sysupdate.py), uploaded when a scenario needs it.
+NOTIFY_SOURCE = PROGRAM_SOURCE.with_name("notify_reattach.py")
+NOTIFY_PROGRAM = f"{GUEST_DIR}/notify_reattach.py"
 
 
 def sysupdate_files(subject: Subject) -> tuple[str, ...]:
     """What the sysupdate scenarios install on the host; removed by reset."""
     stem = sysupdate.transfer_stem(subject.name)
-    return (f"{stem}.transfer", f"{stem}.conf", f"/etc/systemd/system/{sysupdate.ROLLOUT_UNIT}",
-            f"/etc/systemd/system/{sysupdate.PIN_UNIT}")
+    units = "/etc/systemd/system"
+    return (f"{stem}.transfer", f"{stem}.conf", sysupdate.transfer_dir(subject.name),
+            sysupdate.component_path(subject.name),
+            f"{units}/{sysupdate.ROLLOUT_UNIT}", f"{units}/{sysupdate.PIN_UNIT}",
+            f"{units}/{sysupdate.NOTIFY_SOCKET_UNIT}", f"{units}/{sysupdate.NOTIFY_SERVICE_UNIT}",
+            sysupdate.NOTIFY_LOG)
 
 
 def evidence_commands(subject: Subject) -> dict[str, str]:
@@ -81,7 +89,8 @@ def evidence_commands(subject: Subject) -> dict[str, str]:
                                "-u pwt-hey.service -u pwt-haproxy.service",
         "rollout-journal.txt": "journalctl -b --no-pager -o short-monotonic "
                                "-u pwt-rollout.service -u 'pwt-pin@*.service' "
-                               "-u pwt-source-http.service",
+                               "-u pwt-source-http.service -u 'pwt-notify-reattach@*.service' "
+                               f"-u {SYSUPDATE_UPDATE_UNIT}",
         "portablectl-list.txt": "portablectl list; echo; systemctl status --no-pager "
                                 f"'{subject.name}*'",
         "ab.out": f"cat {GUEST_DIR}/ab.out",
@@ -404,20 +413,33 @@ class PortableService:
         return dict(self.session.sizes.get(key, {}))
 
     def sysupdate_steps(self, setup: sysupdate.SysupdateSetup, installed: list[int],
-                        published: list[int]) -> list[Request]:
+                        published: list[int], notify: bool = False) -> list[Request]:
         """Transfer and rollout units in place; ``installed`` versions in /var/lib/portables
-        (the others removed), ``published`` ones in the source (served over HTTP if asked)."""
+        (the others removed; a versioned directory's are placed by ``image_steps``),
+        ``published`` ones in the source (served over HTTP if asked). ``notify``: the notify
+        listener too, its socket started (vm/systemd/sysupdate.py)."""
         self.scope.require("sysupdate")
         units = "/etc/systemd/system"
+        files = {setup.transfer_path: setup.transfer(),
+                 f"{units}/{sysupdate.ROLLOUT_UNIT}": setup.rollout_unit(),
+                 f"{units}/{sysupdate.PIN_UNIT}": setup.pin_unit()}
+        start: list[str] = []
+        if notify:
+            self.machine.copy_from_host(NOTIFY_SOURCE, NOTIFY_PROGRAM, mode="0755", once=True)
+            files.update({f"{units}/{sysupdate.NOTIFY_SOCKET_UNIT}": setup.notify_socket_unit(),
+                          f"{units}/{sysupdate.NOTIFY_SERVICE_UNIT}":
+                              setup.notify_service_unit(NOTIFY_PROGRAM)})
+            start.append(sysupdate.NOTIFY_SOCKET_UNIT)
+        if setup.component_path is not None:
+            files[setup.component_path] = setup.component_file()
         steps: list[Request] = [
-            {"step": "write-files", "dirs": [sysupdate.SOURCE_DIR], "files": {
-                setup.transfer_path: setup.transfer(),
-                f"{units}/{sysupdate.ROLLOUT_UNIT}": setup.rollout_unit(),
-                f"{units}/{sysupdate.PIN_UNIT}": setup.pin_unit()}},
-            {"step": "reload"},
-            {"step": "remove", "paths": [self.subject.image_path(v)
-                                         for v in self.subject.versions if v not in installed]},
-            *(self.publish_step(v) for v in published)]
+            {"step": "write-files", "dirs": [sysupdate.SOURCE_DIR, setup.transfer_dir],
+             "files": files},
+            {"step": "reload", "start": start}]
+        if setup.current_symlink:
+            steps.append({"step": "remove", "paths": [
+                self.subject.image_path(v) for v in self.subject.versions if v not in installed]})
+        steps += [self.publish_step(v) for v in published]
         if setup.source == "http":
             steps.append({"step": "serve", "unit": sysupdate.HTTP_UNIT, "port": sysupdate.HTTP_PORT,
                           "argv": ["python3", "-m", "http.server", str(sysupdate.HTTP_PORT),
@@ -590,21 +612,38 @@ class PortableService:
             self.scope.portablectl, self.scope.systemctl, self.reattach_target(),
             self.subject.service))
 
-    def run_rollout(self, unit: str, version: int) -> tuple[Upgrade, bool]:
-        """Start a rollout unit and wait for it; (timings, whether ``version`` now runs).
+    def run_rollout(self, unit: str, version: int,
+                    notify: bool = False) -> tuple[Upgrade, bool, list[dict[str, Any]]]:
+        """Start a rollout unit and wait for it; (timings, whether ``version`` was put in
+        place, the notify listener's record of each call it took: ``notify``, else []).
 
         The unit's exit status is not enough: a skipped ExecCondition (nothing new found)
-        makes `systemctl start` succeed while nothing happened. The journal is read enough
-        lines deep that systemd-pull's refusal is among them (quirks)."""
+        makes `systemctl start` succeed while nothing happened. So the symlink must point at
+        ``version``, or, in a versioned directory, ``version``'s file must be there. The
+        journal is read enough lines deep that systemd-pull's refusal is among them
+        (quirks)."""
         self.scope.require("sysupdate")
-        command = [*self.scope.systemctl, "start", unit]
-        answer = self.step({"step": "upgrade", "commands": [command], "read_link": self.symlink,
+        # systemd's update unit is Type=simple (its start returns at once): --wait until it
+        # exits, the notify callout's reattach included.
+        command = [*self.scope.systemctl, "start", *(["--wait"] if notify else []), unit]
+        request: Request = {"step": "upgrade", "commands": [command],
                             "journal": {"unit": unit, "lines": 60},
-                            "timeout": self.reattach_timeout_s},
-                           timeout=self.reattach_timeout_s + 30)
+                            "timeout": self.reattach_timeout_s}
+        versioned = self.layout.kind == "versioned-dir"
+        installed = self.layout.versioned_file(version) if versioned else ""
+        request.update({"exists": [installed]} if versioned else {"read_link": self.symlink})
+        if notify:
+            request["read"] = [sysupdate.NOTIFY_LOG]
+        answer = self.step(request, timeout=self.reattach_timeout_s + 30)
         rollout = Upgrade.from_answer(shlex.join(command), answer)
-        moved = str(answer.get("link", "")).endswith(self.subject.image_name(version))
-        return rollout, answer["rc"] == 0 and moved
+        if versioned:
+            in_place = bool(answer.get("exists", {}).get(installed))
+        else:
+            in_place = str(answer.get("link", "")).endswith(self.subject.image_name(version))
+        calls = [json.loads(line) for line in
+                 str(answer.get("files", {}).get(sysupdate.NOTIFY_LOG, "")).splitlines()
+                 if line.strip()]
+        return rollout, answer["rc"] == 0 and in_place, calls
 
     def clear_fd_store(self) -> None:
         """Stop the service and drop what its store still holds: with Preserve=yes a stopped
@@ -646,7 +685,8 @@ class PortableService:
                                 f"{s.dropin_dir}/{DROPIN_PREFIX}*.conf", *sysupdate_files(s),
                                 sysupdate.SOURCE_DIR, VERSIONED_ROOT, *state],
                         reset_failed=[*s.socket_units, s.service, sysupdate.ROLLOUT_UNIT,
-                                      "pwt-pin@*"])
+                                      "pwt-pin@*", "pwt-notify-reattach@*",
+                                      SYSUPDATE_UPDATE_UNIT])
         else:
             # Everything the user had, and the run's key, certificate and timeout: no user
             # socket may stay on the port the next system scenario listens on.

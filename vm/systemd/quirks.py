@@ -221,10 +221,47 @@ def versioned_dir_missing(systemd_major: int) -> str | None:
     return None
 
 
+def sysupdate_versioned_dir_missing(systemd_major: int, installed: bool) -> str | None:
+    """Why a sysupdate rollout into a versioned directory cannot run here, or None: sysupdate
+    must be there (bookworm's 252 has none) and portabled must pick from <name>.v/ (254 has
+    sysupdate but no vpick)."""
+    return sysupdate_missing(systemd_major, installed) or versioned_dir_missing(systemd_major)
+
+
+# sysupdate's notify callout (262; 257 has neither the directory nor the callout, the versions
+# between were not looked at): after an update that installed a version, systemd-sysupdate
+# connects to every socket in /run/systemd/sysupdate/notify/, sends one Varlink call (a
+# NUL-terminated JSON object) io.systemd.SysUpdate.Notify.OnCompletedUpdate with the
+# parameters component, version and resources ([{transfer, path}]), and waits for the reply
+# before it exits. For an error reply its binary has "Notification subscriber '%s' returned
+# error, ignoring" (read from 262.1's binary, not provoked). systemd's own update unit,
+# systemd-sysupdate-update.service, runs `update --component-all --cleanup=yes`, which updates
+# the components (/etc/sysupdate.<component>.d/): the suite's transfer for it is a component
+# named after the subject (vm/systemd/sysupdate.py), and the call names it. The unit is
+# Type=simple: `systemctl start` returns before the update has run, so the rollout starts it
+# with --wait.
+SYSUPDATE_NOTIFY_FROM = 262
+SYSUPDATE_NOTIFY_DIR = "/run/systemd/sysupdate/notify"
+SYSUPDATE_NOTIFY_METHOD = "io.systemd.SysUpdate.Notify.OnCompletedUpdate"
+SYSUPDATE_UPDATE_UNIT = "systemd-sysupdate-update.service"
+
+
+def sysupdate_notify_missing(systemd_major: int, installed: bool) -> str | None:
+    """Why the scenario whose reattach sysupdate's notify callout drives cannot run here, or
+    None."""
+    if why := sysupdate_versioned_dir_missing(systemd_major, installed):
+        return why
+    if systemd_major < SYSUPDATE_NOTIFY_FROM:
+        return (f"systemd {systemd_major} has no sysupdate notify callout "
+                f"({SYSUPDATE_NOTIFY_DIR}/, {SYSUPDATE_NOTIFY_METHOD}: seen in "
+                f"{SYSUPDATE_NOTIFY_FROM}) and no {SYSUPDATE_UPDATE_UNIT}")
+    return None
+
+
 # What systemd itself offers to run the reattach after a sysupdate pull, by version (issue 19
 # item 4; what was seen in the guests and where it was read: docs/measurements.md). None of it
-# calls portabled: the suite's rollout unit runs `portablectl reattach --now` after `update`
-# (vm/systemd/sysupdate.py).
+# calls portabled: on 257 the suite's rollout unit runs `portablectl reattach --now` after
+# `update` (vm/systemd/sysupdate.py); on 262 the notify callout can drive a listener that does.
 AFTER_SYSUPDATE_PULL = {
     257: "systemd-sysupdate.service (ExecStart=systemd-sysupdate update) and its .timer, and "
          "systemd-sysupdate-reboot.service/.timer (reboot when a newer version is installed "
@@ -232,15 +269,19 @@ AFTER_SYSUPDATE_PULL = {
          "callout is its systemd-pull/import download helper); Debian ships no "
          "systemd-sysupdated, no updatectl, no org.freedesktop.sysupdate1; nothing reattaches "
          "a portable service",
-    262: "systemd-sysupdate-update.service (update --component-all --cleanup=yes) and .timer, "
-         "the old names kept as aliases; a Varlink API io.systemd.SysUpdate "
+    262: "systemd-sysupdate-update.service (Type=simple, update --component-all --cleanup=yes) "
+         "and .timer, the old names kept as aliases; a Varlink API io.systemd.SysUpdate "
          "(systemd-sysupdate.socket, Accept=yes, systemd-sysupdate@.service) whose TargetClass "
-         "names portable; after an update sysupdate calls "
-         "io.systemd.SysUpdate.Notify.OnCompletedUpdate on every socket in "
-         "/run/systemd/sysupdate/notify/, where only io.systemd.sysext listens "
-         "(systemd-sysupdate-notify-sysext.socket runs systemd-sysext); no portabled socket "
-         "there, so nothing reattaches a portable service; Debian ships no systemd-sysupdated "
-         "and no updatectl",
+         "names portable; after an update that installed a version sysupdate calls "
+         "io.systemd.SysUpdate.Notify.OnCompletedUpdate(component, version, resources: "
+         "[{transfer, path}]) on every socket in /run/systemd/sysupdate/notify/ and waits for "
+         "the reply (its binary's words for an error reply: \"returned error, ignoring\"); "
+         "systemd ships only io.systemd.sysext "
+         "there (systemd-sysupdate-notify-sysext.socket runs systemd-sysext), no portabled "
+         "listener, so nothing of systemd's reattaches a portable service: a listener socket "
+         "of one's own there can (the suite's pwt-notify-reattach.socket runs portablectl "
+         "reattach --now before replying: host-socket-sysupdate-notify); Debian ships no "
+         "systemd-sysupdated and no updatectl",
 }
 
 

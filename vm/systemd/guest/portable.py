@@ -414,7 +414,10 @@ def step_versioned_dir(req: Request) -> Answer:
 
 
 def step_reload(req: Request) -> Answer:
+    """The manager reloaded, then each of ``start`` started (a socket written just before)."""
     run(systemctl(req["scope"], "daemon-reload"))
+    for unit in req.get("start", []):
+        run(systemctl(req["scope"], "start", unit))
     return {}
 
 
@@ -578,8 +581,10 @@ def step_upgrade(req: Request) -> Answer:
     ``place`` (``{"source", "dir"}``: the new version into a versioned directory) placed,
     then ``commands`` (argv lists, in order, stopping at the first that fails: ``&&``)
     between two readings of the guest clock; their output (stdout and stderr together), the
-    ``journal`` lines of a unit after them, and where ``read_link`` points afterwards. A
-    failed command is an answer, not an error: ``rc`` says it (a refused rollout is a
+    ``journal`` lines of a unit after them, where ``read_link`` points afterwards, whether
+    each of ``exists`` is there afterwards (a file sysupdate put into a versioned directory)
+    and the text of each of ``read`` ("" when it is missing: the log of a notify listener).
+    A failed command is an answer, not an error: ``rc`` says it (a refused rollout is a
     result)."""
     scope = req["scope"]
     if req.get("symlink"):
@@ -604,11 +609,24 @@ def step_upgrade(req: Request) -> Answer:
             answer["link"] = os.readlink(req["read_link"])
         except OSError:
             answer["link"] = ""
+    if req.get("exists"):
+        answer["exists"] = {path: os.path.exists(path) for path in req["exists"]}
+    if req.get("read"):
+        answer["files"] = {path: read_text(path) for path in req["read"]}
     journal = req.get("journal")
     if journal:
         answer["output"] += run(["journalctl", "-q", "--no-pager", "-n", str(journal["lines"]),
                                  "-u", journal["unit"]], check=False).stdout
     return answer
+
+
+def read_text(path: str) -> str:
+    """The text of ``path``; "" when there is no such file."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
 
 
 def step_clear_fdstore(req: Request) -> Answer:
