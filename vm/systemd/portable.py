@@ -5,6 +5,7 @@ and its answer read as a typed value. The scope (system or a user's manager) is 
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from collections.abc import Callable
