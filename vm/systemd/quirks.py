@@ -9,7 +9,8 @@ that works on all of them. They stay beside the code they shape, and are listed 
 file stays the one to read:
 
 - units are stopped one by one: newer systemd refuses a whole ``systemctl stop A B`` when one
-  of them is not loaded (the guest program's ``reset`` step, the load program's ``start`` step, load/guest/load.py);
+  of them is not loaded (the guest program's ``reset`` step, the ``start`` step of
+  load/guest/load.py);
 - the attached version is read from the unit's ``RootImage=``, never from ``portablectl
   is-attached``: on 252 both ``<name>_1.raw`` and ``_2.raw`` say "running" when either is
   attached (the ``observe`` step; the reset detaches by it too);
