@@ -343,3 +343,34 @@ def test_an_old_summary_with_the_latency_band_keys_still_joins(tmp_path: Path) -
     text = (out / "matrix.md").read_text()
     assert "| host-socket-keepalive-naive | pass (0 failed / 1000) |" in text
     assert "SYN" not in text and "retransmit" not in text
+
+
+def test_the_after_pull_row_answers_per_version_from_the_sysupdate_rows() -> None:
+    """The seed's question in words per column: what drove the sysupdate rows' reattach and
+    what that systemd offers (the rows' own after_pull); a guest without sysupdate gives the
+    skip's reason; a matrix without sysupdate rows has no such row."""
+    offers = {257: "as seen on 257: nothing reattaches", 262: "as seen on 262: a callout"}
+    rows = [
+        {"scenario": "host-socket-sysupdate-dir", "box": "debian-bookworm",
+         "systemd_version": 252, "skipped": "systemd 252 in this guest has no systemd-sysupdate"},
+        row("host-socket-sysupdate-dir", "debian-trixie", 257, "pass",
+            reattach_driven_by="suite-oneshot", after_pull=offers[257]),
+        row("host-socket-sysupdate-dir", "debian-sid", 262, "pass",
+            reattach_driven_by="suite-oneshot", after_pull=offers[262]),
+        row("host-socket-sysupdate-notify", "debian-sid", 262, "FAIL: lost 3",
+            reattach_driven_by="sysupdate-notify", after_pull=offers[262]),
+        row("host-socket-no-keepalive", "debian-fedora", 258, "pass"),
+    ]
+    after = build_matrix(rows)["after_pull"]
+    assert after["debian-bookworm (systemd 252)"] == (
+        "skipped: systemd 252 in this guest has no systemd-sysupdate")
+    assert after["debian-trixie (systemd 257)"] == (
+        "the suite's oneshot (update, then portablectl reattach --now) (pass). "
+        "What systemd offers: as seen on 257: nothing reattaches")
+    sid = after["debian-sid (systemd 262, moving suite)"]
+    assert "the suite's oneshot" in sid and (
+        "sysupdate's own notify callout, to the suite's listener (FAIL: lost 3)") in sid
+    assert after["debian-fedora (systemd 258)"] == "not run"
+    text = render_markdown(build_matrix(rows))
+    assert text.splitlines()[-1].startswith("| *after a sysupdate pull: what runs the reattach* |")
+    assert "after a sysupdate pull" not in render_markdown(build_matrix(ROWS))

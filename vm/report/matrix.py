@@ -91,8 +91,33 @@ def _verdict_class(verdict: str) -> str:
     return "fail" if verdict.startswith("FAIL") else "ok"
 
 
+# The seed's open question, "sysupdate pulled the image, but then what?", answered per column
+# from the sysupdate rows: what drove their reattach, and what that systemd itself offers.
+AFTER_PULL_TITLE = "after a sysupdate pull: what runs the reattach"
+DRIVERS = {"suite-oneshot": "the suite's oneshot (update, then portablectl reattach --now)",
+           "sysupdate-notify": "sysupdate's own notify callout, to the suite's listener"}
+
+
+def after_pull_cell(rows: Sequence[dict[str, Any]]) -> str:
+    """One column's answer: which drivers reattached in its sysupdate rows (passed or not),
+    then what its systemd offers after a pull; a guest without sysupdate gives the skip's
+    reason; "not run" when no sysupdate row is there."""
+    ran = [r for r in rows if "skipped" not in r and r.get("after_pull")]
+    if not ran:
+        skips = [r["skipped"] for r in rows if "skipped" in r
+                 and "sysupdate" in str(r.get("scenario"))]
+        return f"skipped: {skips[0]}" if skips else "not run"
+    drivers = []
+    for driver, words in DRIVERS.items():
+        verdicts = sorted({r["verdict"] for r in ran if r.get("reattach_driven_by") == driver})
+        if verdicts:
+            drivers.append(f"{words} ({', '.join(verdicts)})")
+    return "; ".join(drivers) + f". What systemd offers: {ran[0]['after_pull']}"
+
+
 def build_matrix(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """{"columns": [box (systemd N)…], "rows": [{"scenario", "cells": {col: cell}, "differs"}]}."""
+    """{"columns": [box (systemd N)…], "rows": [{"scenario", "cells": {col: cell}, "differs"}],
+    "after_pull": {col: the answer in words}}."""
     columns: list[str] = []
     cells: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
@@ -117,7 +142,10 @@ def build_matrix(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "raw": by_column,
             "differs": len(outcomes) > 1,
         })
-    return {"columns": columns, "rows": table}
+    after_pull = {col: after_pull_cell([r for by_column in cells.values()
+                                        for c, r in by_column.items() if c == col])
+                  for col in columns}
+    return {"columns": columns, "rows": table, "after_pull": after_pull}
 
 
 def render_markdown(matrix: dict[str, Any]) -> str:
@@ -138,6 +166,10 @@ def render_markdown(matrix: dict[str, Any]) -> str:
         name = f"**{row['scenario']}**" if row["differs"] else row["scenario"]
         cells = [row["cells"].get(col, "not run") for col in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    after_pull = matrix.get("after_pull", {})
+    if any(text != "not run" for text in after_pull.values()):
+        lines.append(f"| *{AFTER_PULL_TITLE}* | "
+                     + " | ".join(after_pull.get(col, "not run") for col in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
