@@ -66,6 +66,33 @@ def explain_build_failure(build_log: Path, message: str) -> str:
     return message
 
 
+def mounts_under(mountinfo: str, directory: Path) -> list[str]:
+    """The mount points at or below ``directory`` in ``/proc/self/mountinfo`` text, deepest
+    first (the order to unmount them in). Octal escapes (``\\040`` for a space) decoded."""
+    top = str(directory).rstrip("/")
+    points = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        if point == top or point.startswith(top + "/"):
+            points.append(point)
+    return sorted(points, key=lambda p: p.count("/"), reverse=True)
+
+
+def remove_work_dir(work: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> None:
+    """Remove a build's scratch directory, unmounting first what a build killed outright left
+    mounted in its chroot (debootstrap's /proc, the script's binds of /sys and /dev): rmtree
+    must never walk into a mounted /proc or /dev, so with a mount left it removes nothing."""
+    for point in mounts_under(mountinfo.read_text(), work):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    if left := mounts_under(mountinfo.read_text(), work):
+        log.info(f"not removing {work}: still mounted: {', '.join(left)}")
+        return
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def boot_files(box_file: Path) -> tuple[Path, Path]:
     """The kernel and initramfs that pack-box.sh writes beside ``box_file``."""
     return Path(f"{box_file}.vmlinuz"), Path(f"{box_file}.initrd")
@@ -144,6 +171,7 @@ def ensure_box(
                 }
                 log.info(f"log: {boxes / f'{recipe.name}-{digest}.log'}")
                 build_log = boxes / f"{recipe.name}-{digest}.log"
+                remove_work_dir(work)  # an earlier build's, stopped before its own clean-up
                 try:
                     run_logged(
                         ["bash", str(BUILD_SCRIPT)], build_log,
@@ -152,7 +180,7 @@ def ensure_box(
                 except HarnessError as e:
                     raise HarnessError(explain_build_failure(build_log, str(e))) from None
                 finally:
-                    shutil.rmtree(work, ignore_errors=True)
+                    remove_work_dir(work)
                 for built_file in (box_file, kernel, initrd):
                     write_checksum(built_file)
         with log.nested(f"adding box {name} to Vagrant"):
