@@ -72,6 +72,9 @@ PROBE_UNIT = "pwt-probe.service"
 HOLDERS_UNIT = "pwt-holders.service"
 HEY_UNIT = "pwt-hey.service"
 BODY_FILE = f"{GUEST_DIR}/body"  # a POST's body, for ab -p and hey -D
+# The stop's round trip: ab and hey waited for (60 s at most), each unit's stop (up to its
+# stop timeout, guest/load.py STOP_TIMEOUT_S), the reads and the ``then`` command after it.
+STOP_ROUND_TRIP_S = 480.0
 AB_OUT, HEY_OUT = f"{GUEST_DIR}/ab.out", f"{GUEST_DIR}/hey.out"
 PROBE_LOG, HOLDERS_LOG = f"{GUEST_DIR}/probe.jsonl", f"{GUEST_DIR}/holders.jsonl"
 
@@ -285,7 +288,8 @@ class LoadRun:
         answers, self.then_output = load_steps(self.machine, {
             "step": "stop", "interrupt": interrupted, "wait": 60,
             "stop": [PROBE_UNIT, *([HOLDERS_UNIT] if self.holders else [])],
-            "netstat": NETSTAT, "journal": journal, "read": read}, then=then, timeout=120)
+            "netstat": NETSTAT, "journal": journal, "read": read}, then=then,
+            timeout=STOP_ROUND_TRIP_S)
         answer = answers[0]
         files = {name: text or "" for name, text in answer["files"].items()}
         for unit, client in ((AB_UNIT, "ab"), (HEY_UNIT, "hey")):

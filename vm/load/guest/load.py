@@ -40,6 +40,11 @@ Answer = dict[str, Any]
 NETSTAT = "/proc/net/netstat"
 
 
+# A unit's stop may take systemd's own stop timeout (DefaultTimeoutStopSec=90 s) before it
+# kills: a probe with requests queued behind a slow new version is stopped that way under TCG.
+STOP_TIMEOUT_S = 150.0
+
+
 class StepFailed(Exception):
     """A step could not do its work; the message is the guest's own words."""
 
@@ -78,7 +83,7 @@ def step_start(req: Request) -> Answer:
     newline added), the kernel's counters read, then ``clients`` started in order. Answers
     the counters (None: no file) and each client's start on the guest's clock."""
     for unit in req.get("stop", []):
-        run(["systemctl", "stop", unit])
+        run(["systemctl", "stop", unit], timeout=req.get("stop_timeout", STOP_TIMEOUT_S))
     for path in req.get("remove", []):
         Path(path).unlink(missing_ok=True)
     for path, text in req.get("files", {}).items():
@@ -135,7 +140,7 @@ def step_stop(req: Request) -> Answer:
         run(["systemctl", "kill", "--signal=SIGINT", unit])
     still = [u for u in req.get("interrupt", []) if not wait_inactive(u, req.get("wait", 60))]
     for unit in req.get("stop", []):
-        run(["systemctl", "stop", unit])
+        run(["systemctl", "stop", unit], timeout=req.get("stop_timeout", STOP_TIMEOUT_S))
     answer: Answer = {"stopped": stopped, "still_running": still,
                       "netstat": read_text(req.get("netstat", NETSTAT))}
     if req.get("journal") is not None:
