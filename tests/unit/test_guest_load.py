@@ -148,3 +148,21 @@ def test_an_unknown_step_and_a_request_that_is_no_json_are_errors_that_say_so(
     result = subprocess.run([sys.executable, str(LOAD_PY), "--json", "{"],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 2 and "no JSON" in json.loads(result.stdout)["error"]
+
+
+def test_a_units_stop_may_take_systemds_own_stop_timeout(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """systemd kills a unit that has not stopped after DefaultTimeoutStopSec (90 s); the stop
+    step waits longer than that, so a slow stop under TCG is not a broken-off run."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("guest_load", LOAD_PY)
+    assert spec is not None and spec.loader is not None
+    program = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(program)
+    calls: list[tuple[list[str], float]] = []
+    monkeypatch.setattr(program, "run", lambda argv, timeout=60.0: calls.append((argv, timeout)))
+    program.step_stop({"stop": ["pwt-probe.service"], "netstat": str(tmp_path / "none"),
+                       "read": {}})
+    assert calls == [(["systemctl", "stop", "pwt-probe.service"], program.STOP_TIMEOUT_S)]
+    assert program.STOP_TIMEOUT_S > 90
